@@ -1,0 +1,111 @@
+# zcio: thin wrappers around the CMake presets (CMakePresets.json).
+# Each target first makes sure the Debian packages it needs are there (cmake/deps.sh).
+#
+#   make demo          release build, then a short demonstration
+#   make test          dev build (Debug, -Werror), all tests
+#   make test-asan     ASan + UBSan build, all tests
+#   make test-tsan     TSan build, all tests
+#   make build         release build (build/release)
+#   make bench         release build with bench/, then run the benchmarks
+#   make install       release build, installed into PREFIX (default /usr/local)
+#   make format        clang-format -i every C++ file
+#   make format-check  fail if clang-format would change a file
+#   make tidy          clang-tidy over the library and the tool
+#   make clean         remove build/
+
+PREFIX ?= /usr/local
+CTEST_ARGS ?=
+DEPS := bash cmake/deps.sh
+
+# Sources that clang-format and clang-tidy look at (build trees excluded).
+CXX_DIRS := $(wildcard include src tests tools examples bench)
+CXX_FILES = $(shell find $(CXX_DIRS) -type f \( -name '*.cpp' -o -name '*.hpp' -o -name '*.h' -o -name '*.cc' \) -not -path '*/build/*' 2>/dev/null | sort)
+TIDY_FILES = $(shell find $(wildcard src tools) -type f \( -name '*.cpp' -o -name '*.cc' \) 2>/dev/null | sort)
+
+# Until the zcio command exists, the demo is the event-loop echo demo.
+ifneq ($(wildcard tools/zcio/CMakeLists.txt),)
+DEMO_BIN := build/release/tools/zcio/zcio
+DEMO_ARGS := bench --seconds 3
+else
+DEMO_BIN := build/release/examples/echo_demo
+DEMO_ARGS :=
+endif
+
+# clang-tidy 16 parses the code as C++2b; libstdc++ 12 only declares std::expected
+# when __cpp_concepts >= 202002L, which clang 16 does not yet claim.
+CLANG_TIDY ?= clang-tidy-16
+TIDY_ARGS := -p build/dev --quiet --extra-arg=-std=c++2b \
+	--extra-arg=-U__cpp_concepts --extra-arg=-D__cpp_concepts=202002L
+
+.PHONY: all build demo test test-asan test-tsan bench install format format-check tidy clean
+
+all: build
+
+build:
+	@$(DEPS) build
+	cmake --preset release
+	cmake --build --preset release
+
+demo:
+	@$(DEPS) build
+	cmake --preset release
+	cmake --build --preset release
+	@test -x $(DEMO_BIN) || { echo "make demo: $(DEMO_BIN) was not built" >&2; exit 1; }
+	$(DEMO_BIN) $(DEMO_ARGS)
+
+test:
+	@$(DEPS) build test
+	cmake --preset dev
+	cmake --build --preset dev
+	ctest --preset dev -j2 --output-on-failure $(CTEST_ARGS)
+
+test-asan:
+	@$(DEPS) build test
+	cmake --preset asan
+	cmake --build --preset asan
+	ctest --preset asan -j2 --output-on-failure $(CTEST_ARGS)
+
+test-tsan:
+	@$(DEPS) build test
+	cmake --preset tsan
+	cmake --build --preset tsan
+	ctest --preset tsan -j2 --output-on-failure $(CTEST_ARGS)
+
+bench:
+	@$(DEPS) build bench
+	cmake --preset bench
+	cmake --build --preset bench
+	@if [ -f bench/run.sh ]; then \
+		bash bench/run.sh build/bench; \
+	elif [ -d build/bench/bench ]; then \
+		found=0; \
+		for b in $$(find build/bench/bench -maxdepth 1 -type f -perm -u+x | sort); do \
+			found=1; echo "== $$b"; "$$b" || exit 1; \
+		done; \
+		[ $$found = 1 ] || echo "make bench: no benchmark executables in build/bench/bench"; \
+	else \
+		echo "make bench: bench/ has no benchmarks yet"; \
+	fi
+
+install:
+	@$(DEPS) build
+	cmake --preset release
+	cmake --build --preset release
+	cmake --install build/release --prefix "$(PREFIX)"
+
+format:
+	@$(DEPS) format
+	@clang-format -i $(CXX_FILES)
+
+format-check:
+	@$(DEPS) format
+	@clang-format --dry-run --Werror $(CXX_FILES) && echo "format-check: $(words $(CXX_FILES)) files clean"
+
+tidy:
+	@$(DEPS) build test tidy
+	cmake --preset dev
+	@echo "clang-tidy over $(words $(TIDY_FILES)) files"
+	@printf '%s\n' $(TIDY_FILES) | xargs -r -P2 -n4 $(CLANG_TIDY) $(TIDY_ARGS)
+
+clean:
+	rm -rf build

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Checks that the Debian packages a make target needs are installed, and installs the
+# missing ones (as root), or prints the exact command to run and fails (otherwise).
+# Quiet when everything is present.
+#
+#   cmake/deps.sh GROUP...     groups: build test bench format tidy
+set -euo pipefail
+
+declare -A group=(
+    # Compilers, CMake, Ninja, pkg-config, and the zcio tool's libraries.
+    [build]="g++ cmake ninja-build pkg-config libcli11-dev libtomlplusplus-dev libspdlog-dev"
+    # GoogleTest, and the peers the end-to-end tests drive.
+    [test]="libgtest-dev libgmock-dev curl iperf3 python3"
+    [bench]="libbenchmark-dev"
+    [format]="clang-format"
+    # clang-tidy 14 (Debian's default) cannot parse <expected> or -std=c++23; 16 can.
+    [tidy]="clang-tidy-16"
+)
+
+if [[ $# -eq 0 ]]; then
+    echo "usage: $0 GROUP... (groups: ${!group[*]})" >&2
+    exit 2
+fi
+
+wanted=()
+for g in "$@"; do
+    if [[ -z ${group[$g]+set} ]]; then
+        echo "deps.sh: unknown group '$g' (groups: ${!group[*]})" >&2
+        exit 2
+    fi
+    # shellcheck disable=SC2206 # the lists are plain words
+    wanted+=(${group[$g]})
+done
+
+if ! command -v dpkg-query >/dev/null 2>&1; then
+    echo "deps.sh: not a Debian system; make sure these are installed: ${wanted[*]}" >&2
+    exit 0
+fi
+
+missing=()
+for pkg in "${wanted[@]}"; do
+    status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+    if [[ $status != "install ok installed" ]]; then
+        # Skip duplicates (a package may be in several groups).
+        [[ " ${missing[*]} " == *" $pkg "* ]] || missing+=("$pkg")
+    fi
+done
+[[ ${#missing[@]} -eq 0 ]] && exit 0
+
+if [[ $(id -u) -eq 0 ]]; then
+    echo "deps.sh: installing missing packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q </dev/null
+    apt-get install -y -q --no-install-recommends "${missing[@]}" </dev/null
+    exit 0
+fi
+
+echo "deps.sh: missing Debian packages: ${missing[*]}" >&2
+echo "Install them with:" >&2
+echo "" >&2
+echo "    sudo apt-get update && sudo apt-get install -y ${missing[*]}" >&2
+echo "" >&2
+exit 1

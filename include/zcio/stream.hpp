@@ -1,0 +1,111 @@
+// stream: a watched byte-stream fd (TCP or Unix socket, pipe, tty, regular file).
+#pragma once
+
+#include <zcio/endpoint.hpp>
+#include <zcio/event_loop.hpp>
+#include <zcio/result.hpp>
+#include <zcio/sys.hpp>
+#include <zcio/task.hpp>
+#include <zcio/unique_fd.hpp>
+
+#include <chrono>
+#include <cstddef>
+#include <span>
+
+namespace zcio {
+
+// Owns an fd and its registration with a loop. Reads and writes make the syscall
+// first and suspend only on EAGAIN. Destroying a stream (or close()) cancels its
+// pending operations with operation_canceled and closes the fd.
+//
+// One read and one write may be pending at once (full duplex); a second concurrent
+// read cancels the first with device_or_resource_busy. Buffers passed to an operation
+// must outlive its co_await.
+class stream {
+public:
+    stream() noexcept = default;
+    stream(stream&&) noexcept = default;
+    stream& operator=(stream&& other) noexcept {
+        if (this != &other) {
+            close();
+            handle_ = std::move(other.handle_);
+            fd_ = std::move(other.fd_);
+            kind_ = other.kind_;
+        }
+        return *this;
+    }
+    ~stream() { close(); }
+
+    // Takes ownership of `fd` and watches it on `loop`. Sockets and pipes should be
+    // non-blocking (the sys factories make them so); adopt() sets O_NONBLOCK on them
+    // otherwise (for stdin/stdout, which the caller may share: see docs).
+    static result<stream> adopt(event_loop& loop, unique_fd fd);
+
+    // Connects a TCP or Unix stream socket to `to`, giving up after `timeout`
+    // (timed_out). Sets TCP_NODELAY on TCP.
+    static task<result<stream>> connect(event_loop& loop, endpoint to,
+                                        clock::duration timeout = std::chrono::seconds(10));
+
+    // co_await s.read_some(buf): bytes read, 0 at end of stream.
+    auto read_some(std::span<std::byte> buf) {
+        int fd = fd_.get();
+        return io_op<std::size_t>(*handle_, io_direction::read,
+                                  [fd, buf] { return sys::read(fd, buf.data(), buf.size()); });
+    }
+
+    // co_await s.write_some(buf): bytes written (at least 1 unless buf is empty).
+    auto write_some(std::span<const std::byte> buf) {
+        int fd = fd_.get();
+        return io_op<std::size_t>(*handle_, io_direction::write, [fd, buf, this] {
+            return kind_ == sys::fd_kind::socket ? sys::send(fd, buf.data(), buf.size(), MSG_NOSIGNAL)
+                                                 : sys::write(fd, buf.data(), buf.size());
+        });
+    }
+
+    // co_await s.write_all(buf): writes every byte, waiting as needed; the result is
+    // buf.size(), or the error (after which some prefix of buf may have been written).
+    auto write_all(std::span<const std::byte> buf) {
+        int fd = fd_.get();
+        return io_op<std::size_t>(
+            *handle_, io_direction::write, [fd, buf, done = std::size_t{0}, this]() mutable
+                                               -> result<std::size_t> {
+                while (done < buf.size()) {
+                    auto rest = buf.subspan(done);
+                    auto n = kind_ == sys::fd_kind::socket
+                                 ? sys::send(fd, rest.data(), rest.size(), MSG_NOSIGNAL)
+                                 : sys::write(fd, rest.data(), rest.size());
+                    if (!n) {
+                        return n;
+                    }
+                    done += *n;
+                }
+                return done;
+            });
+    }
+
+    // Sends FIN (SHUT_WR); reading goes on.
+    result<void> shutdown_write();
+    result<void> set_nodelay(bool on);
+
+    // Closes now; pending operations end with operation_canceled.
+    void close() noexcept;
+
+    [[nodiscard]] bool is_open() const noexcept { return fd_.valid(); }
+    [[nodiscard]] int fd() const noexcept { return fd_.get(); }
+    [[nodiscard]] sys::fd_kind kind() const noexcept { return kind_; }
+    [[nodiscard]] io_handle& handle() const noexcept { return *handle_; }
+    [[nodiscard]] event_loop& loop() const noexcept { return handle_->loop(); }
+
+    [[nodiscard]] result<endpoint> local_endpoint() const { return local_endpoint_of(fd()); }
+    [[nodiscard]] result<endpoint> peer_endpoint() const { return peer_endpoint_of(fd()); }
+
+private:
+    stream(unique_fd fd, io_handle_ptr h, sys::fd_kind kind) noexcept
+        : fd_(std::move(fd)), handle_(std::move(h)), kind_(kind) {}
+
+    unique_fd fd_;
+    io_handle_ptr handle_; // declared after fd_: destroyed (unregistered) before the close
+    sys::fd_kind kind_ = sys::fd_kind::other;
+};
+
+} // namespace zcio

@@ -1,0 +1,61 @@
+// tcp_listener: a listening TCP or Unix stream socket that accepts streams.
+#pragma once
+
+#include <zcio/endpoint.hpp>
+#include <zcio/event_loop.hpp>
+#include <zcio/result.hpp>
+#include <zcio/stream.hpp>
+#include <zcio/task.hpp>
+#include <zcio/unique_fd.hpp>
+
+#include <chrono>
+#include <cstdint>
+
+namespace zcio {
+
+struct listen_options {
+    int backlog = 1024;
+    // SO_REUSEPORT: one listener per loop on the same port, the kernel spreads clients.
+    bool reuse_port = false;
+    // For Unix paths: remove a stale socket file before bind and the file on close.
+    bool unlink_unix_path = true;
+};
+
+struct accepted {
+    stream conn;
+    endpoint peer;
+};
+
+class tcp_listener {
+public:
+    tcp_listener() noexcept = default;
+    tcp_listener(tcp_listener&&) noexcept = default;
+    tcp_listener& operator=(tcp_listener&&) noexcept;
+    ~tcp_listener();
+
+    // socket + SO_REUSEADDR (+ SO_REUSEPORT) + bind + listen, watched on `loop`.
+    static result<tcp_listener> bind(event_loop& loop, const endpoint& at, listen_options opts = {});
+
+    // Waits for and accepts one connection. When the process is out of descriptors
+    // (EMFILE/ENFILE) the pending client stays in the backlog; accept backs off with
+    // a growing pause (1 ms to 1 s) instead of spinning, counts it, and retries, so
+    // the listener recovers by itself once descriptors free up.
+    task<result<accepted>> accept();
+
+    // The address actually bound (the real port when port 0 was asked for).
+    [[nodiscard]] const endpoint& local_endpoint() const noexcept { return local_; }
+    [[nodiscard]] int fd() const noexcept { return fd_.get(); }
+    [[nodiscard]] std::uint64_t fd_exhausted_count() const noexcept { return fd_exhausted_; }
+
+    void close() noexcept;
+
+private:
+    event_loop* loop_ = nullptr;
+    unique_fd fd_;
+    io_handle_ptr handle_;
+    endpoint local_;
+    bool owns_unix_path_ = false;
+    std::uint64_t fd_exhausted_ = 0;
+};
+
+} // namespace zcio

@@ -1,0 +1,15 @@
+// zcio.hpp: every public zcio header.
+#pragma once
+
+#include <zcio/endpoint.hpp>
+#include <zcio/event_loop.hpp>
+#include <zcio/loop_group.hpp>
+#include <zcio/result.hpp>
+#include <zcio/signal_set.hpp>
+#include <zcio/stream.hpp>
+#include <zcio/sys.hpp>
+#include <zcio/task.hpp>
+#include <zcio/tcp_listener.hpp>
+#include <zcio/timeout.hpp>
+#include <zcio/udp_socket.hpp>
+#include <zcio/unique_fd.hpp>

@@ -1,0 +1,130 @@
+// tcp_listener: bind, listen and accept with back-off when descriptors run out.
+#include <zcio/tcp_listener.hpp>
+
+#include <algorithm>
+#include <string>
+
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+namespace zcio {
+
+namespace {
+
+std::string unix_path_of(const endpoint& ep) {
+    const auto* un = reinterpret_cast<const sockaddr_un*>(ep.data());
+    return un->sun_path; // only called for path (non-abstract) endpoints
+}
+
+void remove_stale_socket(const endpoint& ep) {
+    struct stat st {};
+    std::string path = unix_path_of(ep);
+    if (::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
+        ::unlink(path.c_str());
+    }
+}
+
+} // namespace
+
+tcp_listener& tcp_listener::operator=(tcp_listener&& other) noexcept {
+    if (this != &other) {
+        close();
+        loop_ = other.loop_;
+        fd_ = std::move(other.fd_);
+        handle_ = std::move(other.handle_);
+        local_ = other.local_;
+        owns_unix_path_ = std::exchange(other.owns_unix_path_, false);
+        fd_exhausted_ = other.fd_exhausted_;
+    }
+    return *this;
+}
+
+tcp_listener::~tcp_listener() { close(); }
+
+result<tcp_listener> tcp_listener::bind(event_loop& loop, const endpoint& at,
+                                        listen_options opts) {
+    auto fd = sys::socket(at.family(), SOCK_STREAM);
+    if (!fd) {
+        return fail(name_op("socket", fd.error()));
+    }
+    const bool unix_path = at.is_unix() && !at.is_abstract();
+    if (at.is_ip()) {
+        if (auto r = sys::set_int_option(fd->get(), SOL_SOCKET, SO_REUSEADDR, 1); !r) {
+            return fail(name_op("setsockopt(SO_REUSEADDR)", r.error()));
+        }
+        if (opts.reuse_port) {
+            if (auto r = sys::set_int_option(fd->get(), SOL_SOCKET, SO_REUSEPORT, 1); !r) {
+                return fail(name_op("setsockopt(SO_REUSEPORT)", r.error()));
+            }
+        }
+    }
+    if (unix_path && opts.unlink_unix_path) {
+        remove_stale_socket(at);
+    }
+    if (auto r = sys::bind(fd->get(), at.data(), at.size()); !r) {
+        return fail(name_op("bind", r.error()));
+    }
+    tcp_listener l;
+    l.owns_unix_path_ = unix_path && opts.unlink_unix_path;
+    l.local_ = at;
+    l.fd_ = std::move(*fd);
+    if (auto r = sys::listen(l.fd_.get(), opts.backlog); !r) {
+        return fail(name_op("listen", r.error()));
+    }
+    if (auto local = local_endpoint_of(l.fd_.get())) {
+        l.local_ = *local;
+    }
+    auto h = loop.watch(l.fd_.get());
+    if (!h) {
+        return fail(h.error());
+    }
+    l.loop_ = &loop;
+    l.handle_ = std::move(*h);
+    return l;
+}
+
+task<result<accepted>> tcp_listener::accept() {
+    auto pause = std::chrono::milliseconds(1);
+    while (true) {
+        endpoint peer;
+        int lfd = fd_.get();
+        auto fd = co_await io_op<unique_fd>(*handle_, io_direction::read, [lfd, &peer] {
+            socklen_t len = endpoint::capacity();
+            auto r = sys::accept(lfd, peer.data(), &len);
+            peer.set_size(len);
+            return r;
+        });
+        if (fd) {
+            auto s = stream::adopt(*loop_, std::move(*fd));
+            if (!s) {
+                co_return fail(s.error());
+            }
+            co_return accepted{std::move(*s), peer};
+        }
+        const int e = errno_of(fd.error());
+        if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM) {
+            // The client stays queued and no new edge will come for it: poll again
+            // after a pause, growing it so a process stuck at its limit stays idle.
+            ++fd_exhausted_;
+            co_await sleep_for(*loop_, pause);
+            pause = std::min(pause * 2, std::chrono::milliseconds(1000));
+            continue;
+        }
+        if (e == ECONNABORTED || e == EPROTO || e == EPERM) {
+            continue; // the client gave up (or a firewall refused it) before we took it
+        }
+        co_return fail(name_op("accept4", fd.error()));
+    }
+}
+
+void tcp_listener::close() noexcept {
+    handle_.reset();
+    if (fd_.valid() && owns_unix_path_) {
+        ::unlink(unix_path_of(local_).c_str());
+        owns_unix_path_ = false;
+    }
+    fd_.reset();
+}
+
+} // namespace zcio

@@ -1,0 +1,297 @@
+// Tests for event_loop: posts across threads, timers, yield, spawn, readiness, forget.
+#include <zcio/event_loop.hpp>
+
+#include <zcio/sys.hpp>
+#include <zcio/timeout.hpp>
+
+#include "test_support.hpp"
+
+#include <array>
+#include <atomic>
+
+#include <fcntl.h>
+#include <unistd.h>
+#include <thread>
+#include <vector>
+
+namespace zcio {
+namespace {
+
+using namespace std::chrono_literals;
+
+class event_loop_test : public test::fd_leak_check {};
+
+TEST_F(event_loop_test, million_cross_thread_posts_each_run_exactly_once) {
+    event_loop loop;
+    constexpr int threads = 4;
+    constexpr int per_thread = 250'000;
+    std::vector<std::uint8_t> ran(static_cast<std::size_t>(threads) * per_thread, 0);
+    std::atomic<int> finished_posters{0};
+    std::size_t total = 0;
+
+    std::vector<std::thread> posters;
+    for (int t = 0; t < threads; ++t) {
+        posters.emplace_back([&, t] {
+            for (int i = 0; i < per_thread; ++i) {
+                std::size_t slot = static_cast<std::size_t>(t) * per_thread + i;
+                // Runs on the loop thread only: no synchronisation needed on `ran`.
+                loop.post([&ran, &total, slot] {
+                    ++ran[slot];
+                    ++total;
+                });
+            }
+            finished_posters.fetch_add(1);
+        });
+    }
+    // A final post after all posters finished stops the loop.
+    std::thread closer([&] {
+        while (finished_posters.load() < threads) {
+            std::this_thread::yield();
+        }
+        loop.post([&loop] { loop.stop(); });
+    });
+    ASSERT_TRUE(loop.run());
+    for (auto& p : posters) {
+        p.join();
+    }
+    closer.join();
+    EXPECT_EQ(total, ran.size());
+    for (std::size_t i = 0; i < ran.size(); ++i) {
+        ASSERT_EQ(ran[i], 1) << "post " << i;
+    }
+}
+
+TEST_F(event_loop_test, post_before_run_is_not_lost) {
+    event_loop loop;
+    bool ran = false;
+    loop.post([&] {
+        ran = true;
+        loop.stop();
+    });
+    ASSERT_TRUE(loop.run());
+    EXPECT_TRUE(ran);
+}
+
+task<void> sleeper(event_loop& loop, std::chrono::milliseconds d, int id, std::vector<int>* order) {
+    co_await sleep_for(loop, d);
+    order->push_back(id);
+}
+
+task<void> all_sleepers(event_loop& loop, std::vector<int>* order) {
+    loop.spawn(sleeper(loop, 30ms, 3, order));
+    loop.spawn(sleeper(loop, 10ms, 1, order));
+    loop.spawn(sleeper(loop, 20ms, 2, order));
+    loop.spawn(sleeper(loop, 20ms, 22, order)); // same deadline order: insertion order
+    co_await sleep_for(loop, 60ms);
+}
+
+TEST_F(event_loop_test, timers_fire_in_deadline_order) {
+    event_loop loop;
+    std::vector<int> order;
+    auto start = clock::now();
+    loop.block_on(all_sleepers(loop, &order));
+    EXPECT_GE(clock::now() - start, 60ms);
+    ASSERT_EQ(order.size(), 4U);
+    EXPECT_EQ(order[0], 1);
+    EXPECT_EQ(order[1], 2);
+    EXPECT_EQ(order[2], 22);
+    EXPECT_EQ(order[3], 3);
+}
+
+task<void> never_finishes(event_loop& loop, bool* woke) {
+    co_await sleep_for(loop, 10s);
+    *woke = true;
+}
+
+task<result<void>> cancel_a_timer(event_loop& loop, bool* woke) {
+    co_return co_await with_timeout(loop, never_finishes(loop, woke), 20ms);
+}
+
+TEST_F(event_loop_test, destroying_a_sleeping_task_cancels_its_timer) {
+    event_loop loop;
+    bool woke = false;
+    const long frames = live_task_frames();
+    auto start = clock::now();
+    auto r = loop.block_on(cancel_a_timer(loop, &woke));
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error(), std::errc::timed_out);
+    EXPECT_FALSE(woke);
+    EXPECT_LT(clock::now() - start, 2s);
+    EXPECT_EQ(live_task_frames(), frames);
+}
+
+task<void> counter_task(event_loop& loop, int id, int rounds, std::vector<int>* trace) {
+    for (int i = 0; i < rounds; ++i) {
+        trace->push_back(id);
+        co_await yield(loop);
+    }
+}
+
+task<void> two_yielders(event_loop& loop, std::vector<int>* trace) {
+    loop.spawn(counter_task(loop, 1, 3, trace));
+    loop.spawn(counter_task(loop, 2, 3, trace));
+    co_await sleep_for(loop, 5ms);
+}
+
+TEST_F(event_loop_test, yield_interleaves_ready_tasks) {
+    event_loop loop;
+    std::vector<int> trace;
+    loop.block_on(two_yielders(loop, &trace));
+    EXPECT_EQ(trace, (std::vector<int>{1, 2, 1, 2, 1, 2}));
+    EXPECT_EQ(loop.spawned_count(), 0U);
+}
+
+task<int> throws_after_sleep(event_loop& loop) {
+    co_await sleep_for(loop, 1ms);
+    throw std::runtime_error("boom");
+}
+
+TEST_F(event_loop_test, exceptions_reach_the_awaiter_and_spawn_hook) {
+    event_loop loop;
+    EXPECT_THROW(loop.block_on(throws_after_sleep(loop)), std::runtime_error);
+
+    std::string seen;
+    loop.spawn(throws_after_sleep(loop), [&](std::exception_ptr e) {
+        try {
+            std::rethrow_exception(e);
+        } catch (const std::exception& ex) {
+            seen = ex.what();
+        }
+        loop.stop();
+    });
+    ASSERT_TRUE(loop.run());
+    EXPECT_EQ(seen, "boom");
+}
+
+task<result<std::size_t>> read_pipe(io_handle* h, int fd, std::vector<std::byte>* out) {
+    std::array<std::byte, 4096> buf{};
+    while (true) {
+        auto n = co_await io_op<std::size_t>(*h, io_direction::read,
+                                             [&] { return sys::read(fd, buf.data(), buf.size()); });
+        if (!n || *n == 0) {
+            co_return n ? result<std::size_t>(out->size()) : n;
+        }
+        out->insert(out->end(), buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(*n));
+    }
+}
+
+task<void> write_later(event_loop& loop, int fd, std::vector<std::byte> data) {
+    for (std::size_t off = 0; off < data.size(); off += 1000) {
+        co_await sleep_for(loop, 1ms);
+        std::size_t len = std::min<std::size_t>(1000, data.size() - off);
+        auto w = sys::write(fd, data.data() + off, len);
+        EXPECT_TRUE(w && *w == len);
+    }
+}
+
+TEST_F(event_loop_test, readiness_wakes_a_parked_reader_and_edges_are_not_lost) {
+    event_loop loop;
+    auto p = sys::pipe();
+    ASSERT_TRUE(p);
+    auto h = loop.watch(p->read_end.get());
+    ASSERT_TRUE(h);
+    EXPECT_EQ(loop.registered_count(), 1U);
+    auto data = test::random_bytes(20'000, 7);
+    std::vector<std::byte> got;
+    int wfd = p->write_end.get();
+    loop.spawn(write_later(loop, wfd, data), [&](std::exception_ptr) { p->write_end.reset(); });
+    auto n = loop.block_on(read_pipe(h->get(), p->read_end.get(), &got));
+    ASSERT_TRUE(n);
+    EXPECT_EQ(test::checksum_of(got), test::checksum_of(data));
+    h->reset();
+    EXPECT_EQ(loop.registered_count(), 0U);
+}
+
+task<void> forget_soon(event_loop& loop, io_handle* h) {
+    co_await sleep_for(loop, 5ms);
+    h->forget();
+}
+
+task<result<void>> wait_forever(io_handle* h) { co_return co_await readable(*h); }
+
+task<result<void>> forget_while_waiting(event_loop& loop, io_handle* h) {
+    loop.spawn(forget_soon(loop, h));
+    co_return co_await wait_forever(h);
+}
+
+TEST_F(event_loop_test, forget_resumes_waiters_with_operation_canceled) {
+    event_loop loop;
+    auto p = sys::pipe();
+    ASSERT_TRUE(p);
+    auto h = loop.watch(p->read_end.get());
+    ASSERT_TRUE(h);
+    (*h)->clear_ready(io_direction::read);
+    auto r = loop.block_on(forget_while_waiting(loop, h->get()));
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error(), std::errc::operation_canceled);
+    EXPECT_EQ(loop.registered_count(), 0U);
+}
+
+TEST_F(event_loop_test, regular_files_are_always_ready) {
+    event_loop loop;
+    auto path = test::temp_path("loop");
+    auto f = sys::open(path.c_str(), O_CREAT | O_RDWR | O_TRUNC);
+    ASSERT_TRUE(f);
+    auto h = loop.watch(f->get());
+    ASSERT_TRUE(h);
+    EXPECT_FALSE((*h)->pollable());
+    EXPECT_EQ(loop.registered_count(), 0U);
+    (*h)->clear_ready(io_direction::read);
+    EXPECT_TRUE((*h)->ready(io_direction::read));
+    ::unlink(path.c_str());
+}
+
+struct arg_probe {
+    int* alive;
+    explicit arg_probe(int* a) : alive(a) { ++*alive; }
+    arg_probe(arg_probe&& o) noexcept : alive(o.alive) { ++*alive; }
+    arg_probe(const arg_probe&) = delete;
+    arg_probe& operator=(const arg_probe&) = delete;
+    arg_probe& operator=(arg_probe&&) = delete;
+    ~arg_probe() { --*alive; }
+};
+
+task<int> takes_probe(arg_probe p) { co_return *p.alive; }
+
+TEST_F(event_loop_test, a_never_awaited_task_frees_its_arguments) {
+    int alive = 0;
+    const long frames = live_task_frames();
+    {
+        auto t = takes_probe(arg_probe(&alive));
+        EXPECT_EQ(alive, 1); // the frame's copy
+        EXPECT_EQ(live_task_frames(), frames + 1);
+    }
+    EXPECT_EQ(alive, 0);
+    EXPECT_EQ(live_task_frames(), frames);
+}
+
+task<void> sleeps_long(event_loop& loop) { co_await sleep_for(loop, 1h); }
+
+TEST_F(event_loop_test, destroying_the_loop_frees_suspended_spawned_tasks) {
+    const long frames = live_task_frames();
+    {
+        event_loop loop;
+        for (int i = 0; i < 100; ++i) {
+            loop.spawn(sleeps_long(loop));
+        }
+        loop.post([&loop] { loop.stop(); });
+        ASSERT_TRUE(loop.run());
+        EXPECT_EQ(loop.spawned_count(), 100U);
+    }
+    EXPECT_EQ(live_task_frames(), frames);
+}
+
+TEST_F(event_loop_test, stop_from_another_thread_ends_run) {
+    event_loop loop;
+    std::thread t([&] {
+        std::this_thread::sleep_for(20ms);
+        loop.stop();
+    });
+    auto start = clock::now();
+    ASSERT_TRUE(loop.run());
+    t.join();
+    EXPECT_LT(clock::now() - start, 5s);
+}
+
+} // namespace
+} // namespace zcio
