@@ -13,6 +13,7 @@
 #   make tidy          clang-tidy over the library and the tool
 #   make clean         remove build/
 
+SHELL := /bin/bash
 PREFIX ?= /usr/local
 CTEST_ARGS ?=
 DEPS := bash cmake/deps.sh
@@ -105,7 +106,8 @@ tidy:
 	@$(DEPS) build test tidy
 	cmake --preset dev
 	@echo "clang-tidy over $(words $(TIDY_FILES)) files"
-	@printf '%s\n' $(TIDY_FILES) | xargs -r -P2 -n4 $(CLANG_TIDY) $(TIDY_ARGS)
+	@set -o pipefail; printf '%s\n' $(TIDY_FILES) \
+		| xargs -r -P2 -n4 $(CLANG_TIDY) $(TIDY_ARGS) 2>&1 | sed '/^[0-9]* warnings\? generated\.$$/d'
 
 clean:
 	rm -rf build

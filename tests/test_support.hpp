@@ -39,7 +39,7 @@ private:
     std::size_t fds_at_start_ = 0;
 };
 
-// Makes an empty temporary file under $TMPDIR (or /tmp) and returns its path.
+// A unique path under $TMPDIR (or /tmp) for a temporary file; nothing is created.
 std::string temp_path(const std::string& stem);
 
 } // namespace zcio::test

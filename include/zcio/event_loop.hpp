@@ -166,6 +166,9 @@ using io_handle_ptr = std::unique_ptr<io_handle>;
 
 class event_loop {
 public:
+    // Throws std::system_error if the kernel refuses an epoll fd or eventfd. The first
+    // loop of a process sets SIGPIPE to SIG_IGN if it is still at its default, so a
+    // write to a closed peer is an EPIPE error rather than the death of the process.
     event_loop();
     ~event_loop();
     event_loop(const event_loop&) = delete;
@@ -257,7 +260,8 @@ struct ready_wait final : io_waiter {
         h->park(dir, this);
     }
     result<void> await_resume() noexcept {
-        if (h->forgotten() && !ec_) {
+        // ec_ first: after a cancel the handle itself may already be gone.
+        if (!ec_ && h->forgotten()) {
             ec_ = std::make_error_code(std::errc::operation_canceled);
         }
         if (ec_) {

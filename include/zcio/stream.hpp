@@ -28,6 +28,7 @@ public:
     stream& operator=(stream&& other) noexcept {
         if (this != &other) {
             close();
+            handle_.reset();
             handle_ = std::move(other.handle_);
             fd_ = std::move(other.fd_);
             kind_ = other.kind_;

@@ -25,6 +25,7 @@ public:
     udp_socket& operator=(udp_socket&& other) noexcept {
         if (this != &other) {
             close();
+            handle_.reset();
             handle_ = std::move(other.handle_);
             fd_ = std::move(other.fd_);
         }
@@ -55,7 +56,9 @@ public:
     [[nodiscard]] result<endpoint> local_endpoint() const { return local_endpoint_of(fd()); }
 
     void close() noexcept {
-        handle_.reset();
+        if (handle_) {
+            handle_->forget(); // later operations report operation_canceled
+        }
         fd_.reset();
     }
 

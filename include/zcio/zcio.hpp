@@ -1,9 +1,14 @@
 // zcio.hpp: every public zcio header.
 #pragma once
 
+#include <zcio/buffer_pool.hpp>
+#include <zcio/copy.hpp>
+#include <zcio/copy_bidirectional.hpp>
 #include <zcio/endpoint.hpp>
 #include <zcio/event_loop.hpp>
 #include <zcio/loop_group.hpp>
+#include <zcio/proxy_protocol.hpp>
+#include <zcio/pipe_pool.hpp>
 #include <zcio/result.hpp>
 #include <zcio/signal_set.hpp>
 #include <zcio/stream.hpp>

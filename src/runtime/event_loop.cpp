@@ -5,6 +5,7 @@
 
 #include <zcio/sys.hpp>
 
+#include <csignal>
 #include <cstdio>
 #include <mutex>
 #include <vector>
@@ -150,7 +151,27 @@ struct event_loop::post_queue {
     }
 };
 
+namespace {
+// Writing to a socket whose peer has gone raises SIGPIPE, which kills the process by
+// default; splice and sendfile have no MSG_NOSIGNAL to avoid it. A process that runs
+// a loop gets EPIPE as an error value instead. A handler the program installed itself
+// is left alone.
+void ignore_sigpipe_once() noexcept {
+    static const bool done = [] {
+        struct sigaction old {};
+        if (::sigaction(SIGPIPE, nullptr, &old) == 0 && old.sa_handler == SIG_DFL) {
+            struct sigaction ign {};
+            ign.sa_handler = SIG_IGN;
+            ::sigaction(SIGPIPE, &ign, nullptr);
+        }
+        return true;
+    }();
+    (void)done;
+}
+} // namespace
+
 event_loop::event_loop() : posts_(std::make_unique<post_queue>()) {
+    ignore_sigpipe_once();
     auto efd = sys::eventfd();
     if (!efd) {
         throw std::system_error(name_op("eventfd", efd.error()));

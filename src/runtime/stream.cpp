@@ -100,7 +100,11 @@ result<void> stream::set_nodelay(bool on) {
 }
 
 void stream::close() noexcept {
-    handle_.reset(); // unregister and cancel waiters before the fd number is freed
+    // Unregister and cancel waiters before the fd number is freed. The handle object
+    // stays (forgotten) so a later operation reports operation_canceled, not a crash.
+    if (handle_) {
+        handle_->forget();
+    }
     fd_.reset();
 }
 

@@ -87,6 +87,9 @@ result<tcp_listener> tcp_listener::bind(event_loop& loop, const endpoint& at,
 task<result<accepted>> tcp_listener::accept() {
     auto pause = std::chrono::milliseconds(1);
     while (true) {
+        if (!handle_ || handle_->forgotten()) {
+            co_return fail_op("accept4", ECANCELED); // closed, possibly during a back-off
+        }
         endpoint peer;
         int lfd = fd_.get();
         auto fd = co_await io_op<unique_fd>(*handle_, io_direction::read, [lfd, &peer] {
@@ -119,7 +122,9 @@ task<result<accepted>> tcp_listener::accept() {
 }
 
 void tcp_listener::close() noexcept {
-    handle_.reset();
+    if (handle_) {
+        handle_->forget(); // kept (forgotten) so a pending accept() sees the cancel
+    }
     if (fd_.valid() && owns_unix_path_) {
         ::unlink(unix_path_of(local_).c_str());
         owns_unix_path_ = false;

@@ -28,7 +28,7 @@ step "cmake --install into $prefix"
 cmake --install "$build_dir" --prefix "$prefix" >"$work_dir/install.log" \
     || { cat "$work_dir/install.log"; exit 1; }
 
-for f in include/zcio/sys.hpp; do
+for f in include/zcio/sys.hpp include/zcio/result.hpp include/zcio/unique_fd.hpp; do
     [[ -f $prefix/$f ]] || { echo "missing after install: $f" >&2; exit 1; }
 done
 config=$(find "$prefix" -name zcioConfig.cmake -print -quit)
@@ -58,7 +58,8 @@ cmake --build "$work_dir/consumer" >"$work_dir/consumer-build.log" \
 "$work_dir/consumer/app"
 
 step "pkg-config consumer"
-export PKG_CONFIG_PATH=$(dirname "$pcfile")
+PKG_CONFIG_PATH=$(dirname "$pcfile")
+export PKG_CONFIG_PATH
 pc_flags=$(pkg-config --cflags --libs zcio)
 echo "pkg-config --cflags --libs zcio: $pc_flags"
 if [[ $(pkg-config --variable=prefix zcio) != "$prefix" ]]; then

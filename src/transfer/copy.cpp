@@ -1,0 +1,539 @@
+// copy(): path selection, the splice/sendfile/copy_file_range loops and the buffer path.
+#include <zcio/copy.hpp>
+
+#include <algorithm>
+#include <cmath>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+
+namespace zcio {
+
+const char* to_string(copy_path p) noexcept {
+    switch (p) {
+    case copy_path::automatic: return "auto";
+    case copy_path::splice: return "splice";
+    case copy_path::sendfile: return "sendfile";
+    case copy_path::copy_file_range: return "copy_file_range";
+    case copy_path::buffer: return "buffer";
+    }
+    return "?";
+}
+
+transfer_pools& transfer_pools::for_this_thread() {
+    thread_local transfer_pools pools;
+    return pools;
+}
+
+// ---- rate_limiter ----
+
+rate_limiter::rate_limiter(std::uint64_t bytes_per_second, std::uint64_t burst) noexcept
+    : rate_(bytes_per_second),
+      burst_(static_cast<double>(burst != 0 ? burst : std::max<std::uint64_t>(bytes_per_second / 10, 1))),
+      tokens_(burst_) {}
+
+void rate_limiter::refill(clock::time_point now) noexcept {
+    if (last_ == clock::time_point{}) {
+        last_ = now;
+        return;
+    }
+    const double secs = std::chrono::duration<double>(now - last_).count();
+    tokens_ = std::min(burst_, tokens_ + secs * static_cast<double>(rate_));
+    last_ = now;
+}
+
+std::size_t rate_limiter::allow(std::size_t want, clock::time_point now) noexcept {
+    if (rate_ == 0) {
+        return want;
+    }
+    refill(now);
+    const double whole = std::floor(tokens_);
+    return whole < 1.0 ? 0 : std::min(want, static_cast<std::size_t>(whole));
+}
+
+void rate_limiter::consume(std::size_t n) noexcept {
+    if (rate_ != 0) {
+        tokens_ -= static_cast<double>(n);
+    }
+}
+
+clock::time_point rate_limiter::ready_at(clock::time_point now) const noexcept {
+    if (rate_ == 0 || tokens_ >= 1.0) {
+        return now;
+    }
+    const double wait = (1.0 - tokens_) / static_cast<double>(rate_);
+    return now + std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(wait));
+}
+
+namespace {
+
+using sys::fd_kind;
+
+// Errors that mean "this kernel or this pair of fds does not do that path" when they
+// come before any byte moved; then the next path is tried.
+bool refuses_path(int err) noexcept {
+    switch (err) {
+    case EINVAL:     // fd kinds the call does not support; splice into an O_APPEND file
+    case ENOSYS:     // syscall missing, or a seccomp sandbox that filters it
+    case EXDEV:      // copy_file_range across filesystems before Linux 5.19
+    case EOPNOTSUPP: // filesystem or socket without splice/copy support
+    case EPERM:      // seccomp policies that answer EPERM instead of ENOSYS
+        return true;
+    default:
+        return false;
+    }
+}
+
+bool is_regular(const stream& s) noexcept { return s.kind() == fd_kind::regular_file; }
+bool is_pipe(const stream& s) noexcept { return s.kind() == fd_kind::pipe; }
+bool is_socket(const stream& s) noexcept { return s.kind() == fd_kind::socket; }
+
+enum class step { done, fallback, upgrade, failed };
+
+// State shared by the path loops of one copy().
+struct copier {
+    stream& dst;
+    stream& src;
+    copy_options& opts;
+    transfer_pools& pools;
+    copy_result res;
+    std::uint64_t remaining;
+    std::size_t since_yield = 0;
+    off_t src_off = 0;
+    off_t dst_off = 0;
+
+    copier(stream& d, stream& s, copy_options& o, transfer_pools& p)
+        : dst(d), src(s), opts(o), pools(p),
+          remaining(o.limit ? *o.limit : std::numeric_limits<std::uint64_t>::max()),
+          src_off(o.src_offset.value_or(0)), dst_off(o.dst_offset.value_or(0)) {}
+
+    off_t* src_offp() noexcept { return opts.src_offset ? &src_off : nullptr; }
+    off_t* dst_offp() noexcept { return opts.dst_offset ? &dst_off : nullptr; }
+    event_loop& loop() const noexcept { return src.loop(); }
+
+    // Length for the next call: the cap, the chunk bound and what the limit leaves.
+    [[nodiscard]] std::size_t want(std::size_t cap) const noexcept {
+        return static_cast<std::size_t>(
+            std::min<std::uint64_t>({cap, opts.max_chunk, remaining}));
+    }
+
+    void moved(std::size_t n, copy_path p) noexcept {
+        res.bytes += n;
+        res.path = p;
+        remaining -= n;
+        since_yield += n;
+        if (opts.progress != nullptr) {
+            *opts.progress += n;
+        }
+        if (opts.limiter != nullptr) {
+            opts.limiter->consume(n);
+        }
+    }
+
+    [[nodiscard]] bool should_yield() noexcept {
+        if (since_yield < opts.yield_budget) {
+            return false;
+        }
+        since_yield = 0;
+        return true;
+    }
+
+    step fail_with(const char* op, int err) {
+        res.error = op_error(op, err);
+        return step::failed;
+    }
+};
+
+// Cuts `len` to what the rate limiter allows, sleeping while it allows nothing.
+task<std::size_t> throttle(copier* c, std::size_t len) {
+    while (true) {
+        const auto now = clock::now();
+        if (std::size_t ok = c->opts.limiter->allow(len, now); ok > 0) {
+            co_return ok;
+        }
+        co_await sleep_until(c->loop(), c->opts.limiter->ready_at(now));
+    }
+}
+
+// Waits for readiness; a forgotten/closed stream ends the copy with its error.
+#define ZCIO_WAIT(c, s, dir, op)                                                                   \
+    do {                                                                                           \
+        (s).handle().clear_ready(dir);                                                             \
+        if (auto w_ = co_await (s).handle().wait(dir); !w_) {                                      \
+            (c)->res.error = name_op(op, w_.error());                                              \
+            co_return step::failed;                                                                \
+        }                                                                                          \
+    } while (0)
+
+// One end is a pipe: splice straight between them, no pooled pipe needed.
+task<step> splice_direct(copier* c) {
+    std::uint64_t here = 0;
+    while (c->remaining > 0) {
+        std::size_t len = c->want(c->opts.max_chunk);
+        if (c->opts.limiter != nullptr) {
+            len = co_await throttle(c, len);
+        }
+        auto n = sys::splice(c->src.fd(), c->src_offp(), c->dst.fd(), c->dst_offp(), len,
+                             SPLICE_F_NONBLOCK);
+        if (n) {
+            if (*n == 0) {
+                co_return step::done;
+            }
+            here += *n;
+            c->moved(*n, copy_path::splice);
+            if (c->should_yield()) {
+                co_await yield(c->loop());
+            }
+            continue;
+        }
+        const int e = errno_of(n.error());
+        if (e == EAGAIN) {
+            // EAGAIN is either end: an empty source or a full destination. What the
+            // source holds tells which (a regular file is never empty-but-open).
+            auto avail = sys::bytes_readable(c->src.fd());
+            const bool src_has_data = is_regular(c->src) || (avail && *avail > 0);
+            if (src_has_data) {
+                ZCIO_WAIT(c, c->dst, io_direction::write, "splice");
+            } else {
+                ZCIO_WAIT(c, c->src, io_direction::read, "splice");
+            }
+            continue;
+        }
+        if (here == 0 && refuses_path(e)) {
+            co_return step::fallback;
+        }
+        co_return c->fail_with("splice", e);
+    }
+    co_return step::done;
+}
+
+// Writes `data` to dst with write/send/pwrite, waiting as needed; counts as it goes.
+task<step> write_out(copier* c, std::span<const std::byte> data, copy_path p) {
+    while (!data.empty()) {
+        result<std::size_t> n =
+            c->opts.dst_offset ? sys::pwrite(c->dst.fd(), data.data(), data.size(), c->dst_off)
+            : is_socket(c->dst) ? sys::send(c->dst.fd(), data.data(), data.size(), MSG_NOSIGNAL)
+                                : sys::write(c->dst.fd(), data.data(), data.size());
+        if (n) {
+            if (c->opts.dst_offset) {
+                c->dst_off += static_cast<off_t>(*n);
+            }
+            c->moved(*n, p);
+            data = data.subspan(*n);
+            continue;
+        }
+        if (would_block(n.error())) {
+            ZCIO_WAIT(c, c->dst, io_direction::write, "write");
+            continue;
+        }
+        co_return c->fail_with(is_socket(c->dst) ? "send" : "write", errno_of(n.error()));
+    }
+    co_return step::done;
+}
+
+// Bytes were spliced into the pipe but the destination refuses splice before any
+// byte reached it (an O_APPEND file, for one): read them back out of the pipe and
+// write them the ordinary way, so nothing is lost and the buffer path can take over.
+task<step> flush_pipe_by_buffer(copier* c, pipe_lease* pipe) {
+    auto buf = c->pools.buffers.lease();
+    if (!buf) {
+        c->res.error = buf.error();
+        co_return step::failed;
+    }
+    while (pipe->buffered > 0) {
+        auto n = sys::read(pipe->read_fd(), buf->data().data(),
+                           std::min(pipe->buffered, buf->size()));
+        if (!n || *n == 0) {
+            co_return c->fail_with("read(pipe)", n ? EIO : errno_of(n.error()));
+        }
+        pipe->buffered -= *n;
+        if (auto s = co_await write_out(c, buf->data().first(*n), copy_path::buffer);
+            s != step::done) {
+            co_return s;
+        }
+    }
+    co_return step::fallback;
+}
+
+// socket→socket, socket→file and the like: splice into a pooled pipe, then out of it.
+// The pipe is borrowed only once the source is readable and given back as soon as it
+// is empty, so a waiting copy holds no pipe.
+task<step> splice_through_pipe(copier* c) {
+    std::uint64_t here = 0;
+    pipe_lease pipe;
+    std::size_t pipe_cap = 0;
+    while (true) {
+        if (pipe.buffered == 0) {
+            // Drain side. Invariant: the pipe is empty here, so EAGAIN from the splice
+            // below can only mean the source has nothing to read.
+            if (c->remaining == 0) {
+                co_return step::done;
+            }
+            if (!c->src.handle().ready(io_direction::read)) {
+                pipe.reset(); // wait holding nothing
+                if (auto w = co_await c->src.handle().wait(io_direction::read); !w) {
+                    c->res.error = name_op("splice", w.error());
+                    co_return step::failed;
+                }
+            }
+            if (!pipe) {
+                auto l = c->pools.pipes.lease();
+                if (!l) {
+                    // No pipe to be had (fd limit, quota, pool bound): the pipe is
+                    // empty, so switching to buffers now loses and repeats nothing.
+                    co_return step::fallback;
+                }
+                pipe = std::move(*l);
+                pipe_cap = pipe.capacity();
+                if (c->opts.pipe_size != 0 && pipe_cap < c->opts.pipe_size) {
+                    if (auto sz = sys::set_pipe_size(pipe.write_fd(), c->opts.pipe_size)) {
+                        pipe_cap = *sz;
+                    }
+                }
+            }
+            std::size_t len = c->want(pipe_cap);
+            if (c->opts.limiter != nullptr) {
+                len = co_await throttle(c, len);
+            }
+            auto n = sys::splice(c->src.fd(), c->src_offp(), pipe.write_fd(), nullptr, len,
+                                 SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+            if (!n) {
+                const int e = errno_of(n.error());
+                if (e == EAGAIN) {
+                    c->src.handle().clear_ready(io_direction::read);
+                    continue;
+                }
+                if (here == 0 && refuses_path(e)) {
+                    co_return step::fallback;
+                }
+                co_return c->fail_with("splice(source→pipe)", e);
+            }
+            if (*n == 0) {
+                co_return step::done; // end of stream, pipe empty
+            }
+            pipe.buffered += *n;
+        }
+        // Pump side: the pipe holds data; never wait for source readability now, and
+        // no SPLICE_F_MORE (it has caused 200 ms stalls on TCP elsewhere).
+        auto m = sys::splice(pipe.read_fd(), nullptr, c->dst.fd(), c->dst_offp(), pipe.buffered,
+                             SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+        if (m) {
+            pipe.buffered -= *m;
+            here += *m;
+            c->moved(*m, copy_path::splice);
+            if (c->should_yield()) {
+                co_await yield(c->loop());
+            }
+            continue;
+        }
+        const int e = errno_of(m.error());
+        if (e == EAGAIN) {
+            ZCIO_WAIT(c, c->dst, io_direction::write, "splice(pipe→destination)");
+            continue;
+        }
+        if (here == 0 && refuses_path(e)) {
+            co_return co_await flush_pipe_by_buffer(c, &pipe);
+        }
+        co_return c->fail_with("splice(pipe→destination)", e);
+    }
+}
+
+// Regular file → anything: sendfile(2).
+task<step> sendfile_loop(copier* c) {
+    std::uint64_t here = 0;
+    while (c->remaining > 0) {
+        std::size_t len = c->want(c->opts.max_chunk);
+        if (c->opts.limiter != nullptr) {
+            len = co_await throttle(c, len);
+        }
+        auto n = sys::sendfile(c->dst.fd(), c->src.fd(), c->src_offp(), len);
+        if (n) {
+            if (*n == 0) {
+                co_return step::done;
+            }
+            here += *n;
+            c->moved(*n, copy_path::sendfile);
+            if (c->should_yield()) {
+                co_await yield(c->loop());
+            }
+            continue;
+        }
+        const int e = errno_of(n.error());
+        if (e == EAGAIN) {
+            ZCIO_WAIT(c, c->dst, io_direction::write, "sendfile");
+            continue;
+        }
+        if (here == 0 && refuses_path(e)) {
+            co_return step::fallback;
+        }
+        co_return c->fail_with("sendfile", e);
+    }
+    co_return step::done;
+}
+
+bool src_has_bytes_at(copier* c) {
+    struct stat st {};
+    auto off = c->opts.src_offset ? std::optional<off_t>(c->src_off)
+                                  : std::optional<off_t>(sys::tell(c->src.fd()).value_or(0));
+    return ::fstat(c->src.fd(), &st) == 0 && st.st_size > *off;
+}
+
+// Regular file → regular file: copy_file_range(2), which may share extents (reflink)
+// or copy inside the kernel.
+task<step> copy_file_range_loop(copier* c) {
+    std::uint64_t here = 0;
+    while (c->remaining > 0) {
+        std::size_t len = c->want(c->opts.max_chunk);
+        if (c->opts.limiter != nullptr) {
+            len = co_await throttle(c, len);
+        }
+        auto n = sys::copy_file_range(c->src.fd(), c->src_offp(), c->dst.fd(), c->dst_offp(), len);
+        if (n) {
+            if (*n == 0) {
+                // 0 before any byte from a file that has bytes: files such as those in
+                // /proc and /sys report size 0 to this call; let sendfile try.
+                if (here == 0 && src_has_bytes_at(c)) {
+                    co_return step::fallback;
+                }
+                co_return step::done;
+            }
+            here += *n;
+            c->moved(*n, copy_path::copy_file_range);
+            if (c->should_yield()) {
+                co_await yield(c->loop());
+            }
+            continue;
+        }
+        const int e = errno_of(n.error());
+        // EBADF also comes for an O_APPEND destination, which the other paths handle.
+        if (here == 0 && (refuses_path(e) || e == EBADF)) {
+            co_return step::fallback;
+        }
+        co_return c->fail_with("copy_file_range", e);
+    }
+    co_return step::done;
+}
+
+// Anything → anything: read into a pooled buffer, write it out, give the buffer back.
+// With `upgrade`, a read that fills the whole buffer ends this loop with step::upgrade
+// (bulk data: splice will do better), after the buffer was written out.
+task<step> buffer_loop(copier* c, bool upgrade) {
+    while (c->remaining > 0) {
+        if (!c->src.handle().ready(io_direction::read)) {
+            if (auto w = co_await c->src.handle().wait(io_direction::read); !w) {
+                c->res.error = name_op("read", w.error());
+                co_return step::failed;
+            }
+        }
+        auto buf = c->pools.buffers.lease();
+        if (!buf) {
+            c->res.error = buf.error();
+            co_return step::failed;
+        }
+        std::size_t len = c->want(buf->size());
+        if (c->opts.limiter != nullptr) {
+            len = co_await throttle(c, len);
+        }
+        auto n = c->opts.src_offset ? sys::pread(c->src.fd(), buf->data().data(), len, c->src_off)
+                                    : sys::read(c->src.fd(), buf->data().data(), len);
+        if (!n) {
+            if (would_block(n.error())) {
+                c->src.handle().clear_ready(io_direction::read);
+                continue; // the buffer goes back before we wait
+            }
+            co_return c->fail_with("read", errno_of(n.error()));
+        }
+        if (*n == 0) {
+            co_return step::done;
+        }
+        if (c->opts.src_offset) {
+            c->src_off += static_cast<off_t>(*n);
+        }
+        if (auto s = co_await write_out(c, buf->data().first(*n), copy_path::buffer);
+            s != step::done) {
+            co_return s;
+        }
+        if (upgrade && *n == buf->size()) {
+            co_return step::upgrade;
+        }
+        if (c->should_yield()) {
+            co_await yield(c->loop());
+        }
+    }
+    co_return step::done;
+}
+
+bool has_append_flag(const stream& s) {
+    auto fl = sys::get_status_flags(s.fd());
+    return fl && (*fl & O_APPEND) != 0;
+}
+
+} // namespace
+
+copy_path choose_path(const stream& dst, const stream& src, const copy_options& opts) {
+    if (opts.path != copy_path::automatic) {
+        return opts.path;
+    }
+    if (is_regular(src) && is_regular(dst)) {
+        return has_append_flag(dst) ? copy_path::sendfile : copy_path::copy_file_range;
+    }
+    if (is_pipe(src) || is_pipe(dst)) {
+        return copy_path::splice;
+    }
+    if (is_regular(src)) {
+        return copy_path::sendfile;
+    }
+    if (is_socket(src)) {
+        // socket→socket starts buffered and moves to splice once reads fill the
+        // buffer (see copy()); socket→file splices through a pipe straight away.
+        return is_socket(dst) ? copy_path::buffer : copy_path::splice;
+    }
+    return copy_path::buffer;
+}
+
+task<copy_result> copy(stream& dst, stream& src, copy_options opts) {
+    transfer_pools& pools = opts.pools != nullptr ? *opts.pools : transfer_pools::for_this_thread();
+    copier c(dst, src, opts, pools);
+    const copy_path first = choose_path(dst, src, opts);
+    c.res.path = first;
+    if (c.remaining == 0) {
+        co_return c.res;
+    }
+    const bool chatty_auto = opts.path == copy_path::automatic && first == copy_path::buffer &&
+                             is_socket(src) && is_socket(dst);
+    const bool direct = is_pipe(src) || is_pipe(dst);
+
+    step s = step::fallback;
+    copy_path attempt = first;
+    bool splice_refused = false;
+    // Each refusal moves one path down the chain; the buffer path is the last resort.
+    while (s == step::fallback || s == step::upgrade) {
+        c.res.path = c.res.bytes > 0 ? c.res.path : attempt;
+        switch (attempt) {
+        case copy_path::automatic: // not reached: choose_path never answers automatic
+        case copy_path::copy_file_range:
+            s = co_await copy_file_range_loop(&c);
+            attempt = copy_path::sendfile;
+            break;
+        case copy_path::sendfile:
+            s = co_await sendfile_loop(&c);
+            attempt = copy_path::buffer;
+            break;
+        case copy_path::splice:
+            s = direct ? co_await splice_direct(&c) : co_await splice_through_pipe(&c);
+            splice_refused = s == step::fallback;
+            attempt = copy_path::buffer;
+            break;
+        case copy_path::buffer:
+            s = co_await buffer_loop(&c, chatty_auto && !splice_refused);
+            attempt = s == step::upgrade ? copy_path::splice : copy_path::buffer;
+            if (s == step::fallback) {
+                s = step::done; // the buffer path has nowhere to fall back to
+            }
+            break;
+        }
+    }
+    co_return c.res;
+}
+
+} // namespace zcio

@@ -1,0 +1,668 @@
+// Tests for stream: random data echoed over socketpairs, TCP (IPv4/IPv6) and Unix
+// sockets in chunks of random size; thousands of concurrent echoes; half-close;
+// connect errors and timeouts; cancellation by close, forget and with_timeout; and
+// regular files, which the kernel cannot poll.
+#include <zcio/stream.hpp>
+
+#include <zcio/endpoint.hpp>
+#include <zcio/event_loop.hpp>
+#include <zcio/result.hpp>
+#include <zcio/sys.hpp>
+#include <zcio/task.hpp>
+#include <zcio/tcp_listener.hpp>
+#include <zcio/timeout.hpp>
+#include <zcio/unique_fd.hpp>
+
+#include "test_support.hpp"
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <ostream>
+#include <span>
+#include <string>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+namespace zcio {
+namespace {
+
+using namespace std::chrono_literals;
+
+// ---- helpers (coroutines take their parameters by value: see task.hpp) ----
+
+// Chunk sizes from a seed (splitmix64: cheap, and small enough to live in every frame).
+class size_source {
+public:
+    explicit size_source(std::uint64_t seed) noexcept : state_(seed) {}
+    // A size in [lo, hi].
+    std::size_t between(std::size_t lo, std::size_t hi) noexcept {
+        return lo + static_cast<std::size_t>(next() % (hi - lo + 1));
+    }
+
+private:
+    std::uint64_t next() noexcept {
+        std::uint64_t z = (state_ += 0x9e3779b97f4a7c15ULL);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+        return z ^ (z >> 31);
+    }
+    std::uint64_t state_;
+};
+
+// What one coroutine did: bytes, checksum of those bytes, how it ended.
+struct side {
+    std::size_t bytes = 0;
+    std::uint64_t sum = 0;
+    std::error_code error;
+    bool done = false;
+};
+
+std::ostream& operator<<(std::ostream& os, const side& s) {
+    return os << "{bytes=" << s.bytes << " done=" << s.done << " error=" << s.error.message()
+              << "}";
+}
+
+// Writes `total` seeded random bytes in chunks of random size (each chunk generated as
+// it is sent, so thousands of writers hold little memory), then half-closes.
+// After a failed write it no longer touches `s`: the owner may have closed it.
+task<void> write_random(stream* s, std::size_t total, std::uint64_t seed, std::size_t max_chunk,
+                        side* out) {
+    size_source sizes(seed);
+    test::checksum sum;
+    for (std::uint64_t chunk_no = 0; out->bytes < total; ++chunk_no) {
+        const std::size_t len = std::min(total - out->bytes, sizes.between(1, max_chunk));
+        const auto chunk = test::random_bytes(len, seed * 1'000'003 + chunk_no);
+        sum.update(chunk);
+        auto w = co_await s->write_all(chunk);
+        if (!w) {
+            out->error = w.error();
+            out->done = true;
+            co_return;
+        }
+        out->bytes += *w;
+    }
+    out->sum = sum.value();
+    if (auto r = s->shutdown_write(); !r) {
+        out->error = r.error();
+    }
+    out->done = true;
+}
+
+// Reads until end of stream into buffers of random size, checksumming what arrives.
+task<void> read_to_eof(stream* s, std::uint64_t seed, std::size_t max_chunk, side* out) {
+    size_source sizes(seed);
+    test::checksum sum;
+    std::vector<std::byte> buf(max_chunk);
+    while (true) {
+        auto n = co_await s->read_some(std::span(buf).first(sizes.between(1, buf.size())));
+        if (!n) {
+            out->error = n.error();
+            break;
+        }
+        if (*n == 0) {
+            break;
+        }
+        sum.update(std::span(buf).first(*n));
+        out->bytes += *n;
+    }
+    out->sum = sum.value();
+    out->done = true;
+}
+
+// Sends back everything it reads (reads of random size) until end of stream, then
+// half-closes. Owns its stream: the fd is closed when the echo ends. It counts but
+// does not checksum: the far end compares what came back with what it sent.
+task<void> echo(stream s, std::uint64_t seed, std::size_t max_chunk, side* out) {
+    size_source sizes(seed);
+    std::vector<std::byte> buf(max_chunk);
+    while (true) {
+        auto n = co_await s.read_some(std::span(buf).first(sizes.between(1, buf.size())));
+        if (!n) {
+            out->error = n.error();
+            out->done = true;
+            co_return;
+        }
+        if (*n == 0) {
+            break;
+        }
+        auto w = co_await s.write_all(std::span(buf).first(*n));
+        if (!w) {
+            out->error = w.error();
+            out->done = true;
+            co_return;
+        }
+        out->bytes += *n;
+    }
+    if (auto r = s.shutdown_write(); !r) {
+        out->error = r.error();
+    }
+    out->done = true;
+}
+
+// Runs the loop until `done()` holds (true) or `limit` passes (false). The predicate
+// is a plain callable, not a coroutine, so capturing the test's locals is fine.
+task<bool> wait_until(event_loop* loop, std::function<bool()> done, clock::duration limit) {
+    const auto deadline = clock::now() + limit;
+    while (!done()) {
+        if (clock::now() >= deadline) {
+            co_return false;
+        }
+        co_await sleep_for(*loop, 1ms);
+    }
+    co_return true;
+}
+
+enum class transport { socketpair, tcp_ipv4, tcp_ipv6, unix_path };
+
+const char* to_string(transport t) {
+    switch (t) {
+    case transport::socketpair:
+        return "socketpair";
+    case transport::tcp_ipv4:
+        return "tcp_ipv4";
+    case transport::tcp_ipv6:
+        return "tcp_ipv6";
+    case transport::unix_path:
+        return "unix_path";
+    }
+    return "?";
+}
+
+bool ipv6_loopback_available() {
+    auto fd = sys::socket(AF_INET6, SOCK_STREAM);
+    if (!fd) {
+        return false;
+    }
+    const auto at = endpoint::ipv6_loopback(0);
+    return sys::bind(fd->get(), at.data(), at.size()).has_value();
+}
+
+struct stream_pair {
+    stream client;
+    stream server;
+};
+
+result<stream_pair> adopt_socketpair(event_loop& loop) {
+    auto fds = sys::socketpair(AF_UNIX, SOCK_STREAM);
+    if (!fds) {
+        return fail(fds.error());
+    }
+    auto a = stream::adopt(loop, std::move(fds->first));
+    if (!a) {
+        return fail(a.error());
+    }
+    auto b = stream::adopt(loop, std::move(fds->second));
+    if (!b) {
+        return fail(b.error());
+    }
+    return stream_pair{std::move(*a), std::move(*b)};
+}
+
+// A connected pair over `kind`. For sockets with a listener, the connect completes in
+// the kernel's backlog before accept() runs, so the two steps can be sequential.
+task<result<stream_pair>> open_pair(event_loop* loop, transport kind) {
+    if (kind == transport::socketpair) {
+        co_return adopt_socketpair(*loop);
+    }
+    endpoint at;
+    if (kind == transport::tcp_ipv4) {
+        at = endpoint::ipv4_loopback(0);
+    } else if (kind == transport::tcp_ipv6) {
+        at = endpoint::ipv6_loopback(0);
+    } else {
+        auto parsed = endpoint::parse("unix:" + test::temp_path("stream"));
+        if (!parsed) {
+            co_return fail(std::make_error_code(std::errc::invalid_argument));
+        }
+        at = *parsed;
+    }
+    // The listener is closed (and a Unix path removed) on return; the pair lives on.
+    auto listener = tcp_listener::bind(*loop, at);
+    if (!listener) {
+        co_return fail(listener.error());
+    }
+    auto client = co_await stream::connect(*loop, listener->local_endpoint(), 5s);
+    if (!client) {
+        co_return fail(client.error());
+    }
+    auto server = co_await listener->accept();
+    if (!server) {
+        co_return fail(server.error());
+    }
+    co_return stream_pair{std::move(*client), std::move(server->conn)};
+}
+
+class stream_test : public test::fd_leak_check {};
+
+// ---- echo with random data, over each transport, echo on either end ----
+
+struct echo_case {
+    transport kind;
+    bool echo_on_server; // false: the accepting side writes and the connecting side echoes
+    std::size_t bytes;
+};
+
+class stream_echo_test : public test::fd_leak_check,
+                         public ::testing::WithParamInterface<echo_case> {};
+
+TEST_P(stream_echo_test, random_data_round_trips_in_random_chunks) {
+    const echo_case& c = GetParam();
+    if (c.kind == transport::tcp_ipv6 && !ipv6_loopback_available()) {
+        GTEST_SKIP() << "no IPv6 loopback (cannot bind [::1]:0 here)";
+    }
+    event_loop loop;
+    auto p = loop.block_on(open_pair(&loop, c.kind));
+    ASSERT_TRUE(p) << p.error().message();
+    stream& near = c.echo_on_server ? p->client : p->server;
+    stream far = std::move(c.echo_on_server ? p->server : p->client);
+
+    constexpr std::uint64_t seed = 0x5eed'0001;
+    constexpr std::size_t max_chunk = 64 * 1024;
+    side sent, echoed, received;
+    loop.spawn(echo(std::move(far), seed + 1, max_chunk, &echoed));
+    loop.spawn(write_random(&near, c.bytes, seed, max_chunk, &sent));
+    loop.spawn(read_to_eof(&near, seed + 2, max_chunk, &received));
+    ASSERT_TRUE(loop.block_on(wait_until(
+        &loop, [&] { return sent.done && echoed.done && received.done; }, 20s)))
+        << "sent " << sent << " echoed " << echoed << " received " << received;
+
+    EXPECT_FALSE(sent.error) << sent.error.message();
+    EXPECT_FALSE(echoed.error) << echoed.error.message();
+    EXPECT_FALSE(received.error) << received.error.message();
+    EXPECT_EQ(sent.bytes, c.bytes);
+    EXPECT_EQ(echoed.bytes, c.bytes);
+    EXPECT_EQ(received.bytes, c.bytes);
+    EXPECT_EQ(received.sum, sent.sum) << "the bytes that came back differ from those sent";
+}
+
+std::vector<echo_case> echo_cases() {
+    std::vector<echo_case> out;
+    for (transport t : {transport::socketpair, transport::tcp_ipv4, transport::tcp_ipv6,
+                        transport::unix_path}) {
+        for (bool on_server : {true, false}) {
+            out.push_back({t, on_server, 4 * 1024 * 1024 + 17});
+        }
+    }
+    return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(transports, stream_echo_test, ::testing::ValuesIn(echo_cases()),
+                         [](const ::testing::TestParamInfo<echo_case>& param_info) {
+                             const echo_case& c = param_info.param;
+                             return std::string(to_string(c.kind)) +
+                                    (c.echo_on_server ? "_echo_on_server" : "_echo_on_client");
+                         });
+
+// ---- many at once ----
+
+// 2,000 socketpairs (4,000 fds), each with an echo coroutine on one end and a writer
+// and a reader coroutine on the other: 6,000 coroutines alive at once on one loop,
+// each pair moving 64 KiB of its own random data and checking it came back intact.
+TEST_F(stream_test, thousands_of_concurrent_coroutines_echo_over_socketpairs) {
+    constexpr std::size_t pairs = 2000;
+    constexpr std::size_t bytes_each = 64 * 1024;
+    constexpr std::size_t max_chunk = 4096; // small buffers: 6,000 frames hold ~16 MiB
+    event_loop loop;
+    const auto registered_before = loop.registered_count();
+    std::vector<stream> clients;
+    std::vector<side> sent(pairs), echoed(pairs), received(pairs);
+    clients.reserve(pairs);
+    std::size_t finished = 0;
+    auto count = [&finished](const std::exception_ptr&) { ++finished; };
+    for (std::size_t i = 0; i < pairs; ++i) {
+        auto p = adopt_socketpair(loop);
+        ASSERT_TRUE(p) << "pair " << i << ": " << p.error().message();
+        clients.push_back(std::move(p->client));
+        const std::uint64_t seed = 1000 + 3 * i;
+        loop.spawn(echo(std::move(p->server), seed, max_chunk, &echoed[i]), count);
+        loop.spawn(write_random(&clients[i], bytes_each, seed + 1, max_chunk, &sent[i]), count);
+        loop.spawn(read_to_eof(&clients[i], seed + 2, max_chunk, &received[i]), count);
+    }
+    EXPECT_EQ(loop.spawned_count(), 3 * pairs);
+    EXPECT_EQ(loop.registered_count(), registered_before + 2 * pairs);
+    ASSERT_TRUE(loop.block_on(wait_until(&loop, [&] { return finished == 3 * pairs; }, 60s)))
+        << finished << " of " << 3 * pairs << " coroutines finished";
+
+    std::size_t bad = 0;
+    for (std::size_t i = 0; i < pairs; ++i) {
+        const bool ok = !sent[i].error && !echoed[i].error && !received[i].error &&
+                        sent[i].bytes == bytes_each && received[i].bytes == bytes_each &&
+                        echoed[i].bytes == bytes_each && received[i].sum == sent[i].sum;
+        if (!ok && ++bad <= 5) {
+            ADD_FAILURE() << "pair " << i << ": sent " << sent[i] << " echoed " << echoed[i]
+                          << " received " << received[i];
+        }
+    }
+    EXPECT_EQ(bad, 0u);
+    EXPECT_EQ(loop.spawned_count(), 0u);
+    clients.clear();
+    EXPECT_EQ(loop.registered_count(), registered_before) << "a stream stayed registered";
+}
+
+// ---- half-close ----
+
+struct half_close_report {
+    std::size_t eof_reads = 0;     // the peer's reads that returned 0
+    std::size_t reply_bytes = 0;   // what the half-closed side still received
+    std::uint64_t reply_sum = 0;
+    std::error_code error;
+};
+
+// `a` sends `request` and half-closes; `b` reads it to EOF and answers with `reply`
+// after the EOF, proving that b can still write and a can still read; then b closes
+// and a sees EOF.
+task<void> half_close_dialogue(stream* a, stream* b, std::vector<std::byte> request,
+                               std::vector<std::byte> reply, half_close_report* out) {
+    if (auto w = co_await a->write_all(request); !w) {
+        out->error = w.error();
+        co_return;
+    }
+    if (auto r = a->shutdown_write(); !r) {
+        out->error = r.error();
+        co_return;
+    }
+    std::vector<std::byte> got;
+    std::array<std::byte, 1000> buf{};
+    while (true) {
+        auto n = co_await b->read_some(buf);
+        if (!n) {
+            out->error = n.error();
+            co_return;
+        }
+        if (*n == 0) {
+            ++out->eof_reads;
+            break;
+        }
+        got.insert(got.end(), buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(*n));
+    }
+    EXPECT_EQ(test::checksum_of(got), test::checksum_of(request));
+    // A second read after EOF says EOF again.
+    if (auto n = co_await b->read_some(buf); n && *n == 0) {
+        ++out->eof_reads;
+    }
+    if (auto w = co_await b->write_all(reply); !w) {
+        out->error = w.error();
+        co_return;
+    }
+    b->close();
+    test::checksum sum;
+    while (true) {
+        auto n = co_await a->read_some(buf);
+        if (!n) {
+            out->error = n.error();
+            co_return;
+        }
+        if (*n == 0) {
+            break;
+        }
+        sum.update(std::span(buf).first(*n));
+        out->reply_bytes += *n;
+    }
+    out->reply_sum = sum.value();
+}
+
+class stream_half_close_test : public test::fd_leak_check,
+                               public ::testing::WithParamInterface<transport> {};
+
+TEST_P(stream_half_close_test, peer_reads_eof_and_can_still_write_back) {
+    if (GetParam() == transport::tcp_ipv6 && !ipv6_loopback_available()) {
+        GTEST_SKIP() << "no IPv6 loopback (cannot bind [::1]:0 here)";
+    }
+    event_loop loop;
+    auto p = loop.block_on(open_pair(&loop, GetParam()));
+    ASSERT_TRUE(p) << p.error().message();
+    const auto request = test::random_bytes(50'000, 11);
+    const auto reply = test::random_bytes(70'000, 12);
+    half_close_report report;
+    loop.block_on(half_close_dialogue(&p->client, &p->server, request, reply, &report));
+    EXPECT_FALSE(report.error) << report.error.message();
+    EXPECT_EQ(report.eof_reads, 2u);
+    EXPECT_EQ(report.reply_bytes, reply.size());
+    EXPECT_EQ(report.reply_sum, test::checksum_of(reply));
+}
+
+INSTANTIATE_TEST_SUITE_P(transports, stream_half_close_test,
+                         ::testing::Values(transport::socketpair, transport::tcp_ipv4,
+                                           transport::tcp_ipv6, transport::unix_path),
+                         [](const ::testing::TestParamInfo<transport>& param_info) {
+                             return std::string(to_string(param_info.param));
+                         });
+
+// ---- connect errors ----
+
+TEST_F(stream_test, connect_to_a_port_nobody_listens_on_is_refused) {
+    event_loop loop;
+    // Hold the port with a bound socket that does not listen: the kernel answers a SYN
+    // with RST (so ECONNREFUSED), and no other process can start listening there.
+    auto holder = sys::socket(AF_INET, SOCK_STREAM);
+    ASSERT_TRUE(holder) << holder.error().message();
+    const auto any_port = endpoint::ipv4_loopback(0);
+    ASSERT_TRUE(sys::bind(holder->get(), any_port.data(), any_port.size()));
+    auto to = local_endpoint_of(holder->get());
+    ASSERT_TRUE(to) << to.error().message();
+    ASSERT_NE(to->port(), 0);
+
+    auto r = loop.block_on(stream::connect(loop, *to, 5s));
+    ASSERT_FALSE(r) << "connected to " << to->to_string();
+    EXPECT_EQ(r.error(), std::errc::connection_refused) << r.error().message();
+    EXPECT_EQ(loop.registered_count(), 0u);
+}
+
+// Connects until one connect hangs: with the accept queue of a never-accepting
+// listener full, Linux drops further SYNs (tcp_conn_request: sk_acceptq_is_full), so
+// the client waits in SYN_SENT and the connect timeout must fire.
+task<result<std::size_t>> connect_until_one_hangs(event_loop* loop, endpoint to,
+                                                  std::vector<stream>* held) {
+    for (std::size_t i = 0; i < 16; ++i) {
+        auto c = co_await stream::connect(*loop, to, 200ms);
+        if (!c) {
+            co_return fail(c.error());
+        }
+        held->push_back(std::move(*c));
+    }
+    co_return held->size();
+}
+
+TEST_F(stream_test, connect_times_out_when_the_listener_backlog_is_full) {
+    event_loop loop;
+    listen_options opts;
+    opts.backlog = 0;
+    auto listener = tcp_listener::bind(loop, endpoint::ipv4_loopback(0), opts);
+    ASSERT_TRUE(listener) << listener.error().message();
+    std::vector<stream> held;
+    const auto started = clock::now();
+    auto r = loop.block_on(connect_until_one_hangs(&loop, listener->local_endpoint(), &held));
+    const auto took = clock::now() - started;
+    if (r) {
+        GTEST_SKIP() << "16 connects completed against a full backlog: this kernel acks "
+                        "SYNs regardless, so loopback cannot be made to hang";
+    }
+    if (r.error() == std::errc::connection_refused) {
+        GTEST_SKIP() << "net.ipv4.tcp_abort_on_overflow is set: a full backlog refuses";
+    }
+    EXPECT_EQ(r.error(), std::errc::timed_out) << r.error().message();
+    EXPECT_FALSE(held.empty()) << "even the first connect hung";
+    EXPECT_GE(took, 200ms);
+    held.clear();
+    EXPECT_EQ(loop.registered_count(), 1u) << "only the listener should be registered";
+}
+
+// ---- cancellation ----
+
+task<void> read_once(stream* s, std::error_code* error) {
+    std::array<std::byte, 64> buf{};
+    auto n = co_await s->read_some(buf);
+    *error = n ? std::error_code{} : n.error();
+}
+
+task<void> close_soon(event_loop* loop, stream* s, bool forget_only) {
+    co_await yield(*loop); // the reader has parked by now
+    if (forget_only) {
+        s->handle().forget();
+    } else {
+        s->close();
+    }
+}
+
+TEST_F(stream_test, read_pending_when_another_coroutine_closes_the_stream_is_cancelled) {
+    event_loop loop;
+    auto p = adopt_socketpair(loop);
+    ASSERT_TRUE(p) << p.error().message();
+    std::error_code error;
+    std::size_t finished = 0;
+    auto count = [&finished](const std::exception_ptr&) { ++finished; };
+    loop.spawn(read_once(&p->client, &error), count);
+    loop.spawn(close_soon(&loop, &p->client, false), count);
+    ASSERT_TRUE(loop.block_on(wait_until(&loop, [&] { return finished == 2; }, 5s)));
+    EXPECT_EQ(error, std::errc::operation_canceled) << error.message();
+    EXPECT_FALSE(p->client.is_open());
+    EXPECT_EQ(loop.registered_count(), 1u);
+}
+
+TEST_F(stream_test, read_pending_when_another_coroutine_forgets_the_fd_is_cancelled) {
+    event_loop loop;
+    auto p = adopt_socketpair(loop);
+    ASSERT_TRUE(p) << p.error().message();
+    std::error_code error;
+    std::size_t finished = 0;
+    auto count = [&finished](const std::exception_ptr&) { ++finished; };
+    loop.spawn(read_once(&p->client, &error), count);
+    loop.spawn(close_soon(&loop, &p->client, true), count);
+    ASSERT_TRUE(loop.block_on(wait_until(&loop, [&] { return finished == 2; }, 5s)));
+    EXPECT_EQ(error, std::errc::operation_canceled) << error.message();
+    EXPECT_TRUE(p->client.is_open()) << "forget() unregisters but does not close";
+    EXPECT_EQ(loop.registered_count(), 1u);
+    // Later operations on a forgotten fd fail at once, without a syscall.
+    std::error_code again;
+    loop.block_on(read_once(&p->client, &again));
+    EXPECT_EQ(again, std::errc::operation_canceled) << again.message();
+}
+
+// The documented one-reader rule: a second concurrent read cancels the first with
+// device_or_resource_busy (instead of leaving it parked forever), and the second
+// gets the data.
+task<void> read_into(stream* s, std::vector<std::byte>* got, std::error_code* error) {
+    std::array<std::byte, 256> buf{};
+    auto n = co_await s->read_some(buf);
+    if (!n) {
+        *error = n.error();
+        co_return;
+    }
+    got->assign(buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(*n));
+}
+
+task<void> write_soon(event_loop* loop, stream* s, std::vector<std::byte> data) {
+    co_await yield(*loop);
+    auto w = co_await s->write_all(data);
+    EXPECT_TRUE(w) << w.error().message();
+}
+
+TEST_F(stream_test, second_concurrent_read_cancels_the_first_with_busy) {
+    event_loop loop;
+    auto p = adopt_socketpair(loop);
+    ASSERT_TRUE(p) << p.error().message();
+    const auto data = test::random_bytes(200, 21);
+    std::vector<std::byte> first_got, second_got;
+    std::error_code first_error, second_error;
+    std::size_t finished = 0;
+    auto count = [&finished](const std::exception_ptr&) { ++finished; };
+    loop.spawn(read_into(&p->client, &first_got, &first_error), count);
+    loop.spawn(read_into(&p->client, &second_got, &second_error), count);
+    loop.spawn(write_soon(&loop, &p->server, data), count);
+    ASSERT_TRUE(loop.block_on(wait_until(&loop, [&] { return finished == 3; }, 5s)));
+    EXPECT_EQ(first_error, std::errc::device_or_resource_busy) << first_error.message();
+    EXPECT_FALSE(second_error) << second_error.message();
+    EXPECT_EQ(test::checksum_of(second_got), test::checksum_of(data));
+}
+
+// Owns its stream, so destroying this frame (what with_timeout does) closes the fd.
+task<result<std::size_t>> read_owned(stream s) {
+    std::array<std::byte, 64> buf{};
+    co_return co_await s.read_some(buf);
+}
+
+task<result<std::size_t>> read_with_timeout(event_loop* loop, stream s, clock::duration limit) {
+    co_return co_await with_timeout(*loop, read_owned(std::move(s)), limit);
+}
+
+TEST_F(stream_test, with_timeout_ends_a_read_that_never_completes_and_leaves_nothing_behind) {
+    event_loop loop;
+    auto fds = sys::socketpair(AF_UNIX, SOCK_STREAM);
+    ASSERT_TRUE(fds) << fds.error().message();
+    const unique_fd silent_peer = std::move(fds->second); // open, and never writes
+    const auto registered_before = loop.registered_count();
+    const long frames_before = live_task_frames();
+    const auto fds_before = test::open_fd_count();
+
+    auto s = stream::adopt(loop, std::move(fds->first));
+    ASSERT_TRUE(s) << s.error().message();
+    EXPECT_EQ(loop.registered_count(), registered_before + 1);
+    auto r = loop.block_on(read_with_timeout(&loop, std::move(*s), 50ms));
+    ASSERT_FALSE(r) << "read " << *r << " bytes from a silent peer";
+    EXPECT_EQ(r.error(), std::errc::timed_out) << r.error().message();
+    EXPECT_EQ(loop.registered_count(), registered_before) << "the cancelled stream is registered";
+    EXPECT_EQ(live_task_frames(), frames_before) << "a cancelled frame was not freed";
+    EXPECT_EQ(test::open_fd_count(), fds_before - 1) << "the cancelled stream's fd is open";
+}
+
+// A read that finishes first is not disturbed by the timer, which is disarmed.
+TEST_F(stream_test, with_timeout_passes_through_a_read_that_completes_in_time) {
+    event_loop loop;
+    auto fds = sys::socketpair(AF_UNIX, SOCK_STREAM);
+    ASSERT_TRUE(fds) << fds.error().message();
+    const auto data = test::random_bytes(40, 31);
+    ASSERT_TRUE(sys::write(fds->second.get(), data.data(), data.size()));
+    const long frames_before = live_task_frames();
+    auto s = stream::adopt(loop, std::move(fds->first));
+    ASSERT_TRUE(s) << s.error().message();
+    auto r = loop.block_on(read_with_timeout(&loop, std::move(*s), 10s));
+    ASSERT_TRUE(r) << r.error().message();
+    EXPECT_EQ(*r, data.size());
+    EXPECT_EQ(live_task_frames(), frames_before);
+    EXPECT_EQ(loop.registered_count(), 0u);
+}
+
+// ---- regular files ----
+
+TEST_F(stream_test, adopted_regular_file_is_always_ready_and_reads_whole) {
+    const std::string path = test::temp_path("stream-file");
+    const auto data = test::random_bytes(3 * 1024 * 1024 + 5, 41);
+    {
+        auto out = sys::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        ASSERT_TRUE(out) << out.error().message();
+        std::size_t done = 0;
+        while (done < data.size()) {
+            auto n = sys::write(out->get(), data.data() + done, data.size() - done);
+            ASSERT_TRUE(n) << n.error().message();
+            done += *n;
+        }
+    }
+    event_loop loop;
+    auto in = sys::open(path.c_str(), O_RDONLY);
+    ASSERT_TRUE(in) << in.error().message();
+    auto s = stream::adopt(loop, std::move(*in));
+    ASSERT_TRUE(s) << s.error().message();
+    EXPECT_EQ(s->kind(), sys::fd_kind::regular_file);
+    EXPECT_FALSE(s->handle().pollable()) << "epoll cannot watch a regular file";
+    EXPECT_EQ(loop.registered_count(), 0u);
+
+    side got;
+    loop.block_on(read_to_eof(&*s, 42, 100'000, &got));
+    EXPECT_FALSE(got.error) << got.error.message();
+    EXPECT_EQ(got.bytes, data.size());
+    EXPECT_EQ(got.sum, test::checksum_of(data));
+    s->close();
+    ::unlink(path.c_str());
+}
+
+} // namespace
+} // namespace zcio

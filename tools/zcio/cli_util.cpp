@@ -1,0 +1,125 @@
+// Parsing helpers shared by the subcommands: sizes, durations, listen specs.
+#include "cli_util.hpp"
+
+#include <charconv>
+#include <cmath>
+#include <cstdio>
+
+namespace zcio::cli {
+
+namespace {
+
+std::string quoted(std::string_view s) { return "\"" + std::string(s) + "\""; }
+
+} // namespace
+
+std::uint64_t parse_size(std::string_view text, std::string_view what) {
+    std::uint64_t value = 0;
+    const char* end = text.data() + text.size();
+    auto [p, ec] = std::from_chars(text.data(), end, value);
+    if (ec != std::errc() || p == text.data()) {
+        throw usage_error(std::string(what) + ": " + quoted(text) +
+                          " is not a size (examples: 65536, 64K, 1M, 2G)");
+    }
+    std::string_view unit(p, static_cast<std::size_t>(end - p));
+    std::uint64_t mult = 1;
+    if (unit.empty() || unit == "B") {
+        mult = 1;
+    } else if (unit == "K" || unit == "k" || unit == "KiB" || unit == "KB") {
+        mult = 1ULL << 10;
+    } else if (unit == "M" || unit == "MiB" || unit == "MB") {
+        mult = 1ULL << 20;
+    } else if (unit == "G" || unit == "GiB" || unit == "GB") {
+        mult = 1ULL << 30;
+    } else {
+        throw usage_error(std::string(what) + ": unknown unit in " + quoted(text) +
+                          " (use K, M or G)");
+    }
+    if (value > UINT64_MAX / mult) {
+        throw usage_error(std::string(what) + ": " + quoted(text) + " is too large");
+    }
+    return value * mult;
+}
+
+std::chrono::nanoseconds parse_duration(std::string_view text, std::string_view what) {
+    double value = 0;
+    const char* end = text.data() + text.size();
+    auto [p, ec] = std::from_chars(text.data(), end, value);
+    if (ec != std::errc() || p == text.data() || !std::isfinite(value) || value < 0) {
+        throw usage_error(std::string(what) + ": " + quoted(text) +
+                          " is not a duration (examples: 10, 10s, 250ms, 2m)");
+    }
+    std::string_view unit(p, static_cast<std::size_t>(end - p));
+    double secs = value;
+    if (unit.empty() || unit == "s") {
+        secs = value;
+    } else if (unit == "ms") {
+        secs = value / 1000.0;
+    } else if (unit == "m") {
+        secs = value * 60.0;
+    } else if (unit == "h") {
+        secs = value * 3600.0;
+    } else {
+        throw usage_error(std::string(what) + ": unknown unit in " + quoted(text) +
+                          " (use ms, s, m or h)");
+    }
+    if (secs > 1e9) {
+        throw usage_error(std::string(what) + ": " + quoted(text) + " is too long");
+    }
+    return std::chrono::nanoseconds(static_cast<std::int64_t>(secs * 1e9));
+}
+
+endpoint parse_endpoint(std::string_view text) {
+    auto ep = endpoint::parse(text);
+    if (!ep) {
+        throw usage_error(ep.error());
+    }
+    return *ep;
+}
+
+std::vector<endpoint> parse_listen(std::string_view text) {
+    const auto colon = text.rfind(':');
+    const auto dash = text.rfind('-');
+    const bool range = !text.starts_with("unix:") && colon != std::string_view::npos &&
+                       dash != std::string_view::npos && dash > colon;
+    if (!range) {
+        return {parse_endpoint(text)};
+    }
+    std::string_view from_text = text.substr(colon + 1, dash - colon - 1);
+    std::string_view to_text = text.substr(dash + 1);
+    unsigned from = 0;
+    unsigned to = 0;
+    auto r1 = std::from_chars(from_text.data(), from_text.data() + from_text.size(), from);
+    auto r2 = std::from_chars(to_text.data(), to_text.data() + to_text.size(), to);
+    if (r1.ec != std::errc() || r1.ptr != from_text.data() + from_text.size() ||
+        r2.ec != std::errc() || r2.ptr != to_text.data() + to_text.size() || from == 0 ||
+        to > 65535 || from > to) {
+        throw usage_error("bad port range in " + quoted(text) +
+                          " (expected HOST:FIRST-LAST with 1 <= FIRST <= LAST <= 65535)");
+    }
+    if (to - from >= 4096) {
+        throw usage_error("port range in " + quoted(text) + " is too large (at most 4096 ports)");
+    }
+    endpoint base = parse_endpoint(std::string(text.substr(0, colon)) + ":" + std::to_string(from));
+    std::vector<endpoint> out;
+    for (unsigned port = from; port <= to; ++port) {
+        endpoint e = base;
+        e.set_port(static_cast<std::uint16_t>(port));
+        out.push_back(e);
+    }
+    return out;
+}
+
+std::string human_bytes(double bytes) {
+    const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    int u = 0;
+    while (bytes >= 1024.0 && u < 4) {
+        bytes /= 1024.0;
+        ++u;
+    }
+    char buf[32];
+    std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.2f %s", bytes, units[u]);
+    return buf;
+}
+
+} // namespace zcio::cli

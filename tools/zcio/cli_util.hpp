@@ -1,0 +1,42 @@
+// Parsing helpers shared by the subcommands: sizes, durations, listen specs.
+#pragma once
+
+#include <zcio/endpoint.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace zcio::cli {
+
+// A mistake in what the user typed: one line on stderr, exit code 2.
+struct usage_error : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// A failure while running (port in use, permission denied): one line, exit code 1.
+struct runtime_failure : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// "65536", "64K", "64KiB", "1M", "1MiB", "2G" (binary multiples). Throws usage_error
+// naming `what`.
+std::uint64_t parse_size(std::string_view text, std::string_view what);
+
+// "10", "10s", "250ms", "1.5s", "2m". Throws usage_error naming `what`.
+std::chrono::nanoseconds parse_duration(std::string_view text, std::string_view what);
+
+// One endpoint; throws usage_error with the parser's message.
+endpoint parse_endpoint(std::string_view text);
+
+// A listen spec: an endpoint, or an IP endpoint with a port range "HOST:A-B" that
+// expands to every port of it.
+std::vector<endpoint> parse_listen(std::string_view text);
+
+// "12.3 MiB", "1.00 GiB"...
+std::string human_bytes(double bytes);
+
+} // namespace zcio::cli

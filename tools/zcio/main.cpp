@@ -1,0 +1,285 @@
+// zcio: the command-line tool. Parses arguments and hands each subcommand to its file.
+#include "cli_util.hpp"
+#include "commands.hpp"
+#include "metrics.hpp"
+#include "proxy_server.hpp"
+#include "route_config.hpp"
+
+#include <zcio/zcio.hpp>
+
+#include <CLI/CLI.hpp>
+#include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <csignal>
+#include <cstdio>
+#include <thread>
+
+#ifndef ZCIO_VERSION
+#define ZCIO_VERSION "0.0.0"
+#endif
+
+namespace zcio::cli {
+namespace {
+
+struct proxy_flags {
+    std::vector<std::string> listen;
+    std::string upstream;
+    std::string config;
+    std::size_t threads = 0;
+    std::string engine = "auto";
+    std::string pipe_size;
+    std::uint64_t max_connections = 0;
+    std::string idle_timeout;
+    std::string connect_timeout = "10";
+    std::string rate_limit;
+    std::string proxy_protocol;
+    std::string metrics;
+    std::string drain_timeout = "10";
+};
+
+proxy_config config_from_flags(const proxy_flags& f) {
+    proxy_config cfg;
+    if (!f.config.empty()) {
+        if (!f.listen.empty() || !f.upstream.empty()) {
+            throw usage_error("--config cannot be combined with --listen/--upstream (put the routes in the file)");
+        }
+        cfg = load_config_file(f.config);
+    } else {
+        if (f.listen.empty()) {
+            throw usage_error("--listen is required (or give --config FILE)");
+        }
+        if (f.upstream.empty()) {
+            throw usage_error("--upstream is required (or give --config FILE)");
+        }
+        route r;
+        r.name = "default";
+        for (const auto& l : f.listen) {
+            auto eps = parse_listen(l);
+            r.listen.insert(r.listen.end(), eps.begin(), eps.end());
+            r.listen_text.push_back(l);
+        }
+        r.upstream = parse_endpoint(f.upstream);
+        r.options.engine = parse_engine(f.engine, "--engine");
+        if (!f.pipe_size.empty()) {
+            r.options.pipe_size = parse_size(f.pipe_size, "--pipe-size");
+        }
+        r.options.max_connections = f.max_connections;
+        if (!f.idle_timeout.empty()) {
+            r.options.idle_timeout = parse_duration(f.idle_timeout, "--idle-timeout");
+        }
+        r.options.connect_timeout = parse_duration(f.connect_timeout, "--connect-timeout");
+        if (!f.rate_limit.empty()) {
+            r.options.rate_limit = parse_size(f.rate_limit, "--rate-limit");
+        }
+        r.options.proxy_protocol = parse_proxy_header(f.proxy_protocol, "--proxy-protocol");
+        cfg.routes.push_back(std::move(r));
+    }
+    if (!f.metrics.empty()) {
+        cfg.global.metrics = parse_endpoint(f.metrics);
+    }
+    if (f.threads != 0) {
+        cfg.global.threads = f.threads;
+    }
+    if (!cfg.global.drain_timeout) {
+        cfg.global.drain_timeout = parse_duration(f.drain_timeout, "--drain-timeout");
+    }
+    for (const auto& r : cfg.routes) {
+        if (r.upstream.is_ip() && r.upstream.port() == 0) {
+            throw usage_error(r.name + ": upstream " + r.upstream.to_string() + " has port 0");
+        }
+    }
+    return cfg;
+}
+
+task<int> proxy_main(event_loop* loop, proxy_server* server, proxy_flags flags,
+                     std::chrono::nanoseconds drain) {
+    auto signals = signal_set::open(*loop, {SIGINT, SIGTERM, SIGHUP});
+    if (!signals) {
+        spdlog::critical("signals: {}", signals.error().message());
+        co_return 1;
+    }
+    while (true) {
+        auto sig = co_await signals->next();
+        if (!sig) {
+            spdlog::critical("signals: {}", sig.error().message());
+            co_return 1;
+        }
+        if (*sig == SIGHUP) {
+            if (flags.config.empty()) {
+                spdlog::warn("SIGHUP: nothing to reload (no --config)");
+                continue;
+            }
+            try {
+                server->reload(config_from_flags(flags));
+            } catch (const std::exception& e) {
+                spdlog::error("reload failed, keeping the running routes: {}", e.what());
+            }
+            continue;
+        }
+        spdlog::info("{}: draining (up to {:.1f}s)", *sig == SIGINT ? "SIGINT" : "SIGTERM",
+                     std::chrono::duration<double>(drain).count());
+        server->drain(drain);
+        co_return 0;
+    }
+}
+
+int run_proxy(const proxy_flags& flags) {
+    proxy_config cfg = config_from_flags(flags);
+    const std::size_t threads = cfg.global.threads.value_or(0);
+    const auto drain = *cfg.global.drain_timeout;
+    const auto metrics_at = cfg.global.metrics;
+
+    // Block the signals before any thread starts: the loop threads inherit the mask and
+    // only the main loop's signalfd receives them.
+    sigset_t mask;
+    sigemptyset(&mask);
+    for (int s : {SIGINT, SIGTERM, SIGHUP}) {
+        sigaddset(&mask, s);
+    }
+    pthread_sigmask(SIG_BLOCK, &mask, nullptr);
+
+    event_loop main_loop;
+    proxy_server server(std::move(cfg), threads);
+    server.start();
+    if (metrics_at) {
+        auto bound = start_metrics_server(main_loop, *metrics_at, [&server] { return server.metrics_text(); });
+        spdlog::info("metrics on http://{}/metrics", bound.to_string());
+    }
+    return main_loop.block_on(proxy_main(&main_loop, &server, flags, drain));
+}
+
+void setup_logging(const std::string& level) {
+    auto logger = spdlog::stderr_logger_mt("zcio");
+    logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %L %v");
+    spdlog::set_default_logger(logger);
+    auto lvl = spdlog::level::from_str(level);
+    if (lvl == spdlog::level::off && level != "off") {
+        throw usage_error("--log-level: \"" + level + "\" is not a level (trace, debug, info, warn, error, off)");
+    }
+    spdlog::set_level(lvl);
+}
+
+int run(int argc, char** argv) {
+    CLI::App app{"zcio: move bytes between sockets, pipes and files with zero copies where the "
+                 "kernel allows"};
+    app.set_version_flag("-V,--version", std::string("zcio ") + ZCIO_VERSION);
+    app.require_subcommand(1);
+    std::string log_level = "info";
+    app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
+        ->capture_default_str();
+
+    proxy_flags pf;
+    auto* proxy = app.add_subcommand("proxy", "TCP/Unix forwarder: every client connection is "
+                                              "relayed to the upstream (splice where possible)");
+    proxy->add_option("-l,--listen", pf.listen,
+                      "Address to accept clients on; repeatable. HOST:PORT, [::1]:PORT, "
+                      "HOST:FIRST-LAST (every port of the range), unix:/path, unix:@abstract");
+    proxy->add_option("-u,--upstream", pf.upstream, "Address to connect each client to");
+    proxy->add_option("-c,--config", pf.config, "TOML file with [[route]] tables (see docs/proxy.md); "
+                                                "SIGHUP reloads it");
+    proxy->add_option("-t,--threads", pf.threads, "Event loops (threads); default: one per core")
+        ->check(CLI::Range(1, 1024));
+    proxy->add_option("--engine", pf.engine, "auto, splice or buffer")->capture_default_str();
+    proxy->add_option("--pipe-size", pf.pipe_size, "Size of pooled pipes (e.g. 1M); default 1 MiB");
+    proxy->add_option("--max-connections", pf.max_connections,
+                      "Open client connections at most; more are accepted and closed at once "
+                      "(0: no limit)");
+    proxy->add_option("--idle-timeout", pf.idle_timeout,
+                      "Close a connection when no byte moved either way for this long (e.g. 30s)");
+    proxy->add_option("--connect-timeout", pf.connect_timeout, "Upstream connect timeout")
+        ->capture_default_str();
+    proxy->add_option("--rate-limit", pf.rate_limit,
+                      "Bytes per second per connection and direction (e.g. 10M); works with splice");
+    proxy->add_option("--proxy-protocol", pf.proxy_protocol,
+                      "Send a PROXY protocol header (v1 or v2) to the upstream");
+    proxy->add_option("--metrics", pf.metrics, "Serve Prometheus metrics at http://ADDR/metrics");
+    proxy->add_option("--drain-timeout", pf.drain_timeout,
+                      "On SIGINT/SIGTERM, wait this long for open connections before closing them")
+        ->capture_default_str();
+
+    copy_command_options co;
+    std::string copy_limit;
+    std::string copy_engine = "auto";
+    auto* copy = app.add_subcommand("copy", "One-way copy from SRC to DST, like socat, by the "
+                                            "cheapest kernel path");
+    copy->add_option("SRC", co.source,
+                     "- (stdin), file:PATH, tcp:HOST:PORT, tcp-listen:HOST:PORT, unix:PATH, "
+                     "unix-listen:PATH")
+        ->required();
+    copy->add_option("DST", co.destination,
+                     "- (stdout), file:PATH (created or truncated), file:PATH,append, "
+                     "tcp:HOST:PORT, tcp-listen:HOST:PORT, unix:PATH, unix-listen:PATH")
+        ->required();
+    copy->add_option("--limit", copy_limit, "Copy at most this many bytes (e.g. 1M)");
+    copy->add_option("--engine", copy_engine,
+                     "auto, splice, sendfile, copy_file_range or buffer (forcing one still falls "
+                     "back when the kernel refuses)")
+        ->capture_default_str();
+    copy->add_flag("-v,--verbose", co.verbose, "Print bytes, path and rate on stderr at the end");
+
+    bench_command_options bo;
+    auto* bench = app.add_subcommand("bench", "Self-contained benchmark on loopback: relay per "
+                                              "engine, file→socket, socket→file, idle cost");
+    bench->add_option("--seconds", bo.seconds, "Seconds per case")->capture_default_str();
+    bench->add_flag("--json", bo.json, "Print the results as JSON");
+    bench->add_option("--idle", bo.idle_connections, "Idle connections to open")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 4000));
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::CallForHelp& e) {
+        return app.exit(e);
+    } catch (const CLI::CallForAllHelp& e) {
+        return app.exit(e);
+    } catch (const CLI::CallForVersion& e) {
+        return app.exit(e);
+    } catch (const CLI::ParseError& e) {
+        std::fprintf(stderr, "zcio: %s (see zcio --help)\n", e.what());
+        return 2;
+    }
+    setup_logging(log_level);
+    if (proxy->parsed()) {
+        return run_proxy(pf);
+    }
+    if (copy->parsed()) {
+        if (!copy_limit.empty()) {
+            co.limit = parse_size(copy_limit, "--limit");
+        }
+        if (copy_engine == "auto") {
+            co.engine = copy_path::automatic;
+        } else if (copy_engine == "splice") {
+            co.engine = copy_path::splice;
+        } else if (copy_engine == "sendfile") {
+            co.engine = copy_path::sendfile;
+        } else if (copy_engine == "copy_file_range") {
+            co.engine = copy_path::copy_file_range;
+        } else if (copy_engine == "buffer") {
+            co.engine = copy_path::buffer;
+        } else {
+            throw usage_error("--engine: \"" + copy_engine +
+                              "\" is not an engine (auto, splice, sendfile, copy_file_range, buffer)");
+        }
+        return run_copy_command(co);
+    }
+    return run_bench_command(bo);
+}
+
+} // namespace
+} // namespace zcio::cli
+
+int main(int argc, char** argv) {
+    try {
+        return zcio::cli::run(argc, argv);
+    } catch (const zcio::cli::usage_error& e) {
+        std::fprintf(stderr, "zcio: %s\n", e.what());
+        return 2;
+    } catch (const zcio::cli::runtime_failure& e) {
+        std::fprintf(stderr, "zcio: %s\n", e.what());
+        return 1;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "zcio: %s\n", e.what());
+        return 1;
+    }
+}

@@ -1,0 +1,408 @@
+// The `zcio proxy` engine: accept loops, one task per connection, drain and reload.
+#include "proxy_server.hpp"
+
+#include "cli_util.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <future>
+#include <sstream>
+#include <thread>
+
+namespace zcio::cli {
+
+using namespace std::chrono_literals;
+
+// One listener on one loop. Its route can be swapped by a reload.
+struct listener_entry {
+    std::shared_ptr<route_runtime> rt;
+    tcp_listener listener;
+    std::string key; // the endpoint text, for reload diffs
+};
+
+// Everything one loop owns. Only its own thread touches it after start().
+struct loop_ctx {
+    std::size_t index = 0;
+    event_loop* loop = nullptr;
+    transfer_pools pools;
+    pool_gauges gauges;
+    cancel_source cancel_all;
+    std::vector<std::unique_ptr<listener_entry>> listeners;
+    std::vector<std::unique_ptr<listener_entry>> closed; // kept until the loop ends
+    bool stopping = false;
+};
+
+namespace {
+
+const char* reason_of(const traffic& t) {
+    if (t.ok()) {
+        return "closed by both sides";
+    }
+    if (t.error == std::errc::timed_out) {
+        return "idle timeout";
+    }
+    if (t.error == std::errc::operation_canceled) {
+        return "shutdown";
+    }
+    return nullptr;
+}
+
+std::string describe_end(const traffic& t) {
+    if (const char* r = reason_of(t)) {
+        return r;
+    }
+    const char* side = t.failed == direction::a_to_b ? "client→upstream" : "upstream→client";
+    return std::string(side) + " " + t.error.message();
+}
+
+task<void> handle_connection(loop_ctx* ctx, std::shared_ptr<route_runtime> rt, stream client,
+                             endpoint peer) {
+    const auto started = clock::now();
+    route_stats& stats = *rt->stats;
+    const route_options& o = rt->config.options;
+    const std::string client_text = peer.to_string();
+    const std::string upstream_text = rt->config.upstream.to_string();
+
+    auto up = co_await with_cancel(*ctx->loop,
+                                   stream::connect(*ctx->loop, rt->config.upstream,
+                                                   std::chrono::duration_cast<clock::duration>(
+                                                       o.connect_timeout)),
+                                   ctx->cancel_all);
+    if (!up) {
+        if (up.error() == std::errc::timed_out) {
+            stats.upstream_connect_timeouts.fetch_add(1, std::memory_order_relaxed);
+        } else if (up.error() != std::errc::operation_canceled) {
+            stats.upstream_connect_failures.fetch_add(1, std::memory_order_relaxed);
+        }
+        spdlog::warn("{} client {} upstream {}: {} (client closed)", rt->config.name, client_text,
+                     upstream_text, up.error().message());
+        stats.connections_active.fetch_sub(1, std::memory_order_relaxed);
+        co_return;
+    }
+    if (o.proxy_protocol != proxy_header::none) {
+        auto local = client.local_endpoint();
+        endpoint dst = local ? *local : endpoint{};
+        std::string header = o.proxy_protocol == proxy_header::v1 ? proxy_header_v1(peer, dst)
+                                                                   : proxy_header_v2(peer, dst);
+        auto w = co_await up->write_all(std::as_bytes(std::span(header)));
+        if (!w) {
+            spdlog::warn("{} client {} upstream {}: sending the PROXY header: {}", rt->config.name,
+                         client_text, upstream_text, w.error().message());
+            stats.connections_active.fetch_sub(1, std::memory_order_relaxed);
+            co_return;
+        }
+    }
+
+    std::uint64_t up_bytes = 0;
+    std::uint64_t down_bytes = 0;
+    bidirectional_options bo;
+    bo.path = o.engine;
+    bo.pipe_size = o.pipe_size;
+    bo.rate_limit = o.rate_limit;
+    if (o.idle_timeout) {
+        bo.idle_timeout = std::chrono::duration_cast<clock::duration>(*o.idle_timeout);
+    }
+    bo.a_to_b_progress = &up_bytes;
+    bo.b_to_a_progress = &down_bytes;
+    bo.pools = &ctx->pools;
+    auto done = co_await with_cancel(*ctx->loop, copy_bidirectional(client, *up, bo), ctx->cancel_all);
+    traffic t;
+    if (done) {
+        t = *done;
+    } else {
+        t.error = done.error(); // cancelled by shutdown: the live counters still hold
+    }
+    t.a_to_b = up_bytes;
+    t.b_to_a = down_bytes;
+
+    stats.bytes_client_to_upstream.fetch_add(up_bytes, std::memory_order_relaxed);
+    stats.bytes_upstream_to_client.fetch_add(down_bytes, std::memory_order_relaxed);
+    stats.connections_active.fetch_sub(1, std::memory_order_relaxed);
+    const double secs = std::chrono::duration<double>(clock::now() - started).count();
+    const auto path = t.a_to_b_path == t.b_to_a_path
+                          ? std::string(to_string(t.a_to_b_path))
+                          : std::string(to_string(t.a_to_b_path)) + "/" + to_string(t.b_to_a_path);
+    spdlog::info("{} closed client {} upstream {} sent {} received {} in {:.3f}s path {}: {}",
+                 rt->config.name, client_text, upstream_text, up_bytes, down_bytes, secs, path,
+                 describe_end(t));
+}
+
+task<void> accept_loop(loop_ctx* ctx, listener_entry* entry) {
+    while (true) {
+        auto a = co_await entry->listener.accept();
+        if (!a) {
+            if (a.error() == std::errc::operation_canceled) {
+                co_return; // the listener was closed (drain or reload)
+            }
+            spdlog::error("accept on {}: {}", entry->key, a.error().message());
+            co_await sleep_for(*ctx->loop, 100ms); // do not spin on a persistent error
+            continue;
+        }
+        auto rt = entry->rt;
+        route_stats& stats = *rt->stats;
+        const std::uint64_t limit = rt->config.options.max_connections;
+        const std::uint64_t active = stats.connections_active.fetch_add(1, std::memory_order_relaxed);
+        if (limit != 0 && active >= limit) {
+            stats.connections_active.fetch_sub(1, std::memory_order_relaxed);
+            stats.connections_refused.fetch_add(1, std::memory_order_relaxed);
+            spdlog::warn("{} refused client {}: --max-connections {} reached", rt->config.name,
+                         a->peer.to_string(), limit);
+            continue; // `a` goes out of scope: the client is closed at once
+        }
+        stats.connections_total.fetch_add(1, std::memory_order_relaxed);
+        ctx->loop->spawn(handle_connection(ctx, std::move(rt), std::move(a->conn), a->peer));
+    }
+}
+
+task<void> publish_gauges(loop_ctx* ctx) {
+    while (!ctx->stopping) {
+        auto p = ctx->pools.pipes.stats();
+        auto b = ctx->pools.buffers.stats();
+        ctx->gauges.pipes_leased.store(p.leased, std::memory_order_relaxed);
+        ctx->gauges.pipes_idle.store(p.idle, std::memory_order_relaxed);
+        ctx->gauges.buffers_leased.store(b.leased, std::memory_order_relaxed);
+        ctx->gauges.buffers_idle.store(b.idle, std::memory_order_relaxed);
+        co_await sleep_for(*ctx->loop, 500ms);
+    }
+}
+
+// Unix sockets cannot share an address between loops (no SO_REUSEPORT), so only the
+// first loop listens on them.
+bool listens_on(const loop_ctx& ctx, const endpoint& ep) { return ctx.index == 0 || ep.is_ip(); }
+
+std::unique_ptr<listener_entry> bind_entry(loop_ctx& ctx, std::shared_ptr<route_runtime> rt,
+                                           const endpoint& ep) {
+    listen_options lo;
+    lo.reuse_port = ep.is_ip();
+    auto l = tcp_listener::bind(*ctx.loop, ep, lo);
+    if (!l) {
+        throw runtime_failure("cannot listen on " + ep.to_string() + ": " + l.error().message());
+    }
+    auto e = std::make_unique<listener_entry>();
+    e->rt = std::move(rt);
+    e->listener = std::move(*l);
+    e->key = ep.to_string();
+    return e;
+}
+
+} // namespace
+
+proxy_server::proxy_server(proxy_config cfg, std::size_t threads) : cfg_(std::move(cfg)) {
+    group_ = std::make_unique<loop_group>(threads);
+    for (std::size_t i = 0; i < group_->size(); ++i) {
+        auto c = std::make_unique<loop_ctx>();
+        c->index = i;
+        c->loop = &group_->loop(i);
+        ctxs_.push_back(std::move(c));
+    }
+}
+
+proxy_server::~proxy_server() {
+    if (started_) {
+        drain(0s);
+    }
+    group_.reset(); // loops (and their suspended tasks) go before the contexts
+}
+
+std::shared_ptr<route_stats> proxy_server::stats_for(const std::string& name) {
+    std::lock_guard lock(stats_mutex_);
+    auto& s = stats_[name];
+    if (!s) {
+        s = std::make_shared<route_stats>();
+    }
+    return s;
+}
+
+std::vector<std::shared_ptr<route_runtime>> proxy_server::make_runtimes(const proxy_config& cfg) {
+    std::vector<std::shared_ptr<route_runtime>> out;
+    for (const auto& r : cfg.routes) {
+        auto rt = std::make_shared<route_runtime>();
+        rt->config = r;
+        rt->stats = stats_for(r.name);
+        out.push_back(std::move(rt));
+    }
+    return out;
+}
+
+void proxy_server::start() {
+    // Bind everything before any thread runs, so a bad address fails the start
+    // cleanly. Port 0 is resolved by the first loop; the others reuse that port.
+    for (auto& rt : make_runtimes(cfg_)) {
+        for (const auto& wanted : rt->config.listen) {
+            endpoint ep = wanted;
+            for (auto& ctx : ctxs_) {
+                if (!listens_on(*ctx, ep)) {
+                    continue;
+                }
+                auto e = bind_entry(*ctx, rt, ep);
+                ep = e->listener.local_endpoint();
+                ctx->listeners.push_back(std::move(e));
+            }
+            spdlog::info("{} listening on {} → {}", rt->config.name, ep.to_string(),
+                         rt->config.upstream.to_string());
+        }
+    }
+    for (auto& ctx : ctxs_) {
+        for (auto& e : ctx->listeners) {
+            ctx->loop->spawn(accept_loop(ctx.get(), e.get()));
+        }
+        ctx->loop->spawn(publish_gauges(ctx.get()));
+    }
+    group_->start([](std::size_t i, std::error_code ec) {
+        spdlog::critical("event loop {} failed: {}", i, ec.message());
+    });
+    started_ = true;
+}
+
+std::uint64_t proxy_server::active_connections() const {
+    std::lock_guard lock(stats_mutex_);
+    std::uint64_t n = 0;
+    for (const auto& [name, s] : stats_) {
+        n += s->connections_active.load(std::memory_order_relaxed);
+    }
+    return n;
+}
+
+void proxy_server::drain(std::chrono::nanoseconds timeout) {
+    if (!started_) {
+        return;
+    }
+    started_ = false;
+    for (auto& ctx : ctxs_) {
+        loop_ctx* c = ctx.get();
+        c->loop->post([c] {
+            for (auto& e : c->listeners) {
+                e->listener.close();
+                c->closed.push_back(std::move(e));
+            }
+            c->listeners.clear();
+        });
+    }
+    const auto deadline = clock::now() + timeout;
+    while (active_connections() > 0 && clock::now() < deadline) {
+        std::this_thread::sleep_for(20ms);
+    }
+    if (auto left = active_connections(); left > 0) {
+        spdlog::warn("drain timeout: closing {} open connection(s)", left);
+    }
+    for (auto& ctx : ctxs_) {
+        loop_ctx* c = ctx.get();
+        c->loop->post([c] {
+            c->stopping = true;
+            c->cancel_all.cancel();
+            // The cancelled tasks run (log, close) in the next iteration, before the
+            // loop sees the stop request.
+            c->loop->stop();
+        });
+    }
+    group_->join();
+}
+
+void proxy_server::reload(proxy_config cfg) {
+    auto runtimes = make_runtimes(cfg);
+    for (auto& ctx : ctxs_) {
+        loop_ctx* c = ctx.get();
+        std::promise<std::string> done;
+        auto result = done.get_future();
+        c->loop->post([c, &runtimes, &done] {
+            std::string errors;
+            std::vector<std::unique_ptr<listener_entry>> next;
+            for (const auto& rt : runtimes) {
+                for (const auto& ep : rt->config.listen) {
+                    if (!listens_on(*c, ep)) {
+                        continue;
+                    }
+                    const std::string key = ep.to_string();
+                    auto it = std::find_if(c->listeners.begin(), c->listeners.end(),
+                                           [&](const auto& e) { return e && e->key == key; });
+                    if (it != c->listeners.end()) {
+                        (*it)->rt = rt; // same address: keep the socket, take the new route
+                        next.push_back(std::move(*it));
+                        continue;
+                    }
+                    try {
+                        auto e = bind_entry(*c, rt, ep);
+                        c->loop->spawn(accept_loop(c, e.get()));
+                        next.push_back(std::move(e));
+                    } catch (const runtime_failure& f) {
+                        errors += std::string(errors.empty() ? "" : "; ") + f.what();
+                    }
+                }
+            }
+            for (auto& e : c->listeners) {
+                if (e) {
+                    e->listener.close();
+                    c->closed.push_back(std::move(e));
+                }
+            }
+            c->listeners = std::move(next);
+            done.set_value(errors);
+        });
+        if (auto errors = result.get(); !errors.empty()) {
+            spdlog::error("reload: {}", errors);
+        }
+    }
+    cfg_ = std::move(cfg);
+    spdlog::info("reloaded: {} route(s)", cfg_.routes.size());
+}
+
+std::string proxy_server::metrics_text() const {
+    std::ostringstream out;
+    struct family {
+        const char* name;
+        const char* type;
+        const char* help;
+        std::atomic<std::uint64_t> route_stats::*field;
+    };
+    static const family families[] = {
+        {"zcio_connections_total", "counter", "Client connections accepted and proxied",
+         &route_stats::connections_total},
+        {"zcio_connections_active", "gauge", "Client connections open now",
+         &route_stats::connections_active},
+        {"zcio_connections_refused_total", "counter",
+         "Client connections closed at once because --max-connections was reached",
+         &route_stats::connections_refused},
+        {"zcio_bytes_client_to_upstream_total", "counter",
+         "Bytes sent to the upstream (counted when a connection closes)",
+         &route_stats::bytes_client_to_upstream},
+        {"zcio_bytes_upstream_to_client_total", "counter",
+         "Bytes sent to clients (counted when a connection closes)",
+         &route_stats::bytes_upstream_to_client},
+        {"zcio_upstream_connect_failures_total", "counter", "Upstream connects that failed",
+         &route_stats::upstream_connect_failures},
+        {"zcio_upstream_connect_timeouts_total", "counter", "Upstream connects that timed out",
+         &route_stats::upstream_connect_timeouts},
+    };
+    {
+        std::lock_guard lock(stats_mutex_);
+        for (const auto& f : families) {
+            out << "# HELP " << f.name << ' ' << f.help << "\n# TYPE " << f.name << ' ' << f.type << '\n';
+            for (const auto& [name, s] : stats_) {
+                out << f.name << "{route=\"" << name << "\"} " << ((*s).*(f.field)).load() << '\n';
+            }
+        }
+    }
+    struct gauge {
+        const char* name;
+        const char* help;
+        std::atomic<std::uint64_t> pool_gauges::*field;
+    };
+    static const gauge gauges[] = {
+        {"zcio_pipes_leased", "Pipes held by transfers now", &pool_gauges::pipes_leased},
+        {"zcio_pipes_idle", "Empty pipes kept in the pool", &pool_gauges::pipes_idle},
+        {"zcio_buffers_leased", "Buffers held by transfers now", &pool_gauges::buffers_leased},
+        {"zcio_buffers_idle", "Buffers kept in the pool", &pool_gauges::buffers_idle},
+    };
+    for (const auto& g : gauges) {
+        out << "# HELP " << g.name << ' ' << g.help << " (per event loop)\n# TYPE " << g.name
+            << " gauge\n";
+        for (const auto& ctx : ctxs_) {
+            out << g.name << "{loop=\"" << ctx->index << "\"} " << (ctx->gauges.*(g.field)).load()
+                << '\n';
+        }
+    }
+    return out.str();
+}
+
+} // namespace zcio::cli

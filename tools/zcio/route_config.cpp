@@ -1,0 +1,231 @@
+// Loading [[route]] tables from a TOML file, with one-line errors that name the key.
+#include "route_config.hpp"
+
+#include "cli_util.hpp"
+
+#include <toml++/toml.h>
+
+#include <set>
+
+namespace zcio::cli {
+
+copy_path parse_engine(std::string_view text, std::string_view what) {
+    if (text == "auto") {
+        return copy_path::automatic;
+    }
+    if (text == "splice") {
+        return copy_path::splice;
+    }
+    if (text == "buffer") {
+        return copy_path::buffer;
+    }
+    throw usage_error(std::string(what) + ": \"" + std::string(text) +
+                      "\" is not an engine (auto, splice or buffer)");
+}
+
+proxy_header parse_proxy_header(std::string_view text, std::string_view what) {
+    if (text == "v1") {
+        return proxy_header::v1;
+    }
+    if (text == "v2") {
+        return proxy_header::v2;
+    }
+    if (text == "none" || text.empty()) {
+        return proxy_header::none;
+    }
+    throw usage_error(std::string(what) + ": \"" + std::string(text) +
+                      "\" is not a PROXY protocol version (v1 or v2)");
+}
+
+const char* to_string(proxy_header h) noexcept {
+    switch (h) {
+    case proxy_header::none: return "none";
+    case proxy_header::v1: return "v1";
+    case proxy_header::v2: return "v2";
+    }
+    return "?";
+}
+
+namespace {
+
+// Builds "FILE:LINE: route[N].KEY: message" and throws it.
+class located {
+public:
+    located(const std::string& file, std::string prefix) : file_(file), prefix_(std::move(prefix)) {}
+
+    [[noreturn]] void fail(const toml::node& node, std::string_view key, const std::string& msg) const {
+        fail_at(node.source().begin.line, key, msg);
+    }
+    [[noreturn]] void fail_at(std::size_t line, std::string_view key, const std::string& msg) const {
+        throw usage_error(file_ + ":" + std::to_string(line) + ": " + prefix_ + std::string(key) +
+                          ": " + msg);
+    }
+
+    // Runs a parser that throws usage_error and relocates its message to the node.
+    template <class F>
+    auto wrap(const toml::node& node, std::string_view key, F&& f) const {
+        try {
+            return f();
+        } catch (const usage_error& e) {
+            fail(node, key, e.what());
+        }
+    }
+
+private:
+    const std::string& file_;
+    std::string prefix_;
+};
+
+std::string need_string(const located& at, const toml::node& n, std::string_view key) {
+    if (auto s = n.value<std::string>()) {
+        return *s;
+    }
+    at.fail(n, key, "expected a string");
+}
+
+// Sizes and rates may be integers (bytes) or strings with units ("1M").
+std::uint64_t size_value(const located& at, const toml::node& n, std::string_view key) {
+    if (auto i = n.value<std::int64_t>()) {
+        if (*i < 0) {
+            at.fail(n, key, "must not be negative");
+        }
+        return static_cast<std::uint64_t>(*i);
+    }
+    if (auto s = n.value<std::string>()) {
+        return at.wrap(n, key, [&] { return parse_size(*s, key); });
+    }
+    at.fail(n, key, "expected a size (integer bytes or a string such as \"1M\")");
+}
+
+// Durations may be numbers (seconds) or strings with units ("250ms").
+std::chrono::nanoseconds duration_value(const located& at, const toml::node& n, std::string_view key) {
+    if (n.is_integer() || n.is_floating_point()) {
+        double v = n.value<double>().value_or(-1);
+        if (v < 0) {
+            at.fail(n, key, "must not be negative");
+        }
+        return std::chrono::nanoseconds(static_cast<std::int64_t>(v * 1e9));
+    }
+    if (auto s = n.value<std::string>()) {
+        return at.wrap(n, key, [&] { return parse_duration(*s, key); });
+    }
+    at.fail(n, key, "expected a duration (seconds, or a string such as \"250ms\")");
+}
+
+route load_route(const located& at, const toml::table& t, std::size_t index) {
+    route r;
+    r.name = "route" + std::to_string(index);
+    static const std::set<std::string, std::less<>> known = {
+        "name", "listen", "upstream", "engine", "pipe_size", "max_connections",
+        "idle_timeout", "connect_timeout", "rate_limit", "proxy_protocol"};
+    bool has_upstream = false;
+    for (const auto& [k, node] : t) {
+        const std::string_view key = k.str();
+        if (!known.contains(key)) {
+            at.fail(node, key, "unknown key (known: name, listen, upstream, engine, pipe_size, "
+                               "max_connections, idle_timeout, connect_timeout, rate_limit, "
+                               "proxy_protocol)");
+        }
+        if (key == "name") {
+            r.name = need_string(at, node, key);
+        } else if (key == "listen") {
+            std::vector<const toml::node*> items;
+            if (const auto* arr = node.as_array()) {
+                for (const auto& item : *arr) {
+                    items.push_back(&item);
+                }
+            } else {
+                items.push_back(&node);
+            }
+            for (const auto* item : items) {
+                std::string text = need_string(at, *item, key);
+                auto eps = at.wrap(*item, key, [&] { return parse_listen(text); });
+                r.listen.insert(r.listen.end(), eps.begin(), eps.end());
+                r.listen_text.push_back(text);
+            }
+        } else if (key == "upstream") {
+            std::string text = need_string(at, node, key);
+            r.upstream = at.wrap(node, key, [&] { return parse_endpoint(text); });
+            has_upstream = true;
+        } else if (key == "engine") {
+            std::string text = need_string(at, node, key);
+            r.options.engine = at.wrap(node, key, [&] { return parse_engine(text, key); });
+        } else if (key == "pipe_size") {
+            r.options.pipe_size = size_value(at, node, key);
+        } else if (key == "max_connections") {
+            auto v = node.value<std::int64_t>();
+            if (!v || *v < 0) {
+                at.fail(node, key, "expected a non-negative integer");
+            }
+            r.options.max_connections = static_cast<std::uint64_t>(*v);
+        } else if (key == "idle_timeout") {
+            r.options.idle_timeout = duration_value(at, node, key);
+        } else if (key == "connect_timeout") {
+            r.options.connect_timeout = duration_value(at, node, key);
+        } else if (key == "rate_limit") {
+            r.options.rate_limit = size_value(at, node, key);
+        } else if (key == "proxy_protocol") {
+            std::string text = need_string(at, node, key);
+            r.options.proxy_protocol = at.wrap(node, key, [&] { return parse_proxy_header(text, key); });
+        }
+    }
+    if (r.listen.empty()) {
+        at.fail_at(t.source().begin.line, "listen", "missing (every route needs listen = \"HOST:PORT\")");
+    }
+    if (!has_upstream) {
+        at.fail_at(t.source().begin.line, "upstream", "missing (every route needs upstream = \"HOST:PORT\")");
+    }
+    return r;
+}
+
+} // namespace
+
+proxy_config load_config_file(const std::string& path) {
+    toml::table doc;
+    try {
+        doc = toml::parse_file(path);
+    } catch (const toml::parse_error& e) {
+        const auto& src = e.source();
+        if (src.begin.line == 0) {
+            throw usage_error(path + ": " + std::string(e.description()));
+        }
+        throw usage_error(path + ":" + std::to_string(src.begin.line) + ": " +
+                          std::string(e.description()));
+    }
+    proxy_config cfg;
+    located top(path, "");
+    for (const auto& [k, node] : doc) {
+        const std::string_view key = k.str();
+        if (key == "route") {
+            const auto* arr = node.as_array();
+            if (arr == nullptr || !arr->is_array_of_tables()) {
+                top.fail(node, key, "expected [[route]] tables");
+            }
+            std::size_t i = 0;
+            for (const auto& item : *arr) {
+                located at(path, "route[" + std::to_string(i) + "].");
+                cfg.routes.push_back(load_route(at, *item.as_table(), i));
+                ++i;
+            }
+        } else if (key == "threads") {
+            auto v = node.value<std::int64_t>();
+            if (!v || *v < 1 || *v > 1024) {
+                top.fail(node, key, "expected an integer from 1 to 1024");
+            }
+            cfg.global.threads = static_cast<std::size_t>(*v);
+        } else if (key == "metrics") {
+            std::string text = need_string(top, node, key);
+            cfg.global.metrics = top.wrap(node, key, [&] { return parse_endpoint(text); });
+        } else if (key == "drain_timeout") {
+            cfg.global.drain_timeout = duration_value(top, node, key);
+        } else {
+            top.fail(node, key, "unknown key (known at the top: route, threads, metrics, drain_timeout)");
+        }
+    }
+    if (cfg.routes.empty()) {
+        throw usage_error(path + ": no [[route]] table (at least one is needed)");
+    }
+    return cfg;
+}
+
+} // namespace zcio::cli

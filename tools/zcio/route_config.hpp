@@ -1,0 +1,55 @@
+// Routes of `zcio proxy`: from command-line flags or a TOML file of [[route]] tables.
+#pragma once
+
+#include <zcio/copy.hpp>
+#include <zcio/endpoint.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace zcio::cli {
+
+enum class proxy_header { none, v1, v2 };
+
+struct route_options {
+    copy_path engine = copy_path::automatic; // automatic | splice | buffer
+    std::size_t pipe_size = 0;               // 0: the pool's default (1 MiB)
+    std::uint64_t max_connections = 0;       // 0: unlimited
+    std::optional<std::chrono::nanoseconds> idle_timeout;
+    std::chrono::nanoseconds connect_timeout = std::chrono::seconds(10);
+    std::uint64_t rate_limit = 0; // bytes per second per direction; 0: unlimited
+    proxy_header proxy_protocol = proxy_header::none;
+};
+
+struct route {
+    std::string name;              // for logs and metrics
+    std::vector<endpoint> listen;  // every port of every --listen
+    std::vector<std::string> listen_text;
+    endpoint upstream;
+    route_options options;
+};
+
+// Settings that belong to the whole process rather than one route.
+struct global_options {
+    std::optional<std::size_t> threads;
+    std::optional<endpoint> metrics;
+    std::optional<std::chrono::nanoseconds> drain_timeout;
+};
+
+struct proxy_config {
+    std::vector<route> routes;
+    global_options global;
+};
+
+// Loads a TOML file. Throws usage_error with one line: "FILE:LINE: KEY: what is wrong".
+proxy_config load_config_file(const std::string& path);
+
+// Shared with the flag parser: throw usage_error naming `what`.
+copy_path parse_engine(std::string_view text, std::string_view what);
+proxy_header parse_proxy_header(std::string_view text, std::string_view what);
+const char* to_string(proxy_header h) noexcept;
+
+} // namespace zcio::cli
