@@ -51,7 +51,7 @@ private:
 struct udp_report {
     std::size_t datagrams = 0;
     std::size_t bytes = 0;
-    std::uint64_t sum = 0;     // over every datagram's bytes, in order
+    std::uint64_t sum = 0;      // over every datagram's bytes, in order
     std::size_t mismatched = 0; // echoes that differed from what was sent
     std::size_t wrong_sender = 0;
     std::size_t truncated = 0;
@@ -91,8 +91,7 @@ task<void> ping(udp_socket* s, endpoint peer, std::size_t count, std::size_t max
         echoed->truncated += got->truncated ? 1 : 0;
         echoed->wrong_sender += got->from == peer ? 0 : 1;
         echoed->mismatched +=
-            got->size == data.size() && test::checksum_of(bytes) == test::checksum_of(data) ? 0
-                                                                                          : 1;
+            got->size == data.size() && test::checksum_of(bytes) == test::checksum_of(data) ? 0 : 1;
     }
     sent->sum = sent_sum.value();
     echoed->sum = echoed_sum.value();
@@ -173,7 +172,8 @@ TEST_P(udp_socket_test, random_datagrams_echo_whole_with_their_sender) {
     udp_report sent, echoed, ponged;
     loop.spawn(pong(&*b, count, &ponged));
     loop.spawn(ping(&*a, *b_at, count, max_size, 91, &sent, &echoed));
-    ASSERT_TRUE(loop.block_on(wait_until(&loop, [&] { return echoed.done && ponged.done; }, 20s)))
+    ASSERT_TRUE(loop.block_on(wait_until(
+        &loop, [&] { return echoed.done && ponged.done; }, 20s)))
         << "sent " << sent.datagrams << ", ponged " << ponged.datagrams << ", echoed "
         << echoed.datagrams;
 
@@ -199,8 +199,7 @@ struct received {
 };
 
 task<void> send_then_receive(udp_socket* from, udp_socket* to, endpoint to_at,
-                             std::vector<std::byte> data, std::size_t buffer_size,
-                             received* out) {
+                             std::vector<std::byte> data, std::size_t buffer_size, received* out) {
     if (auto n = co_await from->send_to(data, to_at); !n) {
         out->error = n.error();
         co_return;
@@ -273,7 +272,8 @@ TEST_P(udp_socket_test, close_from_another_coroutine_cancels_a_pending_receive) 
     auto count = [&finished](const std::exception_ptr&) { ++finished; };
     loop.spawn(receive_once(&*s, &error), count);
     loop.spawn(close_soon(&loop, &*s), count);
-    ASSERT_TRUE(loop.block_on(wait_until(&loop, [&] { return finished == 2; }, 5s)));
+    ASSERT_TRUE(loop.block_on(wait_until(
+        &loop, [&] { return finished == 2; }, 5s)));
     EXPECT_EQ(error, std::errc::operation_canceled) << error.message();
     EXPECT_EQ(loop.registered_count(), 0u);
 }

@@ -141,6 +141,11 @@ result<off_t> seek(int fd, off_t offset);
 // dup with CLOEXEC (fcntl F_DUPFD_CLOEXEC).
 result<unique_fd> dup(int fd);
 
+// System calls the calling thread made through the data-path wrappers of this layer
+// (reads, writes, splices, sendfile, copy_file_range, epoll_wait, accept, ...), for
+// benchmarks that report system calls per MiB.
+std::uint64_t calls_on_this_thread() noexcept;
+
 // Number of open descriptors of this process (/proc/self/fd), for leak checks.
 result<std::size_t> count_open_fds();
 

@@ -190,8 +190,12 @@ task<step> splice_direct(copier* c) {
         if (e == EAGAIN) {
             // EAGAIN is either end: an empty source or a full destination. What the
             // source holds tells which (a regular file is never empty-but-open).
+            // Character devices such as /dev/zero and /dev/urandom answer FIONREAD
+            // with ENOTTY or EINVAL and are always readable (/dev/zero cannot even be
+            // polled): waiting for them to become readable would spin or never end,
+            // so "cannot tell" means "the destination is full".
             auto avail = sys::bytes_readable(c->src.fd());
-            const bool src_has_data = is_regular(c->src) || (avail && *avail > 0);
+            const bool src_has_data = is_regular(c->src) || !avail || *avail > 0;
             if (src_has_data) {
                 ZCIO_WAIT(c, c->dst, io_direction::write, "splice");
             } else {
@@ -340,6 +344,12 @@ task<step> splice_through_pipe(copier* c) {
 
 // Regular file → anything: sendfile(2).
 task<step> sendfile_loop(copier* c) {
+    // sendfile(2) has no output offset: it writes at (and moves) dst's file offset, so
+    // it cannot honour an explicit dst_offset. Nothing moved yet: let the next path
+    // (pwrite in the buffer path) take it.
+    if (c->opts.dst_offset) {
+        co_return step::fallback;
+    }
     std::uint64_t here = 0;
     while (c->remaining > 0) {
         std::size_t len = c->want(c->opts.max_chunk);

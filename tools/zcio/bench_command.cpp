@@ -1,16 +1,18 @@
 // `zcio bench`: a self-contained benchmark. A sink, a relay per engine and a client
-// run in one process on loopback; it prints rate, CPU per GiB and idle-connection cost.
+// run in one process on loopback; it prints rate, CPU and system calls per GiB of the
+// thread that moves the bytes, round trips of a chatty exchange, and what idle
+// connections hold.
 #include "cli_util.hpp"
 #include "commands.hpp"
 
 #include <zcio/zcio.hpp>
 
 #include <cstdio>
+#include <cstring>
 #include <future>
 #include <string>
 #include <thread>
 #include <vector>
-#include <cstring>
 
 #include <fcntl.h>
 #include <sys/resource.h>
@@ -22,12 +24,20 @@ namespace {
 
 using namespace std::chrono_literals;
 
-double thread_cpu_seconds() {
-    rusage ru{};
-    ::getrusage(RUSAGE_THREAD, &ru);
-    return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
-           static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
-}
+// CPU seconds and system calls of the calling thread: the cost of moving the bytes.
+struct thread_cost {
+    double cpu = 0;
+    std::uint64_t calls = 0;
+
+    static thread_cost now() {
+        rusage ru{};
+        ::getrusage(RUSAGE_THREAD, &ru);
+        return {static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+                    static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6,
+                sys::calls_on_this_thread()};
+    }
+    thread_cost operator-(const thread_cost& o) const { return {cpu - o.cpu, calls - o.calls}; }
+};
 
 // Runs `fn` on `loop`'s thread and returns its value.
 template <class F>
@@ -38,15 +48,31 @@ auto on_loop(event_loop& loop, F fn) -> decltype(fn()) {
     return f.get();
 }
 
+const char* engine_name(copy_path p) { return p == copy_path::automatic ? "auto" : to_string(p); }
+
 struct row {
     std::string name;
-    std::string path;
-    double gib_per_s = 0;
-    double cpu_per_gib = 0; // seconds of the moving thread's CPU per GiB
+    std::string engine;
+    std::string path; // what copy() reported
     std::uint64_t bytes = 0;
+    double seconds = 0;
+    thread_cost cost;
+    std::uint64_t round_trips = 0; // chatty rows only
+
+    [[nodiscard]] double gib() const { return static_cast<double>(bytes) / (1u << 30); }
+    [[nodiscard]] double mib() const { return static_cast<double>(bytes) / (1u << 20); }
 };
 
-// ---- the sink: reads and discards, or writes what it reads to a file ----
+// How much a case moves: bytes when --bytes was given, otherwise for --seconds.
+struct budget {
+    std::uint64_t bytes = 0; // 0: time-bounded
+    double seconds = 3;
+    [[nodiscard]] clock::time_point end(clock::time_point start) const {
+        return start + std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(seconds));
+    }
+};
+
+// ---- peers: a sink that discards and an echo server ----
 
 task<void> discard(stream conn) {
     std::vector<std::byte> buf(256 * 1024);
@@ -58,13 +84,26 @@ task<void> discard(stream conn) {
     }
 }
 
-task<void> sink_accept(event_loop* loop, tcp_listener* l) {
+task<void> echo(stream conn) {
+    std::array<std::byte, 4096> buf{};
+    while (true) {
+        auto n = co_await conn.read_some(buf);
+        if (!n || *n == 0) {
+            co_return;
+        }
+        if (!co_await conn.write_all(std::span(buf).first(*n))) {
+            co_return;
+        }
+    }
+}
+
+task<void> serve(event_loop* loop, tcp_listener* l, bool echoing) {
     while (true) {
         auto a = co_await l->accept();
         if (!a) {
             co_return;
         }
-        loop->spawn(discard(std::move(a->conn)));
+        loop->spawn(echoing ? echo(std::move(a->conn)) : discard(std::move(a->conn)));
     }
 }
 
@@ -74,6 +113,7 @@ struct relay_state {
     endpoint upstream;
     copy_path engine = copy_path::automatic;
     transfer_pools pools;
+    copy_path last_path = copy_path::automatic;
 };
 
 task<void> relay_one(relay_state* st, event_loop* loop, stream client) {
@@ -84,7 +124,10 @@ task<void> relay_one(relay_state* st, event_loop* loop, stream client) {
     bidirectional_options o;
     o.path = st->engine;
     o.pools = &st->pools;
-    (void)co_await copy_bidirectional(client, *up, o);
+    traffic t = co_await copy_bidirectional(client, *up, o);
+    if (t.a_to_b > 0) {
+        st->last_path = t.a_to_b_path;
+    }
 }
 
 task<void> relay_accept(relay_state* st, event_loop* loop, tcp_listener* l) {
@@ -97,22 +140,68 @@ task<void> relay_accept(relay_state* st, event_loop* loop, tcp_listener* l) {
     }
 }
 
-// ---- the client ----
+tcp_listener listen_loopback(event_loop& loop) {
+    auto l = tcp_listener::bind(loop, endpoint::ipv4_loopback(0));
+    if (!l) {
+        throw runtime_failure("bench: cannot listen on 127.0.0.1: " + l.error().message());
+    }
+    return std::move(*l);
+}
 
-task<std::uint64_t> blast(event_loop* loop, endpoint to, double seconds) {
+// A peer thread and a relay thread. Member order matters: the loops go first (their
+// suspended tasks hold pool leases and registrations), then listeners and pools.
+struct relay_rig {
+    relay_state state;
+    tcp_listener peer;
+    tcp_listener relay;
+    loop_group peer_group{1};
+    loop_group relay_group{1};
+
+    relay_rig(copy_path engine, bool echoing) {
+        state.engine = engine;
+        peer = listen_loopback(peer_group.loop(0));
+        relay = listen_loopback(relay_group.loop(0));
+        state.upstream = peer.local_endpoint();
+        peer_group.loop(0).spawn(serve(&peer_group.loop(0), &peer, echoing));
+        relay_group.loop(0).spawn(relay_accept(&state, &relay_group.loop(0), &relay));
+        peer_group.start();
+        relay_group.start();
+    }
+    ~relay_rig() {
+        on_loop(peer_group.loop(0), [this] { peer.close(); return 0; });
+        on_loop(relay_group.loop(0), [this] { relay.close(); return 0; });
+        relay_group.stop();
+        peer_group.stop();
+        relay_group.join();
+        peer_group.join();
+    }
+    relay_rig(const relay_rig&) = delete;
+    relay_rig& operator=(const relay_rig&) = delete;
+    event_loop& relay_loop() { return relay_group.loop(0); }
+};
+
+// ---- clients ----
+
+std::vector<std::byte> pattern(std::size_t n) {
+    std::vector<std::byte> v(n);
+    for (std::size_t i = 0; i < n; ++i) {
+        v[i] = static_cast<std::byte>((i * 131 + 7) >> 3);
+    }
+    return v;
+}
+
+// Writes until the budget is spent, half-closes, waits for the far side to close.
+task<std::uint64_t> blast(event_loop* loop, endpoint to, budget b) {
     auto s = co_await stream::connect(*loop, to, 5s);
     if (!s) {
         co_return 0;
     }
-    std::vector<std::byte> chunk(256 * 1024);
-    for (std::size_t i = 0; i < chunk.size(); ++i) {
-        chunk[i] = static_cast<std::byte>(i * 131 + 7);
-    }
+    const auto chunk = pattern(256 * 1024);
     std::uint64_t sent = 0;
-    const auto end = clock::now() + std::chrono::duration_cast<clock::duration>(
-                                        std::chrono::duration<double>(seconds));
-    while (clock::now() < end) {
-        auto n = co_await s->write_all(chunk);
+    const auto end = b.end(clock::now());
+    while (b.bytes != 0 ? sent < b.bytes : clock::now() < end) {
+        std::size_t len = b.bytes != 0 ? std::min<std::uint64_t>(chunk.size(), b.bytes - sent) : chunk.size();
+        auto n = co_await s->write_all(std::span(chunk).first(len));
         if (!n) {
             break;
         }
@@ -120,8 +209,35 @@ task<std::uint64_t> blast(event_loop* loop, endpoint to, double seconds) {
     }
     (void)s->shutdown_write();
     std::array<std::byte, 64> tmp{};
-    (void)co_await s->read_some(tmp); // wait for the far side to close
+    (void)co_await s->read_some(tmp);
     co_return sent;
+}
+
+// 64-byte request, 64-byte reply, one at a time, for the budget's seconds.
+task<std::uint64_t> ping_pong(event_loop* loop, endpoint to, double seconds) {
+    auto s = co_await stream::connect(*loop, to, 5s);
+    if (!s) {
+        co_return 0;
+    }
+    std::array<std::byte, 64> req{};
+    std::array<std::byte, 64> rep{};
+    std::uint64_t trips = 0;
+    const auto end = budget{0, seconds}.end(clock::now());
+    while (clock::now() < end) {
+        if (!co_await s->write_all(req)) {
+            break;
+        }
+        std::size_t got = 0;
+        while (got < rep.size()) {
+            auto n = co_await s->read_some(std::span(rep).subspan(got));
+            if (!n || *n == 0) {
+                co_return trips;
+            }
+            got += *n;
+        }
+        ++trips;
+    }
+    co_return trips;
 }
 
 task<std::vector<stream>> open_idle(event_loop* loop, endpoint to, std::size_t n) {
@@ -136,84 +252,41 @@ task<std::vector<stream>> open_idle(event_loop* loop, endpoint to, std::size_t n
     co_return out;
 }
 
-double gib(std::uint64_t bytes) { return static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0); }
+// ---- the cases ----
 
-struct relay_rig {
-    // Member order matters: the loops are destroyed first (their suspended tasks hold
-    // pool leases and listener registrations), then the listeners and the pools.
-    relay_state state;
-    tcp_listener sink;
-    tcp_listener relay;
-    loop_group sink_group{1};
-    loop_group relay_group{1};
-
-    explicit relay_rig(copy_path engine) {
-        state.engine = engine;
-        auto s = tcp_listener::bind(sink_group.loop(0), endpoint::ipv4_loopback(0));
-        auto r = tcp_listener::bind(relay_group.loop(0), endpoint::ipv4_loopback(0));
-        if (!s || !r) {
-            throw runtime_failure("bench: cannot listen on 127.0.0.1");
-        }
-        sink = std::move(*s);
-        relay = std::move(*r);
-        state.upstream = sink.local_endpoint();
-        sink_group.loop(0).spawn(sink_accept(&sink_group.loop(0), &sink));
-        relay_group.loop(0).spawn(relay_accept(&state, &relay_group.loop(0), &relay));
-        sink_group.start();
-        relay_group.start();
-    }
-    ~relay_rig() {
-        on_loop(sink_group.loop(0), [this] { sink.close(); return 0; });
-        on_loop(relay_group.loop(0), [this] { relay.close(); return 0; });
-        relay_group.stop();
-        sink_group.stop();
-        relay_group.join();
-        sink_group.join();
-    }
-    relay_rig(const relay_rig&) = delete;
-    relay_rig& operator=(const relay_rig&) = delete;
-};
-
-row relay_row(copy_path engine, double seconds) {
-    relay_rig rig(engine);
+row relay_row(copy_path engine, budget b) {
+    relay_rig rig(engine, false);
     event_loop client;
-    event_loop& relay_loop = rig.relay_group.loop(0);
-    const double cpu0 = on_loop(relay_loop, [] { return thread_cpu_seconds(); });
+    const auto c0 = on_loop(rig.relay_loop(), [] { return thread_cost::now(); });
     const auto t0 = clock::now();
-    const std::uint64_t sent = client.block_on(blast(&client, rig.relay.local_endpoint(), seconds));
-    const double wall = std::chrono::duration<double>(clock::now() - t0).count();
-    const double cpu1 = on_loop(relay_loop, [] { return thread_cpu_seconds(); });
     row r;
-    r.name = std::string("tcp relay, ") + (engine == copy_path::automatic ? "auto" : to_string(engine));
-    r.path = engine == copy_path::automatic ? "buffer→splice" : to_string(engine);
-    r.bytes = sent;
-    r.gib_per_s = gib(sent) / wall;
-    r.cpu_per_gib = sent > 0 ? (cpu1 - cpu0) / gib(sent) : 0;
+    r.bytes = client.block_on(blast(&client, rig.relay.local_endpoint(), b));
+    r.seconds = std::chrono::duration<double>(clock::now() - t0).count();
+    r.cost = on_loop(rig.relay_loop(), [] { return thread_cost::now(); }) - c0;
+    r.name = "tcp -> relay -> tcp";
+    r.engine = engine_name(engine);
+    r.path = on_loop(rig.relay_loop(), [&] { return std::string(to_string(rig.state.last_path)); });
     return r;
 }
 
-struct idle_cost {
-    std::size_t connections = 0;
-    std::size_t pipes_leased = 0;
-    std::size_t buffers_leased = 0;
-};
-
-idle_cost idle_row(std::size_t n) {
-    relay_rig rig(copy_path::automatic);
+row chatty_row(copy_path engine, double seconds) {
+    relay_rig rig(engine, true);
     event_loop client;
-    auto conns = client.block_on(open_idle(&client, rig.relay.local_endpoint(), n));
-    std::this_thread::sleep_for(300ms); // let the relay accept and connect them all
-    idle_cost c;
-    c.connections = conns.size();
-    c.pipes_leased = on_loop(rig.relay_group.loop(0), [&] { return rig.state.pools.pipes.stats().leased; });
-    c.buffers_leased =
-        on_loop(rig.relay_group.loop(0), [&] { return rig.state.pools.buffers.stats().leased; });
-    conns.clear();
-    return c;
+    const auto c0 = on_loop(rig.relay_loop(), [] { return thread_cost::now(); });
+    const auto t0 = clock::now();
+    row r;
+    r.round_trips = client.block_on(ping_pong(&client, rig.relay.local_endpoint(), seconds));
+    r.seconds = std::chrono::duration<double>(clock::now() - t0).count();
+    r.cost = on_loop(rig.relay_loop(), [] { return thread_cost::now(); }) - c0;
+    r.bytes = r.round_trips * 128;
+    r.name = "chatty 64 B ping-pong";
+    r.engine = engine_name(engine);
+    r.path = engine_name(engine);
+    return r;
 }
 
 // A temporary file of `size` bytes, unlinked at once (the fd keeps it).
-unique_fd temp_file(std::size_t size) {
+unique_fd temp_file(std::uint64_t size) {
     char name[] = "/tmp/zcio-bench-XXXXXX";
     int fd = ::mkostemp(name, O_CLOEXEC);
     if (fd < 0) {
@@ -221,47 +294,66 @@ unique_fd temp_file(std::size_t size) {
     }
     ::unlink(name);
     unique_fd f(fd);
-    std::vector<std::byte> chunk(1 << 20);
-    for (std::size_t i = 0; i < chunk.size(); ++i) {
-        chunk[i] = static_cast<std::byte>(i * 17 + 3);
-    }
-    for (std::size_t done = 0; done < size; done += chunk.size()) {
-        if (::write(fd, chunk.data(), chunk.size()) != static_cast<ssize_t>(chunk.size())) {
+    const auto chunk = pattern(1 << 20);
+    for (std::uint64_t done = 0; done < size; done += chunk.size()) {
+        const auto len = static_cast<std::size_t>(std::min<std::uint64_t>(chunk.size(), size - done));
+        if (::write(fd, chunk.data(), len) != static_cast<ssize_t>(len)) {
             throw runtime_failure("bench: cannot fill the temporary file (disk full?)");
         }
     }
     return f;
 }
 
-// Sends the file again and again (from offset 0) for `seconds` into a discarding sink.
-task<std::uint64_t> file_to_socket(event_loop* loop, int file_fd, endpoint to, double seconds,
-                                   copy_path* path) {
+// Sends the file from offset 0, again and again, until the budget is spent.
+task<row> file_to_socket(event_loop* loop, int file_fd, std::uint64_t file_size, endpoint to,
+                         budget b, copy_path engine) {
+    row r;
     auto s = co_await stream::connect(*loop, to, 5s);
     auto dupfd = sys::dup(file_fd);
     if (!s || !dupfd) {
-        co_return 0;
+        co_return r;
     }
     auto f = stream::adopt(*loop, std::move(*dupfd));
     if (!f) {
-        co_return 0;
+        co_return r;
     }
-    std::uint64_t sent = 0;
-    const auto end = clock::now() + std::chrono::duration_cast<clock::duration>(
-                                        std::chrono::duration<double>(seconds));
-    while (clock::now() < end) {
+    const auto c0 = thread_cost::now();
+    const auto start = clock::now();
+    const auto end = b.end(start);
+    while (b.bytes != 0 ? r.bytes < b.bytes : clock::now() < end) {
         copy_options o;
         o.src_offset = 0;
-        auto r = co_await copy(*s, *f, o);
-        sent += r.bytes;
-        *path = r.path;
-        if (!r.ok() || r.bytes == 0) {
+        o.path = engine;
+        o.limit = b.bytes != 0 ? std::min(file_size, b.bytes - r.bytes) : file_size;
+        auto c = co_await copy(*s, *f, o);
+        r.bytes += c.bytes;
+        r.path = to_string(c.path);
+        if (!c.ok() || c.bytes == 0) {
             break;
         }
     }
-    co_return sent;
+    r.cost = thread_cost::now() - c0;
+    r.seconds = std::chrono::duration<double>(clock::now() - start).count();
+    co_return r;
 }
 
-task<void> receive_to_file(tcp_listener* l, int file_fd, copy_result* out, double* cpu) {
+row file_to_socket_row(int file_fd, std::uint64_t file_size, copy_path engine, budget b) {
+    tcp_listener sink;
+    loop_group sink_group{1};
+    sink = listen_loopback(sink_group.loop(0));
+    sink_group.loop(0).spawn(serve(&sink_group.loop(0), &sink, false));
+    sink_group.start();
+    event_loop mover;
+    row r = mover.block_on(file_to_socket(&mover, file_fd, file_size, sink.local_endpoint(), b, engine));
+    on_loop(sink_group.loop(0), [&] { sink.close(); return 0; });
+    sink_group.stop();
+    sink_group.join();
+    r.name = "file -> socket";
+    r.engine = engine_name(engine);
+    return r;
+}
+
+task<void> receive_to_file(tcp_listener* l, int file_fd, copy_path engine, row* out) {
     auto a = co_await l->accept();
     auto dupfd = sys::dup(file_fd);
     if (!a || !dupfd) {
@@ -271,59 +363,111 @@ task<void> receive_to_file(tcp_listener* l, int file_fd, copy_result* out, doubl
     if (!f) {
         co_return;
     }
-    const double c0 = thread_cpu_seconds();
+    const auto c0 = thread_cost::now();
     copy_options o;
-    o.dst_offset = 0; // rewrite the same region: measures the path, not the disk's size
-    *out = co_await copy(*f, a->conn, o);
-    *cpu = thread_cpu_seconds() - c0;
-}
-
-row file_to_socket_row(double seconds) {
-    auto file = temp_file(64u << 20);
-    loop_group sink_group{1};
-    auto s = tcp_listener::bind(sink_group.loop(0), endpoint::ipv4_loopback(0));
-    if (!s) {
-        throw runtime_failure("bench: cannot listen on 127.0.0.1");
+    o.path = engine;
+    // Rewrite the file from the start, 256 MiB at a time, so the page cache (not the
+    // disk's free space) bounds the case.
+    while (true) {
+        o.dst_offset = 0;
+        o.limit = 256u << 20;
+        auto c = co_await copy(*f, a->conn, o);
+        out->bytes += c.bytes;
+        out->path = to_string(c.path);
+        if (!c.ok() || c.bytes < *o.limit) {
+            break;
+        }
     }
-    sink_group.loop(0).spawn(sink_accept(&sink_group.loop(0), &*s));
-    sink_group.start();
-    event_loop client;
-    copy_path path = copy_path::automatic;
-    const double c0 = thread_cpu_seconds();
-    const auto t0 = clock::now();
-    const std::uint64_t sent = client.block_on(file_to_socket(&client, file.get(), s->local_endpoint(), seconds, &path));
-    const double wall = std::chrono::duration<double>(clock::now() - t0).count();
-    const double cpu = thread_cpu_seconds() - c0;
-    on_loop(sink_group.loop(0), [&] { s->close(); return 0; });
-    sink_group.stop();
-    sink_group.join();
-    return row{"file → socket", to_string(path), gib(sent) / wall, sent ? cpu / gib(sent) : 0, sent};
+    out->cost = thread_cost::now() - c0;
 }
 
-row socket_to_file_row(double seconds) {
+row socket_to_file_row(copy_path engine, budget b) {
     auto file = temp_file(0);
+    tcp_listener l;
     loop_group recv_group{1};
-    auto l = tcp_listener::bind(recv_group.loop(0), endpoint::ipv4_loopback(0));
-    if (!l) {
-        throw runtime_failure("bench: cannot listen on 127.0.0.1");
-    }
-    copy_result result;
-    double cpu = 0;
+    l = listen_loopback(recv_group.loop(0));
+    row r;
     std::promise<void> done;
-    recv_group.loop(0).spawn(receive_to_file(&*l, file.get(), &result, &cpu),
+    recv_group.loop(0).spawn(receive_to_file(&l, file.get(), engine, &r),
                              [&](std::exception_ptr) { done.set_value(); });
     recv_group.start();
     event_loop client;
     const auto t0 = clock::now();
-    const std::uint64_t sent = client.block_on(blast(&client, l->local_endpoint(), seconds));
+    (void)client.block_on(blast(&client, l.local_endpoint(), b));
     done.get_future().wait();
-    const double wall = std::chrono::duration<double>(clock::now() - t0).count();
-    on_loop(recv_group.loop(0), [&] { l->close(); return 0; });
+    r.seconds = std::chrono::duration<double>(clock::now() - t0).count();
+    on_loop(recv_group.loop(0), [&] { l.close(); return 0; });
     recv_group.stop();
     recv_group.join();
-    (void)sent;
-    return row{"socket → file", to_string(result.path), gib(result.bytes) / wall,
-               result.bytes ? cpu / gib(result.bytes) : 0, result.bytes};
+    r.name = "socket -> file";
+    r.engine = engine_name(engine);
+    return r;
+}
+
+struct idle_cost {
+    std::size_t connections = 0;
+    std::size_t pipes_leased = 0;
+    std::size_t buffers_leased = 0;
+};
+
+idle_cost idle_case(std::size_t n) {
+    relay_rig rig(copy_path::automatic, false);
+    event_loop client;
+    auto conns = client.block_on(open_idle(&client, rig.relay.local_endpoint(), n));
+    std::this_thread::sleep_for(300ms); // let the relay accept and connect them all
+    idle_cost c;
+    c.connections = conns.size();
+    c.pipes_leased = on_loop(rig.relay_loop(), [&] { return rig.state.pools.pipes.stats().leased; });
+    c.buffers_leased = on_loop(rig.relay_loop(), [&] { return rig.state.pools.buffers.stats().leased; });
+    return c;
+}
+
+void print_table(const std::vector<row>& rows, const idle_cost& idle, const budget& b) {
+    std::printf("\n%-22s %-7s %-16s %8s %11s %12s\n", "case", "engine", "path", "GiB/s", "CPU s/GiB",
+                "syscalls/MiB");
+    for (const auto& r : rows) {
+        if (r.round_trips != 0) {
+            continue;
+        }
+        const double gib = r.gib();
+        std::printf("%-22s %-7s %-16s %8.2f %11.3f %12.1f\n", r.name.c_str(), r.engine.c_str(),
+                    r.path.c_str(), r.seconds > 0 ? gib / r.seconds : 0, gib > 0 ? r.cost.cpu / gib : 0,
+                    r.mib() > 0 ? static_cast<double>(r.cost.calls) / r.mib() : 0);
+    }
+    std::printf("\n%-22s %-7s %14s %16s %14s\n", "case", "engine", "round trips/s", "relay CPU us/trip",
+                "syscalls/trip");
+    for (const auto& r : rows) {
+        if (r.round_trips == 0) {
+            continue;
+        }
+        const double trips = static_cast<double>(r.round_trips);
+        std::printf("%-22s %-7s %14.0f %16.1f %14.1f\n", r.name.c_str(), r.engine.c_str(),
+                    trips / r.seconds, 1e6 * r.cost.cpu / trips, static_cast<double>(r.cost.calls) / trips);
+    }
+    std::printf("\nidle: %zu connections through the relay hold %zu pipes and %zu buffers\n",
+                idle.connections, idle.pipes_leased, idle.buffers_leased);
+    if (b.bytes != 0) {
+        std::printf("(one process on loopback; %s per case; CPU and syscalls are the moving thread's)\n",
+                    human_bytes(static_cast<double>(b.bytes)).c_str());
+    } else {
+        std::printf("(one process on loopback; %.1f s per case; CPU and syscalls are the moving thread's)\n",
+                    b.seconds);
+    }
+}
+
+void print_json(const std::vector<row>& rows, const idle_cost& idle) {
+    std::printf("{\n  \"rows\": [\n");
+    for (std::size_t i = 0; i < rows.size(); ++i) {
+        const auto& r = rows[i];
+        std::printf("    {\"case\": \"%s\", \"engine\": \"%s\", \"path\": \"%s\", \"bytes\": %llu, "
+                    "\"seconds\": %.4f, \"cpu_seconds\": %.4f, \"syscalls\": %llu, \"round_trips\": %llu}%s\n",
+                    r.name.c_str(), r.engine.c_str(), r.path.c_str(),
+                    static_cast<unsigned long long>(r.bytes), r.seconds, r.cost.cpu,
+                    static_cast<unsigned long long>(r.cost.calls),
+                    static_cast<unsigned long long>(r.round_trips), i + 1 < rows.size() ? "," : "");
+    }
+    std::printf("  ],\n  \"idle\": {\"connections\": %zu, \"pipes_leased\": %zu, \"buffers_leased\": %zu}\n}\n",
+                idle.connections, idle.pipes_leased, idle.buffers_leased);
 }
 
 } // namespace
@@ -332,45 +476,39 @@ int run_bench_command(const bench_command_options& o) {
     if (!(o.seconds > 0) || o.seconds > 600) {
         throw usage_error("--seconds: expected a number of seconds from 0.1 to 600");
     }
+    const budget b{o.bytes, o.seconds};
+    const copy_path engines[] = {copy_path::automatic, copy_path::splice, copy_path::buffer};
     std::vector<row> rows;
-    auto step = [&](const char* what) {
-        std::fprintf(stderr, "zcio bench: %s...\n", what);
+    auto progress = [&](const std::string& what) {
+        std::fprintf(stderr, "zcio bench: %s\n", what.c_str());
     };
-    step("tcp relay, splice");
-    rows.push_back(relay_row(copy_path::splice, o.seconds));
-    step("tcp relay, buffer");
-    rows.push_back(relay_row(copy_path::buffer, o.seconds));
-    step("tcp relay, auto");
-    rows.push_back(relay_row(copy_path::automatic, o.seconds));
-    step("file → socket");
-    rows.push_back(file_to_socket_row(o.seconds));
-    step("socket → file");
-    rows.push_back(socket_to_file_row(o.seconds));
-    step((std::to_string(o.idle_connections) + " idle connections through the relay").c_str());
-    idle_cost idle = idle_row(o.idle_connections);
-
-    if (o.json) {
-        std::printf("{\n  \"rows\": [\n");
-        for (std::size_t i = 0; i < rows.size(); ++i) {
-            const auto& r = rows[i];
-            std::printf("    {\"name\": \"%s\", \"path\": \"%s\", \"gib_per_s\": %.3f, "
-                        "\"cpu_s_per_gib\": %.3f, \"bytes\": %llu}%s\n",
-                        r.name.c_str(), r.path.c_str(), r.gib_per_s, r.cpu_per_gib,
-                        static_cast<unsigned long long>(r.bytes), i + 1 < rows.size() ? "," : "");
+    for (auto e : engines) {
+        progress(std::string("tcp relay, ") + engine_name(e));
+        rows.push_back(relay_row(e, b));
+    }
+    {
+        const std::uint64_t file_size = 64u << 20;
+        auto file = temp_file(file_size);
+        for (auto e : {copy_path::automatic, copy_path::splice, copy_path::buffer}) {
+            progress(std::string("file -> socket, ") + engine_name(e));
+            rows.push_back(file_to_socket_row(file.get(), file_size, e, b));
         }
-        std::printf("  ],\n  \"idle\": {\"connections\": %zu, \"pipes_leased\": %zu, "
-                    "\"buffers_leased\": %zu}\n}\n",
-                    idle.connections, idle.pipes_leased, idle.buffers_leased);
-        return 0;
     }
-    std::printf("\n%-22s %-15s %9s %14s\n", "case", "path", "GiB/s", "CPU s/GiB");
-    for (const auto& r : rows) {
-        std::printf("%-22s %-15s %9.2f %14.3f\n", r.name.c_str(), r.path.c_str(), r.gib_per_s,
-                    r.cpu_per_gib);
+    for (auto e : engines) {
+        progress(std::string("socket -> file, ") + engine_name(e));
+        rows.push_back(socket_to_file_row(e, b));
     }
-    std::printf("\nidle: %zu connections through the relay hold %zu pipes and %zu buffers\n",
-                idle.connections, idle.pipes_leased, idle.buffers_leased);
-    std::printf("(one process, loopback, %.1f s per case; CPU is the moving thread's)\n", o.seconds);
+    for (auto e : engines) {
+        progress(std::string("chatty ping-pong, ") + engine_name(e));
+        rows.push_back(chatty_row(e, std::min(o.seconds, 3.0)));
+    }
+    progress(std::to_string(o.idle_connections) + " idle connections through the relay");
+    const idle_cost idle = idle_case(o.idle_connections);
+    if (o.json) {
+        print_json(rows, idle);
+    } else {
+        print_table(rows, idle, b);
+    }
     return 0;
 }
 

@@ -22,6 +22,7 @@ int run_copy_command(const copy_command_options& o);
 
 struct bench_command_options {
     double seconds = 3;
+    std::uint64_t bytes = 0; // when set: move exactly this much per case instead of timing
     bool json = false;
     std::size_t idle_connections = 1000;
 };

@@ -222,6 +222,9 @@ int run(int argc, char** argv) {
     auto* bench = app.add_subcommand("bench", "Self-contained benchmark on loopback: relay per "
                                               "engine, file→socket, socket→file, idle cost");
     bench->add_option("--seconds", bo.seconds, "Seconds per case")->capture_default_str();
+    std::string bench_bytes;
+    bench->add_option("--bytes", bench_bytes,
+                      "Move exactly this much per case (e.g. 1G) instead of for --seconds");
     bench->add_flag("--json", bo.json, "Print the results as JSON");
     bench->add_option("--idle", bo.idle_connections, "Idle connections to open")
         ->capture_default_str()
@@ -262,6 +265,12 @@ int run(int argc, char** argv) {
                               "\" is not an engine (auto, splice, sendfile, copy_file_range, buffer)");
         }
         return run_copy_command(co);
+    }
+    if (!bench_bytes.empty()) {
+        bo.bytes = parse_size(bench_bytes, "--bytes");
+        if (bo.bytes == 0) {
+            throw usage_error("--bytes: must be more than 0");
+        }
     }
     return run_bench_command(bo);
 }

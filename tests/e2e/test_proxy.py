@@ -1,0 +1,680 @@
+#!/usr/bin/env python3
+"""End-to-end tests of `zcio proxy`: data, half-close, engines, limits, signals,
+metrics, PROXY protocol headers, config files and reload.
+
+Run: python3 tests/e2e/test_proxy.py --zcio build/tools/zcio/zcio
+"""
+
+import os
+import selectors
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import e2e_support as e2e  # noqa: E402
+from e2e_support import (IO_TIMEOUT, SHORT, E2ETestCase, echo_handler, join_sender,  # noqa: E402
+                         random_bytes, recv_all, recv_exactly, rst_close, send_in_thread, sha,
+                         sink_handler, source_sink_handler, wait_closed, wait_until)
+
+MiB = 1 << 20
+ENGINES = ("auto", "splice", "buffer")
+# The path the close log line reports for each engine on TCP↔TCP.
+ENGINE_PATH = {"auto": "splice", "splice": "splice", "buffer": "buffer"}
+
+
+def closed_lines(proxy):
+    return [l for l in proxy.proc.lines() if " closed client " in l]
+
+
+class DataTests(E2ETestCase):
+    """Random data both ways, checked by sha256, with half-close in each order."""
+
+    def client_half_close(self, engine):
+        trailer = random_bytes(1 * MiB)  # sent by the upstream after it saw end of stream
+        up = self.upstream(echo_handler(trailer))
+        proxy = self.start_proxy("--listen", "127.0.0.1:0", "--upstream", up.address, "--engine", engine)
+        blob = random_bytes(8 * MiB)
+        c = self.connect(proxy.addr)
+        sender = send_in_thread(c, blob)  # then shutdown(SHUT_WR)
+        got, _, _ = recv_all(c)
+        join_sender(sender)
+        rec = up.wait_connections(1)[0].wait()
+        self.assertIsNone(rec.error)
+        self.assertEqual(rec.n, len(blob))
+        self.assertEqual(rec.sha, sha(blob), "upstream received different bytes")
+        self.assertEqual(len(got), len(blob) + len(trailer))
+        self.assertEqual(sha(got), sha(blob + trailer), "client received different bytes")
+        line = proxy.proc.wait_for(r" closed client .* sent (\d+) received (\d+) .* path (\S+): (.*)$")[0]
+        self.assertEqual(int(line.group(1)), len(blob))
+        self.assertEqual(int(line.group(2)), len(blob) + len(trailer))
+        self.assertEqual(line.group(3), ENGINE_PATH[engine], line.group(0))
+        self.assertEqual(line.group(4), "closed by both sides")
+
+    def upstream_half_close(self, engine):
+        down = random_bytes(6 * MiB)
+        up = self.upstream(source_sink_handler(down))  # sends, shuts down, then reads to EOF
+        proxy = self.start_proxy("--listen", "127.0.0.1:0", "--upstream", up.address, "--engine", engine)
+        c = self.connect(proxy.addr)
+        early = random_bytes(3 * MiB)
+        sender = send_in_thread(c, early, shutdown=False)
+        got, _, _ = recv_all(c)  # the upstream's whole blob, then end of stream
+        join_sender(sender)
+        self.assertEqual(sha(got), sha(down), "client received different bytes")
+        # The client still writes after it saw the upstream's end of stream.
+        late = random_bytes(3 * MiB)
+        c.sendall(late)
+        c.shutdown(socket.SHUT_WR)
+        rec = up.wait_connections(1)[0].wait()
+        self.assertIsNone(rec.error)
+        self.assertEqual(rec.n, len(early) + len(late))
+        self.assertEqual(rec.sha, sha(early + late), "upstream received different bytes")
+        self.assertLess(wait_closed(c), SHORT)
+        line = proxy.proc.wait_for(r" closed client .* sent (\d+) received (\d+) .* path (\S+): (.*)$")[0]
+        self.assertEqual((int(line.group(1)), int(line.group(2))), (len(early) + len(late), len(down)))
+        self.assertEqual(line.group(3), ENGINE_PATH[engine], line.group(0))
+
+
+for _engine in ENGINES:
+    setattr(DataTests, "test_client_half_close_%s" % _engine,
+            lambda self, e=_engine: self.client_half_close(e))
+    setattr(DataTests, "test_upstream_half_close_%s" % _engine,
+            lambda self, e=_engine: self.upstream_half_close(e))
+
+
+class ListenTests(E2ETestCase):
+    def echo_once(self, addr, size=256 * 1024):
+        blob = random_bytes(size)
+        c = self.connect(addr)
+        sender = send_in_thread(c, blob)
+        got, _, _ = recv_all(c)
+        join_sender(sender)
+        self.assertEqual(sha(got), sha(blob), "echo through %s differs" % addr)
+
+    def test_unix_listener_and_unix_upstream(self):
+        up = self.upstream(echo_handler(), unix_path=self.path("up.sock"))
+        proxy = self.start_proxy("--listen", "unix:" + self.path("in.sock"), "--listen", "127.0.0.1:0",
+                                 "--upstream", up.address, listens=2)
+        addrs = sorted(a for _, a, _ in proxy.listens)
+        self.assertIn("unix:" + self.path("in.sock"), addrs)
+        for a in addrs:
+            self.echo_once(a, 2 * MiB)
+
+    def test_ipv6_listener(self):
+        try:
+            with socket.socket(socket.AF_INET6) as s:
+                s.bind(("::1", 0))
+        except OSError:
+            self.skipTest("no IPv6 loopback")
+        up = self.upstream(echo_handler())
+        proxy = self.start_proxy("--listen", "[::1]:0", "--upstream", up.address)
+        self.assertTrue(proxy.addr.startswith("[::1]:"), proxy.addr)
+        self.echo_once(proxy.addr, 2 * MiB)
+
+    def test_port_range(self):
+        base = e2e.free_port_range(3)
+        up = self.upstream(echo_handler())
+        proxy = self.start_proxy("--listen", "127.0.0.1:%d-%d" % (base, base + 2), "--upstream", up.address,
+                                 listens=3)
+        self.assertEqual(sorted(a for _, a, _ in proxy.listens),
+                         ["127.0.0.1:%d" % p for p in range(base, base + 3)])
+        for p in range(base, base + 3):
+            self.echo_once("127.0.0.1:%d" % p)
+
+
+class ConcurrencyTests(E2ETestCase):
+    def test_thousand_concurrent_connections(self):
+        n = 1000
+        msg_len = 512
+        up = self.selector_echo()
+        proxy = self.start_proxy("--listen", "127.0.0.1:0", "--upstream", up.address)
+        host, port = proxy.addr.rsplit(":", 1)
+        socks = []
+        for _ in range(n):
+            s = self.connect(proxy.addr)
+            socks.append(s)
+        # Every connection sends a distinct message and must get exactly it back.
+        msgs = [random_bytes(msg_len) for _ in range(n)]
+        got = [bytearray() for _ in range(n)]
+        sel = selectors.DefaultSelector()
+        self.addCleanup(sel.close)
+        for i, s in enumerate(socks):
+            s.sendall(msgs[i])
+            s.setblocking(False)
+            sel.register(s, selectors.EVENT_READ, i)
+        remaining = n
+        deadline = time.monotonic() + IO_TIMEOUT
+        while remaining:
+            if time.monotonic() > deadline:
+                self.fail("%d of %d connections did not get their echo" % (remaining, n))
+            for key, _ in sel.select(timeout=1.0):
+                i = key.data
+                data = key.fileobj.recv(65536)
+                if not data:
+                    self.fail("connection %d closed early after %d bytes" % (i, len(got[i])))
+                got[i] += data
+                if len(got[i]) >= msg_len:
+                    sel.unregister(key.fileobj)
+                    remaining -= 1
+        for i in range(n):
+            self.assertEqual(bytes(got[i]), msgs[i], "connection %d got another's bytes" % i)
+        # All 1,000 are open at the same time, in the proxy and at the upstream.
+        self.assertEqual(proxy.metric("zcio_connections_active"), n)
+        self.assertEqual(up.open, n)
+        self.assertEqual(proxy.metric("zcio_connections_total"), n)
+        for s in socks:
+            s.setblocking(True)
+            s.settimeout(IO_TIMEOUT)
+            s.shutdown(socket.SHUT_WR)
+        for s in socks:
+            self.assertEqual(recv_all(s)[0], b"")
+            s.close()
+        proxy.wait_metric("zcio_connections_active", 0, timeout=IO_TIMEOUT)
+        self.assertEqual(proxy.metric("zcio_connections_total"), n)
+        self.assertEqual(proxy.metric("zcio_bytes_client_to_upstream_total"), n * msg_len)
+        self.assertEqual(proxy.metric("zcio_bytes_upstream_to_client_total"), n * msg_len)
+        wait_until(lambda: up.open == 0, SHORT, "the upstream's connections to close")
+        self.assertEqual(proxy.proc.poll(), None)
+
+
+class FailureTests(E2ETestCase):
+    def echo_check(self, addr, size=64 * 1024):
+        blob = random_bytes(size)
+        c = self.connect(addr)
+        sender = send_in_thread(c, blob)
+        got, _, _ = recv_all(c)
+        join_sender(sender)
+        self.assertEqual(sha(got), sha(blob))
+
+    def test_upstream_refused(self):
+        port = e2e.free_port()  # nothing listens there
+        proxy = self.start_proxy("--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:%d" % port)
+        for i in range(3):
+            c = self.connect(proxy.addr)
+            elapsed = wait_closed(c, timeout=SHORT)
+            self.assertLess(elapsed, 5.0, "client not closed promptly")
+            c.close()
+            proxy.wait_metric("zcio_upstream_connect_failures_total", i + 1)
+        proxy.wait_metric("zcio_connections_active", 0)
+        self.assertEqual(proxy.metric("zcio_upstream_connect_timeouts_total"), 0)
+        self.assertGreaterEqual(proxy.proc.count_lines(r"upstream 127\.0\.0\.1:%d: .*refused" % port), 3)
+        # It keeps serving: once the upstream exists, clients get through.
+        up = self.upstream(echo_handler(), port=port)
+        self.echo_check(proxy.addr)
+        self.assertIsNone(proxy.proc.poll())
+
+    def test_upstream_connect_timeout(self):
+        # An upstream whose accept queue is full drops SYNs: connect() hangs.
+        blackhole = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.track(blackhole)
+        blackhole.bind(("127.0.0.1", 0))
+        blackhole.listen(0)
+        bport = blackhole.getsockname()[1]
+        filler = self.connect("127.0.0.1:%d" % bport)  # fills the queue
+        probe = socket.socket()
+        self.track(probe)
+        probe.setblocking(False)
+        probe.connect_ex(("127.0.0.1", bport))
+        time.sleep(0.5)
+        try:
+            probe.getpeername()
+            self.skipTest("this kernel completes connects beyond a full accept queue")
+        except OSError:
+            pass  # still in SYN_SENT: connects to it hang, as wanted
+        probe.close()
+        proxy = self.start_proxy("--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:%d" % bport,
+                                 "--connect-timeout", "1")
+        c = self.connect(proxy.addr)
+        elapsed = wait_closed(c, timeout=SHORT)
+        self.assertGreater(elapsed, 0.8)
+        self.assertLess(elapsed, 6.0)
+        proxy.wait_metric("zcio_upstream_connect_timeouts_total", 1)
+        proxy.wait_metric("zcio_connections_active", 0)
+        self.assertEqual(proxy.metric("zcio_upstream_connect_failures_total"), 0)
+        del filler
+
+    def test_client_reset(self):
+        big = random_bytes(32 * MiB)
+        up = self.upstream(source_sink_handler(big))
+        proxy = self.start_proxy("--listen", "127.0.0.1:0", "--upstream", up.address)
+        # 1: reset right after sending some bytes.
+        c = self.connect(proxy.addr)
+        c.sendall(random_bytes(100 * 1024))
+        recv_exactly(c, 64 * 1024)
+        rst_close(c)
+        # 2: reset in the middle of a large download.
+        c2 = self.connect(proxy.addr)
+        recv_exactly(c2, 1 * MiB)
+        rst_close(c2)
+        for rec in up.wait_connections(2):
+            rec.wait()  # the proxy closed the upstream side of both
+        proxy.wait_metric("zcio_connections_active", 0)
+        self.assertEqual(proxy.metric("zcio_connections_total"), 2)
+        self.assertIsNone(proxy.proc.poll(), "the proxy died")
+        # It keeps serving, with the data intact.
+        c3 = self.connect(proxy.addr)
+        sender = send_in_thread(c3, b"x" * 1000)
+        got, _, _ = recv_all(c3)
+        join_sender(sender)
+        self.assertEqual(sha(got), sha(big))
+        proxy.wait_metric("zcio_connections_total", 3)
+
+    def test_upstream_reset(self):
+        def handler(conn, rec):
+            rec.feed(conn.recv(65536))
+            rst_close(conn)
+        up = self.upstream(handler)
+        proxy = self.start_proxy("--listen", "127.0.0.1:0", "--upstream", up.address)
+        c = self.connect(proxy.addr)
+        c.sendall(b"hello")
+        self.assertLess(wait_closed(c), 5.0)
+        proxy.wait_metric("zcio_connections_active", 0)
+        self.assertIsNone(proxy.proc.poll())
+
+    def test_max_connections(self):
+        up = self.upstream(echo_handler())
+        proxy = self.start_proxy("--listen", "127.0.0.1:0", "--upstream", up.address,
+                                 "--max-connections", "2")
+        held = []
+        for _ in range(2):
+            c = self.connect(proxy.addr)
+            c.sendall(b"ping")
+            self.assertEqual(recv_exactly(c, 4), b"ping")
+            held.append(c)
+        # The third client is accepted and closed at once, without reaching the upstream.
+        extra = self.connect(proxy.addr)
+        self.assertLess(wait_closed(extra, timeout=SHORT), 3.0)
+        proxy.wait_metric("zcio_connections_refused_total", 1)
+        self.assertEqual(proxy.metric("zcio_connections_total"), 2)
+        self.assertEqual(proxy.metric("zcio_connections_active"), 2)
+        self.assertEqual(up.connections(), 2)
+        # The held ones still work.
+        for c in held:
+            c.sendall(b"pong")
+            self.assertEqual(recv_exactly(c, 4), b"pong")
+        # A slot frees up when one closes.
+        held[0].shutdown(socket.SHUT_WR)
+        recv_all(held[0])
+        proxy.wait_metric("zcio_connections_active", 1)
+        self.echo_check(proxy.addr)
+        self.assertEqual(proxy.metric("zcio_connections_refused_total"), 1)
+        proxy.wait_metric("zcio_connections_total", 3)
+
+    def test_idle_timeout(self):
+        up = self.upstream(echo_handler())
+        proxy = self.start_proxy("--listen", "127.0.0.1:0", "--upstream", up.address, "--idle-timeout", "1")
+        idle = self.connect(proxy.addr)
+        busy = self.connect(proxy.addr)
+        idle.sendall(b"once")
+        self.assertEqual(recv_exactly(idle, 4), b"once")
+        result = {}
+
+        def keep_busy():  # a byte every 0.2 s for 2.5 s: never idle for 1 s
+            try:
+                end = time.monotonic() + 2.5
+                while time.monotonic() < end:
+                    busy.sendall(b"b")
+                    if recv_exactly(busy, 1) != b"b":
+                        result["error"] = "bad echo"
+                        return
+                    time.sleep(0.2)
+                result["ok"] = True
+            except OSError as e:
+                result["error"] = repr(e)
+        t = threading.Thread(target=keep_busy, daemon=True)
+        t.start()
+        elapsed = wait_closed(idle, timeout=SHORT)
+        self.assertGreater(elapsed, 0.8, "closed before the idle timeout")
+        self.assertLess(elapsed, 5.0, "idle connection not closed")
+        t.join(SHORT)
+        self.assertEqual(result, {"ok": True}, "a busy connection was cut")
+        proxy.proc.wait_for(r" closed client .*: idle timeout")
+        # The busy one, now idle, is closed too.
+        self.assertLess(wait_closed(busy, timeout=SHORT), 5.0)
+        proxy.wait_metric("zcio_connections_active", 0)
+
+
+class SignalTests(E2ETestCase):
+    def test_sigterm_lets_a_transfer_finish(self):
+        down = random_bytes(6 * MiB)
+        upb = random_bytes(1 * MiB)
+        up = self.upstream(source_sink_handler(down))
+        # 2 MiB/s: the download takes ~3 s; SIGTERM arrives in the middle of it.
+        proxy = self.start_proxy("--listen", "127.0.0.1:0", "--upstream", up.address, "--rate-limit", "2M")
+        c = self.connect(proxy.addr)
+        sender = send_in_thread(c, upb)
+        first = recv_exactly(c, 1)  # the transfer is running
+        time.sleep(0.5)
+        proxy.proc.send_signal(signal.SIGTERM)
+        proxy.proc.wait_for("SIGTERM: draining")
+        # No new clients once draining (the listeners close).
+        wait_until(lambda: self._refused(proxy.addr), SHORT, "the listener to close")
+        rest, _, _ = recv_all(c)
+        join_sender(sender)
+        self.assertEqual(sha(first + rest), sha(down), "the in-flight transfer was cut")
+        rec = up.wait_connections(1)[0].wait()
+        self.assertEqual(rec.sha, sha(upb))
+        self.assertEqual(proxy.proc.wait(SHORT + 5), 0)
+        self.assertFalse(any("drain timeout" in l for l in proxy.proc.lines()))
+
+    def _refused(self, addr):
+        family, sa = e2e.parse_hostport(addr)
+        with socket.socket(family) as s:
+            s.settimeout(2)
+            try:
+                s.connect(sa)
+            except ConnectionRefusedError:
+                return True
+            except OSError:
+                return False
+            # Accepted by a listener not closed yet (or by the backlog): try again.
+            return False
+
+    def test_drain_timeout_closes_the_rest(self):
+        up = self.upstream(echo_handler())
+        proxy = self.start_proxy("--listen", "127.0.0.1:0", "--upstream", up.address, "--drain-timeout", "1")
+        c = self.connect(proxy.addr)
+        c.sendall(b"hi")
+        self.assertEqual(recv_exactly(c, 2), b"hi")
+        start = time.monotonic()
+        proxy.proc.send_signal(signal.SIGTERM)
+        self.assertEqual(proxy.proc.wait(SHORT), 0)
+        self.assertLess(time.monotonic() - start, 6.0)
+        self.assertGreater(time.monotonic() - start, 0.8)
+        self.assertLess(wait_closed(c), SHORT)
+
+    def test_sigint_idle_exits_zero(self):
+        up = self.upstream(echo_handler())
+        proxy = self.start_proxy("--listen", "127.0.0.1:0", "--upstream", up.address)
+        proxy.proc.send_signal(signal.SIGINT)
+        self.assertEqual(proxy.proc.wait(SHORT), 0)
+        proxy.proc.wait_for("SIGINT: draining")
+
+
+class RateLimitTests(E2ETestCase):
+    RATE = 2 * MiB
+
+    def rate_both_ways(self, engine):
+        size = int(self.RATE * 3.3)  # ~3.2 s at the limit, after the initial burst
+        down = random_bytes(size)
+        upb = random_bytes(size)
+        up = self.upstream(source_sink_handler(down))
+        proxy = self.start_proxy("--listen", "127.0.0.1:0", "--upstream", up.address, "--engine", engine,
+                                 "--rate-limit", str(self.RATE))
+        c = self.connect(proxy.addr)
+        sender = send_in_thread(c, upb)
+        got, t_first, t_last = recv_all(c)
+        join_sender(sender)
+        rec = up.wait_connections(1)[0].wait()
+        self.assertEqual(sha(got), sha(down))
+        self.assertEqual(rec.sha, sha(upb))
+        # Long-run average from the first byte to the last, each direction on its own.
+        down_secs = t_last - t_first
+        up_secs = rec.t_last - rec.t_first
+        self.assertGreater(down_secs, 2.5)
+        self.assertGreater(up_secs, 2.5)
+        for what, n, secs in (("upstream→client", len(got), down_secs), ("client→upstream", rec.n, up_secs)):
+            rate = n / secs
+            self.assertLess(abs(rate - self.RATE) / self.RATE, 0.10,
+                            "%s: %.0f B/s over %.2f s, limit %d B/s" % (what, rate, secs, self.RATE))
+        line = proxy.proc.wait_for(r" closed client .* path (\S+): ")[0]
+        self.assertEqual(line.group(1), ENGINE_PATH[engine], "the rate limit must not change the path")
+
+    def test_rate_limit_splice(self):
+        self.rate_both_ways("splice")
+
+    def test_rate_limit_buffer(self):
+        self.rate_both_ways("buffer")
+
+
+class MetricsTests(E2ETestCase):
+    def test_counters_match_traffic(self):
+        sizes = [(1 * MiB + 17, 3 * MiB + 5), (123457, 0), (0, 2 * MiB)]
+        blobs_down = [random_bytes(d) for _, d in sizes]
+        it = iter(blobs_down)
+        lock = threading.Lock()
+
+        def handler(conn, rec):
+            with lock:
+                blob = next(it)
+            source_sink_handler(blob)(conn, rec)
+        up = self.upstream(handler)
+        proxy = self.start_proxy("--listen", "127.0.0.1:0", "--upstream", up.address)
+        m = proxy.metrics()
+        self.assertEqual(m[("zcio_connections_total", (("route", "default"),))], 0)
+        for i, (u, d) in enumerate(sizes):
+            c = self.connect(proxy.addr)
+            upb = random_bytes(u)
+            sender = send_in_thread(c, upb)
+            got, _, _ = recv_all(c)
+            join_sender(sender)
+            self.assertEqual(len(got), d)
+            rec = up.wait_connections(i + 1)[i].wait()
+            self.assertEqual(rec.sha, sha(upb))
+            c.close()
+        proxy.wait_metric("zcio_connections_active", 0)
+        self.assertEqual(proxy.metric("zcio_connections_total"), len(sizes))
+        self.assertEqual(proxy.metric("zcio_bytes_client_to_upstream_total"), sum(u for u, _ in sizes))
+        self.assertEqual(proxy.metric("zcio_bytes_upstream_to_client_total"), sum(d for _, d in sizes))
+        self.assertEqual(proxy.metric("zcio_connections_refused_total"), 0)
+        self.assertEqual(proxy.metric("zcio_upstream_connect_failures_total"), 0)
+        m = proxy.metrics()
+        for g in ("zcio_pipes_leased", "zcio_pipes_idle", "zcio_buffers_leased", "zcio_buffers_idle"):
+            self.assertIn((g, (("loop", "0"),)), m)
+            self.assertIn((g, (("loop", "1"),)), m)
+        # Other paths and methods.
+        self.assertEqual(e2e.http_get(proxy.metrics_port, "/nope")[0], 404)
+
+
+def v1_header(src, dst):
+    return ("PROXY TCP4 %s %s %d %d\r\n" % (src[0], dst[0], src[1], dst[1])).encode()
+
+
+def v2_header_inet(src, dst):
+    # HAProxy proxy-protocol.txt, section 2.2: signature, 0x21 (v2, PROXY), 0x11
+    # (AF_INET, STREAM), length 12, then src addr, dst addr, src port, dst port.
+    sig = b"\x0D\x0A\x0D\x0A\x00\x0D\x0A\x51\x55\x49\x54\x0A"
+    body = socket.inet_aton(src[0]) + socket.inet_aton(dst[0]) + struct.pack("!HH", src[1], dst[1])
+    return sig + b"\x21\x11" + struct.pack("!H", len(body)) + body
+
+
+def v2_header_inet6(src, dst):
+    sig = b"\x0D\x0A\x0D\x0A\x00\x0D\x0A\x51\x55\x49\x54\x0A"
+    body = (socket.inet_pton(socket.AF_INET6, src[0]) + socket.inet_pton(socket.AF_INET6, dst[0])
+            + struct.pack("!HH", src[1], dst[1]))
+    return sig + b"\x21\x21" + struct.pack("!H", len(body)) + body
+
+
+class ProxyProtocolTests(E2ETestCase):
+    def through(self, version, listen="127.0.0.1:0"):
+        up = self.upstream(sink_handler(), keep=True)
+        proxy = self.start_proxy("--listen", listen, "--upstream", up.address, "--proxy-protocol", version)
+        c = self.connect(proxy.addr)
+        data = random_bytes(256 * 1024)
+        c.sendall(data)
+        c.shutdown(socket.SHUT_WR)
+        src = c.getsockname()[:2]
+        dst = c.getpeername()[:2]
+        rec = up.wait_connections(1)[0].wait()
+        wait_closed(c)
+        return bytes(rec.data), data, src, dst
+
+    def test_v1(self):
+        got, data, src, dst = self.through("v1")
+        expected = v1_header(src, dst)
+        self.assertEqual(got[:len(expected)], expected)
+        self.assertEqual(sha(got), sha(expected + data))
+        # Specification's example form: "PROXY TCP4 <src> <dst> <sport> <dport>\r\n".
+        self.assertRegex(got[:len(expected)].decode(),
+                         r"^PROXY TCP4 127\.0\.0\.1 127\.0\.0\.1 \d{1,5} \d{1,5}\r\n$")
+
+    def test_v2(self):
+        got, data, src, dst = self.through("v2")
+        expected = v2_header_inet(src, dst)
+        self.assertEqual(len(expected), 28)
+        self.assertEqual(got[:28].hex(), expected.hex())
+        self.assertEqual(sha(got), sha(expected + data))
+
+    def _v6(self):
+        try:
+            with socket.socket(socket.AF_INET6) as s:
+                s.bind(("::1", 0))
+        except OSError:
+            self.skipTest("no IPv6 loopback")
+
+    def test_v1_ipv6(self):
+        self._v6()
+        got, data, src, dst = self.through("v1", "[::1]:0")
+        expected = ("PROXY TCP6 ::1 ::1 %d %d\r\n" % (src[1], dst[1])).encode()
+        self.assertEqual(sha(got), sha(expected + data), got[:60])
+
+    def test_v2_ipv6(self):
+        self._v6()
+        got, data, src, dst = self.through("v2", "[::1]:0")
+        expected = v2_header_inet6(src, dst)
+        self.assertEqual(len(expected), 52)
+        self.assertEqual(got[:52].hex(), expected.hex())
+        self.assertEqual(sha(got), sha(expected + data))
+
+    def test_v1_unix_client_is_unknown(self):
+        got, data, _, _ = self.through("v1", "unix:" + self.path("pp.sock"))
+        # Not a TCP client: the specification's "PROXY UNKNOWN\r\n".
+        self.assertEqual(sha(got), sha(b"PROXY UNKNOWN\r\n" + data), got[:60])
+
+
+def write(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+
+
+class ConfigTests(E2ETestCase):
+    def test_two_routes(self):
+        up_a = self.upstream(sink_handler(), keep=True)
+        up_b = self.upstream(echo_handler())
+        cfg = self.path("routes.toml")
+        write(cfg, """
+# two routes in one process
+threads = 2
+
+[[route]]
+name = "alpha"
+listen = "127.0.0.1:0"
+upstream = "%s"
+proxy_protocol = "v1"
+
+[[route]]
+name = "beta"
+listen = ["127.0.0.1:0", "unix:%s"]
+upstream = "%s"
+engine = "buffer"
+max_connections = 100
+idle_timeout = "30s"
+rate_limit = "64M"
+""" % (up_a.address, self.path("beta.sock"), up_b.address))
+        proxy = self.start_proxy("--config", cfg, listens=3, threads=0)
+        routes = sorted((r, u) for r, _, u in proxy.listens)
+        self.assertEqual(routes, sorted([("alpha", up_a.address), ("beta", up_b.address),
+                                         ("beta", up_b.address)]))
+        # alpha: PROXY v1 header + data at upstream A.
+        ca = self.connect(proxy.address_of("alpha"))
+        data = random_bytes(100000)
+        ca.sendall(data)
+        ca.shutdown(socket.SHUT_WR)
+        rec = up_a.wait_connections(1)[0].wait()
+        src, dst = ca.getsockname(), ca.getpeername()
+        self.assertEqual(sha(bytes(rec.data)), sha(v1_header(src, dst) + data))
+        # beta, on both of its addresses: echo at upstream B, by the buffer engine.
+        for addr in [a for r, a, _ in proxy.listens if r == "beta"]:
+            cb = self.connect(addr)
+            blob = random_bytes(1 * MiB)
+            sender = send_in_thread(cb, blob)
+            got, _, _ = recv_all(cb)
+            join_sender(sender)
+            self.assertEqual(sha(got), sha(blob))
+        self.assertEqual(up_a.connections(), 1)
+        self.assertEqual(up_b.connections(), 2)
+        proxy.wait_metric("zcio_connections_total", 1, route="alpha")
+        proxy.wait_metric("zcio_connections_total", 2, route="beta")
+        proxy.wait_metric("zcio_connections_active", 0, route="beta")
+        self.assertTrue(any(" beta closed client " in l and "path buffer" in l for l in proxy.proc.lines()))
+
+    def test_sighup_reload_keeps_open_connections(self):
+        up_a = self.upstream(echo_handler())
+        up_b = self.upstream(echo_handler())
+        pa, pb = e2e.free_port(), e2e.free_port()
+        while pb == pa:
+            pb = e2e.free_port()
+        cfg = self.path("reload.toml")
+        route_a = '[[route]]\nname = "alpha"\nlisten = "127.0.0.1:%d"\nupstream = "%s"\n' % (pa, up_a.address)
+        route_b = '[[route]]\nname = "beta"\nlisten = "127.0.0.1:%d"\nupstream = "%s"\n' % (pb, up_b.address)
+        write(cfg, route_a)
+        proxy = self.start_proxy("--config", cfg)
+        # A connection open across every reload below.
+        held = self.connect("127.0.0.1:%d" % pa)
+        sent = bytearray()
+
+        def round_trip():
+            blob = random_bytes(64 * 1024)
+            held.sendall(blob)
+            self.assertEqual(sha(recv_exactly(held, len(blob))), sha(blob))
+            sent.extend(blob)
+        round_trip()
+        self.assertTrue(self._refused(pb))
+
+        # 1: add a route.
+        write(cfg, route_a + "\n" + route_b)
+        mark = len(proxy.proc.lines())
+        proxy.proc.send_signal(signal.SIGHUP)
+        proxy.proc.wait_for(r"reloaded: 2 route\(s\)", start=mark)
+        self._echo("127.0.0.1:%d" % pb)
+        self._echo("127.0.0.1:%d" % pa)
+        round_trip()
+
+        # 2: a broken file is refused and the running routes stay.
+        write(cfg, route_a + "\nthis is not toml\n")
+        mark = len(proxy.proc.lines())
+        proxy.proc.send_signal(signal.SIGHUP)
+        proxy.proc.wait_for(r"reload failed, keeping the running routes: .*reload\.toml:", start=mark)
+        self._echo("127.0.0.1:%d" % pb)
+        round_trip()
+
+        # 3: remove the held connection's route: it still is not dropped.
+        write(cfg, route_b)
+        mark = len(proxy.proc.lines())
+        proxy.proc.send_signal(signal.SIGHUP)
+        proxy.proc.wait_for(r"reloaded: 1 route\(s\)", start=mark)
+        wait_until(lambda: self._refused(pa), SHORT, "alpha's listener to close")
+        self._echo("127.0.0.1:%d" % pb)
+        round_trip()
+
+        held.shutdown(socket.SHUT_WR)
+        self.assertEqual(recv_all(held)[0], b"")
+        rec = up_a.wait_connections(1)[0].wait()
+        self.assertEqual(rec.sha, sha(bytes(sent)))
+        self.assertEqual(up_a.connections(), 2)  # held + one echo
+        self.assertIsNone(proxy.proc.poll())
+
+    def _echo(self, addr):
+        blob = random_bytes(200 * 1024)
+        c = self.connect(addr)
+        sender = send_in_thread(c, blob)
+        got, _, _ = recv_all(c)
+        join_sender(sender)
+        self.assertEqual(sha(got), sha(blob), addr)
+
+    def _refused(self, port):
+        with socket.socket() as s:
+            s.settimeout(2)
+            try:
+                s.connect(("127.0.0.1", port))
+            except ConnectionRefusedError:
+                return True
+            return False
+
+
+if __name__ == "__main__":
+    e2e.main()
