@@ -26,9 +26,11 @@ TIDY_FILES = $(shell find $(wildcard src tools) -type f \( -name '*.cpp' -o -nam
 # Until the zcio command exists, the demo is the event-loop echo demo.
 ifneq ($(wildcard tools/zcio/CMakeLists.txt),)
 DEMO_BIN := build/release/tools/zcio/zcio
+DEMO_TARGET := zcio_cli
 DEMO_ARGS := bench --seconds 3
 else
 DEMO_BIN := build/release/examples/echo_demo
+DEMO_TARGET := echo_demo
 DEMO_ARGS :=
 endif
 
@@ -50,7 +52,7 @@ build:
 demo:
 	@$(DEPS) build
 	cmake --preset release
-	cmake --build --preset release
+	cmake --build --preset release --target $(DEMO_TARGET)
 	@test -x $(DEMO_BIN) || { echo "make demo: $(DEMO_BIN) was not built" >&2; exit 1; }
 	$(DEMO_BIN) $(DEMO_ARGS)
 

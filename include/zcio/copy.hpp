@@ -56,7 +56,7 @@ public:
     std::size_t allow(std::size_t want, clock::time_point now) noexcept;
     // Records `n` bytes that moved.
     void consume(std::size_t n) noexcept;
-    // When at least one byte may move again.
+    // When the next quantum (min of the request, the burst and 64 KiB) may move.
     [[nodiscard]] clock::time_point ready_at(clock::time_point now) const noexcept;
 
 private:

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -42,13 +43,23 @@ void rate_limiter::refill(clock::time_point now) noexcept {
     last_ = now;
 }
 
+namespace {
+// The least a limited copy waits for before it moves bytes again (capped by the
+// burst). Handing out whatever trickled in since the last call (a few bytes per
+// microsecond) made a limited copy spin without ever sleeping: one tiny syscall after
+// another, never yielding to the loop, and at -O0 (where g++ does not turn symmetric
+// transfer into a tail call) a stack that grew with every turn until it overflowed.
+constexpr double rate_quantum = 64.0 * 1024;
+} // namespace
+
 std::size_t rate_limiter::allow(std::size_t want, clock::time_point now) noexcept {
     if (rate_ == 0) {
         return want;
     }
     refill(now);
+    const double need = std::min({static_cast<double>(want), burst_, rate_quantum});
     const double whole = std::floor(tokens_);
-    return whole < 1.0 ? 0 : std::min(want, static_cast<std::size_t>(whole));
+    return whole < std::max(need, 1.0) ? 0 : std::min(want, static_cast<std::size_t>(whole));
 }
 
 void rate_limiter::consume(std::size_t n) noexcept {
@@ -58,10 +69,12 @@ void rate_limiter::consume(std::size_t n) noexcept {
 }
 
 clock::time_point rate_limiter::ready_at(clock::time_point now) const noexcept {
-    if (rate_ == 0 || tokens_ >= 1.0) {
+    // When a whole quantum may move (see allow()), not the first byte.
+    const double need = std::max(1.0, std::min(burst_, rate_quantum));
+    if (rate_ == 0 || tokens_ >= need) {
         return now;
     }
-    const double wait = (1.0 - tokens_) / static_cast<double>(rate_);
+    const double wait = (need - tokens_) / static_cast<double>(rate_);
     return now + std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(wait));
 }
 
@@ -456,6 +469,13 @@ task<step> buffer_loop(copier* c, bool upgrade) {
         if (*n == 0) {
             co_return step::done;
         }
+        if (*n < len && (is_socket(c->src) || is_pipe(c->src)) && !c->src.handle().peer_closed()) {
+            // A short read from a stream socket or pipe emptied its queue: the next read
+            // would only say EAGAIN. Wait for the next edge instead (new data, or the
+            // peer's close, each raises one). Not done once the peer closed: that edge
+            // is already spent, and the next read must see the end of stream.
+            c->src.handle().clear_ready(io_direction::read);
+        }
         if (c->opts.src_offset) {
             c->src_off += static_cast<off_t>(*n);
         }
@@ -503,6 +523,9 @@ copy_path choose_path(const stream& dst, const stream& src, const copy_options& 
 
 task<copy_result> copy(stream& dst, stream& src, copy_options opts) {
     transfer_pools& pools = opts.pools != nullptr ? *opts.pools : transfer_pools::for_this_thread();
+    if (opts.max_chunk == 0) {
+        opts.max_chunk = copy_options{}.max_chunk; // 0 would copy nothing and look fine
+    }
     copier c(dst, src, opts, pools);
     const copy_path first = choose_path(dst, src, opts);
     c.res.path = first;

@@ -40,6 +40,8 @@ struct idle_watchdog final : detail::timer_node {
     join_state* st = nullptr;
     clock::duration period{};
     std::uint64_t last_total = 0;
+    static constexpr int checks_per_period = 4;
+    int quiet_checks = 0;
     void start(event_loop& loop, join_state* s, clock::duration p);
     void stop() noexcept { disarm(); }
     void wake() override;
@@ -89,17 +91,28 @@ void idle_watchdog::start(event_loop& loop, join_state* s, clock::duration p) {
     st = s;
     period = p;
     last_total = s->total();
-    arm(loop, clock::now() + p);
+    quiet_checks = 0;
+    arm(loop, clock::now() + p / checks_per_period);
 }
 
 void idle_watchdog::wake() {
+    // The timer can expire in the same loop turn in which both directions finished (a
+    // quiet connection that closes just as the period ends): the copy is already over
+    // and must not be reported as timed out.
+    if (st->running == 0 || st->ending) {
+        return;
+    }
+    // Checked `checks_per_period` times a period, so the timeout fires between T and
+    // T + T/4 after the last byte rather than anywhere up to 2T.
     const std::uint64_t now_total = st->total();
     if (now_total != last_total) {
         last_total = now_total;
-        arm(*st->loop, clock::now() + period);
+        quiet_checks = 0;
+    } else if (++quiet_checks >= checks_per_period) {
+        st->fail(std::nullopt, op_error("idle timeout", ETIMEDOUT));
         return;
     }
-    st->fail(std::nullopt, op_error("idle timeout", ETIMEDOUT));
+    arm(*st->loop, clock::now() + period / checks_per_period);
 }
 
 task<void> run_direction(join_state* st, int i, stream* from, stream* to, copy_options o) {

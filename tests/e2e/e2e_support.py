@@ -11,7 +11,6 @@ Rules the helpers enforce:
   - content is compared by sha256 of random data.
 """
 
-import errno
 import hashlib
 import os
 import re
@@ -151,6 +150,31 @@ def tcp_listening(port):
         except FileNotFoundError:
             continue
     return False
+
+
+def listening_ports(pid):
+    """Sorted TCP ports a process listens on, one entry per listening socket."""
+    inodes = set()
+    fd_dir = "/proc/%d/fd" % pid
+    for fd in os.listdir(fd_dir):
+        try:
+            link = os.readlink(os.path.join(fd_dir, fd))
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[len("socket:["):-1])
+    ports = []
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(path) as f:
+                next(f)
+                for line in f:
+                    parts = line.split()
+                    if parts[3] == "0A" and parts[9] in inodes:
+                        ports.append(int(parts[1].rsplit(":", 1)[1], 16))
+        except FileNotFoundError:
+            continue
+    return sorted(ports)
 
 
 def wait_tcp_listening(port, timeout=START_TIMEOUT, proc=None):

@@ -13,6 +13,7 @@
 
 #include <csignal>
 #include <cstdio>
+#include <optional>
 #include <thread>
 
 #ifndef ZCIO_VERSION
@@ -141,10 +142,15 @@ int run_proxy(const proxy_flags& flags) {
 
     event_loop main_loop;
     proxy_server server(std::move(cfg), threads);
-    server.start();
+    // Bind the metrics address before the routes' start logs "listening on", so a
+    // failure of either is the only line on stderr.
+    std::optional<endpoint> metrics_bound;
     if (metrics_at) {
-        auto bound = start_metrics_server(main_loop, *metrics_at, [&server] { return server.metrics_text(); });
-        spdlog::info("metrics on http://{}/metrics", bound.to_string());
+        metrics_bound = start_metrics_server(main_loop, *metrics_at, [&server] { return server.metrics_text(); });
+    }
+    server.start();
+    if (metrics_bound) {
+        spdlog::info("metrics on http://{}/metrics", metrics_bound->to_string());
     }
     return main_loop.block_on(proxy_main(&main_loop, &server, flags, drain));
 }
@@ -239,6 +245,13 @@ int run(int argc, char** argv) {
     } catch (const CLI::CallForVersion& e) {
         return app.exit(e);
     } catch (const CLI::ParseError& e) {
+        // `zcio frobnicate`: CLI11 only says that a subcommand is required; name the word.
+        if (const auto rest = app.remaining(); app.get_subcommands().empty() && !rest.empty() &&
+                                               !rest.front().starts_with("-")) {
+            std::fprintf(stderr, "zcio: unknown subcommand \"%s\" (expected proxy, copy or bench; see zcio --help)\n",
+                         rest.front().c_str());
+            return 2;
+        }
         std::fprintf(stderr, "zcio: %s (see zcio --help)\n", e.what());
         return 2;
     }

@@ -202,6 +202,15 @@ proxy_server::~proxy_server() {
     if (started_) {
         drain(0s);
     }
+    // A start() that failed halfway (a later address in use) leaves the listeners it
+    // bound registered with their loops: close them while the loops still exist.
+    for (auto& ctx : ctxs_) {
+        for (auto& e : ctx->listeners) {
+            if (e) {
+                e->listener.close();
+            }
+        }
+    }
     group_.reset(); // loops (and their suspended tasks) go before the contexts
 }
 
@@ -228,6 +237,9 @@ std::vector<std::shared_ptr<route_runtime>> proxy_server::make_runtimes(const pr
 void proxy_server::start() {
     // Bind everything before any thread runs, so a bad address fails the start
     // cleanly. Port 0 is resolved by the first loop; the others reuse that port.
+    // "listening on" is logged only once every address is bound, so a failure is the
+    // one line on stderr.
+    std::vector<std::string> ready;
     for (auto& rt : make_runtimes(cfg_)) {
         for (const auto& wanted : rt->config.listen) {
             endpoint ep = wanted;
@@ -236,12 +248,18 @@ void proxy_server::start() {
                     continue;
                 }
                 auto e = bind_entry(*ctx, rt, ep);
+                // Keyed by the address as configured (port 0 included) on every loop,
+                // so that a reload finds the same listeners on all of them.
+                e->key = wanted.to_string();
                 ep = e->listener.local_endpoint();
                 ctx->listeners.push_back(std::move(e));
             }
-            spdlog::info("{} listening on {} → {}", rt->config.name, ep.to_string(),
-                         rt->config.upstream.to_string());
+            ready.push_back(rt->config.name + " listening on " + ep.to_string() + " → " +
+                            rt->config.upstream.to_string());
         }
+    }
+    for (const auto& line : ready) {
+        spdlog::info("{}", line);
     }
     for (auto& ctx : ctxs_) {
         for (auto& e : ctx->listeners) {
@@ -301,11 +319,14 @@ void proxy_server::drain(std::chrono::nanoseconds timeout) {
 
 void proxy_server::reload(proxy_config cfg) {
     auto runtimes = make_runtimes(cfg);
+    // New addresses with port 0: the first loop that binds one picks the port and the
+    // others reuse it, as in start(). The loops run one after the other below.
+    std::map<std::pair<const route_runtime*, std::string>, endpoint> resolved;
     for (auto& ctx : ctxs_) {
         loop_ctx* c = ctx.get();
         std::promise<std::string> done;
         auto result = done.get_future();
-        c->loop->post([c, &runtimes, &done] {
+        c->loop->post([c, &runtimes, &done, &resolved] {
             std::string errors;
             std::vector<std::unique_ptr<listener_entry>> next;
             for (const auto& rt : runtimes) {
@@ -322,7 +343,15 @@ void proxy_server::reload(proxy_config cfg) {
                         continue;
                     }
                     try {
-                        auto e = bind_entry(*c, rt, ep);
+                        const auto known = resolved.find({rt.get(), key});
+                        auto e = bind_entry(*c, rt, known != resolved.end() ? known->second : ep);
+                        e->key = key;
+                        if (known == resolved.end()) {
+                            resolved.emplace(std::pair{rt.get(), key}, e->listener.local_endpoint());
+                            spdlog::info("{} listening on {} → {}", rt->config.name,
+                                         e->listener.local_endpoint().to_string(),
+                                         rt->config.upstream.to_string());
+                        }
                         c->loop->spawn(accept_loop(c, e.get()));
                         next.push_back(std::move(e));
                     } catch (const runtime_failure& f) {

@@ -85,7 +85,8 @@ std::string need_string(const located& at, const toml::node& n, std::string_view
 
 // Sizes and rates may be integers (bytes) or strings with units ("1M").
 std::uint64_t size_value(const located& at, const toml::node& n, std::string_view key) {
-    if (auto i = n.value<std::int64_t>()) {
+    // is_integer(): value<std::int64_t>() would also take `true` as 1.
+    if (auto i = n.is_integer() ? n.value<std::int64_t>() : std::nullopt) {
         if (*i < 0) {
             at.fail(n, key, "must not be negative");
         }
@@ -153,7 +154,7 @@ route load_route(const located& at, const toml::table& t, std::size_t index) {
         } else if (key == "pipe_size") {
             r.options.pipe_size = size_value(at, node, key);
         } else if (key == "max_connections") {
-            auto v = node.value<std::int64_t>();
+            auto v = node.is_integer() ? node.value<std::int64_t>() : std::nullopt;
             if (!v || *v < 0) {
                 at.fail(node, key, "expected a non-negative integer");
             }
@@ -208,7 +209,7 @@ proxy_config load_config_file(const std::string& path) {
                 ++i;
             }
         } else if (key == "threads") {
-            auto v = node.value<std::int64_t>();
+            auto v = node.is_integer() ? node.value<std::int64_t>() : std::nullopt;
             if (!v || *v < 1 || *v > 1024) {
                 top.fail(node, key, "expected an integer from 1 to 1024");
             }

@@ -1,0 +1,186 @@
+#!/usr/bin/env python3
+"""End-to-end tests of zcio's error reporting: a usage error (bad flag, address,
+option, config file) exits 2 and a runtime failure (port in use) exits 1, each with
+exactly one line on stderr naming the problem; never a hang or a crash.
+
+Run: python3 tests/e2e/test_cli_errors.py --zcio build/tools/zcio/zcio
+"""
+
+import os
+import socket
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import e2e_support as e2e  # noqa: E402
+from e2e_support import E2ETestCase, run_zcio  # noqa: E402
+
+UP = "127.0.0.1:9"  # never contacted: every command below fails before connecting
+
+
+class HelpAndVersion(E2ETestCase):
+    def test_help_and_version(self):
+        for args in (["--help"], ["proxy", "--help"], ["copy", "--help"], ["bench", "--help"]):
+            with self.subTest(args=args):
+                rc, out, err = run_zcio(args)
+                self.assertEqual(rc, 0, err)
+                self.assertIn(b"Usage", out)
+        rc, out, err = run_zcio(["--version"])
+        self.assertEqual(rc, 0, err)
+        self.assertRegex(out.decode().strip(), r"^zcio \d+\.\d+\.\d+$")
+        rc, out, err = run_zcio(["proxy", "--help"])
+        for flag in (b"--listen", b"--upstream", b"--config", b"--threads", b"--engine", b"--pipe-size",
+                     b"--max-connections", b"--idle-timeout", b"--connect-timeout", b"--rate-limit",
+                     b"--proxy-protocol", b"--metrics", b"--drain-timeout"):
+            self.assertIn(flag, out)
+
+
+class FlagErrors(E2ETestCase):
+    def check(self, args, *needles):
+        rc, out, err = run_zcio(args)
+        self.assertEqual(rc, 2, "exit %d for %r; stderr: %s" % (rc, args, err))
+        self.assertEqual(out, b"", "usage errors go to stderr")
+        return self.assertOneLine(err, *needles)
+
+    def test_subcommands(self):
+        self.check([], "subcommand")
+        self.check(["frobnicate"], "frobnicate")
+
+    def test_unknown_flag(self):
+        self.check(["proxy", "--listen", "127.0.0.1:0", "--upstream", UP, "--frobnicate"], "--frobnicate")
+        self.check(["copy", "--frobnicate", "-", "-"], "--frobnicate")
+        self.check(["--frobnicate", "proxy"], "--frobnicate")
+
+    def test_bad_addresses(self):
+        self.check(["proxy", "--listen", "nope", "--upstream", UP], "nope")
+        self.check(["proxy", "--listen", "127.0.0.1", "--upstream", UP], "127.0.0.1")
+        self.check(["proxy", "--listen", "300.1.2.3:80", "--upstream", UP], "300.1.2.3")
+        self.check(["proxy", "--listen", "127.0.0.1:99999", "--upstream", UP], "99999")
+        self.check(["proxy", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:"], "127.0.0.1:")
+        self.check(["proxy", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:0"], "port 0")
+        self.check(["proxy", "--listen", "[::1:80", "--upstream", UP], "[::1:80")
+        self.check(["proxy", "--listen", "127.0.0.1:9000-8000", "--upstream", UP], "9000-8000")
+        self.check(["proxy", "--listen", "127.0.0.1:0", "--upstream", UP, "--metrics", "metrics"], "metrics")
+
+    def test_missing_options(self):
+        self.check(["proxy", "--listen", "127.0.0.1:0"], "--upstream")
+        self.check(["proxy", "--upstream", UP], "--listen")
+        self.check(["copy", "-"], "DST")
+        self.check(["proxy", "--listen", "127.0.0.1:0", "--upstream"], "--upstream")
+
+    def test_bad_values(self):
+        base = ["proxy", "--listen", "127.0.0.1:0", "--upstream", UP]
+        self.check(base + ["--engine", "warp"], "--engine", "warp")
+        self.check(base + ["--rate-limit", "10Q"], "--rate-limit", "10Q")
+        self.check(base + ["--rate-limit", "fast"], "--rate-limit", "fast")
+        self.check(base + ["--pipe-size", "big"], "--pipe-size", "big")
+        self.check(base + ["--idle-timeout", "soon"], "--idle-timeout", "soon")
+        self.check(base + ["--idle-timeout", "5 years"], "--idle-timeout")
+        self.check(base + ["--connect-timeout", "-1"], "--connect-timeout")
+        self.check(base + ["--drain-timeout", "x"], "--drain-timeout")
+        self.check(base + ["--proxy-protocol", "v3"], "--proxy-protocol", "v3")
+        self.check(base + ["--threads", "0"], "--threads")
+        self.check(base + ["--threads", "many"], "--threads")
+        self.check(base + ["--max-connections", "lots"], "--max-connections")
+        self.check(["--log-level", "loud", "proxy", "--listen", "127.0.0.1:0", "--upstream", UP], "loud")
+        self.check(["bench", "--idle", "0"], "--idle")
+        self.check(["bench", "--seconds", "x"], "--seconds")
+
+    def test_config_conflicts_with_listen(self):
+        cfg = self.path("ok.toml")
+        with open(cfg, "w") as f:
+            f.write('[[route]]\nlisten = "127.0.0.1:0"\nupstream = "%s"\n' % UP)
+        self.check(["proxy", "--config", cfg, "--listen", "127.0.0.1:0"], "--config")
+
+
+class ConfigErrors(E2ETestCase):
+    """An invalid file: one line naming the file, the line and the key; exit 2."""
+
+    def check(self, text, line, *needles):
+        cfg = self.path("zcio.toml")
+        with open(cfg, "w") as f:
+            f.write(text)
+        rc, out, err = run_zcio(["proxy", "--config", cfg])
+        self.assertEqual(rc, 2, "exit %d; stderr: %s" % (rc, err))
+        prefix = cfg + ":" + (str(line) + ":" if line else "")
+        return self.assertOneLine(err, prefix, *needles)
+
+    def test_toml_syntax_error(self):
+        self.check('[[route]]\nlisten = "127.0.0.1:0"\nupstream = "127.0.0.1:9\n', 3)
+        self.check('[[route]]\nlisten = "127.0.0.1:0"\nupstream "127.0.0.1:9"\n', 3)
+        self.check('[[route]\nlisten = "127.0.0.1:0"\n', 1)
+
+    def test_unknown_key(self):
+        self.check('# routes\n[[route]]\nlisten = "127.0.0.1:0"\ncolour = "blue"\nupstream = "%s"\n' % UP,
+                   4, "colour", "unknown key")
+        self.check('colour = 1\n[[route]]\nlisten = "127.0.0.1:0"\nupstream = "%s"\n' % UP, 1, "colour")
+        # In the second route: the key is named with its route.
+        self.check('[[route]]\nlisten = "127.0.0.1:0"\nupstream = "%s"\n\n[[route]]\nlisten = "127.0.0.1:0"\n'
+                   'upstream = "%s"\nspeed = 3\n' % (UP, UP), 8, "route[1].speed")
+
+    def test_bad_values(self):
+        route = '[[route]]\nlisten = "127.0.0.1:0"\nupstream = "%s"\n' % UP
+        self.check(route + 'rate_limit = "fast"\n', 4, "rate_limit", "fast")
+        self.check(route + 'engine = "warp"\n', 4, "engine", "warp")
+        self.check(route + 'idle_timeout = "soon"\n', 4, "idle_timeout", "soon")
+        self.check(route + 'idle_timeout = -1\n', 4, "idle_timeout")
+        self.check(route + 'max_connections = "ten"\n', 4, "max_connections")
+        self.check(route + 'max_connections = -5\n', 4, "max_connections")
+        self.check(route + 'proxy_protocol = "v9"\n', 4, "proxy_protocol", "v9")
+        self.check(route + 'pipe_size = true\n', 4, "pipe_size")
+        self.check('[[route]]\nlisten = "nope"\nupstream = "%s"\n' % UP, 2, "listen", "nope")
+        self.check('[[route]]\nlisten = "127.0.0.1:0"\nupstream = 42\n', 3, "upstream")
+        self.check('threads = 0\n' + route, 1, "threads")
+        self.check('metrics = "x"\n' + route, 1, "metrics")
+
+    def test_missing_pieces(self):
+        self.check('[[route]]\nlisten = "127.0.0.1:0"\n', 1, "upstream")
+        self.check('[[route]]\nupstream = "%s"\n' % UP, 1, "listen")
+        self.check('threads = 2\n', None, "[[route]]")
+        self.check('route = 5\n', 1, "route")
+
+    def test_missing_file(self):
+        missing = self.path("nope.toml")
+        rc, out, err = run_zcio(["proxy", "--config", missing])
+        self.assertEqual(rc, 2, err)
+        self.assertOneLine(err, missing)
+
+
+class RuntimeFailures(E2ETestCase):
+    """Runtime failures: exit 1 and one line."""
+
+    def busy_port(self):
+        s = socket.socket()
+        self.track(s)
+        s.bind(("127.0.0.1", 0))  # no SO_REUSEPORT: the proxy cannot share it
+        s.listen(1)
+        return s.getsockname()[1]
+
+    def test_listen_port_in_use(self):
+        port = self.busy_port()
+        rc, out, err = run_zcio(["proxy", "--listen", "127.0.0.1:%d" % port, "--upstream", UP])
+        self.assertEqual(rc, 1, err)
+        self.assertOneLine(err, "127.0.0.1:%d" % port)
+
+    def test_second_listen_port_in_use(self):
+        port = self.busy_port()
+        rc, out, err = run_zcio(["proxy", "--listen", "127.0.0.1:0", "--listen", "127.0.0.1:%d" % port,
+                                 "--upstream", UP])
+        self.assertEqual(rc, 1, err)
+        self.assertOneLine(err, "127.0.0.1:%d" % port)
+
+    def test_metrics_port_in_use(self):
+        port = self.busy_port()
+        rc, out, err = run_zcio(["proxy", "--listen", "127.0.0.1:0", "--upstream", UP,
+                                 "--metrics", "127.0.0.1:%d" % port])
+        self.assertEqual(rc, 1, err)
+        self.assertOneLine(err, "127.0.0.1:%d" % port)
+
+    def test_unix_listen_path_unusable(self):
+        bad = self.path("no/such/dir/s.sock")
+        rc, out, err = run_zcio(["proxy", "--listen", "unix:" + bad, "--upstream", UP])
+        self.assertEqual(rc, 1, err)
+        self.assertOneLine(err, bad)
+
+
+if __name__ == "__main__":
+    e2e.main()

@@ -1,0 +1,276 @@
+#!/usr/bin/env python3
+"""End-to-end tests of `zcio copy SRC DST`: every example of the issue, checked by
+sha256, with the kernel path reported by --verbose.
+
+Run: python3 tests/e2e/test_copy.py --zcio build/tools/zcio/zcio
+"""
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import e2e_support as e2e  # noqa: E402
+from e2e_support import (IO_TIMEOUT, SHORT, E2ETestCase, file_sha, random_bytes, recv_all,  # noqa: E402
+                         run_zcio, sha, sink_handler, source_sink_handler, write_random_file)
+
+MiB = 1 << 20
+VERBOSE = re.compile(r"^zcio copy: (\d+) bytes \(.*\) via (\S+) in [0-9.]+ s, .*/s$")
+
+
+class CopyTests(E2ETestCase):
+    def verbose_summary(self, stderr):
+        """--verbose prints exactly one summary line (no progress bar: stderr is not a tty)."""
+        self.assertNotIn("\r", stderr, "a progress bar on a non-terminal stderr")
+        lines = stderr.splitlines()
+        self.assertEqual(len(lines), 1, stderr)
+        m = VERBOSE.match(lines[0])
+        self.assertIsNotNone(m, lines[0])
+        return int(m.group(1)), m.group(2)
+
+    def zcio(self, proc_args, **kw):
+        """Starts zcio in the background (killed in tearDown)."""
+        return self.spawn([e2e.ZCIO] + [str(a) for a in proc_args], **kw)
+
+    # ---- file → tcp ------------------------------------------------------------
+
+    def test_file_to_tcp_uses_sendfile(self):
+        src = self.path("big.bin")
+        data = write_random_file(src, 12 * MiB + 321)
+        up = self.upstream(sink_handler())
+        rc, out, err = run_zcio(["copy", "--verbose", "file:" + src, "tcp:" + up.address], timeout=IO_TIMEOUT)
+        self.assertEqual(rc, 0, err)
+        rec = up.wait_connections(1)[0].wait()
+        self.assertEqual(rec.n, len(data))
+        self.assertEqual(rec.sha, sha(data))
+        n, path = self.verbose_summary(err)
+        self.assertEqual((n, path), (len(data), "sendfile"))
+
+    # ---- tcp-listen → file -----------------------------------------------------
+
+    def test_tcp_listen_to_file_uses_splice(self):
+        dst = self.path("out.bin")
+        port = e2e.free_port()
+        p = self.zcio(["copy", "--verbose", "tcp-listen:127.0.0.1:%d" % port, "file:" + dst])
+        e2e.wait_tcp_listening(port, proc=p)
+        data = random_bytes(10 * MiB + 7)
+        with socket.create_connection(("127.0.0.1", port), timeout=SHORT) as c:
+            c.settimeout(IO_TIMEOUT)
+            c.sendall(data)
+            c.shutdown(socket.SHUT_WR)
+            recv_all(c)  # zcio closes when done
+        self.assertEqual(p.wait(IO_TIMEOUT), 0, p.stderr_text())
+        self.assertEqual(file_sha(dst), sha(data))
+        n, path = self.verbose_summary(p.stderr_text())
+        self.assertEqual((n, path), (len(data), "splice"))
+
+    # ---- tcp → file, tcp → stdout ----------------------------------------------
+
+    def test_tcp_source_to_file(self):
+        data = random_bytes(5 * MiB)
+        up = self.upstream(source_sink_handler(data))
+        dst = self.path("from_tcp.bin")
+        rc, out, err = run_zcio(["copy", "-v", "tcp:" + up.address, "file:" + dst], timeout=IO_TIMEOUT)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(file_sha(dst), sha(data))
+        self.assertEqual(self.verbose_summary(err), (len(data), "splice"))
+
+    def test_file_to_stdout(self):
+        src = self.path("s.bin")
+        data = write_random_file(src, 3 * MiB + 1)
+        rc, out, err = run_zcio(["copy", "file:" + src, "-"], timeout=IO_TIMEOUT)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(err, "")
+        self.assertEqual(sha(out), sha(data))
+
+    # ---- pipe → tcp ------------------------------------------------------------
+
+    def test_stdin_pipe_to_tcp_uses_splice(self):
+        src = self.path("x.bin")
+        data = write_random_file(src, 9 * MiB + 5)
+        up = self.upstream(sink_handler())
+        # `cat x | zcio copy - tcp:...`: stdin is a pipe.
+        cat = subprocess.Popen(["cat", src], stdout=subprocess.PIPE, start_new_session=True)
+        self._closers.append(lambda: (cat.kill(), cat.wait(SHORT)))
+        p = self.zcio(["copy", "--verbose", "-", "tcp:" + up.address], stdin=cat.stdout)
+        cat.stdout.close()
+        # 9 MiB take well under a second; 30 s means it hangs.
+        self.assertEqual(p.wait(30), 0, p.stderr_text())
+        self.assertEqual(cat.wait(SHORT), 0)
+        rec = up.wait_connections(1)[0].wait()
+        self.assertEqual(rec.sha, sha(data))
+        self.assertEqual(self.verbose_summary(p.stderr_text()), (len(data), "splice"))
+
+    # ---- file → file -----------------------------------------------------------
+
+    def test_file_to_file_uses_copy_file_range(self):
+        src, dst = self.path("a.bin"), self.path("b.bin")
+        data = write_random_file(src, 20 * MiB + 99)
+        with open(dst, "wb") as f:
+            f.write(random_bytes(30 * MiB))  # longer than the source: must be truncated
+        rc, out, err = run_zcio(["copy", "--verbose", "file:" + src, "file:" + dst], timeout=IO_TIMEOUT)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(os.path.getsize(dst), len(data))
+        self.assertEqual(file_sha(dst), sha(data))
+        self.assertEqual(self.verbose_summary(err), (len(data), "copy_file_range"))
+
+    def test_file_append(self):
+        src, dst = self.path("tail.bin"), self.path("log.bin")
+        head = random_bytes(1 * MiB + 3)
+        with open(dst, "wb") as f:
+            f.write(head)
+        data = write_random_file(src, 2 * MiB + 11)
+        rc, out, err = run_zcio(["copy", "-v", "file:" + src, "file:%s,append" % dst], timeout=IO_TIMEOUT)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(file_sha(dst), sha(head + data))
+        self.assertEqual(self.verbose_summary(err)[0], len(data))
+        # Twice: appends again.
+        rc, out, err = run_zcio(["copy", "file:" + src, "file:%s,append" % dst], timeout=IO_TIMEOUT)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(file_sha(dst), sha(head + data + data))
+
+    def test_append_creates_a_missing_file(self):
+        src, dst = self.path("s.bin"), self.path("new.bin")
+        data = write_random_file(src, 100000)
+        rc, out, err = run_zcio(["copy", "file:" + src, "file:%s,append" % dst])
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(file_sha(dst), sha(data))
+
+    # ---- --limit ---------------------------------------------------------------
+
+    def test_limit_file_to_file(self):
+        src, dst = self.path("a.bin"), self.path("b.bin")
+        data = write_random_file(src, 4 * MiB)
+        rc, out, err = run_zcio(["copy", "-v", "--limit", "1M", "file:" + src, "file:" + dst])
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(file_sha(dst), sha(data[:MiB]))
+        self.assertEqual(self.verbose_summary(err)[0], MiB)
+        rc, out, err = run_zcio(["copy", "--limit", "123457", "file:" + src, "file:" + dst])
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(file_sha(dst), sha(data[:123457]))
+
+    def test_limit_larger_than_the_source(self):
+        src, dst = self.path("a.bin"), self.path("b.bin")
+        data = write_random_file(src, 300000)
+        rc, out, err = run_zcio(["copy", "--limit", "1G", "file:" + src, "file:" + dst])
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(file_sha(dst), sha(data))
+
+    def test_limit_stdin_to_stdout(self):
+        data = random_bytes(2 * MiB)
+        rc, out, err = run_zcio(["copy", "--limit", "64K", "-", "-"], input_bytes=data, timeout=IO_TIMEOUT)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(sha(out), sha(data[:65536]))
+
+    def test_limit_tcp_to_file(self):
+        data = random_bytes(3 * MiB)
+        up = self.upstream(source_sink_handler(data))
+        dst = self.path("lim.bin")
+        rc, out, err = run_zcio(["copy", "--limit", "1000000", "tcp:" + up.address, "file:" + dst],
+                                timeout=IO_TIMEOUT)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(file_sha(dst), sha(data[:1000000]))
+
+    # ---- unix-listen / unix ----------------------------------------------------
+
+    def test_unix_listen_and_unix(self):
+        sock_path = self.path("copy.sock")
+        src, dst = self.path("in.bin"), self.path("out.bin")
+        data = write_random_file(src, 7 * MiB + 13)
+        recv = self.zcio(["copy", "-v", "unix-listen:" + sock_path, "file:" + dst])
+        e2e.wait_unix_listening(sock_path, proc=recv)
+        rc, out, err = run_zcio(["copy", "-v", "file:" + src, "unix:" + sock_path], timeout=IO_TIMEOUT)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(recv.wait(IO_TIMEOUT), 0, recv.stderr_text())
+        self.assertEqual(file_sha(dst), sha(data))
+        self.assertEqual(self.verbose_summary(err), (len(data), "sendfile"))
+        self.assertEqual(self.verbose_summary(recv.stderr_text()), (len(data), "splice"))
+
+    # ---- engines ---------------------------------------------------------------
+
+    def test_forced_buffer_engine(self):
+        src, dst = self.path("a.bin"), self.path("b.bin")
+        data = write_random_file(src, 5 * MiB + 1)
+        rc, out, err = run_zcio(["copy", "-v", "--engine", "buffer", "file:" + src, "file:" + dst])
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(file_sha(dst), sha(data))
+        self.assertEqual(self.verbose_summary(err), (len(data), "buffer"))
+
+    def test_empty_source(self):
+        src, dst = self.path("empty"), self.path("b.bin")
+        open(src, "wb").close()
+        with open(dst, "wb") as f:
+            f.write(b"old")
+        rc, out, err = run_zcio(["copy", "-v", "file:" + src, "file:" + dst])
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(os.path.getsize(dst), 0)
+        self.assertEqual(self.verbose_summary(err)[0], 0)
+
+    # ---- failures leave the destination alone ----------------------------------
+
+    def existing_dst(self):
+        dst = self.path("keep.bin")
+        data = random_bytes(100000)
+        with open(dst, "wb") as f:
+            f.write(data)
+        old = os.stat(dst)
+        return dst, data, old
+
+    def assertUntouched(self, dst, data, old):
+        st = os.stat(dst)
+        self.assertEqual(st.st_size, len(data), "destination truncated")
+        self.assertEqual(file_sha(dst), sha(data), "destination changed")
+        self.assertEqual(st.st_mtime_ns, old.st_mtime_ns, "destination written")
+
+    def test_bad_endpoint_leaves_destination_untouched(self):
+        src = self.path("s.bin")
+        write_random_file(src, 1000)
+        dst, data, old = self.existing_dst()
+        time.sleep(0.02)  # so a write would show in mtime
+        cases = [
+            (["copy", "bogus:thing", "file:" + dst], 2, "bogus:thing"),
+            (["copy", "tcp:127.0.0.1", "file:" + dst], 2, "127.0.0.1"),
+            (["copy", "tcp:127.0.0.1:0", "file:" + dst], 2, "port 0"),
+            (["copy", "file:" + src + ",append", "file:" + dst], 2, ",append"),
+            (["copy", "--limit", "lots", "file:" + src, "file:" + dst], 2, "--limit"),
+            (["copy", "--engine", "warp", "file:" + src, "file:" + dst], 2, "warp"),
+            (["copy", "file:" + self.path("missing.bin"), "file:" + dst], 1, "missing.bin"),
+            (["copy", "file:" + dst, "file:" + dst], 2, "same file"),
+            (["copy", "tcp:127.0.0.1:%d" % e2e.free_port(), "file:" + dst], 1, "refused"),
+        ]
+        for args, code, needle in cases:
+            with self.subTest(args=args):
+                rc, out, err = run_zcio(args)
+                self.assertEqual(rc, code, err)
+                self.assertOneLine(err, needle)
+                self.assertUntouched(dst, data, old)
+        # A bad destination must not have been created either.
+        new = self.path("never.bin")
+        rc, out, err = run_zcio(["copy", "bogus:x", "file:" + new])
+        self.assertEqual(rc, 2)
+        self.assertFalse(os.path.exists(new))
+        rc, out, err = run_zcio(["copy", "file:" + self.path("nope"), "file:" + new])
+        self.assertEqual(rc, 1)
+        self.assertOneLine(err, "nope")
+        self.assertFalse(os.path.exists(new))
+
+    def test_runtime_failures_exit_1(self):
+        src = self.path("s.bin")
+        write_random_file(src, 1000)
+        rc, out, err = run_zcio(["copy", "file:" + src, "file:" + self.path("no/such/dir/x")])
+        self.assertEqual(rc, 1)
+        self.assertOneLine(err, "no/such/dir/x")
+        busy = socket.socket()
+        self.track(busy)
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        rc, out, err = run_zcio(["copy", "tcp-listen:127.0.0.1:%d" % busy.getsockname()[1], "-"])
+        self.assertEqual(rc, 1)
+        self.assertOneLine(err, str(busy.getsockname()[1]))
+
+
+if __name__ == "__main__":
+    e2e.main()
