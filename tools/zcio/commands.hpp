@@ -6,10 +6,22 @@
 #include <zcio/copy.hpp>
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 
+namespace CLI {
+class App;
+}
+
 namespace zcio::cli {
+
+// A subcommand defined in its own file: add_X(app) adds its options to `app` and
+// returns the subcommand with the function main() runs when it was chosen.
+struct subcommand {
+    CLI::App* app = nullptr;
+    std::function<int()> run;
+};
 
 struct copy_command_options {
     std::string source;

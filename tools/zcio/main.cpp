@@ -224,6 +224,12 @@ int run(int argc, char** argv) {
         ->capture_default_str();
     copy->add_flag("-v,--verbose", co.verbose, "Print bytes, path and rate on stderr at the end");
 
+    // Subcommands that live wholly in their own files register here: each returns the
+    // CLI11 subcommand and what to run when it was chosen.
+    std::vector<subcommand> extra;
+    // [udp-echo]
+    // [serve/get]
+
     bench_command_options bo;
     auto* bench = app.add_subcommand("bench", "Self-contained benchmark on loopback: relay per "
                                               "engine, file→socket, socket→file, idle cost");
@@ -258,6 +264,11 @@ int run(int argc, char** argv) {
     setup_logging(log_level);
     if (proxy->parsed()) {
         return run_proxy(pf);
+    }
+    for (const auto& sub : extra) {
+        if (sub.app->parsed()) {
+            return sub.run();
+        }
     }
     if (copy->parsed()) {
         if (!copy_limit.empty()) {
