@@ -60,7 +60,9 @@ std::span<const std::byte> slice(std::size_t offset, std::size_t n) {
     return std::span(shared_data()).subspan(offset, n);
 }
 
-std::uint64_t sum_of(std::span<const std::byte> bytes) { return test::checksum_of(bytes); }
+std::uint64_t sum_of(std::span<const std::byte> bytes) {
+    return test::checksum_of(bytes);
+}
 
 // Chunk sizes from a seed (splitmix64).
 class size_source {
@@ -95,9 +97,9 @@ std::ostream& operator<<(std::ostream& os, const side& s) {
 
 std::string describe(const traffic& t) {
     return "{a_to_b=" + std::to_string(t.a_to_b) + " b_to_a=" + std::to_string(t.b_to_a) +
-           " a_to_b_path=" + to_string(t.a_to_b_path) + " b_to_a_path=" +
-           to_string(t.b_to_a_path) + " failed=" + (t.failed ? to_string(*t.failed) : "none") +
-           " error=" + t.error.message() + "}";
+           " a_to_b_path=" + to_string(t.a_to_b_path) + " b_to_a_path=" + to_string(t.b_to_a_path) +
+           " failed=" + (t.failed ? to_string(*t.failed) : "none") + " error=" + t.error.message() +
+           "}";
 }
 
 // ---- coroutines (parameters by value or pointer: see task.hpp) ----
@@ -186,7 +188,9 @@ task<bool> wait_until(event_loop* loop, std::function<bool()> done, clock::durat
     co_return true;
 }
 
-task<void> pause(event_loop* loop, clock::duration d) { co_await sleep_for(*loop, d); }
+task<void> pause(event_loop* loop, clock::duration d) {
+    co_await sleep_for(*loop, d);
+}
 
 // Sets SO_LINGER {on, 0} and closes: the kernel sends RST instead of FIN.
 void reset_connection(stream& s) {
@@ -199,7 +203,9 @@ void reset_connection(stream& s) {
 
 enum class transport { tcp, unix_socketpair };
 
-const char* to_string(transport t) { return t == transport::tcp ? "tcp" : "unix"; }
+const char* to_string(transport t) {
+    return t == transport::tcp ? "tcp" : "unix";
+}
 
 struct stream_pair {
     stream first;
@@ -285,7 +291,9 @@ protected:
 
 class bidi_test : public bidi_fixture {};
 
-const char* path_name(copy_path p) { return to_string(p); }
+const char* path_name(copy_path p) {
+    return to_string(p);
+}
 
 // ---- half-close ----
 
@@ -328,7 +336,9 @@ TEST_P(bidi_half_close_test, the_side_that_shut_down_writing_still_gets_the_whol
     loop.spawn(run_bidi(x, y, o, &t, &done));
     ASSERT_TRUE(loop.block_on(wait_until(
         &loop,
-        [&] { return done && first_sent.done && first_got.done && second_got.done && second_sent.done; },
+        [&] {
+            return done && first_sent.done && first_got.done && second_got.done && second_sent.done;
+        },
         30s)))
         << "traffic " << describe(t) << " first sent " << first_sent << " got " << first_got
         << "; second got " << second_got << " sent " << second_sent;
@@ -409,7 +419,8 @@ TEST_P(bidi_slow_reader_test, one_blocked_direction_does_not_block_the_other) {
     traffic t;
     bool done = false;
     loop.spawn(run_bidi(&ends->a, &ends->b, o, &t, &done));
-    ASSERT_TRUE(loop.block_on(wait_until(&loop, [&] { return down_got.done; }, 20s)))
+    ASSERT_TRUE(loop.block_on(wait_until(
+        &loop, [&] { return down_got.done; }, 20s)))
         << "b→a stalled behind the blocked a→b: got " << down_got << " of " << download.size();
     EXPECT_FALSE(up_sent.done) << "a→b was never blocked; the test proves nothing";
     EXPECT_EQ(down_got.bytes, download.size());
@@ -473,14 +484,16 @@ TEST_P(bidi_error_test, an_error_in_one_direction_ends_both_and_keeps_both_count
     bool done = false;
     loop.spawn(run_bidi(&ends->a, &ends->b, o, &t, &done));
     ASSERT_TRUE(loop.block_on(wait_until(
-        &loop, [&] { return up_sent.done && down_sent.done && up_got.done && down_got.done; }, 20s)));
+        &loop, [&] { return up_sent.done && down_sent.done && up_got.done && down_got.done; },
+        20s)));
     EXPECT_EQ(up_got.sum, sum_of(up));
     EXPECT_EQ(down_got.sum, sum_of(down));
     loop.block_on(pause(&loop, 20ms));
     EXPECT_FALSE(done) << "the copy ended although nobody closed: " << describe(t);
 
     reset_connection(c.client_resets ? ends->client : ends->server);
-    ASSERT_TRUE(loop.block_on(wait_until(&loop, [&] { return done; }, 10s)))
+    ASSERT_TRUE(loop.block_on(wait_until(
+        &loop, [&] { return done; }, 10s)))
         << "the healthy direction kept the copy alive";
     std::printf("[   INFO   ] %s resets: %s\n", c.client_resets ? "client" : "server",
                 t.error.message().c_str());
@@ -498,8 +511,7 @@ INSTANTIATE_TEST_SUITE_P(
                       error_case{true, copy_path::buffer}, error_case{false, copy_path::automatic},
                       error_case{false, copy_path::splice}, error_case{false, copy_path::buffer}),
     [](const ::testing::TestParamInfo<error_case>& param_info) {
-        return std::string(param_info.param.client_resets ? "client_resets_"
-                                                           : "server_resets_") +
+        return std::string(param_info.param.client_resets ? "client_resets_" : "server_resets_") +
                path_name(param_info.param.path);
     });
 
@@ -523,8 +535,8 @@ TEST_F(bidi_test, both_ends_at_end_of_stream_finish_at_once) {
     traffic t;
     bool done = false;
     loop.spawn(run_bidi(&ends->a, &ends->b, o, &t, &done));
-    ASSERT_TRUE(loop.block_on(
-        wait_until(&loop, [&] { return done && client_got.done && server_got.done; }, 5s)));
+    ASSERT_TRUE(loop.block_on(wait_until(
+        &loop, [&] { return done && client_got.done && server_got.done; }, 5s)));
     EXPECT_TRUE(t.ok()) << describe(t);
     EXPECT_EQ(t.a_to_b, 0u);
     EXPECT_EQ(t.b_to_a, 0u);
@@ -548,7 +560,8 @@ TEST_F(bidi_test, idle_timeout_ends_a_copy_that_never_moved_a_byte) {
     bool done = false;
     const auto start = clock::now();
     loop.spawn(run_bidi(&ends->a, &ends->b, o, &t, &done));
-    ASSERT_TRUE(loop.block_on(wait_until(&loop, [&] { return done; }, 5s)));
+    ASSERT_TRUE(loop.block_on(wait_until(
+        &loop, [&] { return done; }, 5s)));
     const auto took = clock::now() - start;
     EXPECT_EQ(t.error, std::errc::timed_out) << describe(t);
     EXPECT_FALSE(t.failed) << "a timeout is not a direction's failure";
@@ -577,7 +590,8 @@ TEST_F(bidi_test, a_copy_that_ends_as_the_idle_timer_expires_is_not_a_timeout) {
     ASSERT_TRUE(ends->client.shutdown_write());
     ASSERT_TRUE(ends->server.shutdown_write());
     std::this_thread::sleep_for(80ms); // the loop does not run: the timer expires unseen
-    ASSERT_TRUE(loop.block_on(wait_until(&loop, [&] { return done; }, 5s)));
+    ASSERT_TRUE(loop.block_on(wait_until(
+        &loop, [&] { return done; }, 5s)));
     EXPECT_TRUE(t.ok()) << describe(t);
     EXPECT_EQ(t.a_to_b, 0u);
     EXPECT_EQ(t.b_to_a, 0u);
@@ -614,7 +628,8 @@ TEST_F(bidi_test, idle_timeout_counts_from_the_last_byte) {
     bool done = false;
     const auto start = clock::now();
     loop.spawn(run_bidi(&ends->a, &ends->b, o, &t, &done));
-    ASSERT_TRUE(loop.block_on(wait_until(&loop, [&] { return done; }, 5s)));
+    ASSERT_TRUE(loop.block_on(wait_until(
+        &loop, [&] { return done; }, 5s)));
     const auto took = clock::now() - start;
     EXPECT_TRUE(sent.done) << "timed out while bytes were still moving";
     EXPECT_GE(took, 400ms);
@@ -623,7 +638,8 @@ TEST_F(bidi_test, idle_timeout_counts_from_the_last_byte) {
     EXPECT_EQ(t.b_to_a, 0u);
     // The server never sees end of stream (a timeout is not a half-close): close it.
     ends->server.close();
-    ASSERT_TRUE(loop.block_on(wait_until(&loop, [&] { return got.done; }, 5s)));
+    ASSERT_TRUE(loop.block_on(wait_until(
+        &loop, [&] { return got.done; }, 5s)));
     EXPECT_EQ(got.bytes, data.size());
     EXPECT_EQ(got.sum, sum_of(data));
 }
@@ -645,14 +661,16 @@ TEST_F(bidi_test, idle_timeout_ends_a_stalled_copy_and_discards_its_full_pipe) {
     traffic t;
     bool done = false;
     loop.spawn(run_bidi(&ends->a, &ends->b, o, &t, &done));
-    ASSERT_TRUE(loop.block_on(wait_until(&loop, [&] { return done; }, 10s)));
+    ASSERT_TRUE(loop.block_on(wait_until(
+        &loop, [&] { return done; }, 10s)));
     EXPECT_EQ(t.error, std::errc::timed_out) << describe(t);
     EXPECT_GT(t.a_to_b, 0u);
     EXPECT_LT(t.a_to_b, upload.size());
     EXPECT_EQ(pools.pipes.stats().leased, 0u);
     EXPECT_GE(pools.pipes.stats().discarded, 1u) << "a pipe holding bytes went back to the pool";
     ends->client.close(); // frees the blocked producer
-    ASSERT_TRUE(loop.block_on(wait_until(&loop, [&] { return sent.done; }, 5s)));
+    ASSERT_TRUE(loop.block_on(wait_until(
+        &loop, [&] { return sent.done; }, 5s)));
 }
 
 // ---- rate limit ----
@@ -717,14 +735,16 @@ TEST_P(bidi_rate_test, each_direction_moves_about_the_rate) {
     cancel.cancel();
     // ~160 turns of 10 ms fit in 1.6 s; a copy that spun at the rate got almost none.
     EXPECT_GE(ticks, 80) << "the rate-limited copy starved the loop";
-    ASSERT_TRUE(loop.block_on(wait_until(&loop, [&] { return done; }, 5s)));
+    ASSERT_TRUE(loop.block_on(wait_until(
+        &loop, [&] { return done; }, 5s)));
     EXPECT_TRUE(cancelled);
 
     const double lo = 0.8 * static_cast<double>(rate);
     const double hi = 1.2 * static_cast<double>(rate);
     std::printf("[   INFO   ] %s: a→b %.2f MiB/s, b→a %.2f MiB/s (limit %.2f)\n", path_name(path),
                 static_cast<double>(up1 - up0) / (1 << 20),
-                static_cast<double>(down1 - down0) / (1 << 20), static_cast<double>(rate) / (1 << 20));
+                static_cast<double>(down1 - down0) / (1 << 20),
+                static_cast<double>(rate) / (1 << 20));
     EXPECT_GE(static_cast<double>(up1 - up0), lo);
     EXPECT_LE(static_cast<double>(up1 - up0), hi);
     EXPECT_GE(static_cast<double>(down1 - down0), lo);
@@ -733,7 +753,8 @@ TEST_P(bidi_rate_test, each_direction_moves_about_the_rate) {
     ends->client.close();
     ends->server.close();
     ASSERT_TRUE(loop.block_on(wait_until(
-        &loop, [&] { return up_sent.done && down_sent.done && up_got.done && down_got.done; }, 5s)));
+        &loop, [&] { return up_sent.done && down_sent.done && up_got.done && down_got.done; },
+        5s)));
     EXPECT_EQ(up_got.sum, sum_of(up.first(up_got.bytes)));
     EXPECT_EQ(down_got.sum, sum_of(down.first(down_got.bytes)));
     EXPECT_LE(up_got.bytes, up_progress);
@@ -761,12 +782,10 @@ task<void> read_and_compare(stream* s, buffer_pool* pool, std::span<const std::b
     bool same = true;
     while (out->bytes < expect.size()) {
         const std::size_t at = out->bytes;
-        auto n = co_await pooled_read_with(*s, *pool, expect.size() - at,
-                                           [&same, expect, at](std::span<const std::byte> got) {
-                                               same = same && std::memcmp(got.data(),
-                                                                          expect.data() + at,
-                                                                          got.size()) == 0;
-                                           });
+        auto n = co_await pooled_read_with(
+            *s, *pool, expect.size() - at, [&same, expect, at](std::span<const std::byte> got) {
+                same = same && std::memcmp(got.data(), expect.data() + at, got.size()) == 0;
+            });
         if (!n) {
             out->error = n.error();
             break;
@@ -849,9 +868,10 @@ TEST_F(bidi_test, thousands_of_idle_proxies_hold_no_pipe_and_no_buffer) {
                            false, &p.up_sent));
         loop.spawn(produce(&p.server, slice(down_at, bytes_each_way), 9000 + i,
                            std::size_t{64} << 10, false, &p.down_sent));
-        loop.spawn(read_and_compare(&p.server, &reader_pool, slice(up_at, bytes_each_way), &p.up_got));
-        loop.spawn(read_and_compare(&p.client, &reader_pool, slice(down_at, bytes_each_way),
-                                    &p.down_got));
+        loop.spawn(
+            read_and_compare(&p.server, &reader_pool, slice(up_at, bytes_each_way), &p.up_got));
+        loop.spawn(
+            read_and_compare(&p.client, &reader_pool, slice(down_at, bytes_each_way), &p.down_got));
     }
     ASSERT_TRUE(loop.block_on(wait_until(
         &loop,
@@ -861,7 +881,8 @@ TEST_F(bidi_test, thousands_of_idle_proxies_hold_no_pipe_and_no_buffer) {
             });
         },
         240s)));
-    const auto moved_in = std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - start);
+    const auto moved_in =
+        std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - start);
     std::size_t bad = 0;
     for (std::size_t i = 0; i < proxies; ++i) {
         const proxy& p = *ps[i];
@@ -920,9 +941,8 @@ TEST_F(bidi_test, thousands_of_idle_proxies_hold_no_pipe_and_no_buffer) {
 
 enum class no_pipe { pool_of_size_0, pipe_creation_fails };
 
-class bidi_no_pipe_test
-    : public bidi_fixture,
-      public ::testing::WithParamInterface<std::tuple<no_pipe, copy_path>> {};
+class bidi_no_pipe_test : public bidi_fixture,
+                          public ::testing::WithParamInterface<std::tuple<no_pipe, copy_path>> {};
 
 TEST_P(bidi_no_pipe_test, moves_every_byte_through_buffers) {
     const auto& [why, path] = GetParam();

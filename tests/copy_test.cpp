@@ -53,7 +53,9 @@ const std::vector<std::byte>& big_data() {
     return data;
 }
 
-std::uint64_t sum_of(std::span<const std::byte> bytes) { return test::checksum_of(bytes); }
+std::uint64_t sum_of(std::span<const std::byte> bytes) {
+    return test::checksum_of(bytes);
+}
 
 std::uint64_t big_sum() {
     static const std::uint64_t sum = sum_of(big_data());
@@ -284,7 +286,9 @@ task<bool> wait_until(event_loop* loop, std::function<bool()> done, clock::durat
 
 enum class end_kind { pipe, tcp, unix_socket, file, dev_zero };
 
-bool is_stream_kind(end_kind k) { return k == end_kind::pipe || k == end_kind::tcp || k == end_kind::unix_socket; }
+bool is_stream_kind(end_kind k) {
+    return k == end_kind::pipe || k == end_kind::tcp || k == end_kind::unix_socket;
+}
 
 // One end of a copy: `inner` is what copy() sees; `outer` is where a producer writes
 // or a consumer reads (pipes and sockets); `file` is the temporary file, if any.
@@ -344,9 +348,11 @@ result<stream_pair> connected_pair(event_loop& loop, end_kind kind) {
         }
         return adopt_pair(loop, std::move(p->first), std::move(p->second));
     }
-    case end_kind::tcp: return loop.block_on(tcp_pair(&loop));
+    case end_kind::tcp:
+        return loop.block_on(tcp_pair(&loop));
     case end_kind::file:
-    case end_kind::dev_zero: break;
+    case end_kind::dev_zero:
+        break;
     }
     return fail(EINVAL);
 }
@@ -478,8 +484,8 @@ TEST_P(copy_transfer_test, moves_64_mib_of_random_data_by_the_expected_path) {
     }
     const auto started = clock::now();
     const copy_result r = loop.block_on(copy_then_end(&dst->inner, &src->inner, o));
-    ASSERT_TRUE(loop.block_on(
-        wait_until(&loop, [&] { return produced.done && consumed.done; }, 60s)))
+    ASSERT_TRUE(loop.block_on(wait_until(
+        &loop, [&] { return produced.done && consumed.done; }, 60s)))
         << "produced " << produced << " consumed " << consumed;
     const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - started);
 
@@ -513,8 +519,10 @@ const transfer_case transfer_cases[] = {
     {"pipe_to_pipe", end_kind::pipe, end_kind::pipe, copy_path::automatic, copy_path::splice},
     {"tcp_to_tcp_auto_upgrades_to_splice", end_kind::tcp, end_kind::tcp, copy_path::automatic,
      copy_path::splice},
-    {"tcp_to_tcp_forced_splice", end_kind::tcp, end_kind::tcp, copy_path::splice, copy_path::splice},
-    {"tcp_to_tcp_forced_buffer", end_kind::tcp, end_kind::tcp, copy_path::buffer, copy_path::buffer},
+    {"tcp_to_tcp_forced_splice", end_kind::tcp, end_kind::tcp, copy_path::splice,
+     copy_path::splice},
+    {"tcp_to_tcp_forced_buffer", end_kind::tcp, end_kind::tcp, copy_path::buffer,
+     copy_path::buffer},
     {"unix_to_tcp", end_kind::unix_socket, end_kind::tcp, copy_path::automatic, copy_path::splice},
     {"tcp_to_unix", end_kind::tcp, end_kind::unix_socket, copy_path::automatic, copy_path::splice},
     {"file_to_tcp_sendfile", end_kind::file, end_kind::tcp, copy_path::automatic,
@@ -548,12 +556,13 @@ struct limit_kind {
 
 struct limit_value {
     const char* name;
-    std::size_t size;                    // bytes the source holds
+    std::size_t size; // bytes the source holds
     std::optional<std::uint64_t> limit;
 };
 
 class copy_limit_test : public copy_fixture,
-                        public ::testing::WithParamInterface<std::tuple<limit_kind, limit_value>> {};
+                        public ::testing::WithParamInterface<std::tuple<limit_kind, limit_value>> {
+};
 
 // Exactly min(limit, size) bytes move, and the source keeps the rest: a socket or pipe
 // still yields exactly the bytes after the limit, a file's offset stops at the limit.
@@ -589,8 +598,8 @@ TEST_P(copy_limit_test, moves_exactly_the_limit_and_leaves_the_rest) {
         rest.done = false;
         loop.spawn(consume(&src->inner, 24, &rest));
     }
-    ASSERT_TRUE(loop.block_on(
-        wait_until(&loop, [&] { return produced.done && consumed.done && rest.done; }, 30s)))
+    ASSERT_TRUE(loop.block_on(wait_until(
+        &loop, [&] { return produced.done && consumed.done && rest.done; }, 30s)))
         << "produced " << produced << " consumed " << consumed << " rest " << rest;
 
     const std::uint64_t want = sum_of(data.first(moved));
@@ -610,7 +619,8 @@ TEST_P(copy_limit_test, moves_exactly_the_limit_and_leaves_the_rest) {
     } else {
         auto at = sys::tell(src->inner.fd());
         ASSERT_TRUE(at) << at.error().message();
-        EXPECT_EQ(static_cast<std::size_t>(*at), moved) << "the file offset is not after the last byte";
+        EXPECT_EQ(static_cast<std::size_t>(*at), moved)
+            << "the file offset is not after the last byte";
     }
 }
 
@@ -642,7 +652,8 @@ INSTANTIATE_TEST_SUITE_P(
     limits, copy_limit_test,
     ::testing::Combine(::testing::ValuesIn(limit_kinds), ::testing::ValuesIn(limit_values)),
     [](const ::testing::TestParamInfo<std::tuple<limit_kind, limit_value>>& param_info) {
-        return std::string(std::get<0>(param_info.param).name) + "_" + std::get<1>(param_info.param).name;
+        return std::string(std::get<0>(param_info.param).name) + "_" +
+               std::get<1>(param_info.param).name;
     });
 
 // A limit on an endless source (a character device) ends the copy there.
@@ -659,7 +670,8 @@ TEST_F(copy_test, a_limit_ends_a_copy_from_an_endless_device) {
     o.pools = &pools;
     o.limit = 100'001;
     const copy_result r = loop.block_on(copy_then_end(&dst->inner, &src->inner, o));
-    ASSERT_TRUE(loop.block_on(wait_until(&loop, [&] { return consumed.done; }, 10s)));
+    ASSERT_TRUE(loop.block_on(wait_until(
+        &loop, [&] { return consumed.done; }, 10s)));
     EXPECT_TRUE(r.ok()) << r.error.message();
     EXPECT_EQ(r.bytes, 100'001u);
     EXPECT_EQ(consumed.bytes, 100'001u);
@@ -684,7 +696,8 @@ TEST_F(copy_test, a_limit_ends_a_copy_from_a_pollable_endless_device) {
     o.pools = &pools;
     o.limit = std::uint64_t{4} << 20; // many times what the pipe holds
     const copy_result r = loop.block_on(copy_then_end(&dst->inner, &*src, o));
-    ASSERT_TRUE(loop.block_on(wait_until(&loop, [&] { return consumed.done; }, 10s)));
+    ASSERT_TRUE(loop.block_on(wait_until(
+        &loop, [&] { return consumed.done; }, 10s)));
     EXPECT_TRUE(r.ok()) << r.error.message();
     EXPECT_EQ(r.bytes, *o.limit);
     // Random bytes have no known checksum: the count is all there is to check.
@@ -725,7 +738,8 @@ TEST_P(copy_reset_test, ends_with_an_error_and_the_bytes_moved_so_far) {
     if (src->outer.is_open()) {
         produced.done = false;
         if (c.who == reset_side::source_peer) {
-            loop.spawn(produce_then_reset(&src->outer, data, 42, &delivered, reset_after, &produced));
+            loop.spawn(
+                produce_then_reset(&src->outer, data, 42, &delivered, reset_after, &produced));
         } else {
             loop.spawn(produce(&src->outer, data, 42, &produced));
         }
@@ -745,8 +759,8 @@ TEST_P(copy_reset_test, ends_with_an_error_and_the_bytes_moved_so_far) {
     const copy_result r = loop.block_on(copy_then_end(&dst->inner, &src->inner, o));
     // The producer may be stuck on a full socket now: closing the source frees it.
     src->inner.close();
-    ASSERT_TRUE(loop.block_on(
-        wait_until(&loop, [&] { return produced.done && consumed.done; }, 30s)))
+    ASSERT_TRUE(loop.block_on(wait_until(
+        &loop, [&] { return produced.done && consumed.done; }, 30s)))
         << "produced " << produced << " consumed " << consumed;
 
     ASSERT_FALSE(r.ok()) << "the copy ended without error after " << r.bytes << " bytes";
@@ -795,10 +809,10 @@ const reset_case reset_cases[] = {
      reset_side::destination_peer},
     {"pipe_to_tcp_destination_reset", end_kind::pipe, end_kind::tcp, copy_path::automatic,
      reset_side::destination_peer},
-    {"unix_to_tcp_destination_reset", end_kind::unix_socket, end_kind::tcp,
-     copy_path::automatic, reset_side::destination_peer},
-    {"file_to_tcp_sendfile_destination_reset", end_kind::file, end_kind::tcp,
-     copy_path::automatic, reset_side::destination_peer},
+    {"unix_to_tcp_destination_reset", end_kind::unix_socket, end_kind::tcp, copy_path::automatic,
+     reset_side::destination_peer},
+    {"file_to_tcp_sendfile_destination_reset", end_kind::file, end_kind::tcp, copy_path::automatic,
+     reset_side::destination_peer},
 };
 
 INSTANTIATE_TEST_SUITE_P(resets, copy_reset_test, ::testing::ValuesIn(reset_cases),
@@ -817,7 +831,8 @@ struct refused_case {
     copy_path force;
 };
 
-class copy_refused_test : public copy_fixture, public ::testing::WithParamInterface<refused_case> {};
+class copy_refused_test : public copy_fixture,
+                          public ::testing::WithParamInterface<refused_case> {};
 
 TEST_P(copy_refused_test, falls_back_to_the_buffer_path_and_moves_every_byte) {
     const refused_case& c = GetParam();
@@ -844,8 +859,8 @@ TEST_P(copy_refused_test, falls_back_to_the_buffer_path_and_moves_every_byte) {
     o.pools = &pools;
     o.path = c.force;
     const copy_result r = loop.block_on(copy_then_end(&dst->inner, &src->inner, o));
-    ASSERT_TRUE(loop.block_on(
-        wait_until(&loop, [&] { return produced.done && consumed.done; }, 30s)))
+    ASSERT_TRUE(loop.block_on(wait_until(
+        &loop, [&] { return produced.done && consumed.done; }, 30s)))
         << "produced " << produced << " consumed " << consumed;
 
     EXPECT_TRUE(r.ok()) << r.error.message();
@@ -873,8 +888,7 @@ const refused_case refused_cases[] = {
      copy_path::copy_file_range},
     {"file_to_append_file_sendfile", end_kind::file, end_kind::file, true, copy_path::sendfile},
     {"file_to_append_file_splice", end_kind::file, end_kind::file, true, copy_path::splice},
-    {"tcp_to_tcp_copy_file_range", end_kind::tcp, end_kind::tcp, false,
-     copy_path::copy_file_range},
+    {"tcp_to_tcp_copy_file_range", end_kind::tcp, end_kind::tcp, false, copy_path::copy_file_range},
     {"pipe_to_tcp_copy_file_range", end_kind::pipe, end_kind::tcp, false,
      copy_path::copy_file_range},
 };
@@ -929,7 +943,8 @@ TEST_P(copy_offset_test, a_file_source_starts_at_its_offset_and_leaves_it_after_
     auto at = sys::tell(src->inner.fd());
     ASSERT_TRUE(at);
     EXPECT_EQ(*at, start + static_cast<off_t>(limit));
-    ASSERT_TRUE(loop.block_on(wait_until(&loop, [&] { return consumed.done; }, 30s)));
+    ASSERT_TRUE(loop.block_on(wait_until(
+        &loop, [&] { return consumed.done; }, 30s)));
     if (c.to == end_kind::file) {
         const auto got = read_file(dst->file->path());
         EXPECT_EQ(got.size(), limit);
@@ -977,8 +992,8 @@ TEST_P(copy_offset_test, a_file_source_starts_at_its_offset_and_leaves_it_after_
     at = sys::tell(src->inner.fd());
     ASSERT_TRUE(at);
     EXPECT_EQ(*at, parked_at) << "an explicit src_offset moved the fd's offset";
-    ASSERT_TRUE(loop.block_on(
-        wait_until(&loop, [&] { return consumed2.done && consumed3.done; }, 30s)));
+    ASSERT_TRUE(loop.block_on(wait_until(
+        &loop, [&] { return consumed2.done && consumed3.done; }, 30s)));
 
     const auto tail = data.subspan(static_cast<std::size_t>(start) + limit);
     const auto window = data.subspan(static_cast<std::size_t>(explicit_at), limit);
@@ -1044,7 +1059,8 @@ TEST_P(copy_dst_offset_test, a_file_destination_is_written_at_its_offset) {
         o.pools = &pools;
         o.path = c.force;
         const copy_result r = loop.block_on(copy_then_end(&dst->inner, &src->inner, o));
-        ASSERT_TRUE(loop.block_on(wait_until(&loop, [&] { return produced.done; }, 30s)));
+        ASSERT_TRUE(loop.block_on(wait_until(
+            &loop, [&] { return produced.done; }, 30s)));
         EXPECT_TRUE(r.ok()) << r.error.message();
         EXPECT_EQ(r.bytes, data.size());
         auto at = sys::tell(dst->inner.fd());
@@ -1073,7 +1089,8 @@ TEST_P(copy_dst_offset_test, a_file_destination_is_written_at_its_offset) {
         o.path = c.force;
         o.dst_offset = explicit_at;
         const copy_result r = loop.block_on(copy_then_end(&dst->inner, &src->inner, o));
-        ASSERT_TRUE(loop.block_on(wait_until(&loop, [&] { return produced.done; }, 30s)));
+        ASSERT_TRUE(loop.block_on(wait_until(
+            &loop, [&] { return produced.done; }, 30s)));
         EXPECT_TRUE(r.ok()) << r.error.message();
         EXPECT_EQ(r.bytes, data.size());
         auto at = sys::tell(dst->inner.fd());
@@ -1111,9 +1128,9 @@ struct no_pipe_case {
     copy_path force;
 };
 
-class copy_no_pipe_test
-    : public copy_fixture,
-      public ::testing::WithParamInterface<std::tuple<no_pipe, no_pipe_case>> {};
+class copy_no_pipe_test : public copy_fixture,
+                          public ::testing::WithParamInterface<std::tuple<no_pipe, no_pipe_case>> {
+};
 
 // When the pool cannot lend a pipe, the copy moves every byte through buffers.
 TEST_P(copy_no_pipe_test, moves_every_byte_through_the_buffer_path) {
@@ -1145,8 +1162,8 @@ TEST_P(copy_no_pipe_test, moves_every_byte_through_the_buffer_path) {
     o.pools = &pools;
     o.path = c.force;
     const copy_result r = loop.block_on(copy_then_end(&dst->inner, &src->inner, o));
-    ASSERT_TRUE(loop.block_on(
-        wait_until(&loop, [&] { return produced.done && consumed.done; }, 30s)))
+    ASSERT_TRUE(loop.block_on(wait_until(
+        &loop, [&] { return produced.done && consumed.done; }, 30s)))
         << "produced " << produced << " consumed " << consumed;
 
     EXPECT_TRUE(r.ok()) << r.error.message();
@@ -1264,7 +1281,8 @@ TEST_F(copy_test, the_yield_budget_lets_another_copy_run) {
     o.progress = &p2;
     loop.spawn(copy_into(&dst2->inner, &src2->inner, o, &r2, &d2));
     loop.spawn(sample_progress(&loop, &p1, &p2, &p1_when_2_started));
-    ASSERT_TRUE(loop.block_on(wait_until(&loop, [&] { return d1 && d2; }, 30s)));
+    ASSERT_TRUE(loop.block_on(wait_until(
+        &loop, [&] { return d1 && d2; }, 30s)));
     EXPECT_TRUE(r1.ok() && r2.ok());
     EXPECT_EQ(r1.bytes, data.size());
     EXPECT_EQ(r2.bytes, data.size());

@@ -42,10 +42,10 @@ void must_bind(const unique_fd& fd, const endpoint& e) {
 
 // Every numeric form prints as itself, and parses back to an equal endpoint.
 TEST_F(endpoint_test, numeric_forms_round_trip) {
-    for (std::string_view text : {"127.0.0.1:8080", "[::1]:8080", "[::]:0", "0.0.0.0:0",
-                                  "255.255.255.255:65535", "[2001:db8::1]:443",
-                                  "[::ffff:10.0.0.1]:53", "[fe80::1%1]:80", "unix:/tmp/x.sock",
-                                  "unix:relative/path", "unix:@abstract", "unix:@a b"}) {
+    for (std::string_view text :
+         {"127.0.0.1:8080", "[::1]:8080", "[::]:0", "0.0.0.0:0", "255.255.255.255:65535",
+          "[2001:db8::1]:443", "[::ffff:10.0.0.1]:53", "[fe80::1%1]:80", "unix:/tmp/x.sock",
+          "unix:relative/path", "unix:@abstract", "unix:@a b"}) {
         SCOPED_TRACE(text);
         endpoint e = must_parse(text);
         EXPECT_EQ(e.to_string(), text);
@@ -188,8 +188,7 @@ const std::string long_path(sizeof(sockaddr_un::sun_path), 'x');
 INSTANTIATE_TEST_SUITE_P(
     forms, endpoint_bad_test,
     ::testing::Values(
-        bad_case{"", "empty"},
-        bad_case{"127.0.0.1", "missing port"},
+        bad_case{"", "empty"}, bad_case{"127.0.0.1", "missing port"},
         bad_case{"127.0.0.1:", "missing port"},
         bad_case{"1.2.3.4:99999", "port 99999 is out of range (0-65535)"},
         bad_case{"1.2.3.4:99999999999999999999999", "out of range"},
@@ -197,24 +196,16 @@ INSTANTIATE_TEST_SUITE_P(
         bad_case{"1.2.3.4:x1", "port \"x1\" is not a number"},
         bad_case{"1.2.3.4:-1", "is not a number"},
         bad_case{"1.2.3.4:80x", "unexpected \"x\" after port 80"},
-        bad_case{"1.2.3.4:80 ", "unexpected"},
-        bad_case{"unix:", "empty Unix socket path"},
+        bad_case{"1.2.3.4:80 ", "unexpected"}, bad_case{"unix:", "empty Unix socket path"},
         bad_case{"unix:@", "empty abstract socket name"},
-        bad_case{"unix:/" + long_path, "too long"},
-        bad_case{"unix:@" + long_path, "too long"},
-        bad_case{"[::1", "missing \"]\""},
-        bad_case{"[::1]", "missing port"},
-        bad_case{"[::1]80", "unexpected \"80\" after \"]\""},
-        bad_case{"[::1]:80x", "unexpected"},
-        bad_case{"[::1]:", "missing port"},
-        bad_case{"[]:80", "empty IPv6 address"},
-        bad_case{"[127.0.0.1]:80", "is not an IPv6 address"},
-        bad_case{"[::1%]:80", "empty zone"},
+        bad_case{"unix:/" + long_path, "too long"}, bad_case{"unix:@" + long_path, "too long"},
+        bad_case{"[::1", "missing \"]\""}, bad_case{"[::1]", "missing port"},
+        bad_case{"[::1]80", "unexpected \"80\" after \"]\""}, bad_case{"[::1]:80x", "unexpected"},
+        bad_case{"[::1]:", "missing port"}, bad_case{"[]:80", "empty IPv6 address"},
+        bad_case{"[127.0.0.1]:80", "is not an IPv6 address"}, bad_case{"[::1%]:80", "empty zone"},
         bad_case{"[::1%no-such-if0]:80", "no network interface"},
-        bad_case{"::1:80", "use [::1]:80"},
-        bad_case{"1:2:3", "brackets"},
-        bad_case{":80", "empty host"},
-        bad_case{"1.2.3:80", "not a valid IPv4 address"},
+        bad_case{"::1:80", "use [::1]:80"}, bad_case{"1:2:3", "brackets"},
+        bad_case{":80", "empty host"}, bad_case{"1.2.3:80", "not a valid IPv4 address"},
         bad_case{"256.1.1.1:80", "not a valid IPv4 address"},
         bad_case{"no-such-host.invalid:80", "does not resolve"}),
     [](const ::testing::TestParamInfo<bad_case>& param) {

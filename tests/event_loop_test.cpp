@@ -10,8 +10,8 @@
 #include <atomic>
 
 #include <fcntl.h>
-#include <unistd.h>
 #include <thread>
+#include <unistd.h>
 #include <vector>
 
 namespace zcio {
@@ -207,7 +207,9 @@ task<void> forget_soon(event_loop& loop, io_handle* h) {
     h->forget();
 }
 
-task<result<void>> wait_forever(io_handle* h) { co_return co_await readable(*h); }
+task<result<void>> wait_forever(io_handle* h) {
+    co_return co_await readable(*h);
+}
 
 task<result<void>> forget_while_waiting(event_loop& loop, io_handle* h) {
     loop.spawn(forget_soon(loop, h));
@@ -251,7 +253,9 @@ struct arg_probe {
     ~arg_probe() { --*alive; }
 };
 
-task<int> takes_probe(arg_probe p) { co_return *p.alive; }
+task<int> takes_probe(arg_probe p) {
+    co_return *p.alive;
+}
 
 TEST_F(event_loop_test, a_never_awaited_task_frees_its_arguments) {
     int alive = 0;
@@ -265,7 +269,9 @@ TEST_F(event_loop_test, a_never_awaited_task_frees_its_arguments) {
     EXPECT_EQ(live_task_frames(), frames);
 }
 
-task<void> sleeps_long(event_loop& loop) { co_await sleep_for(loop, 1h); }
+task<void> sleeps_long(event_loop& loop) {
+    co_await sleep_for(loop, 1h);
+}
 
 TEST_F(event_loop_test, destroying_the_loop_frees_suspended_spawned_tasks) {
     const long frames = live_task_frames();

@@ -39,12 +39,13 @@ std::string bytes(std::initializer_list<int> v) {
     return s;
 }
 
-const std::string signature = bytes({0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A});
+const std::string signature =
+    bytes({0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A});
 
 TEST_F(proxy_protocol_test, v2_ipv4_is_byte_exact) {
-    std::string expected = signature + bytes({0x21, 0x11, 0x00, 0x0C,  // PROXY, TCP4, 12 bytes
+    std::string expected = signature + bytes({0x21, 0x11, 0x00, 0x0C, // PROXY, TCP4, 12 bytes
                                               192, 168, 0, 1, 192, 168, 0, 11, // addresses
-                                              0xDC, 0x04, 0x01, 0xBB});         // 56324, 443
+                                              0xDC, 0x04, 0x01, 0xBB});        // 56324, 443
     EXPECT_EQ(proxy_header_v2(ep("192.168.0.1:56324"), ep("192.168.0.11:443")), expected);
 }
 

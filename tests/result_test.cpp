@@ -16,7 +16,7 @@ class result_test : public test::fd_leak_check {};
 
 // An error category that is not errno-based, like a library's own codes.
 class custom_category final : public std::error_category {
-  public:
+public:
     const char* name() const noexcept override { return "custom"; }
     std::string message(int ev) const override { return "custom " + std::to_string(ev); }
 };

@@ -35,7 +35,8 @@ void require(bool ok, const std::string& what) {
     }
 }
 
-template <class T> T must(result<T> r, const char* what) {
+template <class T>
+T must(result<T> r, const char* what) {
     require(r.has_value(), std::string(what) + ": " + (r ? "" : r.error().message()));
     if constexpr (!std::is_void_v<T>) {
         return std::move(*r);
@@ -168,7 +169,7 @@ std::uint64_t push_through(std::span<const std::byte> data, int in, int out, std
 // Blocks a signal in this thread for the test's lifetime; any instance still pending at
 // the end is consumed so that unblocking it cannot kill the process.
 class blocked_signal {
-  public:
+public:
     explicit blocked_signal(int sig) {
         sigemptyset(&mask_);
         sigaddset(&mask_, sig);
@@ -184,7 +185,7 @@ class blocked_signal {
     blocked_signal& operator=(const blocked_signal&) = delete;
     const sigset_t& mask() const { return mask_; }
 
-  private:
+private:
     sigset_t mask_{};
     sigset_t old_{};
 };

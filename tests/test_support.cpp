@@ -54,7 +54,9 @@ std::size_t open_fd_count() {
     return n - 1; // the DIR's own descriptor
 }
 
-void fd_leak_check::SetUp() { fds_at_start_ = open_fd_count(); }
+void fd_leak_check::SetUp() {
+    fds_at_start_ = open_fd_count();
+}
 
 void fd_leak_check::TearDown() {
     EXPECT_EQ(open_fd_count(), fds_at_start_) << "descriptors leaked by this test";

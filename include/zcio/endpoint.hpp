@@ -48,7 +48,9 @@ public:
     [[nodiscard]] sockaddr* data() noexcept { return reinterpret_cast<sockaddr*>(&storage_); }
     [[nodiscard]] socklen_t size() const noexcept { return len_; }
     void set_size(socklen_t len) noexcept { len_ = len; }
-    [[nodiscard]] static constexpr socklen_t capacity() noexcept { return sizeof(sockaddr_storage); }
+    [[nodiscard]] static constexpr socklen_t capacity() noexcept {
+        return sizeof(sockaddr_storage);
+    }
 
     friend bool operator==(const endpoint& a, const endpoint& b) noexcept;
 

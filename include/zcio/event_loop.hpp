@@ -349,11 +349,17 @@ private:
 
 } // namespace detail
 
-inline auto io_handle::wait(io_direction d) noexcept { return detail::ready_wait{this, d}; }
+inline auto io_handle::wait(io_direction d) noexcept {
+    return detail::ready_wait{this, d};
+}
 
 // co_await readable(h) / writable(h): waits for readiness (see io_handle::wait).
-inline auto readable(io_handle& h) noexcept { return h.wait(io_direction::read); }
-inline auto writable(io_handle& h) noexcept { return h.wait(io_direction::write); }
+inline auto readable(io_handle& h) noexcept {
+    return h.wait(io_direction::read);
+}
+inline auto writable(io_handle& h) noexcept {
+    return h.wait(io_direction::write);
+}
 
 // co_await io_op<size_t>(h, io_direction::read, [&] { return sys::read(...); })
 template <class R, class Op>
@@ -371,7 +377,9 @@ inline auto sleep_for(event_loop& loop, clock::duration d) noexcept {
 
 // Lets every other ready coroutine and the poller run once before continuing: a copy
 // loop calls it after a byte budget so one busy fd cannot starve the rest.
-inline auto yield(event_loop& loop) noexcept { return detail::yield_awaiter{loop}; }
+inline auto yield(event_loop& loop) noexcept {
+    return detail::yield_awaiter{loop};
+}
 
 // ---- spawn and block_on ----
 
@@ -438,8 +446,8 @@ struct event_loop::spawned_root final : detail::waiter {
 
 namespace detail {
 template <class T>
-event_loop::spawned_root::promise_type::ref run_spawned(event_loop& /*loop*/, task<T> t,
-                                      std::function<void(std::exception_ptr)> on_done) {
+event_loop::spawned_root::promise_type::ref
+run_spawned(event_loop& /*loop*/, task<T> t, std::function<void(std::exception_ptr)> on_done) {
     std::exception_ptr error;
     try {
         co_await std::move(t);
@@ -478,7 +486,8 @@ T event_loop::block_on(task<T> t) {
         std::rethrow_exception(error);
     }
     if (!out) {
-        throw std::logic_error("zcio::event_loop::block_on: the loop stopped before the task ended");
+        throw std::logic_error(
+            "zcio::event_loop::block_on: the loop stopped before the task ended");
     }
     if constexpr (!std::is_void_v<T>) {
         return std::move(*out);

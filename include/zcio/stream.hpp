@@ -58,8 +58,9 @@ public:
     auto write_some(std::span<const std::byte> buf) {
         int fd = fd_.get();
         return io_op<std::size_t>(*handle_, io_direction::write, [fd, buf, this] {
-            return kind_ == sys::fd_kind::socket ? sys::send(fd, buf.data(), buf.size(), MSG_NOSIGNAL)
-                                                 : sys::write(fd, buf.data(), buf.size());
+            return kind_ == sys::fd_kind::socket
+                       ? sys::send(fd, buf.data(), buf.size(), MSG_NOSIGNAL)
+                       : sys::write(fd, buf.data(), buf.size());
         });
     }
 
@@ -68,8 +69,8 @@ public:
     auto write_all(std::span<const std::byte> buf) {
         int fd = fd_.get();
         return io_op<std::size_t>(
-            *handle_, io_direction::write, [fd, buf, done = std::size_t{0}, this]() mutable
-                                               -> result<std::size_t> {
+            *handle_, io_direction::write,
+            [fd, buf, done = std::size_t{0}, this]() mutable -> result<std::size_t> {
                 while (done < buf.size()) {
                     auto rest = buf.subspan(done);
                     auto n = kind_ == sys::fd_kind::socket

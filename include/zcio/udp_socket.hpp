@@ -67,7 +67,8 @@ public:
     static result<std::size_t> send(int fd, std::span<const std::byte> buf, const endpoint& to);
 
 private:
-    udp_socket(unique_fd fd, io_handle_ptr h) noexcept : fd_(std::move(fd)), handle_(std::move(h)) {}
+    udp_socket(unique_fd fd, io_handle_ptr h) noexcept
+        : fd_(std::move(fd)), handle_(std::move(h)) {}
     unique_fd fd_;
     io_handle_ptr handle_;
 };

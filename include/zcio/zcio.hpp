@@ -7,8 +7,8 @@
 #include <zcio/endpoint.hpp>
 #include <zcio/event_loop.hpp>
 #include <zcio/loop_group.hpp>
-#include <zcio/proxy_protocol.hpp>
 #include <zcio/pipe_pool.hpp>
+#include <zcio/proxy_protocol.hpp>
 #include <zcio/result.hpp>
 #include <zcio/signal_set.hpp>
 #include <zcio/stream.hpp>

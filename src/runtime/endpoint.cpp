@@ -54,7 +54,8 @@ std::unexpected<std::string> bad(std::string_view text, std::string_view why) {
 }
 
 bool all_digits(std::string_view s) noexcept {
-    return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+    return !s.empty() &&
+           std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
 }
 
 // Parses the port text after the last ':'; on failure returns the reason.
@@ -88,7 +89,8 @@ std::expected<endpoint, std::string> parse_unix(std::string_view text, std::stri
     auto* sun = reinterpret_cast<sockaddr_un*>(e.data());
     sun->sun_family = AF_UNIX;
     if (rest.empty()) {
-        return bad(text, "empty Unix socket path after \"unix:\" (expected unix:/PATH or unix:@NAME)");
+        return bad(text,
+                   "empty Unix socket path after \"unix:\" (expected unix:/PATH or unix:@NAME)");
     }
     if (rest.front() == '@') {
         std::string_view name = rest.substr(1);
@@ -229,8 +231,8 @@ std::expected<endpoint, std::string> parse_ip(std::string_view text) {
         } else {
             return bad(text, "too many \":\" (an IPv6 address goes in brackets, e.g. [::1]:80)");
         }
-        return bad(text, "an IPv6 address must be in brackets with the port after them (" +
-                             hint + ")");
+        return bad(text,
+                   "an IPv6 address must be in brackets with the port after them (" + hint + ")");
     }
     if (host.empty()) {
         return bad(text, "empty host before \":\" (expected HOST:PORT, e.g. 0.0.0.0" +

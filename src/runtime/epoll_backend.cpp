@@ -12,10 +12,18 @@ namespace {
 // kernel reports each new readiness once, so the loop must cache it (io_handle does).
 constexpr std::uint32_t watch_events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
 
-bool is_readable(std::uint32_t ev) noexcept { return (ev & (EPOLLIN | EPOLLPRI)) != 0; }
-bool is_writable(std::uint32_t ev) noexcept { return (ev & EPOLLOUT) != 0; }
-bool is_read_closed(std::uint32_t ev) noexcept { return (ev & (EPOLLRDHUP | EPOLLHUP)) != 0; }
-bool is_error(std::uint32_t ev) noexcept { return (ev & (EPOLLERR | EPOLLHUP)) != 0; }
+bool is_readable(std::uint32_t ev) noexcept {
+    return (ev & (EPOLLIN | EPOLLPRI)) != 0;
+}
+bool is_writable(std::uint32_t ev) noexcept {
+    return (ev & EPOLLOUT) != 0;
+}
+bool is_read_closed(std::uint32_t ev) noexcept {
+    return (ev & (EPOLLRDHUP | EPOLLHUP)) != 0;
+}
+bool is_error(std::uint32_t ev) noexcept {
+    return (ev & (EPOLLERR | EPOLLHUP)) != 0;
+}
 
 class epoll_backend final : public poll_backend {
 public:

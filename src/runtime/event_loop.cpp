@@ -26,7 +26,9 @@ waiter::~waiter() {
     }
 }
 
-timer_node::~timer_node() { disarm(); }
+timer_node::~timer_node() {
+    disarm();
+}
 
 void timer_node::arm(event_loop& loop, clock::time_point deadline) {
     disarm();
@@ -200,7 +202,9 @@ event_loop::~event_loop() {
     timers_.clear();
 }
 
-event_loop* event_loop::current() noexcept { return current_loop; }
+event_loop* event_loop::current() noexcept {
+    return current_loop;
+}
 
 result<io_handle_ptr> event_loop::watch(int fd) {
     io_handle_ptr h(new io_handle(*this, fd, true));
@@ -253,7 +257,9 @@ void event_loop::add_timer(detail::timer_node& t) noexcept {
     timers_.insert(&t);
 }
 
-void event_loop::remove_timer(detail::timer_node& t) noexcept { timers_.erase(&t); }
+void event_loop::remove_timer(detail::timer_node& t) noexcept {
+    timers_.erase(&t);
+}
 
 void event_loop::run_ready() noexcept {
     // Run only what is queued now: a coroutine that yields goes to the back and runs

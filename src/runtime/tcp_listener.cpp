@@ -40,10 +40,11 @@ tcp_listener& tcp_listener::operator=(tcp_listener&& other) noexcept {
     return *this;
 }
 
-tcp_listener::~tcp_listener() { close(); }
+tcp_listener::~tcp_listener() {
+    close();
+}
 
-result<tcp_listener> tcp_listener::bind(event_loop& loop, const endpoint& at,
-                                        listen_options opts) {
+result<tcp_listener> tcp_listener::bind(event_loop& loop, const endpoint& at, listen_options opts) {
     auto fd = sys::socket(at.family(), SOCK_STREAM);
     if (!fd) {
         return fail(name_op("socket", fd.error()));

@@ -13,7 +13,7 @@ namespace {
 // A category whose name is the operation; its codes are errno values, so it maps to
 // generic_category and `ec == std::errc::...` works as for system_category.
 class op_category final : public std::error_category {
-  public:
+public:
     explicit op_category(const char* op) noexcept : op_(op) {}
 
     const char* name() const noexcept override { return op_; }
@@ -26,7 +26,7 @@ class op_category final : public std::error_category {
         return {ev, std::generic_category()};
     }
 
-  private:
+private:
     const char* op_;
 };
 

@@ -22,7 +22,8 @@ thread_local std::uint64_t calls_made = 0;
 
 // signal(7): a handler installed without SA_RESTART makes a blocked call fail with
 // EINTR; the call did nothing, so it is safe to repeat.
-template <class F> auto no_eintr(F f) {
+template <class F>
+auto no_eintr(F f) {
     for (;;) {
         ++calls_made;
         auto r = f();
@@ -67,7 +68,9 @@ result<void> epoll_ctl(int epfd, int op, int fd, std::uint32_t events, void* dat
 
 } // namespace
 
-std::uint64_t calls_on_this_thread() noexcept { return calls_made; }
+std::uint64_t calls_on_this_thread() noexcept {
+    return calls_made;
+}
 
 // ---- factories ----
 

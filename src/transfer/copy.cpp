@@ -12,11 +12,16 @@ namespace zcio {
 
 const char* to_string(copy_path p) noexcept {
     switch (p) {
-    case copy_path::automatic: return "auto";
-    case copy_path::splice: return "splice";
-    case copy_path::sendfile: return "sendfile";
-    case copy_path::copy_file_range: return "copy_file_range";
-    case copy_path::buffer: return "buffer";
+    case copy_path::automatic:
+        return "auto";
+    case copy_path::splice:
+        return "splice";
+    case copy_path::sendfile:
+        return "sendfile";
+    case copy_path::copy_file_range:
+        return "copy_file_range";
+    case copy_path::buffer:
+        return "buffer";
     }
     return "?";
 }
@@ -30,7 +35,8 @@ transfer_pools& transfer_pools::for_this_thread() {
 
 rate_limiter::rate_limiter(std::uint64_t bytes_per_second, std::uint64_t burst) noexcept
     : rate_(bytes_per_second),
-      burst_(static_cast<double>(burst != 0 ? burst : std::max<std::uint64_t>(bytes_per_second / 10, 1))),
+      burst_(static_cast<double>(burst != 0 ? burst
+                                            : std::max<std::uint64_t>(bytes_per_second / 10, 1))),
       tokens_(burst_) {}
 
 void rate_limiter::refill(clock::time_point now) noexcept {
@@ -97,9 +103,15 @@ bool refuses_path(int err) noexcept {
     }
 }
 
-bool is_regular(const stream& s) noexcept { return s.kind() == fd_kind::regular_file; }
-bool is_pipe(const stream& s) noexcept { return s.kind() == fd_kind::pipe; }
-bool is_socket(const stream& s) noexcept { return s.kind() == fd_kind::socket; }
+bool is_regular(const stream& s) noexcept {
+    return s.kind() == fd_kind::regular_file;
+}
+bool is_pipe(const stream& s) noexcept {
+    return s.kind() == fd_kind::pipe;
+}
+bool is_socket(const stream& s) noexcept {
+    return s.kind() == fd_kind::socket;
+}
 
 enum class step { done, fallback, upgrade, failed };
 
@@ -126,8 +138,7 @@ struct copier {
 
     // Length for the next call: the cap, the chunk bound and what the limit leaves.
     [[nodiscard]] std::size_t want(std::size_t cap) const noexcept {
-        return static_cast<std::size_t>(
-            std::min<std::uint64_t>({cap, opts.max_chunk, remaining}));
+        return static_cast<std::size_t>(std::min<std::uint64_t>({cap, opts.max_chunk, remaining}));
     }
 
     void moved(std::size_t n, copy_path p) noexcept {
@@ -181,6 +192,7 @@ task<std::size_t> throttle(copier* c, std::size_t len) {
 // One end is a pipe: splice straight between them, no pooled pipe needed.
 task<step> splice_direct(copier* c) {
     std::uint64_t here = 0;
+    bool retried = false; // the last EAGAIN found data in the source (see below)
     while (c->remaining > 0) {
         std::size_t len = c->want(c->opts.max_chunk);
         if (c->opts.limiter != nullptr) {
@@ -193,6 +205,7 @@ task<step> splice_direct(copier* c) {
                 co_return step::done;
             }
             here += *n;
+            retried = false;
             c->moved(*n, copy_path::splice);
             if (c->should_yield()) {
                 co_await yield(c->loop());
@@ -207,8 +220,19 @@ task<step> splice_direct(copier* c) {
             // with ENOTTY or EINVAL and are always readable (/dev/zero cannot even be
             // polled): waiting for them to become readable would spin or never end,
             // so "cannot tell" means "the destination is full".
+            //
+            // Data may also have arrived between the splice and FIONREAD (a writer such
+            // as `cat` refilling the pipe): then the destination was never the problem,
+            // and waiting for it to turn writable could wait forever. So the first
+            // EAGAIN that finds data in the source retries at once; only a second one
+            // in a row means the destination is full.
             auto avail = sys::bytes_readable(c->src.fd());
             const bool src_has_data = is_regular(c->src) || !avail || *avail > 0;
+            if (src_has_data && !retried) {
+                retried = true;
+                continue;
+            }
+            retried = false;
             if (src_has_data) {
                 ZCIO_WAIT(c, c->dst, io_direction::write, "splice");
             } else {
@@ -228,7 +252,7 @@ task<step> splice_direct(copier* c) {
 task<step> write_out(copier* c, std::span<const std::byte> data, copy_path p) {
     while (!data.empty()) {
         result<std::size_t> n =
-            c->opts.dst_offset ? sys::pwrite(c->dst.fd(), data.data(), data.size(), c->dst_off)
+            c->opts.dst_offset  ? sys::pwrite(c->dst.fd(), data.data(), data.size(), c->dst_off)
             : is_socket(c->dst) ? sys::send(c->dst.fd(), data.data(), data.size(), MSG_NOSIGNAL)
                                 : sys::write(c->dst.fd(), data.data(), data.size());
         if (n) {
@@ -258,8 +282,8 @@ task<step> flush_pipe_by_buffer(copier* c, pipe_lease* pipe) {
         co_return step::failed;
     }
     while (pipe->buffered > 0) {
-        auto n = sys::read(pipe->read_fd(), buf->data().data(),
-                           std::min(pipe->buffered, buf->size()));
+        auto n =
+            sys::read(pipe->read_fd(), buf->data().data(), std::min(pipe->buffered, buf->size()));
         if (!n || *n == 0) {
             co_return c->fail_with("read(pipe)", n ? EIO : errno_of(n.error()));
         }

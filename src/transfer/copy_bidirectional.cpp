@@ -80,12 +80,16 @@ struct join_state {
     [[nodiscard]] std::uint64_t total() const noexcept { return dir[0].bytes() + dir[1].bytes(); }
 };
 
-bool join_waiter::await_ready() const noexcept { return st->running == 0 || st->ending; }
+bool join_waiter::await_ready() const noexcept {
+    return st->running == 0 || st->ending;
+}
 void join_waiter::await_suspend(std::coroutine_handle<> co) noexcept {
     co_ = co;
     st->parent = this;
 }
-void join_waiter::await_resume() noexcept { st->parent = nullptr; }
+void join_waiter::await_resume() noexcept {
+    st->parent = nullptr;
+}
 
 void idle_watchdog::start(event_loop& loop, join_state* s, clock::duration p) {
     st = s;

@@ -17,7 +17,8 @@ namespace {
 std::string address_text(const endpoint& ep) {
     char buf[INET6_ADDRSTRLEN] = {};
     if (ep.family() == AF_INET) {
-        ::inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(ep.data())->sin_addr, buf, sizeof buf);
+        ::inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(ep.data())->sin_addr, buf,
+                    sizeof buf);
     } else {
         ::inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(ep.data())->sin6_addr, buf,
                     sizeof buf);

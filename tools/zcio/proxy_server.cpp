@@ -120,9 +120,18 @@ task<void> handle_connection(loop_ctx* ctx, std::shared_ptr<route_runtime> rt, s
     stats.bytes_upstream_to_client.fetch_add(down_bytes, std::memory_order_relaxed);
     stats.connections_active.fetch_sub(1, std::memory_order_relaxed);
     const double secs = std::chrono::duration<double>(clock::now() - started).count();
-    const auto path = t.a_to_b_path == t.b_to_a_path
-                          ? std::string(to_string(t.a_to_b_path))
-                          : std::string(to_string(t.a_to_b_path)) + "/" + to_string(t.b_to_a_path);
+    // The path of each direction that moved bytes ("-" when neither did): a
+    // direction that moved nothing only reports the path it would have tried.
+    std::string path;
+    if (up_bytes > 0) {
+        path = to_string(t.a_to_b_path);
+    }
+    if (down_bytes > 0 && (up_bytes == 0 || t.b_to_a_path != t.a_to_b_path)) {
+        path += (path.empty() ? "" : "/") + std::string(to_string(t.b_to_a_path));
+    }
+    if (path.empty()) {
+        path = "-";
+    }
     spdlog::info("{} closed client {} upstream {} sent {} received {} in {:.3f}s path {}: {}",
                  rt->config.name, client_text, upstream_text, up_bytes, down_bytes, secs, path,
                  describe_end(t));
