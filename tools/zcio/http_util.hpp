@@ -1,0 +1,102 @@
+// Small HTTP helpers shared by `zcio serve` and `zcio get`: dates, media types, escaping,
+// byte ranges, URLs, and a watchdog that ends a connection after a period of no progress.
+#pragma once
+
+#include <zcio/event_loop.hpp>
+#include <zcio/task.hpp>
+#include <zcio/timeout.hpp>
+
+#include <cstdint>
+#include <ctime>
+#include <expected>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace zcio::cli::http {
+
+// ---- dates (RFC 9110 §5.6.7) ----
+
+// IMF-fixdate: "Sun, 06 Nov 1994 08:49:37 GMT".
+std::string format_date(std::time_t t);
+// The current time as IMF-fixdate, formatted at most once a second per thread.
+std::string_view date_now();
+// IMF-fixdate, and the obsolete RFC 850 and asctime forms a recipient must accept.
+std::optional<std::time_t> parse_date(std::string_view text);
+
+// ---- text ----
+
+// "text/html; charset=utf-8" for "x.html"; application/octet-stream when unknown.
+std::string_view media_type(std::string_view path);
+// &, <, >, " and ' as character references.
+std::string html_escape(std::string_view s);
+// Percent-encodes every byte that is not unreserved (RFC 3986) or '/'.
+std::string percent_encode_path(std::string_view s);
+// Decodes %XX; nullopt for a malformed escape or a decoded NUL.
+std::optional<std::string> percent_decode(std::string_view s);
+// ASCII case-insensitive equality.
+bool iequals(std::string_view a, std::string_view b) noexcept;
+std::string_view trim(std::string_view s) noexcept;
+const char* reason_phrase(int status) noexcept;
+
+// ---- byte ranges (RFC 9110 §14) ----
+
+struct byte_range {
+    enum class kind {
+        none,          // no usable Range header: send the whole representation
+        satisfiable,   // [first, last], both inclusive
+        unsatisfiable, // 416
+    };
+    kind k = kind::none;
+    std::uint64_t first = 0;
+    std::uint64_t last = 0;
+};
+// One "bytes=a-b", "bytes=a-" or "bytes=-n" against a representation of `size` bytes.
+// Several ranges, other units or a malformed header give kind::none: a server may
+// ignore Range, and answering 200 with the whole file is always correct.
+byte_range parse_range(std::string_view header, std::uint64_t size);
+
+// ---- URLs ----
+
+struct url {
+    std::string host;        // without brackets for IPv6
+    std::uint16_t port = 80; // 80 when absent
+    std::string target;      // "/path?query", never empty
+    // "HOST" or "HOST:PORT" (brackets kept for IPv6), for the Host header.
+    [[nodiscard]] std::string authority() const;
+    // "host:port" for endpoint::parse ("[::1]:80" for IPv6).
+    [[nodiscard]] std::string endpoint_text() const;
+    [[nodiscard]] std::string text() const; // "http://authority/target"
+};
+// Parses an absolute http:// URL. The error is one line; `https_refused` tells that the
+// scheme was https (out of scope, said so plainly).
+struct url_error {
+    std::string message;
+    bool https = false;
+};
+std::expected<url, url_error> parse_url(std::string_view text);
+// Resolves a Location header value against the URL it came from (RFC 3986 §5.2, the
+// forms servers send: absolute, scheme-relative, absolute-path, relative-path).
+std::expected<url, url_error> resolve_reference(const url& base, std::string_view ref);
+
+// ---- watchdog ----
+
+// A deadline shared by a connection and its watchdog. The connection moves `deadline`
+// as it changes phase; while `slide` is non-zero, every change of `progress` pushes the
+// deadline to now + slide (a transfer that still moves is not idle). When the deadline
+// passes, the watchdog sets `fired` and cancels `cancel`, which ends the with_cancel()
+// that runs the connection. `done` tells the watchdog to stop (it notices within a
+// second). Shared (by shared_ptr) because the watchdog may outlive the connection by
+// that second.
+struct watch_state {
+    clock::time_point deadline = clock::time_point::max();
+    clock::duration slide{};
+    std::uint64_t progress = 0;
+    bool done = false;
+    bool fired = false;
+    cancel_source cancel;
+};
+task<void> watchdog(event_loop* loop, std::shared_ptr<watch_state> w);
+
+} // namespace zcio::cli::http
