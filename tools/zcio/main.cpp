@@ -171,6 +171,7 @@ int run(int argc, char** argv) {
                  "kernel allows"};
     app.set_version_flag("-V,--version", std::string("zcio ") + ZCIO_VERSION);
     app.require_subcommand(1);
+    app.fallthrough(); // global options (--log-level) may also follow the subcommand
     std::string log_level = "info";
     app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
         ->capture_default_str();
@@ -227,8 +228,9 @@ int run(int argc, char** argv) {
     // Subcommands that live wholly in their own files register here: each returns the
     // CLI11 subcommand and what to run when it was chosen.
     std::vector<subcommand> extra;
-    // [udp-echo]
-    // [serve/get]
+    extra.push_back(add_udp_echo_command(app));
+    extra.push_back(add_serve_command(app));
+    extra.push_back(add_get_command(app));
 
     bench_command_options bo;
     auto* bench = app.add_subcommand("bench", "Self-contained benchmark on loopback: relay per "
