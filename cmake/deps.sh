@@ -7,11 +7,12 @@
 set -euo pipefail
 
 declare -A group=(
-    # Compilers, CMake, Ninja, pkg-config, and the zcio tool's libraries.
-    [build]="g++ cmake ninja-build pkg-config libcli11-dev libtomlplusplus-dev libspdlog-dev"
+    # Compilers, CMake, Ninja, pkg-config, and the zcio tool's libraries (http-parser
+    # for serve/get: Debian 12 packages no C llhttp, only node-llhttp).
+    [build]="g++ cmake ninja-build pkg-config libcli11-dev libtomlplusplus-dev libspdlog-dev libhttp-parser-dev"
     # GoogleTest, and the peers the end-to-end tests drive.
-    [test]="libgtest-dev libgmock-dev curl iperf3 python3"
-    [bench]="libbenchmark-dev"
+    [test]="libgtest-dev libgmock-dev curl iperf3 python3 nginx wget"
+    [bench]="libbenchmark-dev wrk"
     [format]="clang-format"
     # clang-tidy 14 (Debian's default) cannot parse <expected> or -std=c++23; 16 can.
     [tidy]="clang-tidy-16"

@@ -35,6 +35,7 @@ cleanup() {
     rm -rf "$tmp"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 # name|command ({port} is replaced); the command must exec the server in the foreground.
 declare -a table=(

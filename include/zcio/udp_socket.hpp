@@ -1,13 +1,17 @@
-// udp_socket: a watched datagram socket (send_to / recv_from, one datagram each).
+// udp_socket: a watched datagram socket: send_to / recv_from (one datagram each) and
+// send_batch / recv_batch (many per system call, see udp_batch.hpp).
 #pragma once
 
 #include <zcio/endpoint.hpp>
 #include <zcio/event_loop.hpp>
 #include <zcio/result.hpp>
 #include <zcio/sys.hpp>
+#include <zcio/udp_batch.hpp>
 #include <zcio/unique_fd.hpp>
 
+#include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <span>
 
 namespace zcio {
@@ -50,6 +54,42 @@ public:
         return io_op<std::size_t>(*handle_, io_direction::write,
                                   [fd, buf, to] { return send(fd, buf, to); });
     }
+
+    // co_await u.recv_batch(b): up to min(max, b.capacity()) datagrams with one
+    // recvmmsg; b is cleared first and then holds them, each queued for sending back to
+    // its sender. Returns how many arrived (at least 1). A short count means the
+    // socket's queue ran empty, so the cached readiness is cleared right away: the next
+    // call waits for the next edge instead of spending a system call on EAGAIN.
+    // `b` must stay valid until the co_await completes.
+    auto recv_batch(udp_batch& b, std::size_t max = SIZE_MAX) {
+        int fd = fd_.get();
+        io_handle* h = handle_.get();
+        udp_batch* batch = &b;
+        return io_op<std::size_t>(*handle_, io_direction::read, [fd, h, batch, max] {
+            auto n = batch->receive(fd, max);
+            if (n && *n < std::min(max, batch->capacity())) {
+                h->clear_ready(io_direction::read);
+            }
+            return n;
+        });
+    }
+
+    // co_await u.send_batch(b): one sendmmsg of b's unsent messages (waiting while the
+    // socket says EAGAIN). Returns how many were sent completely (see udp_batch::send:
+    // a partial count is a result, and 0 is possible while a refused GSO message is sent
+    // datagram by datagram); an error concerns the next unsent message (skip() it).
+    // `b` and any memory it refers to must stay valid until the co_await completes.
+    auto send_batch(udp_batch& b) {
+        int fd = fd_.get();
+        udp_batch* batch = &b;
+        return io_op<std::size_t>(*handle_, io_direction::write,
+                                  [fd, batch] { return batch->send(fd); });
+    }
+
+    // UDP_SEGMENT (GSO) is usable on this socket (see udp_gso_supported).
+    [[nodiscard]] bool gso_supported() const noexcept { return udp_gso_supported(fd()); }
+    // UDP_GRO on or off: false when the kernel does not support it (see set_udp_gro).
+    result<bool> set_gro(bool on) noexcept { return set_udp_gro(fd(), on); }
 
     [[nodiscard]] int fd() const noexcept { return fd_.get(); }
     [[nodiscard]] io_handle& handle() const noexcept { return *handle_; }

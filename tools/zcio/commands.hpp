@@ -23,6 +23,13 @@ struct subcommand {
     std::function<int()> run;
 };
 
+// `zcio serve DIR` (serve_command.cpp) and `zcio get URL` (get_command.cpp).
+subcommand add_serve_command(CLI::App& app);
+subcommand add_get_command(CLI::App& app);
+
+// `zcio udp-echo` (udp_echo_command.cpp).
+subcommand add_udp_echo_command(CLI::App& app);
+
 struct copy_command_options {
     std::string source;
     std::string destination;

@@ -39,6 +39,11 @@ std::string format_date(std::time_t t) {
     return std::string(buf, format_date_into(t, buf, sizeof buf));
 }
 
+void append_date(std::string& out, std::time_t t) {
+    char buf[64];
+    out.append(buf, format_date_into(t, buf, sizeof buf));
+}
+
 std::string_view date_now() {
     thread_local std::time_t cached_at = -1;
     thread_local char buf[64];
@@ -224,7 +229,8 @@ std::string_view trim(std::string_view s) noexcept {
     while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) {
         s.remove_prefix(1);
     }
-    while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r' || s.back() == '\n')) {
+    while (!s.empty() &&
+           (s.back() == ' ' || s.back() == '\t' || s.back() == '\r' || s.back() == '\n')) {
         s.remove_suffix(1);
     }
     return s;
@@ -364,7 +370,8 @@ std::string remove_dot_segments(std::string_view path) {
     const bool trailing = path.ends_with("/.") || path.ends_with("/..") || path.ends_with('/');
     while (i <= path.size()) {
         const auto next = path.find('/', i);
-        const auto seg = path.substr(i, next == std::string_view::npos ? std::string_view::npos : next - i);
+        const auto seg =
+            path.substr(i, next == std::string_view::npos ? std::string_view::npos : next - i);
         if (seg == "..") {
             if (!out.empty()) {
                 out.pop_back();
@@ -411,11 +418,10 @@ std::expected<url, url_error> parse_url(std::string_view text) {
     http_parser_url_init(&u);
     if (text.size() > 65000 || http_parser_parse_url(text.data(), text.size(), 0, &u) != 0 ||
         (u.field_set & (1 << UF_HOST)) == 0) {
-        return std::unexpected(url_error{"\"" + std::string(text) + "\" is not a valid http:// URL"});
+        return std::unexpected(
+            url_error{"\"" + std::string(text) + "\" is not a valid http:// URL"});
     }
-    auto field = [&](int f) {
-        return text.substr(u.field_data[f].off, u.field_data[f].len);
-    };
+    auto field = [&](int f) { return text.substr(u.field_data[f].off, u.field_data[f].len); };
     if ((u.field_set & (1 << UF_USERINFO)) != 0) {
         return std::unexpected(url_error{"user names and passwords in URLs are not supported (\"" +
                                          std::string(text) + "\")"});

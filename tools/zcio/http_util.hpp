@@ -20,6 +20,7 @@ namespace zcio::cli::http {
 
 // IMF-fixdate: "Sun, 06 Nov 1994 08:49:37 GMT".
 std::string format_date(std::time_t t);
+void append_date(std::string& out, std::time_t t);
 // The current time as IMF-fixdate, formatted at most once a second per thread.
 std::string_view date_now();
 // IMF-fixdate, and the obsolete RFC 850 and asctime forms a recipient must accept.

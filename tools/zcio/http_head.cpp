@@ -1,0 +1,162 @@
+// head_parser: HTTP/1.x heads through http-parser, with views into the caller's buffer.
+#include "http_head.hpp"
+
+#include "http_util.hpp"
+
+#include <algorithm>
+
+namespace zcio::cli::http {
+
+namespace {
+
+head_parser* self(http_parser* p) {
+    return static_cast<head_parser*>(p->data);
+}
+
+// Joins a piece to the view it continues. Pieces of one field are consecutive in the
+// caller's buffer (see the buffer contract in the header), so the join is a widening.
+void join(std::string_view& v, const char* at, std::size_t len) {
+    if (v.empty()) {
+        v = {at, len};
+    } else {
+        v = {v.data(), static_cast<std::size_t>(at + len - v.data())};
+    }
+}
+
+} // namespace
+
+head_parser::head_parser(kind k, std::size_t max_headers) : kind_(k), max_headers_(max_headers) {
+    headers_.reserve(std::min<std::size_t>(max_headers_, 32));
+    reset();
+}
+
+void head_parser::reset() {
+    http_parser_init(&p_, kind_ == kind::request ? HTTP_REQUEST : HTTP_RESPONSE);
+    p_.data = this;
+    target_ = {};
+    reason_ = {};
+    headers_.clear();
+    body_.clear();
+    in_value_ = false;
+    head_done_ = false;
+    message_done_ = false;
+    too_many_ = false;
+    keep_alive_ = false;
+    chunked_ = false;
+    content_length_.reset();
+}
+
+head_parser::status head_parser::feed(const char* data, std::size_t len, std::size_t* consumed) {
+    *consumed = 0;
+    if (message_done_) {
+        return status::complete;
+    }
+    if (len == 0) {
+        return status::need_more; // a length of 0 would tell http-parser "end of stream"
+    }
+    static const http_parser_settings s = [] {
+        http_parser_settings x{};
+        http_parser_settings_init(&x);
+        x.on_url = &head_parser::on_url;
+        x.on_status = &head_parser::on_status;
+        x.on_header_field = &head_parser::on_header_field;
+        x.on_header_value = &head_parser::on_header_value;
+        x.on_headers_complete = &head_parser::on_headers_complete;
+        x.on_body = &head_parser::on_body;
+        x.on_message_complete = &head_parser::on_message_complete;
+        return x;
+    }();
+    const std::size_t n = http_parser_execute(&p_, &s, data, len);
+    if (message_done_) {
+        // Paused in on_message_complete: http-parser returned just past the message.
+        *consumed = n;
+        return status::complete;
+    }
+    if (too_many_) {
+        return status::too_many_headers;
+    }
+    if (HTTP_PARSER_ERRNO(&p_) != HPE_OK) {
+        return status::error;
+    }
+    *consumed = n;
+    return status::need_more;
+}
+
+std::optional<std::string_view> head_parser::find(std::string_view name) const noexcept {
+    for (const auto& h : headers_) {
+        if (iequals(h.name, name)) {
+            return trim(h.value);
+        }
+    }
+    return std::nullopt;
+}
+
+const char* head_parser::error_text() const noexcept {
+    if (too_many_) {
+        return "too many header fields";
+    }
+    return http_errno_description(HTTP_PARSER_ERRNO(&p_));
+}
+
+int head_parser::on_url(http_parser* p, const char* at, std::size_t len) {
+    join(self(p)->target_, at, len);
+    return 0;
+}
+
+int head_parser::on_status(http_parser* p, const char* at, std::size_t len) {
+    join(self(p)->reason_, at, len);
+    return 0;
+}
+
+int head_parser::on_header_field(http_parser* p, const char* at, std::size_t len) {
+    head_parser* h = self(p);
+    if (h->in_value_ || h->headers_.empty()) {
+        if (h->headers_.size() >= h->max_headers_) {
+            h->too_many_ = true;
+            return 1; // stops the parser
+        }
+        h->headers_.push_back({});
+        h->in_value_ = false;
+    }
+    join(h->headers_.back().name, at, len);
+    return 0;
+}
+
+int head_parser::on_header_value(http_parser* p, const char* at, std::size_t len) {
+    head_parser* h = self(p);
+    h->in_value_ = true;
+    join(h->headers_.back().value, at, len);
+    return 0;
+}
+
+int head_parser::on_headers_complete(http_parser* p) {
+    head_parser* h = self(p);
+    h->head_done_ = true;
+    h->chunked_ = (p->flags & F_CHUNKED) != 0;
+    if ((p->flags & F_CONTENTLENGTH) != 0) {
+        h->content_length_ = p->content_length;
+    }
+    h->keep_alive_ = http_should_keep_alive(p) != 0;
+    // 1 = "no body follows": http-parser then completes the message right here. A
+    // request body is never read, and a length-delimited response body is the
+    // caller's (copy() moves it); only a chunked response body is decoded here.
+    if (h->kind_ == kind::response && h->chunked_) {
+        return 0;
+    }
+    return 1;
+}
+
+int head_parser::on_body(http_parser* p, const char* at, std::size_t len) {
+    self(p)->body_.emplace_back(at, len);
+    return 0;
+}
+
+int head_parser::on_message_complete(http_parser* p) {
+    self(p)->message_done_ = true;
+    // Pausing makes http_parser_execute() return just past this message, so bytes of a
+    // pipelined request (or of a body we move ourselves) stay with the caller.
+    http_parser_pause(p, 1);
+    return 0;
+}
+
+} // namespace zcio::cli::http

@@ -1,0 +1,116 @@
+// head_parser: HTTP/1.x request and response heads through Debian's http-parser (2.9),
+// without copying: every string it hands out points into the caller's buffer.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string_view>
+#include <vector>
+
+#include <http_parser.h>
+
+namespace zcio::cli::http {
+
+struct header_field {
+    std::string_view name;
+    std::string_view value;
+};
+
+// Feeds an HTTP/1.x message head to http-parser and stops right after it.
+//
+// Buffer contract: the bytes given to successive feed() calls of one message must be
+// consecutive bytes of one buffer that does not move until the caller is done with the
+// head, because the method, target, headers and body pieces are views into it. (The
+// parser reports a header in pieces when it spans two reads; contiguity lets the pieces
+// be joined without a copy.)
+//
+// Bodies: a request's body is never read (the parser stops after the head, and
+// has_body() says whether one follows). A response whose body is chunked is decoded
+// here: body pieces collect in body_pieces() as they are parsed, until complete. Any
+// other response body (Content-Length, or until the end of the stream) is left to the
+// caller, who can then move it with copy() instead of through this parser.
+class head_parser {
+public:
+    enum class kind { request, response };
+    enum class status {
+        need_more, // feed more bytes
+        complete,  // the head (and a chunked response body) is complete: see consumed
+        error,     // malformed: see error_text(); a server answers 400
+        too_many_headers,
+    };
+
+    head_parser(kind k, std::size_t max_headers);
+    head_parser(const head_parser&) = delete;
+    head_parser& operator=(const head_parser&) = delete;
+
+    // Forgets the previous message; the next feed() starts a new one.
+    void reset();
+
+    // Parses `data`. On complete, *consumed is the number of bytes of `data` that
+    // belonged to the message (the rest is the next message, or a body left to the
+    // caller); otherwise every byte was consumed.
+    status feed(const char* data, std::size_t len, std::size_t* consumed);
+
+    // True once the whole head was parsed (for a chunked response, before the body is).
+    [[nodiscard]] bool head_done() const noexcept { return head_done_; }
+
+    // Request line.
+    [[nodiscard]] http_method method() const noexcept {
+        return static_cast<http_method>(p_.method);
+    }
+    [[nodiscard]] std::string_view target() const noexcept { return target_; }
+    // Status line.
+    [[nodiscard]] int status_code() const noexcept { return static_cast<int>(p_.status_code); }
+    [[nodiscard]] std::string_view reason() const noexcept { return reason_; }
+
+    [[nodiscard]] unsigned version_major() const noexcept { return p_.http_major; }
+    [[nodiscard]] unsigned version_minor() const noexcept { return p_.http_minor; }
+    // Whether the connection may carry another message after this one.
+    [[nodiscard]] bool keep_alive() const noexcept { return keep_alive_; }
+    [[nodiscard]] bool chunked() const noexcept { return chunked_; }
+    // Content-Length when the message had one.
+    [[nodiscard]] std::optional<std::uint64_t> content_length() const noexcept {
+        return content_length_;
+    }
+    // A request announced a body (Content-Length > 0 or chunked).
+    [[nodiscard]] bool has_body() const noexcept {
+        return chunked_ || (content_length_ && *content_length_ > 0);
+    }
+
+    [[nodiscard]] std::span<const header_field> headers() const noexcept { return headers_; }
+    // The first header of that name (case-insensitive), trimmed.
+    [[nodiscard]] std::optional<std::string_view> find(std::string_view name) const noexcept;
+
+    // Chunked response body pieces decoded by the last feed() calls; clear them once used.
+    std::vector<std::string_view>& body_pieces() noexcept { return body_; }
+
+    [[nodiscard]] const char* error_text() const noexcept;
+
+private:
+    static int on_url(http_parser* p, const char* at, std::size_t len);
+    static int on_status(http_parser* p, const char* at, std::size_t len);
+    static int on_header_field(http_parser* p, const char* at, std::size_t len);
+    static int on_header_value(http_parser* p, const char* at, std::size_t len);
+    static int on_headers_complete(http_parser* p);
+    static int on_body(http_parser* p, const char* at, std::size_t len);
+    static int on_message_complete(http_parser* p);
+
+    kind kind_;
+    std::size_t max_headers_;
+    http_parser p_{};
+    std::string_view target_;
+    std::string_view reason_;
+    std::vector<header_field> headers_;
+    std::vector<std::string_view> body_;
+    bool in_value_ = false;
+    bool head_done_ = false;
+    bool message_done_ = false;
+    bool too_many_ = false;
+    bool keep_alive_ = false;
+    bool chunked_ = false;
+    std::optional<std::uint64_t> content_length_;
+};
+
+} // namespace zcio::cli::http

@@ -1,0 +1,761 @@
+// The `zcio serve` engine: accept loops, one coroutine per connection, request heads
+// through http-parser, files resolved beneath the root, bodies sent with copy().
+#include "http_server.hpp"
+
+#include "cli_util.hpp"
+#include "http_head.hpp"
+#include "http_util.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <atomic>
+#include <charconv>
+#include <cstdlib>
+#include <cstring>
+#include <utility>
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <linux/openat2.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+namespace zcio::cli {
+
+using namespace std::chrono_literals;
+using http::head_parser;
+
+// Read-only after start(), shared by every loop.
+struct serve_state {
+    serve_options opts;
+    unique_fd root;        // O_PATH | O_DIRECTORY
+    std::string root_real; // realpath of the root, for the fallback resolver
+    // openat2(2) is Linux 5.6+, and some seccomp profiles answer ENOSYS to it; then the
+    // realpath fallback resolves instead. ZCIO_SERVE_NO_OPENAT2=1 forces the fallback
+    // (the e2e tests run the escape cases through both).
+    std::atomic<bool> use_openat2{true};
+    std::atomic<std::uint64_t> active{0};
+};
+
+// Everything one loop owns. Only its own thread touches it after start().
+struct serve_loop {
+    std::size_t index = 0;
+    event_loop* loop = nullptr;
+    serve_state* state = nullptr;
+    transfer_pools pools;
+    // Request heads are read into buffers of exactly max_header_size bytes, borrowed
+    // while a head is read and given back while the connection waits for the next
+    // one: an idle keep-alive connection holds no buffer.
+    std::unique_ptr<buffer_pool> heads;
+    tcp_listener listener;
+};
+
+namespace {
+
+// ---- resolving a request path beneath the root ----
+
+struct opened {
+    unique_fd fd;
+    struct stat st {};
+    int status = 0; // 0: opened; otherwise the HTTP status to answer
+};
+
+int status_for_errno(int e) {
+    switch (e) {
+    case ENOENT:
+    case ENOTDIR:
+    case ENAMETOOLONG:
+        return 404;
+    case EXDEV: // openat2 RESOLVE_BENEATH: the path (or a symlink on it) leads out of the root
+    case ELOOP:
+    case EACCES:
+    case EPERM:
+        return 403;
+    default:
+        return 500;
+    }
+}
+
+// Opens `rel` (no leading '/', no "." or ".." segments; "" is the root itself) so that
+// nothing outside the root can be reached, symbolic links included. O_NONBLOCK: opening
+// a FIFO for reading would otherwise block the loop until a writer appears.
+opened open_beneath(serve_state& s, const std::string& rel) {
+    opened out;
+    const char* p = rel.empty() ? "." : rel.c_str();
+    constexpr int flags = O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY;
+    if (s.use_openat2.load(std::memory_order_relaxed)) {
+        // RESOLVE_BENEATH makes the kernel refuse (EXDEV) any resolution that leaves the
+        // directory: "..", absolute symlinks, relative symlinks that climb out. It is
+        // race-free, unlike a realpath check followed by open.
+        open_how how{};
+        how.flags = flags;
+        how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
+        const long fd = ::syscall(SYS_openat2, s.root.get(), p, &how, sizeof how);
+        if (fd >= 0) {
+            out.fd.reset(static_cast<int>(fd));
+        } else if (errno == ENOSYS) {
+            s.use_openat2.store(false, std::memory_order_relaxed);
+        } else {
+            out.status = status_for_errno(errno);
+            return out;
+        }
+    }
+    if (!out.fd) {
+        // Fallback: resolve every symlink, then require the result to lie beneath the
+        // root. O_NOFOLLOW refuses a last component swapped for a symlink meanwhile.
+        const std::string full = s.root_real + "/" + rel;
+        std::unique_ptr<char, decltype(&std::free)> real(::realpath(full.c_str(), nullptr),
+                                                         &std::free);
+        if (!real) {
+            out.status = status_for_errno(errno);
+            return out;
+        }
+        const std::string_view r(real.get());
+        const bool inside = r == s.root_real || s.root_real == "/" ||
+                            (r.starts_with(s.root_real) && r[s.root_real.size()] == '/');
+        if (!inside) {
+            out.status = 403;
+            return out;
+        }
+        auto fd = sys::open(real.get(), flags | O_NOFOLLOW);
+        if (!fd) {
+            out.status = status_for_errno(errno_of(fd.error()));
+            return out;
+        }
+        out.fd = std::move(*fd);
+    }
+    if (::fstat(out.fd.get(), &out.st) != 0) {
+        out.status = 500;
+        out.fd.reset();
+        return out;
+    }
+    if (!S_ISREG(out.st.st_mode) && !S_ISDIR(out.st.st_mode)) {
+        out.status = 403; // devices, FIFOs, sockets are not files to serve
+        out.fd.reset();
+    }
+    return out;
+}
+
+// ---- building responses ----
+
+void append_number(std::string& out, std::uint64_t v) {
+    char buf[24];
+    auto [p, ec] = std::to_chars(buf, buf + sizeof buf, v);
+    out.append(buf, p);
+}
+
+// What to send after the head: nothing, the small body in `body`, or file bytes.
+struct plan {
+    int status = 0;
+    bool keep_alive = true;
+    bool head_only = false; // HEAD: the head says what GET would send, no body follows
+    unique_fd file;
+    std::uint64_t offset = 0;
+    std::uint64_t length = 0;
+};
+
+void start_head(std::string& h, int status) {
+    h.clear();
+    h += "HTTP/1.1 ";
+    append_number(h, static_cast<std::uint64_t>(status));
+    h += ' ';
+    h += http::reason_phrase(status);
+    h += "\r\nServer: zcio\r\nDate: ";
+    h += http::date_now();
+    h += "\r\n";
+}
+
+void end_head(std::string& h, bool keep_alive, bool http10) {
+    if (!keep_alive) {
+        h += "Connection: close\r\n";
+    } else if (http10) {
+        h += "Connection: keep-alive\r\n";
+    }
+    h += "\r\n";
+}
+
+// A short text/plain answer ("404 Not Found\n"). `extra` is more header lines.
+void simple_response(plan& p, std::string& h, std::string& body, int status, bool keep_alive,
+                     bool http10, std::string_view extra = {}) {
+    p.status = status;
+    p.keep_alive = keep_alive;
+    body.clear();
+    append_number(body, static_cast<std::uint64_t>(status));
+    body += ' ';
+    body += http::reason_phrase(status);
+    body += '\n';
+    start_head(h, status);
+    h += "Content-Type: text/plain; charset=utf-8\r\nContent-Length: ";
+    append_number(h, body.size());
+    h += "\r\n";
+    h += extra;
+    end_head(h, keep_alive, http10);
+}
+
+// Directory listing, names HTML-escaped and links percent-encoded.
+std::optional<std::string> make_listing(int dir_fd, std::string_view url_path) {
+    auto dup = sys::dup(dir_fd);
+    if (!dup) {
+        return std::nullopt;
+    }
+    DIR* d = ::fdopendir(dup->get());
+    if (d == nullptr) {
+        return std::nullopt;
+    }
+    (void)dup->release(); // the DIR owns it now; closedir closes it
+    std::vector<std::pair<std::string, bool>> entries;
+    while (dirent* e = ::readdir(d)) {
+        const std::string_view name(e->d_name);
+        if (name == "." || name == "..") {
+            continue;
+        }
+        bool is_dir = e->d_type == DT_DIR;
+        if (e->d_type == DT_UNKNOWN) {
+            struct stat st {};
+            is_dir = ::fstatat(::dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+                     S_ISDIR(st.st_mode);
+        }
+        entries.emplace_back(std::string(name), is_dir);
+    }
+    ::closedir(d);
+    std::sort(entries.begin(), entries.end());
+    const std::string title = "Index of " + http::html_escape(url_path);
+    std::string out = "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>" + title +
+                      "</title></head>\n<body><h1>" + title + "</h1>\n<ul>\n";
+    if (url_path != "/") {
+        out += "<li><a href=\"../\">../</a></li>\n";
+    }
+    for (const auto& [name, is_dir] : entries) {
+        const std::string suffix = is_dir ? "/" : "";
+        out += "<li><a href=\"" + http::html_escape(http::percent_encode_path(name)) + suffix +
+               "\">" + http::html_escape(name) + suffix + "</a></li>\n";
+    }
+    out += "</ul></body></html>\n";
+    return out;
+}
+
+// Decides the answer to one complete request head. Fills `h` (the response head) and
+// `body` (a small body, or empty) and returns the plan; never blocks on the network.
+plan plan_response(serve_state& s, const head_parser& req, std::string& h, std::string& body) {
+    plan p;
+    const bool http10 = req.version_minor() == 0;
+    bool keep_alive = req.keep_alive();
+    body.clear();
+    if (req.version_major() != 1) {
+        simple_response(p, h, body, 505, false, http10);
+        return p;
+    }
+    if (!http10 && !req.find("host")) {
+        simple_response(p, h, body, 400, false, http10); // RFC 9112 §3.2
+        return p;
+    }
+    const auto method = req.method();
+    if (method != HTTP_GET && method != HTTP_HEAD) {
+        // A body we will not read would be taken for the next request: close after.
+        simple_response(p, h, body, 405, keep_alive && !req.has_body(), http10,
+                        "Allow: GET, HEAD\r\n");
+        return p;
+    }
+    p.head_only = method == HTTP_HEAD;
+    if (req.has_body()) {
+        // GET and HEAD carry no content here; we do not read one (limit: 0 bytes).
+        simple_response(p, h, body, 413, false, http10);
+        return p;
+    }
+
+    // The path: percent-decoded, then split; ".." anywhere is refused outright rather
+    // than normalised, so "/a/../b" and "/%2e%2e/x" get the same 403.
+    http_parser_url u;
+    http_parser_url_init(&u);
+    const auto target = req.target();
+    if (target.empty() || target.size() > 65000 ||
+        http_parser_parse_url(target.data(), target.size(), 0, &u) != 0 ||
+        (u.field_set & (1 << UF_PATH)) == 0) {
+        simple_response(p, h, body, 400, false, http10);
+        return p;
+    }
+    const auto raw_path = target.substr(u.field_data[UF_PATH].off, u.field_data[UF_PATH].len);
+    const auto query = (u.field_set & (1 << UF_QUERY)) != 0
+                           ? target.substr(u.field_data[UF_QUERY].off, u.field_data[UF_QUERY].len)
+                           : std::string_view{};
+    const auto decoded = http::percent_decode(raw_path);
+    if (!decoded || decoded->empty() || decoded->front() != '/') {
+        simple_response(p, h, body, 400, false, http10);
+        return p;
+    }
+    std::string rel;
+    for (std::size_t i = 1; i <= decoded->size();) {
+        auto next = decoded->find('/', i);
+        if (next == std::string::npos) {
+            next = decoded->size();
+        }
+        const std::string_view seg(decoded->data() + i, next - i);
+        if (seg == "..") {
+            simple_response(p, h, body, 403, keep_alive, http10);
+            return p;
+        }
+        if (!seg.empty() && seg != ".") {
+            if (!rel.empty()) {
+                rel += '/';
+            }
+            rel += seg;
+        }
+        i = next + 1;
+    }
+
+    opened f = open_beneath(s, rel);
+    if (f.status != 0) {
+        simple_response(p, h, body, f.status, keep_alive && f.status != 500, http10);
+        return p;
+    }
+    if (S_ISDIR(f.st.st_mode)) {
+        if (!decoded->ends_with('/')) {
+            // Relative links in the page (and the listing) need the trailing slash.
+            std::string loc = "Location: " + http::percent_encode_path(*decoded) + "/";
+            if (!query.empty()) {
+                loc += "?";
+                loc += query;
+            }
+            loc += "\r\n";
+            simple_response(p, h, body, 301, keep_alive, http10, loc);
+            return p;
+        }
+        opened index = open_beneath(s, rel.empty() ? "index.html" : rel + "/index.html");
+        if (index.status == 0 && S_ISREG(index.st.st_mode)) {
+            f = std::move(index);
+        } else if (index.status != 404 && index.status != 0) {
+            simple_response(p, h, body, index.status, keep_alive, http10);
+            return p;
+        } else {
+            auto page = s.opts.listing ? make_listing(f.fd.get(), *decoded) : std::nullopt;
+            if (!page) {
+                simple_response(p, h, body, 403, keep_alive, http10);
+                return p;
+            }
+            p.status = 200;
+            p.keep_alive = keep_alive;
+            body = std::move(*page);
+            start_head(h, 200);
+            h += "Content-Type: text/html; charset=utf-8\r\nContent-Length: ";
+            append_number(h, body.size());
+            h += "\r\n";
+            end_head(h, keep_alive, http10);
+            return p;
+        }
+    }
+
+    // A regular file.
+    const auto size = static_cast<std::uint64_t>(f.st.st_size);
+    const std::time_t mtime = f.st.st_mtim.tv_sec;
+    if (auto ims = req.find("if-modified-since")) {
+        // Only a valid date that is not in the future counts (RFC 9110 §13.1.3).
+        if (auto t = http::parse_date(*ims); t && *t <= std::time(nullptr) && mtime <= *t) {
+            p.status = 304;
+            p.keep_alive = keep_alive;
+            start_head(h, 304);
+            h += "Last-Modified: ";
+            http::append_date(h, mtime);
+            h += "\r\n";
+            end_head(h, keep_alive, http10);
+            return p;
+        }
+    }
+    http::byte_range range;
+    if (auto r = req.find("range")) {
+        bool use = true;
+        if (auto ir = req.find("if-range")) {
+            // If-Range with a date: the range applies only to the representation whose
+            // Last-Modified is exactly that date; anything else (an ETag) gets it all.
+            auto t = http::parse_date(*ir);
+            use = t && *t == mtime;
+        }
+        if (use) {
+            range = http::parse_range(*r, size);
+        }
+    }
+    if (range.k == http::byte_range::kind::unsatisfiable) {
+        std::string extra = "Content-Range: bytes */";
+        append_number(extra, size);
+        extra += "\r\n";
+        simple_response(p, h, body, 416, keep_alive, http10, extra);
+        return p;
+    }
+    p.keep_alive = keep_alive;
+    p.offset = 0;
+    p.length = size;
+    p.status = 200;
+    if (range.k == http::byte_range::kind::satisfiable) {
+        p.status = 206;
+        p.offset = range.first;
+        p.length = range.last - range.first + 1;
+    }
+    start_head(h, p.status);
+    h += "Content-Type: ";
+    h += http::media_type(rel);
+    h += "\r\nContent-Length: ";
+    append_number(h, p.length);
+    h += "\r\nLast-Modified: ";
+    http::append_date(h, mtime);
+    h += "\r\nAccept-Ranges: bytes\r\n";
+    if (p.status == 206) {
+        h += "Content-Range: bytes ";
+        append_number(h, range.first);
+        h += '-';
+        append_number(h, range.last);
+        h += '/';
+        append_number(h, size);
+        h += "\r\n";
+    }
+    end_head(h, keep_alive, http10);
+    p.file = std::move(f.fd);
+    return p;
+}
+
+// ---- the connection ----
+
+// Sends all of `data`; `flags` may hold MSG_MORE (more bytes follow at once, so the
+// kernel holds back a partial segment instead of pushing the head alone).
+auto send_all_op(stream& s, std::string_view data, int flags) {
+    int fd = s.fd();
+    return io_op<std::size_t>(
+        s.handle(), io_direction::write,
+        [fd, data, flags, done = std::size_t{0}]() mutable -> result<std::size_t> {
+            while (done < data.size()) {
+                auto n =
+                    sys::send(fd, data.data() + done, data.size() - done, MSG_NOSIGNAL | flags);
+                if (!n) {
+                    return n;
+                }
+                done += *n;
+            }
+            return done;
+        });
+}
+
+void log_access(const std::string& peer, const head_parser* req, int status, std::uint64_t bytes,
+                const char* path, clock::time_point started) {
+    if (!spdlog::should_log(spdlog::level::info)) {
+        return;
+    }
+    const double ms = std::chrono::duration<double, std::milli>(clock::now() - started).count();
+    if (req == nullptr) {
+        spdlog::info("{} \"-\" {} {} {} {:.3f}ms", peer, status, bytes, path, ms);
+        return;
+    }
+    spdlog::info("{} \"{} {} HTTP/{}.{}\" {} {} {} {:.3f}ms", peer, http_method_str(req->method()),
+                 req->target(), req->version_major(), req->version_minor(), status, bytes, path,
+                 ms);
+}
+
+// Closes after a final answer without losing it: a close() with unread bytes in the
+// receive queue sends RST, which can destroy the answer in flight. So shut down our
+// side, then read and drop what the client still sends, for a short while.
+task<void> lingering_close(serve_loop* L, stream* conn, buffer_lease* buf, http::watch_state* w) {
+    (void)conn->shutdown_write();
+    w->slide = {};
+    w->deadline = clock::now() + 2s;
+    if (!*buf) {
+        auto l = L->heads->lease();
+        if (!l) {
+            co_return;
+        }
+        *buf = std::move(*l);
+    }
+    std::uint64_t dropped = 0;
+    while (dropped < (std::uint64_t{1} << 20)) {
+        auto n = co_await conn->read_some(buf->data());
+        if (!n || *n == 0) {
+            co_return;
+        }
+        dropped += *n;
+    }
+}
+
+task<void> serve_connection(serve_loop* L, stream conn, std::string peer, http::watch_state* w) {
+    serve_state& s = *L->state;
+    const serve_options& o = s.opts;
+    head_parser req(head_parser::kind::request, o.max_headers);
+    buffer_lease buf;
+    std::size_t have = 0; // bytes of the next request(s) at the start of buf
+    std::string head;
+    std::string body;
+    head.reserve(512);
+    const std::size_t cap = L->heads->buffer_size();
+    bool first = true;
+
+    while (true) {
+        // ---- one request head ----
+        w->slide = {};
+        w->deadline = clock::now() + (first || have > 0 ? o.header_timeout : o.idle_timeout);
+        req.reset();
+        std::size_t fed = 0;
+        std::size_t head_len = 0;
+        auto st = head_parser::status::need_more;
+        if (have > 0) { // pipelined: the next request is (partly) here already
+            std::size_t used = 0;
+            st = req.feed(reinterpret_cast<const char*>(buf.data().data()), have, &used);
+            head_len = used;
+            fed = have;
+        }
+        bool too_large = false;
+        while (st == head_parser::status::need_more) {
+            if (have == cap) {
+                too_large = true;
+                break;
+            }
+            if (!conn.handle().ready(io_direction::read)) {
+                if (have == 0) {
+                    buf.reset(); // wait for the next request holding no buffer
+                }
+                if (auto r = co_await conn.handle().wait(io_direction::read); !r) {
+                    co_return;
+                }
+            }
+            if (!buf) {
+                auto l = L->heads->lease();
+                if (!l) {
+                    spdlog::warn("{}: no buffer for a request head: {}", peer, l.error().message());
+                    co_return;
+                }
+                buf = std::move(*l);
+            }
+            char* base = reinterpret_cast<char*>(buf.data().data());
+            auto n = sys::recv(conn.fd(), base + have, cap - have, 0);
+            if (!n) {
+                if (would_block(n.error())) {
+                    conn.handle().clear_ready(io_direction::read);
+                    continue;
+                }
+                co_return; // reset by the peer, or worse: nothing to answer to
+            }
+            if (*n == 0) {
+                co_return; // the client closed (between requests, or giving up on one)
+            }
+            if (*n < cap - have && !conn.handle().peer_closed()) {
+                // A short read emptied the receive queue: skip the read that would only
+                // say EAGAIN and wait for the next edge (as copy() does).
+                conn.handle().clear_ready(io_direction::read);
+            }
+            if (have == 0 && !first) {
+                w->deadline = clock::now() + o.header_timeout; // a kept-alive client speaks
+            }
+            have += *n;
+            std::size_t used = 0;
+            st = req.feed(base + fed, have - fed, &used);
+            head_len = fed + used;
+            fed = have;
+        }
+        first = false;
+        const auto started = clock::now();
+
+        // ---- the answer ----
+        plan p;
+        const bool parsed = st == head_parser::status::complete;
+        if (too_large || st == head_parser::status::too_many_headers) {
+            simple_response(p, head, body, 431, false, false);
+        } else if (st == head_parser::status::error) {
+            spdlog::debug("{}: bad request: {}", peer, req.error_text());
+            simple_response(p, head, body, 400, false, false);
+        } else {
+            p = plan_response(s, req, head, body);
+        }
+        const bool file_body = p.file.valid() && p.length > 0 && !p.head_only;
+        if (!body.empty() && !p.head_only) {
+            head += body; // head and a small body in one send
+        }
+        w->slide = o.send_timeout;
+        w->deadline = clock::now() + o.send_timeout;
+        auto sent = co_await send_all_op(conn, head, file_body ? MSG_MORE : 0);
+        if (!sent) {
+            log_access(peer, parsed ? &req : nullptr, p.status, 0, "-", started);
+            co_return;
+        }
+        std::uint64_t body_bytes = p.head_only ? 0 : body.size();
+        const char* path = "-";
+        if (file_body) {
+            auto file = stream::adopt(*L->loop, std::move(p.file));
+            if (!file) {
+                spdlog::warn("{}: {}", peer, file.error().message());
+                co_return;
+            }
+            copy_options co;
+            co.limit = p.length;
+            co.src_offset = static_cast<off_t>(p.offset);
+            co.progress = &w->progress;
+            co.pools = &L->pools;
+            auto r = co_await copy(conn, *file, co);
+            body_bytes = r.bytes;
+            path = to_string(r.path);
+            if (!r.ok() || r.bytes != p.length) {
+                // The head promised p.length bytes: a short body can only end the
+                // connection (a file that shrank, or a client that went away).
+                log_access(peer, &req, p.status, body_bytes, path, started);
+                spdlog::debug("{}: body ended after {} of {} bytes: {}", peer, r.bytes, p.length,
+                              r.ok() ? "the file shrank" : r.error.message());
+                co_return;
+            }
+        }
+        log_access(peer, parsed ? &req : nullptr, p.status, body_bytes, path, started);
+
+        if (!p.keep_alive) {
+            co_await lingering_close(L, &conn, &buf, w);
+            co_return;
+        }
+        // Keep what follows this request (pipelining) at the start of the buffer.
+        if (head_len < have) {
+            std::byte* base = buf.data().data();
+            std::memmove(base, base + head_len, have - head_len);
+        }
+        have -= head_len;
+    }
+}
+
+task<void> connection(serve_loop* L, stream conn, endpoint peer) {
+    auto w = std::make_shared<http::watch_state>();
+    L->loop->spawn(http::watchdog(L->loop, w));
+    std::string peer_text = peer.to_string();
+    auto r = co_await with_cancel(
+        *L->loop, serve_connection(L, std::move(conn), peer_text, w.get()), w->cancel);
+    w->done = true;
+    if (!r && w->fired) {
+        spdlog::debug("{}: closed: timeout", peer_text);
+    }
+    L->state->active.fetch_sub(1, std::memory_order_relaxed);
+}
+
+constexpr std::string_view busy_response = "HTTP/1.1 503 Service Unavailable\r\n"
+                                           "Server: zcio\r\n"
+                                           "Content-Type: text/plain; charset=utf-8\r\n"
+                                           "Content-Length: 24\r\n"
+                                           "Connection: close\r\n\r\n"
+                                           "503 Service Unavailable\n";
+
+task<void> accept_loop(serve_loop* L) {
+    serve_state& s = *L->state;
+    while (true) {
+        auto a = co_await L->listener.accept();
+        if (!a) {
+            if (a.error() == std::errc::operation_canceled) {
+                co_return;
+            }
+            spdlog::error("accept: {}", a.error().message());
+            co_await sleep_for(*L->loop, 100ms); // do not spin on a persistent error
+            continue;
+        }
+        const std::uint64_t limit = s.opts.max_connections;
+        const std::uint64_t active = s.active.fetch_add(1, std::memory_order_relaxed);
+        if (limit != 0 && active >= limit) {
+            s.active.fetch_sub(1, std::memory_order_relaxed);
+            // A fresh socket's send buffer is empty: one non-blocking send fits.
+            (void)sys::send(a->conn.fd(), busy_response.data(), busy_response.size(), MSG_NOSIGNAL);
+            spdlog::warn("{}: refused: --max-connections {} reached", a->peer.to_string(), limit);
+            continue; // `a` goes out of scope: closed
+        }
+        L->loop->spawn(connection(L, std::move(a->conn), a->peer));
+    }
+}
+
+} // namespace
+
+http_server::http_server(serve_options opts) : state_(std::make_unique<serve_state>()) {
+    state_->opts = std::move(opts);
+    auto root = sys::open(state_->opts.root.c_str(), O_PATH | O_DIRECTORY);
+    if (!root) {
+        throw runtime_failure("cannot serve \"" + state_->opts.root +
+                              "\": " + root.error().message());
+    }
+    state_->root = std::move(*root);
+    std::unique_ptr<char, decltype(&std::free)> real(::realpath(state_->opts.root.c_str(), nullptr),
+                                                     &std::free);
+    if (!real) {
+        throw runtime_failure("cannot serve \"" + state_->opts.root +
+                              "\": " + std::strerror(errno));
+    }
+    state_->root_real = real.get();
+    if (const char* e = std::getenv("ZCIO_SERVE_NO_OPENAT2"); e != nullptr && *e == '1') {
+        state_->use_openat2 = false;
+    }
+    group_ = std::make_unique<loop_group>(state_->opts.threads);
+    for (std::size_t i = 0; i < group_->size(); ++i) {
+        auto l = std::make_unique<serve_loop>();
+        l->index = i;
+        l->loop = &group_->loop(i);
+        l->state = state_.get();
+        buffer_pool_options bo;
+        bo.buffer_size = state_->opts.max_header_size;
+        bo.max_idle = 256;
+        l->heads = std::make_unique<buffer_pool>(bo);
+        loops_.push_back(std::move(l));
+    }
+}
+
+http_server::~http_server() {
+    stop();
+    // Close the listeners while their loops exist, then destroy the loops (and the
+    // tasks suspended on them) before the contexts those tasks point into.
+    for (auto& l : loops_) {
+        l->listener.close();
+    }
+    group_.reset();
+}
+
+std::size_t http_server::threads() const noexcept {
+    return loops_.size();
+}
+
+endpoint http_server::start() {
+    // Bind on every loop before any thread runs, so a bad address fails cleanly. Port 0
+    // is resolved by the first loop; the others bind the port it got (SO_REUSEPORT).
+    endpoint ep = state_->opts.listen;
+    if (ep.is_ip() && ep.port() != 0) {
+        // SO_REUSEPORT lets any process of the same user bind a port that already has
+        // such a listener, and the kernel then splits the clients between the two: a
+        // second `zcio serve` on a busy port would start "fine" and get half the
+        // traffic. A probe without SO_REUSEPORT fails with EADDRINUSE in that case.
+        auto probe = sys::socket(ep.family(), SOCK_STREAM);
+        if (probe) {
+            (void)sys::set_int_option(probe->get(), SOL_SOCKET, SO_REUSEADDR, 1);
+            if (auto b = sys::bind(probe->get(), ep.data(), ep.size()); !b) {
+                throw runtime_failure("cannot listen on " + ep.to_string() + ": " +
+                                      b.error().message());
+            }
+        }
+    }
+    for (auto& l : loops_) {
+        if (l->index > 0 && !ep.is_ip()) {
+            break; // a Unix socket cannot be shared between loops
+        }
+        listen_options lo;
+        lo.reuse_port = ep.is_ip();
+        auto b = tcp_listener::bind(*l->loop, ep, lo);
+        if (!b) {
+            throw runtime_failure("cannot listen on " + ep.to_string() + ": " +
+                                  b.error().message());
+        }
+        l->listener = std::move(*b);
+        ep = l->listener.local_endpoint();
+    }
+    for (auto& l : loops_) {
+        if (l->listener.fd() >= 0) {
+            l->loop->spawn(accept_loop(l.get()));
+        }
+    }
+    group_->start([](std::size_t i, std::error_code ec) {
+        spdlog::critical("event loop {} failed: {}", i, ec.message());
+    });
+    started_ = true;
+    return ep;
+}
+
+void http_server::stop() {
+    if (!started_) {
+        return;
+    }
+    started_ = false;
+    group_->stop();
+    group_->join();
+}
+
+} // namespace zcio::cli

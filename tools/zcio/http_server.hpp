@@ -1,0 +1,57 @@
+// The `zcio serve` engine: a static file server, one event loop per thread, bodies sent
+// with sendfile through copy().
+#pragma once
+
+#include <zcio/zcio.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace zcio::cli {
+
+struct serve_options {
+    std::string root;
+    endpoint listen;
+    std::size_t threads = 0;             // 0: one per core
+    std::uint64_t max_connections = 0;   // 0: no limit
+    std::size_t max_header_size = 16384; // request line + header fields, in bytes
+    std::size_t max_headers = 100;       // header fields per request
+    std::chrono::nanoseconds header_timeout = std::chrono::seconds(10);
+    std::chrono::nanoseconds idle_timeout = std::chrono::seconds(30);
+    std::chrono::nanoseconds send_timeout = std::chrono::seconds(60);
+    bool listing = true; // directories without index.html get a listing (else 403)
+};
+
+struct serve_state;
+struct serve_loop;
+
+class http_server {
+public:
+    // Opens the root directory (throws runtime_failure naming it).
+    explicit http_server(serve_options opts);
+    ~http_server();
+    http_server(const http_server&) = delete;
+    http_server& operator=(const http_server&) = delete;
+
+    // Binds one listener per loop (SO_REUSEPORT for IP addresses; a Unix socket only on
+    // the first loop), starts the threads and returns the address actually bound.
+    // Throws runtime_failure naming the address.
+    endpoint start();
+    // Stops the loops; open connections are closed. Idempotent.
+    void stop();
+
+    [[nodiscard]] std::size_t threads() const noexcept;
+
+private:
+    std::unique_ptr<serve_state> state_;
+    // Declared before the group: the loops' contexts (pools, listeners) must outlive
+    // the destruction of the tasks still suspended on the loops.
+    std::vector<std::unique_ptr<serve_loop>> loops_;
+    std::unique_ptr<loop_group> group_;
+    bool started_ = false;
+};
+
+} // namespace zcio::cli
