@@ -1,6 +1,8 @@
 // Parsing helpers shared by the subcommands: sizes, durations, listen specs.
 #include "cli_util.hpp"
 
+#include <zcio/sys.hpp>
+
 #include <charconv>
 #include <cmath>
 #include <cstdio>
@@ -108,6 +110,20 @@ std::vector<endpoint> parse_listen(std::string_view text) {
         out.push_back(e);
     }
     return out;
+}
+
+void ensure_port_free(const endpoint& ep) {
+    if (!ep.is_ip() || ep.port() == 0) {
+        return;
+    }
+    auto probe = sys::socket(ep.family(), SOCK_STREAM);
+    if (!probe) {
+        return; // the real bind will report what is wrong
+    }
+    (void)sys::set_int_option(probe->get(), SOL_SOCKET, SO_REUSEADDR, 1);
+    if (auto b = sys::bind(probe->get(), ep.data(), ep.size()); !b) {
+        throw runtime_failure("cannot listen on " + ep.to_string() + ": " + b.error().message());
+    }
 }
 
 std::string human_bytes(double bytes) {

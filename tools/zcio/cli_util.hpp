@@ -36,6 +36,13 @@ endpoint parse_endpoint(std::string_view text);
 // expands to every port of it.
 std::vector<endpoint> parse_listen(std::string_view text);
 
+// Throws runtime_failure when an IP address with a fixed port is already in use.
+// SO_REUSEPORT lets any process of the same user bind a port that already has such a
+// listener, and the kernel then splits the clients between the two: a second zcio on
+// a busy port would start "fine" and get part of the traffic. A probe bind without
+// SO_REUSEPORT fails with EADDRINUSE in that case.
+void ensure_port_free(const endpoint& ep);
+
 // "12.3 MiB", "1.00 GiB"...
 std::string human_bytes(double bytes);
 

@@ -281,6 +281,15 @@ task<void> download(event_loop* loop, get_state* st, http::url u, get_params prm
                     co.limit = *st->total - extra;
                 }
                 co.progress = &w->progress;
+                // 512 KiB pipes rather than the pool's default 1 MiB: in interleaved
+                // 1 GiB downloads from nginx (docs/BENCHMARKS.md, "HTTP file
+                // transfer"), 1 MiB pipes had runs up to 4x the median CPU (all of it
+                // in the pipe → page cache memcpy of ext4's buffered write) and a
+                // higher median in two of three batches; 512 KiB pipes did not.
+                transfer_pools pools{
+                    pipe_pool(pipe_pool_options{.pipe_size = std::size_t{512} << 10}),
+                    buffer_pool()};
+                co.pools = &pools;
                 auto r = co_await copy(*out, *conn, co);
                 st->path = to_string(r.path);
                 if (!r.ok()) {

@@ -709,20 +709,7 @@ endpoint http_server::start() {
     // Bind on every loop before any thread runs, so a bad address fails cleanly. Port 0
     // is resolved by the first loop; the others bind the port it got (SO_REUSEPORT).
     endpoint ep = state_->opts.listen;
-    if (ep.is_ip() && ep.port() != 0) {
-        // SO_REUSEPORT lets any process of the same user bind a port that already has
-        // such a listener, and the kernel then splits the clients between the two: a
-        // second `zcio serve` on a busy port would start "fine" and get half the
-        // traffic. A probe without SO_REUSEPORT fails with EADDRINUSE in that case.
-        auto probe = sys::socket(ep.family(), SOCK_STREAM);
-        if (probe) {
-            (void)sys::set_int_option(probe->get(), SOL_SOCKET, SO_REUSEADDR, 1);
-            if (auto b = sys::bind(probe->get(), ep.data(), ep.size()); !b) {
-                throw runtime_failure("cannot listen on " + ep.to_string() + ": " +
-                                      b.error().message());
-            }
-        }
-    }
+    ensure_port_free(ep);
     for (auto& l : loops_) {
         if (l->index > 0 && !ep.is_ip()) {
             break; // a Unix socket cannot be shared between loops

@@ -256,7 +256,7 @@ int run(int argc, char** argv) {
         // `zcio frobnicate`: CLI11 only says that a subcommand is required; name the word.
         if (const auto rest = app.remaining(); app.get_subcommands().empty() && !rest.empty() &&
                                                !rest.front().starts_with("-")) {
-            std::fprintf(stderr, "zcio: unknown subcommand \"%s\" (expected proxy, copy or bench; see zcio --help)\n",
+            std::fprintf(stderr, "zcio: unknown subcommand \"%s\" (expected proxy, copy, udp-echo, serve, get or bench; see zcio --help)\n",
                          rest.front().c_str());
             return 2;
         }

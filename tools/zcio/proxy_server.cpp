@@ -182,6 +182,9 @@ bool listens_on(const loop_ctx& ctx, const endpoint& ep) { return ctx.index == 0
 
 std::unique_ptr<listener_entry> bind_entry(loop_ctx& ctx, std::shared_ptr<route_runtime> rt,
                                            const endpoint& ep) {
+    if (ctx.index == 0) {
+        ensure_port_free(ep); // the other loops then share the port with loop 0's listener
+    }
     listen_options lo;
     lo.reuse_port = ep.is_ip();
     auto l = tcp_listener::bind(*ctx.loop, ep, lo);

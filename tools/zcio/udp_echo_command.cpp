@@ -108,6 +108,7 @@ udp_echo_plan plan_from_flags(const udp_echo_flags& f) {
 
 struct echo_totals {
     std::uint64_t received = 0, echoed = 0, dropped = 0, send_errors = 0;
+    std::uint64_t recv_calls = 0, send_calls = 0;
 };
 
 echo_totals sum(const std::vector<udp_echo_counters>& all) {
@@ -117,6 +118,8 @@ echo_totals sum(const std::vector<udp_echo_counters>& all) {
         t.echoed += c.echoed;
         t.dropped += c.dropped;
         t.send_errors += c.send_errors;
+        t.recv_calls += c.recv_calls;
+        t.send_calls += c.send_calls;
     }
     return t;
 }
@@ -203,12 +206,14 @@ task<int> serve(event_loop* loop, udp_echo_plan plan, server_state* state) {
             const echo_totals t = sum(state->counters);
             std::fprintf(stderr,
                          "zcio udp-echo: %s: received %llu echoed %llu dropped %llu "
-                         "send-errors %llu\n",
+                         "send-errors %llu (system calls: %llu receives, %llu sends)\n",
                          *sig == SIGINT ? "SIGINT" : "SIGTERM",
                          static_cast<unsigned long long>(t.received),
                          static_cast<unsigned long long>(t.echoed),
                          static_cast<unsigned long long>(t.dropped),
-                         static_cast<unsigned long long>(t.send_errors));
+                         static_cast<unsigned long long>(t.send_errors),
+                         static_cast<unsigned long long>(t.recv_calls),
+                         static_cast<unsigned long long>(t.send_calls));
             co_return 0;
         }
         if (sig.error() != std::errc::timed_out) {
