@@ -48,7 +48,9 @@ auto on_loop(event_loop& loop, F fn) -> decltype(fn()) {
     return f.get();
 }
 
-const char* engine_name(copy_path p) { return p == copy_path::automatic ? "auto" : to_string(p); }
+const char* engine_name(copy_path p) {
+    return p == copy_path::automatic ? "auto" : to_string(p);
+}
 
 struct row {
     std::string name;
@@ -68,7 +70,8 @@ struct budget {
     std::uint64_t bytes = 0; // 0: time-bounded
     double seconds = 3;
     [[nodiscard]] clock::time_point end(clock::time_point start) const {
-        return start + std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(seconds));
+        return start +
+               std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(seconds));
     }
 };
 
@@ -168,8 +171,14 @@ struct relay_rig {
         relay_group.start();
     }
     ~relay_rig() {
-        on_loop(peer_group.loop(0), [this] { peer.close(); return 0; });
-        on_loop(relay_group.loop(0), [this] { relay.close(); return 0; });
+        on_loop(peer_group.loop(0), [this] {
+            peer.close();
+            return 0;
+        });
+        on_loop(relay_group.loop(0), [this] {
+            relay.close();
+            return 0;
+        });
         relay_group.stop();
         peer_group.stop();
         relay_group.join();
@@ -200,7 +209,8 @@ task<std::uint64_t> blast(event_loop* loop, endpoint to, budget b) {
     std::uint64_t sent = 0;
     const auto end = b.end(clock::now());
     while (b.bytes != 0 ? sent < b.bytes : clock::now() < end) {
-        std::size_t len = b.bytes != 0 ? std::min<std::uint64_t>(chunk.size(), b.bytes - sent) : chunk.size();
+        std::size_t len =
+            b.bytes != 0 ? std::min<std::uint64_t>(chunk.size(), b.bytes - sent) : chunk.size();
         auto n = co_await s->write_all(std::span(chunk).first(len));
         if (!n) {
             break;
@@ -290,13 +300,15 @@ unique_fd temp_file(std::uint64_t size) {
     char name[] = "/tmp/zcio-bench-XXXXXX";
     int fd = ::mkostemp(name, O_CLOEXEC);
     if (fd < 0) {
-        throw runtime_failure(std::string("bench: cannot create a temporary file: ") + std::strerror(errno));
+        throw runtime_failure(std::string("bench: cannot create a temporary file: ") +
+                              std::strerror(errno));
     }
     ::unlink(name);
     unique_fd f(fd);
     const auto chunk = pattern(1 << 20);
     for (std::uint64_t done = 0; done < size; done += chunk.size()) {
-        const auto len = static_cast<std::size_t>(std::min<std::uint64_t>(chunk.size(), size - done));
+        const auto len =
+            static_cast<std::size_t>(std::min<std::uint64_t>(chunk.size(), size - done));
         if (::write(fd, chunk.data(), len) != static_cast<ssize_t>(len)) {
             throw runtime_failure("bench: cannot fill the temporary file (disk full?)");
         }
@@ -344,8 +356,12 @@ row file_to_socket_row(int file_fd, std::uint64_t file_size, copy_path engine, b
     sink_group.loop(0).spawn(serve(&sink_group.loop(0), &sink, false));
     sink_group.start();
     event_loop mover;
-    row r = mover.block_on(file_to_socket(&mover, file_fd, file_size, sink.local_endpoint(), b, engine));
-    on_loop(sink_group.loop(0), [&] { sink.close(); return 0; });
+    row r = mover.block_on(
+        file_to_socket(&mover, file_fd, file_size, sink.local_endpoint(), b, engine));
+    on_loop(sink_group.loop(0), [&] {
+        sink.close();
+        return 0;
+    });
     sink_group.stop();
     sink_group.join();
     r.name = "file -> socket";
@@ -396,7 +412,10 @@ row socket_to_file_row(copy_path engine, budget b) {
     (void)client.block_on(blast(&client, l.local_endpoint(), b));
     done.get_future().wait();
     r.seconds = std::chrono::duration<double>(clock::now() - t0).count();
-    on_loop(recv_group.loop(0), [&] { l.close(); return 0; });
+    on_loop(recv_group.loop(0), [&] {
+        l.close();
+        return 0;
+    });
     recv_group.stop();
     recv_group.join();
     r.name = "socket -> file";
@@ -417,40 +436,46 @@ idle_cost idle_case(std::size_t n) {
     std::this_thread::sleep_for(300ms); // let the relay accept and connect them all
     idle_cost c;
     c.connections = conns.size();
-    c.pipes_leased = on_loop(rig.relay_loop(), [&] { return rig.state.pools.pipes.stats().leased; });
-    c.buffers_leased = on_loop(rig.relay_loop(), [&] { return rig.state.pools.buffers.stats().leased; });
+    c.pipes_leased =
+        on_loop(rig.relay_loop(), [&] { return rig.state.pools.pipes.stats().leased; });
+    c.buffers_leased =
+        on_loop(rig.relay_loop(), [&] { return rig.state.pools.buffers.stats().leased; });
     return c;
 }
 
 void print_table(const std::vector<row>& rows, const idle_cost& idle, const budget& b) {
-    std::printf("\n%-22s %-7s %-16s %8s %11s %12s\n", "case", "engine", "path", "GiB/s", "CPU s/GiB",
-                "syscalls/MiB");
+    std::printf("\n%-22s %-7s %-16s %8s %11s %12s\n", "case", "engine", "path", "GiB/s",
+                "CPU s/GiB", "syscalls/MiB");
     for (const auto& r : rows) {
         if (r.round_trips != 0) {
             continue;
         }
         const double gib = r.gib();
         std::printf("%-22s %-7s %-16s %8.2f %11.3f %12.1f\n", r.name.c_str(), r.engine.c_str(),
-                    r.path.c_str(), r.seconds > 0 ? gib / r.seconds : 0, gib > 0 ? r.cost.cpu / gib : 0,
+                    r.path.c_str(), r.seconds > 0 ? gib / r.seconds : 0,
+                    gib > 0 ? r.cost.cpu / gib : 0,
                     r.mib() > 0 ? static_cast<double>(r.cost.calls) / r.mib() : 0);
     }
-    std::printf("\n%-22s %-7s %14s %16s %14s\n", "case", "engine", "round trips/s", "relay CPU us/trip",
-                "syscalls/trip");
+    std::printf("\n%-22s %-7s %14s %16s %14s\n", "case", "engine", "round trips/s",
+                "relay CPU us/trip", "syscalls/trip");
     for (const auto& r : rows) {
         if (r.round_trips == 0) {
             continue;
         }
         const double trips = static_cast<double>(r.round_trips);
         std::printf("%-22s %-7s %14.0f %16.1f %14.1f\n", r.name.c_str(), r.engine.c_str(),
-                    trips / r.seconds, 1e6 * r.cost.cpu / trips, static_cast<double>(r.cost.calls) / trips);
+                    trips / r.seconds, 1e6 * r.cost.cpu / trips,
+                    static_cast<double>(r.cost.calls) / trips);
     }
     std::printf("\nidle: %zu connections through the relay hold %zu pipes and %zu buffers\n",
                 idle.connections, idle.pipes_leased, idle.buffers_leased);
     if (b.bytes != 0) {
-        std::printf("(one process on loopback; %s per case; CPU and syscalls are the moving thread's)\n",
-                    human_bytes(static_cast<double>(b.bytes)).c_str());
+        std::printf(
+            "(one process on loopback; %s per case; CPU and syscalls are the moving thread's)\n",
+            human_bytes(static_cast<double>(b.bytes)).c_str());
     } else {
-        std::printf("(one process on loopback; %.1f s per case; CPU and syscalls are the moving thread's)\n",
+        std::printf("(one process on loopback; %.1f s per case; CPU and syscalls are the moving "
+                    "thread's)\n",
                     b.seconds);
     }
 }
@@ -460,13 +485,15 @@ void print_json(const std::vector<row>& rows, const idle_cost& idle) {
     for (std::size_t i = 0; i < rows.size(); ++i) {
         const auto& r = rows[i];
         std::printf("    {\"case\": \"%s\", \"engine\": \"%s\", \"path\": \"%s\", \"bytes\": %llu, "
-                    "\"seconds\": %.4f, \"cpu_seconds\": %.4f, \"syscalls\": %llu, \"round_trips\": %llu}%s\n",
+                    "\"seconds\": %.4f, \"cpu_seconds\": %.4f, \"syscalls\": %llu, "
+                    "\"round_trips\": %llu}%s\n",
                     r.name.c_str(), r.engine.c_str(), r.path.c_str(),
                     static_cast<unsigned long long>(r.bytes), r.seconds, r.cost.cpu,
                     static_cast<unsigned long long>(r.cost.calls),
                     static_cast<unsigned long long>(r.round_trips), i + 1 < rows.size() ? "," : "");
     }
-    std::printf("  ],\n  \"idle\": {\"connections\": %zu, \"pipes_leased\": %zu, \"buffers_leased\": %zu}\n}\n",
+    std::printf("  ],\n  \"idle\": {\"connections\": %zu, \"pipes_leased\": %zu, "
+                "\"buffers_leased\": %zu}\n}\n",
                 idle.connections, idle.pipes_leased, idle.buffers_leased);
 }
 

@@ -40,7 +40,8 @@ end_spec parse_end(const std::string& text, bool is_source) {
         e.path = rest_after("file:");
         if (e.path.ends_with(",append")) {
             if (is_source) {
-                throw usage_error("source \"" + text + "\": ,append only makes sense for a destination");
+                throw usage_error("source \"" + text +
+                                  "\": ,append only makes sense for a destination");
             }
             e.append = true;
             e.path.resize(e.path.size() - std::string_view(",append").size());
@@ -140,10 +141,13 @@ std::optional<std::uint64_t> known_size(const end_spec& src) {
 
 void print_progress(std::uint64_t done, std::uint64_t total, double secs) {
     const double rate = secs > 0 ? static_cast<double>(done) / secs : 0;
-    const double pct = total > 0 ? 100.0 * static_cast<double>(done) / static_cast<double>(total) : 100;
+    const double pct =
+        total > 0 ? 100.0 * static_cast<double>(done) / static_cast<double>(total) : 100;
     const double eta = rate > 0 ? static_cast<double>(total - std::min(done, total)) / rate : 0;
-    std::fprintf(stderr, "\r%12s / %-12s %5.1f%%  %10s/s  ETA %4.0fs ", human_bytes(static_cast<double>(done)).c_str(),
-                 human_bytes(static_cast<double>(total)).c_str(), pct, human_bytes(rate).c_str(), eta);
+    std::fprintf(stderr, "\r%12s / %-12s %5.1f%%  %10s/s  ETA %4.0fs ",
+                 human_bytes(static_cast<double>(done)).c_str(),
+                 human_bytes(static_cast<double>(total)).c_str(), pct, human_bytes(rate).c_str(),
+                 eta);
 }
 
 task<void> progress_bar(event_loop* loop, const std::uint64_t* done, std::uint64_t total,
@@ -191,8 +195,8 @@ task<copy_outcome> run(event_loop* loop, end_spec src_spec, end_spec dst_spec, c
         (void)dst->shutdown_write(); // the peer sees end of stream
     }
     if (!out.result.ok()) {
-        out.failure = "copy failed after " + std::to_string(out.result.bytes) + " bytes: " +
-                      out.result.error.message();
+        out.failure = "copy failed after " + std::to_string(out.result.bytes) +
+                      " bytes: " + out.result.error.message();
     }
     co_return out;
 }
@@ -205,18 +209,22 @@ int run_copy_command(const copy_command_options& o) {
     end_spec dst = parse_end(o.destination, false);
     if (src.kind == end_kind::file && dst.kind == end_kind::file && !dst.append) {
         std::error_code ec;
-        if (std::filesystem::exists(dst.path) && std::filesystem::equivalent(src.path, dst.path, ec)) {
+        if (std::filesystem::exists(dst.path) &&
+            std::filesystem::equivalent(src.path, dst.path, ec)) {
             throw usage_error("source and destination are the same file: \"" + src.path + "\"");
         }
     }
-    stdio_flags_guard in_guard{STDIN_FILENO, src.kind == end_kind::stdio ? ::fcntl(STDIN_FILENO, F_GETFL) : -1};
-    stdio_flags_guard out_guard{STDOUT_FILENO, dst.kind == end_kind::stdio ? ::fcntl(STDOUT_FILENO, F_GETFL) : -1};
+    stdio_flags_guard in_guard{STDIN_FILENO,
+                               src.kind == end_kind::stdio ? ::fcntl(STDIN_FILENO, F_GETFL) : -1};
+    stdio_flags_guard out_guard{STDOUT_FILENO,
+                                dst.kind == end_kind::stdio ? ::fcntl(STDOUT_FILENO, F_GETFL) : -1};
 
     copy_options opts;
     opts.limit = o.limit;
     opts.path = o.engine;
-    const auto total = o.limit && known_size(src) ? std::optional(std::min(*o.limit, *known_size(src)))
-                                                  : known_size(src);
+    const auto total = o.limit && known_size(src)
+                           ? std::optional(std::min(*o.limit, *known_size(src)))
+                           : known_size(src);
     const bool show_progress = ::isatty(STDERR_FILENO) == 1;
 
     event_loop loop;
@@ -225,7 +233,8 @@ int run_copy_command(const copy_command_options& o) {
         throw runtime_failure(out.failure);
     }
     if (o.verbose) {
-        const double rate = out.seconds > 0 ? static_cast<double>(out.result.bytes) / out.seconds : 0;
+        const double rate =
+            out.seconds > 0 ? static_cast<double>(out.result.bytes) / out.seconds : 0;
         std::fprintf(stderr, "zcio copy: %llu bytes (%s) via %s in %.3f s, %s/s\n",
                      static_cast<unsigned long long>(out.result.bytes),
                      human_bytes(static_cast<double>(out.result.bytes)).c_str(),

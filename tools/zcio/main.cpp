@@ -43,7 +43,8 @@ proxy_config config_from_flags(const proxy_flags& f) {
     proxy_config cfg;
     if (!f.config.empty()) {
         if (!f.listen.empty() || !f.upstream.empty()) {
-            throw usage_error("--config cannot be combined with --listen/--upstream (put the routes in the file)");
+            throw usage_error("--config cannot be combined with --listen/--upstream (put the "
+                              "routes in the file)");
         }
         cfg = load_config_file(f.config);
     } else {
@@ -146,7 +147,8 @@ int run_proxy(const proxy_flags& flags) {
     // failure of either is the only line on stderr.
     std::optional<endpoint> metrics_bound;
     if (metrics_at) {
-        metrics_bound = start_metrics_server(main_loop, *metrics_at, [&server] { return server.metrics_text(); });
+        metrics_bound = start_metrics_server(main_loop, *metrics_at,
+                                             [&server] { return server.metrics_text(); });
     }
     server.start();
     if (metrics_bound) {
@@ -161,7 +163,8 @@ void setup_logging(const std::string& level) {
     spdlog::set_default_logger(logger);
     auto lvl = spdlog::level::from_str(level);
     if (lvl == spdlog::level::off && level != "off") {
-        throw usage_error("--log-level: \"" + level + "\" is not a level (trace, debug, info, warn, error, off)");
+        throw usage_error("--log-level: \"" + level +
+                          "\" is not a level (trace, debug, info, warn, error, off)");
     }
     spdlog::set_level(lvl);
 }
@@ -183,8 +186,9 @@ int run(int argc, char** argv) {
                       "Address to accept clients on; repeatable. HOST:PORT, [::1]:PORT, "
                       "HOST:FIRST-LAST (every port of the range), unix:/path, unix:@abstract");
     proxy->add_option("-u,--upstream", pf.upstream, "Address to connect each client to");
-    proxy->add_option("-c,--config", pf.config, "TOML file with [[route]] tables (see docs/proxy.md); "
-                                                "SIGHUP reloads it");
+    proxy->add_option("-c,--config", pf.config,
+                      "TOML file with [[route]] tables (see docs/proxy.md); "
+                      "SIGHUP reloads it");
     proxy->add_option("-t,--threads", pf.threads, "Event loops (threads); default: one per core")
         ->check(CLI::Range(1, 1024));
     proxy->add_option("--engine", pf.engine, "auto, splice or buffer")->capture_default_str();
@@ -196,13 +200,15 @@ int run(int argc, char** argv) {
                       "Close a connection when no byte moved either way for this long (e.g. 30s)");
     proxy->add_option("--connect-timeout", pf.connect_timeout, "Upstream connect timeout")
         ->capture_default_str();
-    proxy->add_option("--rate-limit", pf.rate_limit,
-                      "Bytes per second per connection and direction (e.g. 10M); works with splice");
+    proxy->add_option(
+        "--rate-limit", pf.rate_limit,
+        "Bytes per second per connection and direction (e.g. 10M); works with splice");
     proxy->add_option("--proxy-protocol", pf.proxy_protocol,
                       "Send a PROXY protocol header (v1 or v2) to the upstream");
     proxy->add_option("--metrics", pf.metrics, "Serve Prometheus metrics at http://ADDR/metrics");
-    proxy->add_option("--drain-timeout", pf.drain_timeout,
-                      "On SIGINT/SIGTERM, wait this long for open connections before closing them")
+    proxy
+        ->add_option("--drain-timeout", pf.drain_timeout,
+                     "On SIGINT/SIGTERM, wait this long for open connections before closing them")
         ->capture_default_str();
 
     copy_command_options co;
@@ -254,9 +260,11 @@ int run(int argc, char** argv) {
         return app.exit(e);
     } catch (const CLI::ParseError& e) {
         // `zcio frobnicate`: CLI11 only says that a subcommand is required; name the word.
-        if (const auto rest = app.remaining(); app.get_subcommands().empty() && !rest.empty() &&
-                                               !rest.front().starts_with("-")) {
-            std::fprintf(stderr, "zcio: unknown subcommand \"%s\" (expected proxy, copy, udp-echo, serve, get or bench; see zcio --help)\n",
+        if (const auto rest = app.remaining();
+            app.get_subcommands().empty() && !rest.empty() && !rest.front().starts_with("-")) {
+            std::fprintf(stderr,
+                         "zcio: unknown subcommand \"%s\" (expected proxy, copy, udp-echo, serve, "
+                         "get or bench; see zcio --help)\n",
                          rest.front().c_str());
             return 2;
         }
@@ -287,8 +295,9 @@ int run(int argc, char** argv) {
         } else if (copy_engine == "buffer") {
             co.engine = copy_path::buffer;
         } else {
-            throw usage_error("--engine: \"" + copy_engine +
-                              "\" is not an engine (auto, splice, sendfile, copy_file_range, buffer)");
+            throw usage_error(
+                "--engine: \"" + copy_engine +
+                "\" is not an engine (auto, splice, sendfile, copy_file_range, buffer)");
         }
         return run_copy_command(co);
     }

@@ -73,8 +73,9 @@ endpoint start_metrics_server(event_loop& loop, const endpoint& at,
                               l.error().message());
     }
     endpoint bound = l->local_endpoint();
-    loop.spawn(metrics_accept_loop(&loop, std::make_unique<tcp_listener>(std::move(*l)),
-                                   std::make_unique<std::function<std::string()>>(std::move(render))));
+    loop.spawn(
+        metrics_accept_loop(&loop, std::make_unique<tcp_listener>(std::move(*l)),
+                            std::make_unique<std::function<std::string()>>(std::move(render))));
     return bound;
 }
 

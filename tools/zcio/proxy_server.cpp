@@ -64,11 +64,11 @@ task<void> handle_connection(loop_ctx* ctx, std::shared_ptr<route_runtime> rt, s
     const std::string client_text = peer.to_string();
     const std::string upstream_text = rt->config.upstream.to_string();
 
-    auto up = co_await with_cancel(*ctx->loop,
-                                   stream::connect(*ctx->loop, rt->config.upstream,
-                                                   std::chrono::duration_cast<clock::duration>(
-                                                       o.connect_timeout)),
-                                   ctx->cancel_all);
+    auto up = co_await with_cancel(
+        *ctx->loop,
+        stream::connect(*ctx->loop, rt->config.upstream,
+                        std::chrono::duration_cast<clock::duration>(o.connect_timeout)),
+        ctx->cancel_all);
     if (!up) {
         if (up.error() == std::errc::timed_out) {
             stats.upstream_connect_timeouts.fetch_add(1, std::memory_order_relaxed);
@@ -84,7 +84,7 @@ task<void> handle_connection(loop_ctx* ctx, std::shared_ptr<route_runtime> rt, s
         auto local = client.local_endpoint();
         endpoint dst = local ? *local : endpoint{};
         std::string header = o.proxy_protocol == proxy_header::v1 ? proxy_header_v1(peer, dst)
-                                                                   : proxy_header_v2(peer, dst);
+                                                                  : proxy_header_v2(peer, dst);
         auto w = co_await up->write_all(std::as_bytes(std::span(header)));
         if (!w) {
             spdlog::warn("{} client {} upstream {}: sending the PROXY header: {}", rt->config.name,
@@ -106,7 +106,8 @@ task<void> handle_connection(loop_ctx* ctx, std::shared_ptr<route_runtime> rt, s
     bo.a_to_b_progress = &up_bytes;
     bo.b_to_a_progress = &down_bytes;
     bo.pools = &ctx->pools;
-    auto done = co_await with_cancel(*ctx->loop, copy_bidirectional(client, *up, bo), ctx->cancel_all);
+    auto done =
+        co_await with_cancel(*ctx->loop, copy_bidirectional(client, *up, bo), ctx->cancel_all);
     traffic t;
     if (done) {
         t = *done;
@@ -151,7 +152,8 @@ task<void> accept_loop(loop_ctx* ctx, listener_entry* entry) {
         auto rt = entry->rt;
         route_stats& stats = *rt->stats;
         const std::uint64_t limit = rt->config.options.max_connections;
-        const std::uint64_t active = stats.connections_active.fetch_add(1, std::memory_order_relaxed);
+        const std::uint64_t active =
+            stats.connections_active.fetch_add(1, std::memory_order_relaxed);
         if (limit != 0 && active >= limit) {
             stats.connections_active.fetch_sub(1, std::memory_order_relaxed);
             stats.connections_refused.fetch_add(1, std::memory_order_relaxed);
@@ -178,7 +180,9 @@ task<void> publish_gauges(loop_ctx* ctx) {
 
 // Unix sockets cannot share an address between loops (no SO_REUSEPORT), so only the
 // first loop listens on them.
-bool listens_on(const loop_ctx& ctx, const endpoint& ep) { return ctx.index == 0 || ep.is_ip(); }
+bool listens_on(const loop_ctx& ctx, const endpoint& ep) {
+    return ctx.index == 0 || ep.is_ip();
+}
 
 std::unique_ptr<listener_entry> bind_entry(loop_ctx& ctx, std::shared_ptr<route_runtime> rt,
                                            const endpoint& ep) {
@@ -359,7 +363,8 @@ void proxy_server::reload(proxy_config cfg) {
                         auto e = bind_entry(*c, rt, known != resolved.end() ? known->second : ep);
                         e->key = key;
                         if (known == resolved.end()) {
-                            resolved.emplace(std::pair{rt.get(), key}, e->listener.local_endpoint());
+                            resolved.emplace(std::pair{rt.get(), key},
+                                             e->listener.local_endpoint());
                             spdlog::info("{} listening on {} → {}", rt->config.name,
                                          e->listener.local_endpoint().to_string(),
                                          rt->config.upstream.to_string());
@@ -418,7 +423,8 @@ std::string proxy_server::metrics_text() const {
     {
         std::lock_guard lock(stats_mutex_);
         for (const auto& f : families) {
-            out << "# HELP " << f.name << ' ' << f.help << "\n# TYPE " << f.name << ' ' << f.type << '\n';
+            out << "# HELP " << f.name << ' ' << f.help << "\n# TYPE " << f.name << ' ' << f.type
+                << '\n';
             for (const auto& [name, s] : stats_) {
                 out << f.name << "{route=\"" << name << "\"} " << ((*s).*(f.field)).load() << '\n';
             }

@@ -39,9 +39,12 @@ proxy_header parse_proxy_header(std::string_view text, std::string_view what) {
 
 const char* to_string(proxy_header h) noexcept {
     switch (h) {
-    case proxy_header::none: return "none";
-    case proxy_header::v1: return "v1";
-    case proxy_header::v2: return "v2";
+    case proxy_header::none:
+        return "none";
+    case proxy_header::v1:
+        return "v1";
+    case proxy_header::v2:
+        return "v2";
     }
     return "?";
 }
@@ -51,12 +54,15 @@ namespace {
 // Builds "FILE:LINE: route[N].KEY: message" and throws it.
 class located {
 public:
-    located(const std::string& file, std::string prefix) : file_(file), prefix_(std::move(prefix)) {}
+    located(const std::string& file, std::string prefix)
+        : file_(file), prefix_(std::move(prefix)) {}
 
-    [[noreturn]] void fail(const toml::node& node, std::string_view key, const std::string& msg) const {
+    [[noreturn]] void fail(const toml::node& node, std::string_view key,
+                           const std::string& msg) const {
         fail_at(node.source().begin.line, key, msg);
     }
-    [[noreturn]] void fail_at(std::size_t line, std::string_view key, const std::string& msg) const {
+    [[noreturn]] void fail_at(std::size_t line, std::string_view key,
+                              const std::string& msg) const {
         throw usage_error(file_ + ":" + std::to_string(line) + ": " + prefix_ + std::string(key) +
                           ": " + msg);
     }
@@ -99,7 +105,8 @@ std::uint64_t size_value(const located& at, const toml::node& n, std::string_vie
 }
 
 // Durations may be numbers (seconds) or strings with units ("250ms").
-std::chrono::nanoseconds duration_value(const located& at, const toml::node& n, std::string_view key) {
+std::chrono::nanoseconds duration_value(const located& at, const toml::node& n,
+                                        std::string_view key) {
     if (n.is_integer() || n.is_floating_point()) {
         double v = n.value<double>().value_or(-1);
         if (v < 0) {
@@ -117,15 +124,17 @@ route load_route(const located& at, const toml::table& t, std::size_t index) {
     route r;
     r.name = "route" + std::to_string(index);
     static const std::set<std::string, std::less<>> known = {
-        "name", "listen", "upstream", "engine", "pipe_size", "max_connections",
-        "idle_timeout", "connect_timeout", "rate_limit", "proxy_protocol"};
+        "name",       "listen",          "upstream",     "engine",
+        "pipe_size",  "max_connections", "idle_timeout", "connect_timeout",
+        "rate_limit", "proxy_protocol"};
     bool has_upstream = false;
     for (const auto& [k, node] : t) {
         const std::string_view key = k.str();
         if (!known.contains(key)) {
-            at.fail(node, key, "unknown key (known: name, listen, upstream, engine, pipe_size, "
-                               "max_connections, idle_timeout, connect_timeout, rate_limit, "
-                               "proxy_protocol)");
+            at.fail(node, key,
+                    "unknown key (known: name, listen, upstream, engine, pipe_size, "
+                    "max_connections, idle_timeout, connect_timeout, rate_limit, "
+                    "proxy_protocol)");
         }
         if (key == "name") {
             r.name = need_string(at, node, key);
@@ -167,14 +176,17 @@ route load_route(const located& at, const toml::table& t, std::size_t index) {
             r.options.rate_limit = size_value(at, node, key);
         } else if (key == "proxy_protocol") {
             std::string text = need_string(at, node, key);
-            r.options.proxy_protocol = at.wrap(node, key, [&] { return parse_proxy_header(text, key); });
+            r.options.proxy_protocol =
+                at.wrap(node, key, [&] { return parse_proxy_header(text, key); });
         }
     }
     if (r.listen.empty()) {
-        at.fail_at(t.source().begin.line, "listen", "missing (every route needs listen = \"HOST:PORT\")");
+        at.fail_at(t.source().begin.line, "listen",
+                   "missing (every route needs listen = \"HOST:PORT\")");
     }
     if (!has_upstream) {
-        at.fail_at(t.source().begin.line, "upstream", "missing (every route needs upstream = \"HOST:PORT\")");
+        at.fail_at(t.source().begin.line, "upstream",
+                   "missing (every route needs upstream = \"HOST:PORT\")");
     }
     return r;
 }
@@ -220,7 +232,8 @@ proxy_config load_config_file(const std::string& path) {
         } else if (key == "drain_timeout") {
             cfg.global.drain_timeout = duration_value(top, node, key);
         } else {
-            top.fail(node, key, "unknown key (known at the top: route, threads, metrics, drain_timeout)");
+            top.fail(node, key,
+                     "unknown key (known at the top: route, threads, metrics, drain_timeout)");
         }
     }
     if (cfg.routes.empty()) {

@@ -25,8 +25,8 @@ struct route_options {
 };
 
 struct route {
-    std::string name;              // for logs and metrics
-    std::vector<endpoint> listen;  // every port of every --listen
+    std::string name;             // for logs and metrics
+    std::vector<endpoint> listen; // every port of every --listen
     std::vector<std::string> listen_text;
     endpoint upstream;
     route_options options;
