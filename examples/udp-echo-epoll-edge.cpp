@@ -86,6 +86,14 @@ int main(int argc, char** argv) {
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, nullptr);
     sigaction(SIGTERM, &sa, nullptr);
+    // The signals stay blocked except inside epoll_pwait(), which unblocks them
+    // atomically for the wait, so one that lands just before the wait is not missed.
+    sigset_t blocked;
+    sigset_t wait_mask;
+    sigemptyset(&blocked);
+    sigaddset(&blocked, SIGINT);
+    sigaddset(&blocked, SIGTERM);
+    sigprocmask(SIG_BLOCK, &blocked, &wait_mask);
 
     const int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     const int ep = epoll_create1(EPOLL_CLOEXEC);
@@ -128,7 +136,7 @@ int main(int argc, char** argv) {
         // Block only when there is nothing left to do; with work left over (the budget
         // ran out) just collect new edges and come back.
         const bool work_left = readable || (writable && count > 0);
-        const int n = epoll_wait(ep, events, 8, work_left ? 0 : -1);
+        const int n = epoll_pwait(ep, events, 8, work_left ? 0 : -1, &wait_mask);
         if (n < 0) {
             if (errno == EINTR) {
                 continue;

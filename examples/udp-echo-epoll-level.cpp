@@ -75,9 +75,17 @@ int main(int argc, char** argv) {
         }
     }
     struct sigaction sa {};
-    sa.sa_handler = on_signal; // no SA_RESTART: epoll_wait() returns EINTR
+    sa.sa_handler = on_signal; // no SA_RESTART: epoll_pwait() returns EINTR
     sigaction(SIGINT, &sa, nullptr);
     sigaction(SIGTERM, &sa, nullptr);
+    // The signals stay blocked except inside epoll_pwait(), which unblocks them
+    // atomically for the wait, so one that lands just before the wait is not missed.
+    sigset_t blocked;
+    sigset_t wait_mask;
+    sigemptyset(&blocked);
+    sigaddset(&blocked, SIGINT);
+    sigaddset(&blocked, SIGTERM);
+    sigprocmask(SIG_BLOCK, &blocked, &wait_mask);
 
     const int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     const int ep = epoll_create1(EPOLL_CLOEXEC);
@@ -142,7 +150,7 @@ int main(int argc, char** argv) {
 
     epoll_event events[8];
     while (stop_requested == 0) {
-        const int n = epoll_wait(ep, events, 8, -1);
+        const int n = epoll_pwait(ep, events, 8, -1, &wait_mask);
         if (n < 0) {
             if (errno == EINTR) {
                 continue;

@@ -210,6 +210,32 @@ TEST_P(udp_batch_test, a_received_batch_sent_back_is_an_echo) {
     EXPECT_EQ(*back, sent);
 }
 
+// A receive lands in a 2 KiB slot first and only the rest of a longer datagram in the
+// message's large buffer: sizes around that edge, and the largest, must come out whole.
+TEST_P(udp_batch_test, sizes_around_the_compact_slot_and_the_largest_arrive_whole) {
+    event_loop loop;
+    auto a = udp_socket::bind(loop, any_port());
+    auto b = udp_socket::bind(loop, any_port());
+    ASSERT_TRUE(a && b);
+    ASSERT_TRUE(sys::set_int_option(b->fd(), SOL_SOCKET, SO_RCVBUF, 1 << 20));
+    const endpoint a_at = a->local_endpoint().value_or(endpoint{});
+    const endpoint b_at = b->local_endpoint().value_or(endpoint{});
+    udp_batch out(8, max_udp_payload);
+    std::vector<seen> sent;
+    for (std::size_t size :
+         {std::size_t{2047}, std::size_t{2048}, std::size_t{2049}, std::size_t{4096},
+          std::size_t{0}, std::size_t{65000}, max_udp_payload, std::size_t{1}}) {
+        auto data = test::random_bytes(size, 4000 + size);
+        sent.push_back({data, a_at});
+        ASSERT_TRUE(out.push(data, b_at));
+    }
+    ASSERT_TRUE(loop.block_on(send_all(&*a, &out)));
+    std::size_t messages = 0;
+    auto got = loop.block_on(receive_with_limit(&loop, &*b, sent.size(), 8, &messages));
+    ASSERT_TRUE(got) << got.error().message();
+    EXPECT_EQ(*got, sent);
+}
+
 TEST_P(udp_batch_test, datagram_larger_than_the_buffer_is_flagged_truncated) {
     event_loop loop;
     auto a = udp_socket::bind(loop, any_port());

@@ -142,6 +142,8 @@ private:
 
     std::size_t capacity_ = 0;
     std::size_t buffer_size_ = 0;
+    std::size_t stride_ = 0; // bytes from one message's buffer to the next
+    std::size_t compact_stride_ = 0;
     std::size_t size_ = 0;
     std::size_t sent_ = 0;
     std::size_t split_done_ = 0; // bytes of message sent_ already sent one by one
@@ -153,6 +155,8 @@ private:
     std::unique_ptr<message_state[]> state_;
     std::unique_ptr<std::byte[]> control_;
     std::unique_ptr<std::byte[]> buffers_;
+    std::unique_ptr<std::byte[]> compact_; // receive slots for short datagrams
+    std::unique_ptr<iovec[]> rx_iovs_;     // two per message while receiving
 };
 
 } // namespace zcio

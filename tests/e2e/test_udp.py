@@ -27,6 +27,16 @@ import e2e_support as e2e  # noqa: E402
 from e2e_support import E2ETestCase, run_zcio  # noqa: E402
 
 EXAMPLES = None  # directory of the example binaries (--examples DIR)
+
+
+def example_path(name):
+    return os.path.join(EXAMPLES, name)
+
+
+def tsan_build(path):
+    """True when the binary was built with ThreadSanitizer (it carries the runtime's entry)."""
+    with open(path, "rb") as f:
+        return b"__tsan_init" in f.read()
 DATAGRAMS = 10_000
 MAX_SIZE = 1472  # one Ethernet-sized UDP payload; sizes 0..MAX_SIZE
 
@@ -140,6 +150,11 @@ class Examples(E2ETestCase):
         for i, name in enumerate(SINGLE):
             with self.subTest(example=name):
                 args = ["--port", "0"] + (["--tick-ms", "100"] if name == "loop-mixed-events" else [])
+                if name == "udp-echo-select" and tsan_build(example_path(name)):
+                    # ThreadSanitizer runs a signal handler only at a call it intercepts
+                    # as blocking; pselect() is not one, so SIGINT is never seen there.
+                    self.skipTest("udp-echo-select under ThreadSanitizer: signals are "
+                                  "deferred past pselect()")
                 p, ports, out_path = self.start(name, args, 1)
                 echo_check(self, ports, seed=100 + i)
                 if name == "loop-mixed-events":
