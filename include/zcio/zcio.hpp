@@ -16,5 +16,7 @@
 #include <zcio/task.hpp>
 #include <zcio/tcp_listener.hpp>
 #include <zcio/timeout.hpp>
+#include <zcio/udp_batch.hpp>
+#include <zcio/udp_echo.hpp>
 #include <zcio/udp_socket.hpp>
 #include <zcio/unique_fd.hpp>
