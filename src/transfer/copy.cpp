@@ -249,28 +249,58 @@ task<step> splice_direct(copier* c) {
 }
 
 // Writes `data` to dst with write/send/pwrite, waiting as needed; counts as it goes.
-task<step> write_out(copier* c, std::span<const std::byte> data, copy_path p) {
+// Writes as much of `data` as the destination takes now, counting it. Returns EAGAIN
+// (as would_block) when bytes are left, another error when the write failed, or
+// success when everything is written. A plain function, so the common case (the whole
+// chunk fits in the socket buffer) costs no coroutine frame.
+result<void> write_now(copier* c, std::span<const std::byte>& data, copy_path p) {
     while (!data.empty()) {
         result<std::size_t> n =
             c->opts.dst_offset  ? sys::pwrite(c->dst.fd(), data.data(), data.size(), c->dst_off)
             : is_socket(c->dst) ? sys::send(c->dst.fd(), data.data(), data.size(), MSG_NOSIGNAL)
                                 : sys::write(c->dst.fd(), data.data(), data.size());
-        if (n) {
-            if (c->opts.dst_offset) {
-                c->dst_off += static_cast<off_t>(*n);
-            }
-            c->moved(*n, p);
-            data = data.subspan(*n);
-            continue;
+        if (!n) {
+            return fail(n.error());
         }
-        if (would_block(n.error())) {
-            ZCIO_WAIT(c, c->dst, io_direction::write, "write");
-            continue;
+        if (c->opts.dst_offset) {
+            c->dst_off += static_cast<off_t>(*n);
         }
-        co_return c->fail_with(is_socket(c->dst) ? "send" : "write", errno_of(n.error()));
+        c->moved(*n, p);
+        data = data.subspan(*n);
     }
-    co_return step::done;
+    return {};
 }
+
+// Writes the rest of `data` after write_now() said EAGAIN: waits for the destination
+// first (trying again at once would only repeat the EAGAIN), then writes.
+task<step> write_out(copier* c, std::span<const std::byte> data, copy_path p) {
+    while (true) {
+        ZCIO_WAIT(c, c->dst, io_direction::write, "write");
+        auto r = write_now(c, data, p);
+        if (r) {
+            co_return step::done;
+        }
+        if (!would_block(r.error())) {
+            co_return c->fail_with(is_socket(c->dst) ? "send" : "write", errno_of(r.error()));
+        }
+    }
+}
+
+// Writes `data`; only a full destination takes the coroutine path.
+#define ZCIO_WRITE_ALL(c, data, p)                                                                 \
+    do {                                                                                           \
+        std::span<const std::byte> rest_ = (data);                                                 \
+        auto now_ = write_now((c), rest_, (p));                                                    \
+        if (!now_ && !would_block(now_.error())) {                                                 \
+            co_return (c)->fail_with(is_socket((c)->dst) ? "send" : "write",                       \
+                                     errno_of(now_.error()));                                      \
+        }                                                                                          \
+        if (!now_) {                                                                               \
+            if (auto s_ = co_await write_out((c), rest_, (p)); s_ != step::done) {                 \
+                co_return s_;                                                                      \
+            }                                                                                      \
+        }                                                                                          \
+    } while (0)
 
 // Bytes were spliced into the pipe but the destination refuses splice before any
 // byte reached it (an O_APPEND file, for one): read them back out of the pipe and
@@ -288,10 +318,7 @@ task<step> flush_pipe_by_buffer(copier* c, pipe_lease* pipe) {
             co_return c->fail_with("read(pipe)", n ? EIO : errno_of(n.error()));
         }
         pipe->buffered -= *n;
-        if (auto s = co_await write_out(c, buf->data().first(*n), copy_path::buffer);
-            s != step::done) {
-            co_return s;
-        }
+        ZCIO_WRITE_ALL(c, buf->data().first(*n), copy_path::buffer);
     }
     co_return step::fallback;
 }
@@ -503,10 +530,7 @@ task<step> buffer_loop(copier* c, bool upgrade) {
         if (c->opts.src_offset) {
             c->src_off += static_cast<off_t>(*n);
         }
-        if (auto s = co_await write_out(c, buf->data().first(*n), copy_path::buffer);
-            s != step::done) {
-            co_return s;
-        }
+        ZCIO_WRITE_ALL(c, buf->data().first(*n), copy_path::buffer);
         if (upgrade && *n == buf->size()) {
             co_return step::upgrade;
         }
