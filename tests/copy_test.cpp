@@ -12,6 +12,7 @@
 #include <zcio/stream.hpp>
 #include <zcio/sys.hpp>
 #include <zcio/task.hpp>
+#include <zcio/timeout.hpp>
 #include <zcio/tcp_listener.hpp>
 #include <zcio/unique_fd.hpp>
 
@@ -704,6 +705,57 @@ TEST_F(copy_test, a_limit_ends_a_copy_from_a_pollable_endless_device) {
     EXPECT_EQ(consumed.bytes, *o.limit);
     std::printf("[   INFO   ] /dev/urandom -> pipe went by %s\n", to_string(r.path));
 }
+
+// A source whose last bytes sit in a full pipe and whose end of stream has already
+// arrived has nothing queued, so its receive queue looks like "wait for data" while the
+// real wait is for the pipe. A one-slot pipe makes every splice fill it; the reader
+// runs only once the copy is parked. (This hung CI once: the copy waited for a
+// readiness edge its source had already delivered.)
+class copy_full_pipe_at_eof_test : public copy_fixture,
+                                   public ::testing::WithParamInterface<end_kind> {};
+
+task<result<copy_result>> copy_within(event_loop* loop, stream* dst, stream* src,
+                                      copy_options o, clock::duration limit) {
+    co_return co_await with_timeout(*loop, copy_then_end(dst, src, o), limit);
+}
+
+TEST_P(copy_full_pipe_at_eof_test, ends_once_the_reader_drains_the_pipe) {
+    transfer_pools& pools = make_pools();
+    const auto data = std::span(big_data()).first(200'000);
+    event_loop loop;
+    auto src = make_source(loop, GetParam(), {}, 0);
+    ASSERT_TRUE(src) << src.error().message();
+    auto dst = make_dest(loop, end_kind::pipe);
+    ASSERT_TRUE(dst) << dst.error().message();
+    auto granted = sys::set_pipe_size(dst->inner.fd(), 4096);
+    ASSERT_TRUE(granted) << granted.error().message();
+
+    // Everything, then the end of stream, is queued before the copy starts.
+    side produced;
+    loop.block_on(produce(&src->outer, data, 41, &produced));
+    ASSERT_TRUE(produced.done && !produced.error) << produced;
+
+    side consumed;
+    loop.spawn(consume(&dst->outer, 42, &consumed));
+    copy_options o;
+    o.pools = &pools;
+    auto r = loop.block_on(copy_within(&loop, &dst->inner, &src->inner, o, 10s));
+    ASSERT_TRUE(r) << "the copy did not end: " << r.error().message();
+    ASSERT_TRUE(loop.block_on(wait_until(
+        &loop, [&] { return consumed.done; }, 10s)));
+    EXPECT_TRUE(r->ok()) << r->error.message();
+    EXPECT_EQ(r->bytes, data.size());
+    EXPECT_EQ(r->path, copy_path::splice);
+    EXPECT_EQ(consumed.bytes, data.size());
+    EXPECT_EQ(consumed.sum, sum_of(data));
+}
+
+INSTANTIATE_TEST_SUITE_P(sources, copy_full_pipe_at_eof_test,
+                         ::testing::Values(end_kind::tcp, end_kind::unix_socket),
+                         [](const ::testing::TestParamInfo<end_kind>& param_info) {
+                             return std::string(param_info.param == end_kind::tcp ? "tcp"
+                                                                                  : "unix");
+                         });
 
 // ---- peer resets ----
 

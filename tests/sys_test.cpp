@@ -298,6 +298,37 @@ TEST_F(sys_test, pipe_would_block_both_ways) {
     EXPECT_EQ(MUST(sys::bytes_readable(p.read_end.get())), total);
 }
 
+TEST_F(sys_test, poll_now_tells_each_end_apart) {
+    auto p = MUST(sys::pipe());
+    auto file = MUST(sys::open("/dev/null", O_RDONLY));
+    const std::array<int, 3> fds{p.read_end.get(), p.write_end.get(), file.get()};
+    std::array<sys::poll_state, 3> now{};
+    MUST(sys::poll_now(fds, now));
+    EXPECT_FALSE(now[0].readable) << "an empty pipe with a writer is not readable";
+    EXPECT_TRUE(now[1].writable);
+    EXPECT_TRUE(now[2].readable) << "files are always ready";
+
+    // A one-page pipe holding one byte is full: its write end stops being writable.
+    MUST(sys::set_pipe_size(p.write_end.get(), 4096));
+    const std::byte one{1};
+    MUST(sys::write(p.write_end.get(), &one, 1));
+    MUST(sys::poll_now(fds, now));
+    EXPECT_TRUE(now[0].readable);
+    EXPECT_FALSE(now[1].writable);
+
+    // End of stream counts as readable even with nothing queued.
+    std::byte got{};
+    MUST(sys::read(p.read_end.get(), &got, 1));
+    p.write_end.reset();
+    const std::array<int, 1> reader{p.read_end.get()};
+    std::array<sys::poll_state, 1> r{};
+    MUST(sys::poll_now(reader, r));
+    EXPECT_TRUE(r[0].readable);
+
+    std::array<sys::poll_state, 2> wrong{};
+    EXPECT_EQ(sys::poll_now(reader, wrong).error(), std::errc::invalid_argument);
+}
+
 TEST_F(sys_test, pipe_size_is_rounded_up_and_reported) {
     auto p = MUST(sys::pipe());
     EXPECT_GT(MUST(sys::get_pipe_size(p.read_end.get())), 0U);

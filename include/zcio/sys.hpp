@@ -104,6 +104,16 @@ result<std::size_t> set_pipe_size(int fd, std::size_t size);
 // ioctl(FIONREAD): bytes waiting in a pipe or socket receive queue.
 result<std::size_t> bytes_readable(int fd);
 
+// What poll(2) with a zero timeout says of each fd now, in one call: readable (data,
+// end of stream, hang-up or error pending) and writable (room, or an error the next
+// write reports). Unlike epoll, poll answers for every kind of fd: files and devices
+// without a poll method are always both. `out` must be as long as `fds`.
+struct poll_state {
+    bool readable = false;
+    bool writable = false;
+};
+result<void> poll_now(std::span<const int> fds, std::span<poll_state> out);
+
 // ---- sockets ----
 
 result<void> bind(int fd, const sockaddr* addr, socklen_t len);

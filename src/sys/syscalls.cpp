@@ -3,6 +3,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/sendfile.h>
@@ -12,6 +13,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <climits>
 
 namespace zcio::sys {
@@ -245,6 +247,31 @@ result<std::size_t> bytes_readable(int fd) {
         return fail(errno);
     }
     return static_cast<std::size_t>(n);
+}
+
+result<void> poll_now(std::span<const int> fds, std::span<poll_state> out) {
+    constexpr std::size_t most = 8;
+    if (fds.size() > most || out.size() != fds.size()) {
+        return fail(EINVAL);
+    }
+    std::array<::pollfd, most> p{};
+    for (std::size_t i = 0; i < fds.size(); ++i) {
+        p[i] = {fds[i], POLLIN | POLLOUT | POLLRDHUP, 0};
+    }
+    int n = 0;
+    do {
+        ++calls_made;
+        n = ::poll(p.data(), fds.size(), 0);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) {
+        return fail(errno);
+    }
+    for (std::size_t i = 0; i < fds.size(); ++i) {
+        const short r = p[i].revents;
+        out[i].readable = (r & (POLLIN | POLLRDHUP | POLLHUP | POLLERR)) != 0;
+        out[i].writable = (r & (POLLOUT | POLLERR | POLLHUP)) != 0;
+    }
+    return {};
 }
 
 // ---- sockets ----

@@ -2,6 +2,8 @@
 #include <zcio/copy.hpp>
 
 #include <algorithm>
+#include <array>
+#include <chrono>
 #include <cmath>
 #include <limits>
 
@@ -192,7 +194,7 @@ task<std::size_t> throttle(copier* c, std::size_t len) {
 // One end is a pipe: splice straight between them, no pooled pipe needed.
 task<step> splice_direct(copier* c) {
     std::uint64_t here = 0;
-    bool retried = false; // the last EAGAIN found data in the source (see below)
+    bool retried = false; // the last EAGAIN found both ends ready (see below)
     while (c->remaining > 0) {
         std::size_t len = c->want(c->opts.max_chunk);
         if (c->opts.limiter != nullptr) {
@@ -214,29 +216,33 @@ task<step> splice_direct(copier* c) {
         }
         const int e = errno_of(n.error());
         if (e == EAGAIN) {
-            // EAGAIN is either end: an empty source or a full destination. What the
-            // source holds tells which (a regular file is never empty-but-open).
-            // Character devices such as /dev/zero and /dev/urandom answer FIONREAD
-            // with ENOTTY or EINVAL and are always readable (/dev/zero cannot even be
-            // polled): waiting for them to become readable would spin or never end,
-            // so "cannot tell" means "the destination is full".
-            //
-            // Data may also have arrived between the splice and FIONREAD (a writer such
-            // as `cat` refilling the pipe): then the destination was never the problem,
-            // and waiting for it to turn writable could wait forever. So the first
-            // EAGAIN that finds data in the source retries at once; only a second one
-            // in a row means the destination is full.
-            auto avail = sys::bytes_readable(c->src.fd());
-            const bool src_has_data = is_regular(c->src) || !avail || *avail > 0;
-            if (src_has_data && !retried) {
-                retried = true;
-                continue;
+            // EAGAIN is either end: an empty source or a full destination, and the
+            // source's receive queue cannot tell which: a socket whose data all sits in
+            // a full pipe and whose FIN has arrived has nothing queued, yet waiting for
+            // it to become readable would wait forever (its edge came and went). So
+            // ask poll(2) about both ends: it answers for every kind of fd (files and
+            // /dev/zero, which epoll refuses, are always ready) and counts end of
+            // stream as readable. A full destination is waited for first; then an
+            // empty source. Both ready means the state changed between the calls (a
+            // writer refilled the source, a reader drained the pipe): retry once at
+            // once, and after that pause briefly rather than spin or wait for an edge
+            // that may never come.
+            const std::array<int, 2> fds{c->src.fd(), c->dst.fd()};
+            std::array<sys::poll_state, 2> now{};
+            if (auto p = sys::poll_now(fds, now); !p) {
+                co_return c->fail_with("poll", errno_of(p.error()));
             }
-            retried = false;
-            if (src_has_data) {
+            if (!now[1].writable) {
+                retried = false;
                 ZCIO_WAIT(c, c->dst, io_direction::write, "splice");
-            } else {
+            } else if (!now[0].readable) {
+                retried = false;
                 ZCIO_WAIT(c, c->src, io_direction::read, "splice");
+            } else if (!retried) {
+                retried = true;
+            } else {
+                retried = false;
+                co_await sleep_for(c->loop(), std::chrono::milliseconds(1));
             }
             continue;
         }
