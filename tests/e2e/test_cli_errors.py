@@ -59,6 +59,7 @@ class FlagErrors(E2ETestCase):
         self.check(["proxy", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:0"], "port 0")
         self.check(["proxy", "--listen", "[::1:80", "--upstream", UP], "[::1:80")
         self.check(["proxy", "--listen", "127.0.0.1:9000-8000", "--upstream", UP], "9000-8000")
+        self.check(["proxy", "--listen", "*:8080", "--upstream", UP], "*:8080", "0.0.0.0")
         self.check(["proxy", "--listen", "127.0.0.1:0", "--upstream", UP, "--metrics", "metrics"], "metrics")
 
     def test_missing_options(self):

@@ -114,6 +114,16 @@ class ListenTests(E2ETestCase):
         self.assertTrue(proxy.addr.startswith("[::1]:"), proxy.addr)
         self.echo_once(proxy.addr, 2 * MiB)
 
+    def test_a_listen_address_without_host_binds_loopback(self):
+        up = self.upstream(echo_handler())
+        for spec in ("%d", ":%d"):
+            with self.subTest(spec=spec):
+                port = e2e.free_port()
+                proxy = self.start_proxy("--listen", spec % port, "--upstream", up.address)
+                self.assertEqual(proxy.addr, "127.0.0.1:%d" % port)
+                self.echo_once(proxy.addr)
+                proxy.proc.kill()
+
     def test_port_range(self):
         base = e2e.free_port_range(3)
         up = self.upstream(echo_handler())

@@ -81,7 +81,35 @@ endpoint parse_endpoint(std::string_view text) {
     return *ep;
 }
 
-std::vector<endpoint> parse_listen(std::string_view text) {
+namespace {
+
+// "8080" → "127.0.0.1:8080", ":8080" → "127.0.0.1:8080"; anything else unchanged.
+std::string with_default_host(std::string_view text) {
+    if (text.starts_with("*:")) {
+        throw usage_error("listen address " + quoted(text) +
+                          ": name the interface (0.0.0.0 or [::] for every one, "
+                          "127.0.0.1 for loopback)");
+    }
+    const bool digits_only =
+        !text.empty() && text.find_first_not_of("0123456789-") == std::string_view::npos;
+    if (digits_only) {
+        return "127.0.0.1:" + std::string(text);
+    }
+    if (text.starts_with(':')) {
+        return "127.0.0.1" + std::string(text);
+    }
+    return std::string(text);
+}
+
+} // namespace
+
+endpoint parse_listen_endpoint(std::string_view text) {
+    return parse_endpoint(with_default_host(text));
+}
+
+std::vector<endpoint> parse_listen(std::string_view spec) {
+    const std::string full = with_default_host(spec);
+    const std::string_view text = full;
     const auto colon = text.rfind(':');
     const auto dash = text.rfind('-');
     const bool range = !text.starts_with("unix:") && colon != std::string_view::npos &&

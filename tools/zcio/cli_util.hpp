@@ -32,8 +32,14 @@ std::chrono::nanoseconds parse_duration(std::string_view text, std::string_view 
 // One endpoint; throws usage_error with the parser's message.
 endpoint parse_endpoint(std::string_view text);
 
-// A listen spec: an endpoint, or an IP endpoint with a port range "HOST:A-B" that
-// expands to every port of it.
+// An address to listen on. Without a host ("8080" or ":8080") it is loopback
+// (127.0.0.1): listening on every interface must be asked for by name (0.0.0.0:8080
+// or [::]:8080), never be what a forgotten host gives. "*" is refused for the same
+// reason (the resolver turns it into an arbitrary address).
+endpoint parse_listen_endpoint(std::string_view text);
+
+// A listen spec: as parse_listen_endpoint, or an IP endpoint with a port range
+// "HOST:A-B" (or ":A-B", loopback) that expands to every port of it.
 std::vector<endpoint> parse_listen(std::string_view text);
 
 // Throws runtime_failure when an IP address with a fixed port is already in use.

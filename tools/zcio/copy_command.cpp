@@ -51,7 +51,7 @@ end_spec parse_end(const std::string& text, bool is_source) {
         }
     } else if (text.starts_with("tcp-listen:")) {
         e.kind = end_kind::tcp_listen;
-        e.address = parse_endpoint(rest_after("tcp-listen:"));
+        e.address = parse_listen_endpoint(rest_after("tcp-listen:"));
     } else if (text.starts_with("tcp:")) {
         e.kind = end_kind::tcp;
         e.address = parse_endpoint(rest_after("tcp:"));

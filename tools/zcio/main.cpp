@@ -78,7 +78,7 @@ proxy_config config_from_flags(const proxy_flags& f) {
         cfg.routes.push_back(std::move(r));
     }
     if (!f.metrics.empty()) {
-        cfg.global.metrics = parse_endpoint(f.metrics);
+        cfg.global.metrics = parse_listen_endpoint(f.metrics);
     }
     if (f.threads != 0) {
         cfg.global.threads = f.threads;
@@ -184,7 +184,8 @@ int run(int argc, char** argv) {
                                               "relayed to the upstream (splice where possible)");
     proxy->add_option("-l,--listen", pf.listen,
                       "Address to accept clients on; repeatable. HOST:PORT, [::1]:PORT, "
-                      "HOST:FIRST-LAST (every port of the range), unix:/path, unix:@abstract");
+                      "HOST:FIRST-LAST (every port of the range), unix:/path, unix:@abstract; "
+                      "a bare PORT or :PORT means 127.0.0.1 (0.0.0.0:PORT for every interface)");
     proxy->add_option("-u,--upstream", pf.upstream, "Address to connect each client to");
     proxy->add_option("-c,--config", pf.config,
                       "TOML file with [[route]] tables (see docs/proxy.md); "

@@ -228,7 +228,7 @@ proxy_config load_config_file(const std::string& path) {
             cfg.global.threads = static_cast<std::size_t>(*v);
         } else if (key == "metrics") {
             std::string text = need_string(top, node, key);
-            cfg.global.metrics = top.wrap(node, key, [&] { return parse_endpoint(text); });
+            cfg.global.metrics = top.wrap(node, key, [&] { return parse_listen_endpoint(text); });
         } else if (key == "drain_timeout") {
             cfg.global.drain_timeout = duration_value(top, node, key);
         } else {

@@ -34,7 +34,7 @@ struct serve_flags {
 serve_options options_from(const serve_flags& f) {
     serve_options o;
     o.root = f.root;
-    o.listen = parse_endpoint(f.listen);
+    o.listen = parse_listen_endpoint(f.listen);
     o.threads = f.threads;
     o.max_connections = f.max_connections;
     o.max_header_size = parse_size(f.max_header_size, "--max-header-size");
@@ -98,7 +98,7 @@ subcommand add_serve_command(CLI::App& app) {
         ->required();
     cmd->add_option("-l,--listen", f->listen,
                     "Address to listen on (HOST:PORT, [::1]:PORT, "
-                    "unix:/path; port 0 picks a free one)")
+                    "unix:/path; port 0 picks a free one; a bare PORT means 127.0.0.1)")
         ->capture_default_str();
     cmd->add_option("-t,--threads", f->threads, "Event loops (threads); default: one per core")
         ->check(CLI::Range(1, 1024));

@@ -250,7 +250,8 @@ subcommand add_udp_echo_command(CLI::App& app) {
                     "(recvmmsg/sendmmsg batches, GRO/GSO where the kernel has them)");
     sub->add_option("-l,--listen", flags->listen,
                     "Address to receive on; repeatable. HOST:PORT, [::1]:PORT, or "
-                    "HOST:FIRST-LAST for one socket per port of the range");
+                    "HOST:FIRST-LAST for one socket per port of the range; a bare PORT means "
+                    "127.0.0.1");
     sub->add_option("--batch", flags->batch, "Datagrams per recvmmsg/sendmmsg, 1 to 1024")
         ->capture_default_str();
     sub->add_option("--queue", flags->queue,
