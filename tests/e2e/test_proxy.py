@@ -210,7 +210,8 @@ class FailureTests(E2ETestCase):
             proxy.wait_metric("zcio_upstream_connect_failures_total", i + 1)
         proxy.wait_metric("zcio_connections_active", 0)
         self.assertEqual(proxy.metric("zcio_upstream_connect_timeouts_total"), 0)
-        self.assertGreaterEqual(proxy.proc.count_lines(r"upstream 127\.0\.0\.1:%d: .*refused" % port), 3)
+        # The line is logged just after the counter moves: wait for it, do not race it.
+        proxy.proc.wait_for(r"upstream 127\.0\.0\.1:%d: .*refused" % port, count=3)
         # It keeps serving: once the upstream exists, clients get through.
         up = self.upstream(echo_handler(), port=port)
         self.echo_check(proxy.addr)
@@ -315,6 +316,29 @@ class FailureTests(E2ETestCase):
         self.echo_check(proxy.addr)
         self.assertEqual(proxy.metric("zcio_connections_refused_total"), 1)
         proxy.wait_metric("zcio_connections_total", 3)
+
+    def test_default_connection_limit_follows_the_descriptor_limit(self):
+        # With 200 descriptors the default is (200 - 64) / 2 = 68 connections: the 69th
+        # client is refused at once rather than the proxy running out of descriptors.
+        up = self.upstream(echo_handler())
+        p = self.spawn(["prlimit", "--nofile=200:200", "--", e2e.ZCIO, "proxy", "--threads", "1",
+                        "--listen", "127.0.0.1:0", "--upstream", up.address, "--metrics", "127.0.0.1:0"])
+        addr = p.wait_for(r"listening on (\S+) →")[0].group(1)
+        metrics_port = int(p.wait_for(r"metrics on http://(\S+)/metrics")[0].group(1).rsplit(":", 1)[1])
+        proxy = e2e.ProxyHandle(p, [("default", addr, up.address)], metrics_port)
+        held = []
+        for i in range(68):
+            c = self.connect(addr)
+            c.sendall(b"%04d" % i)
+            self.assertEqual(recv_exactly(c, 4), b"%04d" % i)
+            held.append(c)
+        extra = self.connect(addr)
+        self.assertLess(wait_closed(extra, timeout=SHORT), 3.0)
+        proxy.wait_metric("zcio_connections_refused_total", 1)
+        self.assertEqual(proxy.metric("zcio_connections_active"), 68)
+        for c in held[:5]:
+            c.sendall(b"more")
+            self.assertEqual(recv_exactly(c, 4), b"more")
 
     def test_idle_timeout(self):
         up = self.upstream(echo_handler())

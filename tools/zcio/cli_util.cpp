@@ -3,6 +3,9 @@
 
 #include <zcio/sys.hpp>
 
+#include <sys/resource.h>
+
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdio>
@@ -140,6 +143,19 @@ std::vector<endpoint> parse_listen(std::string_view spec) {
         out.push_back(e);
     }
     return out;
+}
+
+std::uint64_t default_max_connections() {
+    static const std::uint64_t limit = [] {
+        ::rlimit rl{};
+        if (::getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) {
+            return std::uint64_t{0};
+        }
+        constexpr std::uint64_t reserve = 64;
+        const auto fds = static_cast<std::uint64_t>(rl.rlim_cur);
+        return fds > 2 * reserve ? (fds - reserve) / 2 : std::max<std::uint64_t>(1, fds / 4);
+    }();
+    return limit;
 }
 
 void ensure_port_free(const endpoint& ep) {

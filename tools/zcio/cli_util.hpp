@@ -49,6 +49,12 @@ std::vector<endpoint> parse_listen(std::string_view text);
 // SO_REUSEPORT fails with EADDRINUSE in that case.
 void ensure_port_free(const endpoint& ep);
 
+// The connection limit when none is given: half of the soft RLIMIT_NOFILE less a
+// reserve for listeners, pools and logs (a proxied connection holds two descriptors).
+// Past it a client is refused at once instead of the process running out of
+// descriptors mid-connect. Read once.
+std::uint64_t default_max_connections();
+
 // "12.3 MiB", "1.00 GiB"...
 std::string human_bytes(double bytes);
 

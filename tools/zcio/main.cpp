@@ -30,7 +30,7 @@ struct proxy_flags {
     std::size_t threads = 0;
     std::string engine = "auto";
     std::string pipe_size;
-    std::uint64_t max_connections = 0;
+    std::optional<std::uint64_t> max_connections;
     std::string idle_timeout;
     std::string connect_timeout = "10";
     std::string rate_limit;
@@ -196,9 +196,11 @@ int run(int argc, char** argv) {
     proxy->add_option("--pipe-size", pf.pipe_size, "Size of pooled pipes (e.g. 1M); default 1 MiB");
     proxy->add_option("--max-connections", pf.max_connections,
                       "Open client connections at most; more are accepted and closed at once "
-                      "(0: no limit)");
+                      "(0: no limit; default: half the open-file limit, less a reserve, as "
+                      "each connection costs two descriptors)");
     proxy->add_option("--idle-timeout", pf.idle_timeout,
-                      "Close a connection when no byte moved either way for this long (e.g. 30s)");
+                      "Close a connection when no byte moved either way for this long (e.g. 30s; "
+                      "0: never; default 1h)");
     proxy->add_option("--connect-timeout", pf.connect_timeout, "Upstream connect timeout")
         ->capture_default_str();
     proxy->add_option(

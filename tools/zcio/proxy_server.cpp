@@ -100,8 +100,8 @@ task<void> handle_connection(loop_ctx* ctx, std::shared_ptr<route_runtime> rt, s
     bo.path = o.engine;
     bo.pipe_size = o.pipe_size;
     bo.rate_limit = o.rate_limit;
-    if (o.idle_timeout) {
-        bo.idle_timeout = std::chrono::duration_cast<clock::duration>(*o.idle_timeout);
+    if (o.idle_timeout.count() > 0) {
+        bo.idle_timeout = std::chrono::duration_cast<clock::duration>(o.idle_timeout);
     }
     bo.a_to_b_progress = &up_bytes;
     bo.b_to_a_progress = &down_bytes;
@@ -151,7 +151,8 @@ task<void> accept_loop(loop_ctx* ctx, listener_entry* entry) {
         }
         auto rt = entry->rt;
         route_stats& stats = *rt->stats;
-        const std::uint64_t limit = rt->config.options.max_connections;
+        const std::uint64_t limit =
+            rt->config.options.max_connections.value_or(default_max_connections());
         const std::uint64_t active =
             stats.connections_active.fetch_add(1, std::memory_order_relaxed);
         if (limit != 0 && active >= limit) {

@@ -17,8 +17,11 @@ enum class proxy_header { none, v1, v2 };
 struct route_options {
     copy_path engine = copy_path::automatic; // automatic | splice | buffer
     std::size_t pipe_size = 0;               // 0: the pool's default (1 MiB)
-    std::uint64_t max_connections = 0;       // 0: unlimited
-    std::optional<std::chrono::nanoseconds> idle_timeout;
+    // Absent: what the open-file limit allows (default_max_connections()); 0: no limit.
+    std::optional<std::uint64_t> max_connections;
+    // Bounded by default so a peer that goes silent cannot hold a connection forever;
+    // zero: never.
+    std::chrono::nanoseconds idle_timeout = std::chrono::hours(1);
     std::chrono::nanoseconds connect_timeout = std::chrono::seconds(10);
     std::uint64_t rate_limit = 0; // bytes per second per direction; 0: unlimited
     proxy_header proxy_protocol = proxy_header::none;
