@@ -4,6 +4,7 @@
 #include "cli_util.hpp"
 
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <future>
@@ -56,6 +57,16 @@ std::string describe_end(const traffic& t) {
     return std::string(side) + " " + t.error.message();
 }
 
+// Makes the coming close of `s` send an RST instead of a FIN. Used on every connection
+// that did not end with both sides closing cleanly (a reset or an error on either side,
+// the idle timeout, a drain cut, an upstream that could not be reached): with a FIN the
+// peer would read a clean end of stream and could take a cut transfer for a complete
+// one (tests/stress: fault-*-rst, fault-drain-restart).
+void abort_on_close(const stream& s) noexcept {
+    const ::linger lg{.l_onoff = 1, .l_linger = 0};
+    (void)sys::setsockopt(s.fd(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+}
+
 task<void> handle_connection(loop_ctx* ctx, std::shared_ptr<route_runtime> rt, stream client,
                              endpoint peer) {
     const auto started = clock::now();
@@ -77,6 +88,7 @@ task<void> handle_connection(loop_ctx* ctx, std::shared_ptr<route_runtime> rt, s
         }
         spdlog::warn("{} client {} upstream {}: {} (client closed)", rt->config.name, client_text,
                      upstream_text, up.error().message());
+        abort_on_close(client);
         stats.connections_active.fetch_sub(1, std::memory_order_relaxed);
         co_return;
     }
@@ -89,6 +101,8 @@ task<void> handle_connection(loop_ctx* ctx, std::shared_ptr<route_runtime> rt, s
         if (!w) {
             spdlog::warn("{} client {} upstream {}: sending the PROXY header: {}", rt->config.name,
                          client_text, upstream_text, w.error().message());
+            abort_on_close(client);
+            abort_on_close(*up);
             stats.connections_active.fetch_sub(1, std::memory_order_relaxed);
             co_return;
         }
@@ -116,6 +130,10 @@ task<void> handle_connection(loop_ctx* ctx, std::shared_ptr<route_runtime> rt, s
     }
     t.a_to_b = up_bytes;
     t.b_to_a = down_bytes;
+    if (!t.ok()) {
+        abort_on_close(client);
+        abort_on_close(*up);
+    }
 
     stats.bytes_client_to_upstream.fetch_add(up_bytes, std::memory_order_relaxed);
     stats.bytes_upstream_to_client.fetch_add(down_bytes, std::memory_order_relaxed);
