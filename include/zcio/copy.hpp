@@ -93,12 +93,19 @@ struct copy_options {
     rate_limiter* limiter = nullptr;
     // Pools to borrow from; null = transfer_pools::for_this_thread().
     transfer_pools* pools = nullptr;
+    // Instead of waiting for the source to become readable while holding nothing,
+    // return with copy_result::idle set. The caller waits for readability however it
+    // likes (relay does it without a coroutine frame) and calls copy() again.
+    bool return_when_idle = false;
 };
 
 struct copy_result {
     std::uint64_t bytes = 0;               // bytes written to dst, also on error
     copy_path path = copy_path::automatic; // path that moved the bytes (the last one)
     std::error_code error;                 // empty on success (end of stream or limit)
+    // With copy_options::return_when_idle: the copy stopped because its source had
+    // nothing to read (not at end of stream); nothing is held, nothing is lost.
+    bool idle = false;
 
     [[nodiscard]] bool ok() const noexcept { return !error; }
 };

@@ -9,6 +9,7 @@
 #include <zcio/loop_group.hpp>
 #include <zcio/pipe_pool.hpp>
 #include <zcio/proxy_protocol.hpp>
+#include <zcio/relay.hpp>
 #include <zcio/result.hpp>
 #include <zcio/signal_set.hpp>
 #include <zcio/stream.hpp>

@@ -115,7 +115,7 @@ bool is_socket(const stream& s) noexcept {
     return s.kind() == fd_kind::socket;
 }
 
-enum class step { done, fallback, upgrade, failed };
+enum class step { done, fallback, upgrade, failed, idle };
 
 // State shared by the path loops of one copy().
 struct copier {
@@ -237,6 +237,10 @@ task<step> splice_direct(copier* c) {
                 ZCIO_WAIT(c, c->dst, io_direction::write, "splice");
             } else if (!now[0].readable) {
                 retried = false;
+                if (c->opts.return_when_idle) {
+                    c->src.handle().clear_ready(io_direction::read);
+                    co_return step::idle;
+                }
                 ZCIO_WAIT(c, c->src, io_direction::read, "splice");
             } else if (!retried) {
                 retried = true;
@@ -345,6 +349,9 @@ task<step> splice_through_pipe(copier* c) {
             }
             if (!c->src.handle().ready(io_direction::read)) {
                 pipe.reset(); // wait holding nothing
+                if (c->opts.return_when_idle) {
+                    co_return step::idle;
+                }
                 if (auto w = co_await c->src.handle().wait(io_direction::read); !w) {
                     c->res.error = name_op("splice", w.error());
                     co_return step::failed;
@@ -500,6 +507,9 @@ task<step> copy_file_range_loop(copier* c) {
 task<step> buffer_loop(copier* c, bool upgrade) {
     while (c->remaining > 0) {
         if (!c->src.handle().ready(io_direction::read)) {
+            if (c->opts.return_when_idle) {
+                co_return step::idle;
+            }
             if (auto w = co_await c->src.handle().wait(io_direction::read); !w) {
                 c->res.error = name_op("read", w.error());
                 co_return step::failed;
@@ -620,6 +630,7 @@ task<copy_result> copy(stream& dst, stream& src, copy_options opts) {
             break;
         }
     }
+    c.res.idle = s == step::idle;
     co_return c.res;
 }
 

@@ -1,12 +1,16 @@
-// The `zcio proxy` engine: accept loops, one task per connection, drain and reload.
+// The `zcio proxy` engine: accept loops, a task per connection until the upstream
+// answers, then a relay (no coroutine frame while the connection is quiet); drain and
+// reload.
 #include "proxy_server.hpp"
 
 #include "cli_util.hpp"
 
+#include <netinet/in.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <cstring>
 #include <future>
 #include <sstream>
 #include <thread>
@@ -22,6 +26,10 @@ struct listener_entry {
     std::string key; // the endpoint text, for reload diffs
 };
 
+namespace {
+class proxied_connection;
+} // namespace
+
 // Everything one loop owns. Only its own thread touches it after start().
 struct loop_ctx {
     std::size_t index = 0;
@@ -31,6 +39,7 @@ struct loop_ctx {
     cancel_source cancel_all;
     std::vector<std::unique_ptr<listener_entry>> listeners;
     std::vector<std::unique_ptr<listener_entry>> closed; // kept until the loop ends
+    proxied_connection* relays = nullptr;                // open connections (a list)
     bool stopping = false;
 };
 
@@ -66,6 +75,80 @@ void abort_on_close(const stream& s) noexcept {
     const ::linger lg{.l_onoff = 1, .l_linger = 0};
     (void)sys::setsockopt(s.fd(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
 }
+
+// A connection whose upstream answered: a relay plus what its close line needs. It
+// lives in its loop's list (for the shutdown) and deletes itself in on_done().
+class proxied_connection final : public relay {
+public:
+    proxied_connection(loop_ctx* ctx, std::shared_ptr<route_runtime> rt, stream client,
+                       stream upstream, const bidirectional_options& bo, const endpoint& peer,
+                       clock::time_point started)
+        : relay(std::move(client), std::move(upstream), bo), ctx_(ctx), rt_(std::move(rt)),
+          started_(started) {
+        // Only what the log line needs of the peer: an IP address fits in 28 bytes (a
+        // whole endpoint is 132); a Unix client is unnamed or printed by its family.
+        peer_len_ = std::min<socklen_t>(peer.size(), sizeof peer_);
+        std::memcpy(&peer_, peer.data(), peer_len_);
+        next_ = ctx_->relays;
+        if (next_ != nullptr) {
+            next_->prev_ = this;
+        }
+        ctx_->relays = this;
+    }
+
+    [[nodiscard]] proxied_connection* next() const noexcept { return next_; }
+
+protected:
+    void on_done(const traffic& t) override {
+        if (!t.ok()) {
+            abort_on_close(a()); // the client
+            abort_on_close(b()); // the upstream
+        }
+        route_stats& stats = *rt_->stats;
+        stats.bytes_client_to_upstream.fetch_add(t.a_to_b, std::memory_order_relaxed);
+        stats.bytes_upstream_to_client.fetch_add(t.b_to_a, std::memory_order_relaxed);
+        stats.connections_active.fetch_sub(1, std::memory_order_relaxed);
+        const double secs = std::chrono::duration<double>(clock::now() - started_).count();
+        spdlog::info("{} closed client {} upstream {} sent {} received {} in {:.3f}s path {}: {}",
+                     rt_->config.name, peer_text(), rt_->config.upstream.to_string(), t.a_to_b,
+                     t.b_to_a, secs, path_text(t), describe_end(t));
+        (prev_ != nullptr ? prev_->next_ : ctx_->relays) = next_;
+        if (next_ != nullptr) {
+            next_->prev_ = prev_;
+        }
+        delete this;
+    }
+
+private:
+    std::string peer_text() const {
+        if (peer_.sin6_family == AF_UNIX) {
+            return "unix:";
+        }
+        return endpoint::from_sockaddr(reinterpret_cast<const sockaddr*>(&peer_), peer_len_)
+            .to_string();
+    }
+
+    // The path of each direction that moved bytes ("-" when neither did): a direction
+    // that moved nothing only reports the path it would have tried.
+    static std::string path_text(const traffic& t) {
+        std::string path;
+        if (t.a_to_b > 0) {
+            path = to_string(t.a_to_b_path);
+        }
+        if (t.b_to_a > 0 && (t.a_to_b == 0 || t.b_to_a_path != t.a_to_b_path)) {
+            path += (path.empty() ? "" : "/") + std::string(to_string(t.b_to_a_path));
+        }
+        return path.empty() ? "-" : path;
+    }
+
+    loop_ctx* ctx_;
+    std::shared_ptr<route_runtime> rt_;
+    clock::time_point started_;
+    proxied_connection* prev_ = nullptr;
+    proxied_connection* next_ = nullptr;
+    sockaddr_in6 peer_{}; // IPv4 addresses fit too
+    socklen_t peer_len_ = 0;
+};
 
 task<void> handle_connection(loop_ctx* ctx, std::shared_ptr<route_runtime> rt, stream client,
                              endpoint peer) {
@@ -108,8 +191,6 @@ task<void> handle_connection(loop_ctx* ctx, std::shared_ptr<route_runtime> rt, s
         }
     }
 
-    std::uint64_t up_bytes = 0;
-    std::uint64_t down_bytes = 0;
     bidirectional_options bo;
     bo.path = o.engine;
     bo.pipe_size = o.pipe_size;
@@ -117,43 +198,12 @@ task<void> handle_connection(loop_ctx* ctx, std::shared_ptr<route_runtime> rt, s
     if (o.idle_timeout.count() > 0) {
         bo.idle_timeout = std::chrono::duration_cast<clock::duration>(o.idle_timeout);
     }
-    bo.a_to_b_progress = &up_bytes;
-    bo.b_to_a_progress = &down_bytes;
     bo.pools = &ctx->pools;
-    auto done =
-        co_await with_cancel(*ctx->loop, copy_bidirectional(client, *up, bo), ctx->cancel_all);
-    traffic t;
-    if (done) {
-        t = *done;
-    } else {
-        t.error = done.error(); // cancelled by shutdown: the live counters still hold
-    }
-    t.a_to_b = up_bytes;
-    t.b_to_a = down_bytes;
-    if (!t.ok()) {
-        abort_on_close(client);
-        abort_on_close(*up);
-    }
-
-    stats.bytes_client_to_upstream.fetch_add(up_bytes, std::memory_order_relaxed);
-    stats.bytes_upstream_to_client.fetch_add(down_bytes, std::memory_order_relaxed);
-    stats.connections_active.fetch_sub(1, std::memory_order_relaxed);
-    const double secs = std::chrono::duration<double>(clock::now() - started).count();
-    // The path of each direction that moved bytes ("-" when neither did): a
-    // direction that moved nothing only reports the path it would have tried.
-    std::string path;
-    if (up_bytes > 0) {
-        path = to_string(t.a_to_b_path);
-    }
-    if (down_bytes > 0 && (up_bytes == 0 || t.b_to_a_path != t.a_to_b_path)) {
-        path += (path.empty() ? "" : "/") + std::string(to_string(t.b_to_a_path));
-    }
-    if (path.empty()) {
-        path = "-";
-    }
-    spdlog::info("{} closed client {} upstream {} sent {} received {} in {:.3f}s path {}: {}",
-                 rt->config.name, client_text, upstream_text, up_bytes, down_bytes, secs, path,
-                 describe_end(t));
+    // From here on the connection is an object, not this coroutine: a quiet one holds
+    // no frame. It deletes itself when it ends.
+    auto* conn = new proxied_connection(ctx, std::move(rt), std::move(client), std::move(*up), bo,
+                                        peer, started);
+    conn->start();
 }
 
 task<void> accept_loop(loop_ctx* ctx, listener_entry* entry) {
@@ -183,6 +233,15 @@ task<void> accept_loop(loop_ctx* ctx, listener_entry* entry) {
         stats.connections_total.fetch_add(1, std::memory_order_relaxed);
         ctx->loop->spawn(handle_connection(ctx, std::move(rt), std::move(a->conn), a->peer));
     }
+}
+
+// Stops the loop once the cancelled connections have logged and closed (a few loop
+// turns; a rate-limited one may sleep up to its quantum, so the wait is bounded).
+task<void> stop_when_closed(loop_ctx* ctx) {
+    for (int i = 0; i < 200 && ctx->relays != nullptr; ++i) {
+        co_await sleep_for(*ctx->loop, 10ms);
+    }
+    ctx->loop->stop();
 }
 
 task<void> publish_gauges(loop_ctx* ctx) {
@@ -344,9 +403,10 @@ void proxy_server::drain(std::chrono::nanoseconds timeout) {
         c->loop->post([c] {
             c->stopping = true;
             c->cancel_all.cancel();
-            // The cancelled tasks run (log, close) in the next iteration, before the
-            // loop sees the stop request.
-            c->loop->stop();
+            for (auto* r = c->relays; r != nullptr; r = r->next()) {
+                r->cancel();
+            }
+            c->loop->spawn(stop_when_closed(c));
         });
     }
     group_->join();
