@@ -40,7 +40,7 @@ CLANG_TIDY ?= clang-tidy-16
 TIDY_ARGS := -p build/dev --quiet --extra-arg=-std=c++2b \
 	--extra-arg=-U__cpp_concepts --extra-arg=-D__cpp_concepts=202002L
 
-.PHONY: all build demo test test-asan test-tsan bench install format format-check tidy clean
+.PHONY: all build demo test test-asan test-tsan bench compare install format format-check tidy clean
 
 all: build
 
@@ -89,6 +89,23 @@ bench:
 	else \
 		echo "make bench: bench/ has no benchmarks yet"; \
 	fi
+
+# make compare: zcio proxy beside HAProxy, nginx, socat and a Go proxy on loopback
+# (bench/compare/, under 10 minutes); writes bench/compare/results/, the section
+# "Side by side: make compare" of docs/BENCHMARKS.md and docs/img/compare-*.png.
+# Longer: make compare COMPARE_ARGS="--rounds 5 --seconds 10"; smoke run: COMPARE_ARGS=--quick
+COMPARE_ARGS ?=
+COMPARE_GO := cd bench/compare && GOPROXY=off GOFLAGS=-mod=mod GOCACHE=$(CURDIR)/bench/compare/tmp/gocache \
+	GOPATH=$(CURDIR)/bench/compare/tmp/gopath go build -trimpath
+
+compare:
+	@$(DEPS) build compare
+	cmake --preset release
+	cmake --build --preset release --target zcio_cli
+	$(COMPARE_GO) -o tmp/bin/goproxy goproxy.go
+	$(COMPARE_GO) -o tmp/bin/loadgen loadgen.go
+	python3 bench/compare/compare.py --zcio build/release/tools/zcio/zcio \
+		--command "make compare$(if $(COMPARE_ARGS), COMPARE_ARGS='$(COMPARE_ARGS)')" $(COMPARE_ARGS)
 
 install:
 	@$(DEPS) build

@@ -3,7 +3,7 @@
 # missing ones (as root), or prints the exact command to run and fails (otherwise).
 # Quiet when everything is present.
 #
-#   cmake/deps.sh GROUP...     groups: build test bench format tidy
+#   cmake/deps.sh GROUP...     groups: build test bench compare format tidy
 set -euo pipefail
 
 declare -A group=(
@@ -13,6 +13,8 @@ declare -A group=(
     # GoogleTest, and the peers the end-to-end tests drive.
     [test]="libgtest-dev libgmock-dev curl iperf3 python3 nginx wget"
     [bench]="libbenchmark-dev wrk"
+    # make compare: the peers, the clients, Go for the Go proxy and loadgen, gnuplot, ss.
+    [compare]="haproxy nginx libnginx-mod-stream socat iperf3 sockperf golang-go gnuplot-nox python3 iproute2"
     [format]="clang-format"
     # clang-tidy 14 (Debian's default) cannot parse <expected> or -std=c++23; 16 can.
     [tidy]="clang-tidy-16"
