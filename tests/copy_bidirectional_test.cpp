@@ -677,13 +677,12 @@ TEST_F(bidi_test, idle_timeout_ends_a_stalled_copy_and_discards_its_full_pipe) {
 
 class bidi_rate_test : public bidi_fixture, public ::testing::WithParamInterface<copy_path> {};
 
-// Counts how often it gets to run while sleeping `period` at a time: a limited copy
-// must sleep between quanta, not hog the loop.
-task<void> ticker(event_loop* loop, clock::duration period, const bool* stop, int* ticks) {
-    while (!*stop) {
-        co_await sleep_for(*loop, period);
-        ++*ticks;
-    }
+// User + system CPU seconds this process used so far.
+double cpu_seconds() {
+    ::rusage ru{};
+    ::getrusage(RUSAGE_SELF, &ru);
+    return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+           static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
 }
 
 task<void> sample_at(event_loop* loop, clock::time_point when, const std::uint64_t* counter,
@@ -726,15 +725,15 @@ TEST_P(bidi_rate_test, each_direction_moves_about_the_rate) {
     loop.spawn(sample_at(&loop, start + 500ms, &down_progress, &down0));
     loop.spawn(sample_at(&loop, start + 1500ms, &up_progress, &up1));
     loop.spawn(sample_at(&loop, start + 1500ms, &down_progress, &down1));
-    bool stop_ticking = false;
-    int ticks = 0;
-    loop.spawn(ticker(&loop, 10ms, &stop_ticking, &ticks));
+    const double cpu_before = cpu_seconds();
     loop.spawn(run_bidi_cancellable(&loop, &ends->a, &ends->b, o, &cancel, &cancelled, &done));
     loop.block_on(pause(&loop, 1600ms));
-    stop_ticking = true;
+    // A copy that spun while waiting for its quantum would burn the whole 1.6 s; one
+    // that sleeps uses a little. CPU time, unlike wall-clock ticks, does not depend on
+    // how busy the machine is.
+    const double cpu = cpu_seconds() - cpu_before;
     cancel.cancel();
-    // ~160 turns of 10 ms fit in 1.6 s; a copy that spun at the rate got almost none.
-    EXPECT_GE(ticks, 80) << "the rate-limited copy starved the loop";
+    EXPECT_LT(cpu, 0.8) << "the rate-limited copy spun instead of sleeping";
     ASSERT_TRUE(loop.block_on(wait_until(
         &loop, [&] { return done; }, 5s)));
     EXPECT_TRUE(cancelled);

@@ -327,6 +327,10 @@ TEST_F(relay_test, the_idle_timeout_ends_a_quiet_relay_but_not_a_busy_one) {
     auto quiet = make_rig(loop, false, o);
     auto busy = make_rig(loop, false, o);
     ASSERT_TRUE(quiet && busy);
+    relay_set set(loop, 50ms); // the timeout fires 300-350 ms after the last byte
+    set.add(*quiet->r);
+    set.add(*busy->r);
+    EXPECT_EQ(set.size(), 2u);
     const auto started = clock::now();
     quiet->r->start();
     busy->r->start();
@@ -343,13 +347,17 @@ TEST_F(relay_test, the_idle_timeout_ends_a_quiet_relay_but_not_a_busy_one) {
     ASSERT_TRUE(quiet->r->result.has_value()) << "the quiet relay was not timed out";
     EXPECT_EQ(quiet->r->result->error, std::errc::timed_out);
     EXPECT_FALSE(quiet->r->result->failed.has_value());
+    quiet->r.reset(); // leaves the set
+    EXPECT_EQ(set.size(), 1u);
     EXPECT_FALSE(busy_only[0].r->result.has_value()) << "the busy relay was timed out";
-    busy_only[0].r->cancel();
+    set.cancel_all();
     ASSERT_TRUE(loop.block_on(wait_until(
         &loop, [&] { return busy_only[0].r->result.has_value(); }, 5s)));
     EXPECT_EQ(busy_only[0].r->result->error, std::errc::operation_canceled);
     EXPECT_EQ(busy_only[0].r->result->a_to_b, busy_only[0].r->a_to_b());
     EXPECT_GT(busy_only[0].r->result->a_to_b, 0u);
+    busy_only.clear();
+    EXPECT_TRUE(set.empty());
 }
 
 TEST_F(relay_test, cancel_ends_a_relay_in_the_middle_of_a_transfer) {

@@ -26,7 +26,7 @@
 namespace zcio {
 
 // The kernel path that moves the bytes.
-enum class copy_path {
+enum class copy_path : std::uint8_t {
     automatic,       // choose by what the two ends are (the default)
     splice,          // splice(2), directly or through a pooled pipe
     sendfile,        // sendfile(2) from a regular file

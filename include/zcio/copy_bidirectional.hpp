@@ -12,7 +12,7 @@
 
 namespace zcio {
 
-enum class direction { a_to_b, b_to_a };
+enum class direction : std::uint8_t { a_to_b, b_to_a };
 const char* to_string(direction d) noexcept;
 
 struct bidirectional_options {

@@ -1,7 +1,10 @@
 // relay: both directions of a connection, holding coroutine frames only while data moves.
 #include <zcio/relay.hpp>
 
+#include <algorithm>
+#include <climits>
 #include <coroutine>
+#include <cstdint>
 #include <exception>
 #include <utility>
 
@@ -31,8 +34,7 @@ struct detached {
 } // namespace
 
 // One burst: copy until the source has nothing more to read (or ends, or fails).
-// Parameters by value: the frame must not refer to anything the relay may move.
-struct burst {
+struct relay_burst {
     static detached run(relay* r, int i) {
         stream& from = i == 0 ? r->a_ : r->b_;
         stream& to = i == 0 ? r->b_ : r->a_;
@@ -42,16 +44,11 @@ struct burst {
 };
 
 relay::relay(stream a, stream b, const bidirectional_options& opts)
-    : a_(std::move(a)), b_(std::move(b)), pools_(opts.pools), pipe_size_(opts.pipe_size),
+    : a_(std::move(a)), b_(std::move(b)), pools_(opts.pools),
+      pipe_size_(static_cast<std::uint32_t>(std::min<std::size_t>(opts.pipe_size, UINT32_MAX))),
       engine_(opts.path) {
-    std::uint64_t* live[2] = {opts.a_to_b_progress, opts.b_to_a_progress};
-    for (int i = 0; i < 2; ++i) {
-        if (live[i] != nullptr) {
-            dirs_[i].counter = live[i];
-            dirs_[i].start = *live[i];
-        }
-        dirs_[i].waiter.owner = this;
-    }
+    dirs_[0].waiter.owner = this;
+    dirs_[1].waiter.owner = this;
     if (opts.rate_limit != 0) {
         limiters_.reset(
             new rate_limiter[2]{rate_limiter(opts.rate_limit), rate_limiter(opts.rate_limit)});
@@ -59,25 +56,23 @@ relay::relay(stream a, stream b, const bidirectional_options& opts)
     if (opts.idle_timeout) {
         idle_timeout_ = *opts.idle_timeout;
     }
-    finisher_.owner = this;
-    watchdog_.owner = this;
 }
 
-relay::~relay() = default;
+relay::~relay() {
+    if (set_ != nullptr) {
+        set_->remove(*this);
+    }
+}
 
-copy_options relay::options_for(int i) const {
+copy_options relay::options_for(int i) {
     copy_options o;
     o.path = engine_ == copy_path::automatic ? dirs_[i].path : engine_;
     o.pipe_size = pipe_size_;
     o.pools = pools_;
-    o.progress = dirs_[i].counter;
+    o.progress = &dirs_[i].bytes;
     o.limiter = limiters_ ? &limiters_[i] : nullptr;
     o.return_when_idle = true;
     return o;
-}
-
-std::uint64_t relay::total() const noexcept {
-    return (*dirs_[0].counter - dirs_[0].start) + (*dirs_[1].counter - dirs_[1].start);
 }
 
 void relay::start() {
@@ -85,10 +80,6 @@ void relay::start() {
         return;
     }
     started_ = true;
-    if (idle_timeout_.count() > 0) {
-        watchdog_.last_total = total();
-        watchdog_.start(a_.loop(), clock::now() + idle_timeout_ / 4);
-    }
     launch(0);
     if (ending_) {
         dirs_[1].state = phase::done; // the first direction failed at once
@@ -104,10 +95,30 @@ void relay::cancel() {
     }
 }
 
+void relay::check_idle(clock::duration tick) {
+    if (!started_ || ending_ || finished_ || idle_timeout_.count() <= 0) {
+        return;
+    }
+    const std::uint64_t total = dirs_[0].bytes + dirs_[1].bytes;
+    if (total != total_at_check_) {
+        total_at_check_ = total;
+        quiet_ticks_ = 0;
+        return;
+    }
+    // A tick counts only once it passed entirely without a byte: the timeout fires
+    // between T and T + tick after the last byte.
+    if (quiet_ticks_ < UINT32_MAX) {
+        ++quiet_ticks_;
+    }
+    if (tick * quiet_ticks_ >= idle_timeout_) {
+        fail(std::nullopt, op_error("idle timeout", ETIMEDOUT));
+    }
+}
+
 void relay::launch(int i) {
     dirs_[i].state = phase::running;
     ++running_;
-    burst::run(this, i);
+    relay_burst::run(this, i);
 }
 
 void relay::burst_ended(int i, const copy_result& r) {
@@ -159,14 +170,19 @@ void relay::park(int i) {
 }
 
 void relay::park_waiter::wake() {
-    const int i = this == &owner->dirs_[0].waiter ? 0 : 1;
-    io_handle& h = (i == 0 ? owner->a_ : owner->b_).handle();
-    if (owner->ending_ || ec_ || h.forgotten()) {
-        owner->dirs_[i].state = phase::done;
-        owner->maybe_finish();
+    relay* r = owner;
+    if (r->finished_) {
+        r->deliver(); // both directions are done: this waiter carries on_done()
         return;
     }
-    owner->launch(i);
+    const int i = this == &r->dirs_[0].waiter ? 0 : 1;
+    io_handle& h = (i == 0 ? r->a_ : r->b_).handle();
+    if (r->ending_ || cancelled() || h.forgotten()) {
+        r->dirs_[i].state = phase::done;
+        r->maybe_finish();
+        return;
+    }
+    r->launch(i);
 }
 
 void relay::fail(std::optional<direction> which, std::error_code ec) {
@@ -176,7 +192,6 @@ void relay::fail(std::optional<direction> which, std::error_code ec) {
     ending_ = true;
     failed_ = which;
     error_ = ec;
-    watchdog_.stop();
     // Forgetting the registrations wakes everything that waits on them: a parked
     // direction through its waiter, a running one at its next wait (operation_canceled).
     // The descriptors stay open until the owner closes them.
@@ -194,37 +209,76 @@ void relay::maybe_finish() {
     if (finished_ || dirs_[0].state != phase::done || dirs_[1].state != phase::done) {
         return;
     }
+    // Neither waiter is parked or queued now (a done direction's waiter has run), so
+    // the first one is free to carry on_done() through the run queue.
     finished_ = true;
-    watchdog_.stop();
-    a_.loop().schedule(finisher_);
+    a_.loop().schedule(dirs_[0].waiter);
 }
 
-void relay::finisher::wake() {
+void relay::deliver() {
     traffic t;
-    t.a_to_b = owner->a_to_b() - owner->dirs_[0].start;
-    t.b_to_a = owner->b_to_a() - owner->dirs_[1].start;
-    t.a_to_b_path = owner->dirs_[0].reported;
-    t.b_to_a_path = owner->dirs_[1].reported;
-    t.failed = owner->failed_;
-    t.error = owner->error_;
-    owner->on_done(t); // may destroy the relay, this waiter with it
+    t.a_to_b = dirs_[0].bytes;
+    t.b_to_a = dirs_[1].bytes;
+    t.a_to_b_path = dirs_[0].reported;
+    t.b_to_a_path = dirs_[1].reported;
+    t.failed = failed_;
+    t.error = error_;
+    on_done(t); // may destroy the relay, the waiter that called us with it
 }
 
-void relay::watchdog::wake() {
-    if (owner->ending_ || owner->finished_) {
+// ---- relay_set ----
+
+relay_set::relay_set(event_loop& loop, clock::duration tick) : loop_(&loop), tick_(tick) {
+    sweeper_.owner = this;
+}
+
+relay_set::~relay_set() {
+    sweeper_.stop();
+    for (relay* r = head_; r != nullptr; r = r->next_) {
+        r->set_ = nullptr; // should not happen: relays outliving their set just leave it
+    }
+}
+
+void relay_set::add(relay& r) noexcept {
+    if (r.set_ != nullptr) {
         return;
     }
-    // Checked four times a period, so the timeout fires between T and T + T/4 after
-    // the last byte.
-    const std::uint64_t now_total = owner->total();
-    if (now_total != last_total) {
-        last_total = now_total;
-        quiet_checks = 0;
-    } else if (++quiet_checks >= 4) {
-        owner->fail(std::nullopt, op_error("idle timeout", ETIMEDOUT));
-        return;
+    r.set_ = this;
+    r.prev_ = nullptr;
+    r.next_ = head_;
+    if (head_ != nullptr) {
+        head_->prev_ = &r;
     }
-    arm(owner->a_.loop(), clock::now() + owner->idle_timeout_ / 4);
+    head_ = &r;
+    ++size_;
+    if (!sweeper_.armed()) {
+        sweeper_.start(*loop_, clock::now() + tick_);
+    }
+}
+
+void relay_set::remove(relay& r) noexcept {
+    (r.prev_ != nullptr ? r.prev_->next_ : head_) = r.next_;
+    if (r.next_ != nullptr) {
+        r.next_->prev_ = r.prev_;
+    }
+    r.set_ = nullptr;
+    r.prev_ = r.next_ = nullptr;
+    --size_;
+}
+
+void relay_set::cancel_all() {
+    for (relay* r = head_; r != nullptr; r = r->next_) {
+        r->cancel(); // never removes a relay: on_done() comes later, from the queue
+    }
+}
+
+void relay_set::sweeper::wake() {
+    for (relay* r = owner->head_; r != nullptr; r = r->next_) {
+        r->check_idle(owner->tick_);
+    }
+    if (owner->head_ != nullptr) {
+        start(*owner->loop_, clock::now() + owner->tick_);
+    }
 }
 
 } // namespace zcio

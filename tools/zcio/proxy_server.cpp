@@ -39,7 +39,7 @@ struct loop_ctx {
     cancel_source cancel_all;
     std::vector<std::unique_ptr<listener_entry>> listeners;
     std::vector<std::unique_ptr<listener_entry>> closed; // kept until the loop ends
-    proxied_connection* relays = nullptr;                // open connections (a list)
+    std::unique_ptr<relay_set> relays; // open connections; sweeps their idle timeouts
     bool stopping = false;
 };
 
@@ -83,20 +83,13 @@ public:
     proxied_connection(loop_ctx* ctx, std::shared_ptr<route_runtime> rt, stream client,
                        stream upstream, const bidirectional_options& bo, const endpoint& peer,
                        clock::time_point started)
-        : relay(std::move(client), std::move(upstream), bo), ctx_(ctx), rt_(std::move(rt)),
-          started_(started) {
+        : relay(std::move(client), std::move(upstream), bo), rt_(std::move(rt)), started_(started) {
         // Only what the log line needs of the peer: an IP address fits in 28 bytes (a
         // whole endpoint is 132); a Unix client is unnamed or printed by its family.
         peer_len_ = std::min<socklen_t>(peer.size(), sizeof peer_);
         std::memcpy(&peer_, peer.data(), peer_len_);
-        next_ = ctx_->relays;
-        if (next_ != nullptr) {
-            next_->prev_ = this;
-        }
-        ctx_->relays = this;
+        ctx->relays->add(*this);
     }
-
-    [[nodiscard]] proxied_connection* next() const noexcept { return next_; }
 
 protected:
     void on_done(const traffic& t) override {
@@ -112,11 +105,7 @@ protected:
         spdlog::info("{} closed client {} upstream {} sent {} received {} in {:.3f}s path {}: {}",
                      rt_->config.name, peer_text(), rt_->config.upstream.to_string(), t.a_to_b,
                      t.b_to_a, secs, path_text(t), describe_end(t));
-        (prev_ != nullptr ? prev_->next_ : ctx_->relays) = next_;
-        if (next_ != nullptr) {
-            next_->prev_ = prev_;
-        }
-        delete this;
+        delete this; // leaves the set
     }
 
 private:
@@ -141,11 +130,8 @@ private:
         return path.empty() ? "-" : path;
     }
 
-    loop_ctx* ctx_;
     std::shared_ptr<route_runtime> rt_;
     clock::time_point started_;
-    proxied_connection* prev_ = nullptr;
-    proxied_connection* next_ = nullptr;
     sockaddr_in6 peer_{}; // IPv4 addresses fit too
     socklen_t peer_len_ = 0;
 };
@@ -238,7 +224,7 @@ task<void> accept_loop(loop_ctx* ctx, listener_entry* entry) {
 // Stops the loop once the cancelled connections have logged and closed (a few loop
 // turns; a rate-limited one may sleep up to its quantum, so the wait is bounded).
 task<void> stop_when_closed(loop_ctx* ctx) {
-    for (int i = 0; i < 200 && ctx->relays != nullptr; ++i) {
+    for (int i = 0; i < 200 && !ctx->relays->empty(); ++i) {
         co_await sleep_for(*ctx->loop, 10ms);
     }
     ctx->loop->stop();
@@ -254,6 +240,21 @@ task<void> publish_gauges(loop_ctx* ctx) {
         ctx->gauges.buffers_idle.store(b.idle, std::memory_order_relaxed);
         co_await sleep_for(*ctx->loop, 500ms);
     }
+}
+
+// How often each loop checks its connections' idle timeouts: a quarter of the
+// shortest timeout configured, between 100 ms and 30 s (a timeout then fires at most a
+// quarter late, and a million quiet connections are swept at most every 100 ms... at
+// the shortest). Routes added by a reload keep the tick of the start.
+clock::duration idle_tick(const proxy_config& cfg) {
+    clock::duration shortest = std::chrono::hours(1);
+    for (const auto& r : cfg.routes) {
+        if (r.options.idle_timeout.count() > 0) {
+            shortest = std::min(
+                shortest, std::chrono::duration_cast<clock::duration>(r.options.idle_timeout));
+        }
+    }
+    return std::clamp<clock::duration>(shortest / 4, 100ms, 30s);
 }
 
 // Unix sockets cannot share an address between loops (no SO_REUSEPORT), so only the
@@ -288,6 +289,7 @@ proxy_server::proxy_server(proxy_config cfg, std::size_t threads) : cfg_(std::mo
         auto c = std::make_unique<loop_ctx>();
         c->index = i;
         c->loop = &group_->loop(i);
+        c->relays = std::make_unique<relay_set>(*c->loop, idle_tick(cfg_));
         ctxs_.push_back(std::move(c));
     }
 }
@@ -304,6 +306,9 @@ proxy_server::~proxy_server() {
                 e->listener.close();
             }
         }
+    }
+    for (auto& ctx : ctxs_) {
+        ctx->relays.reset(); // its sweeper timer belongs to the loop: go first
     }
     group_.reset(); // loops (and their suspended tasks) go before the contexts
 }
@@ -403,9 +408,7 @@ void proxy_server::drain(std::chrono::nanoseconds timeout) {
         c->loop->post([c] {
             c->stopping = true;
             c->cancel_all.cancel();
-            for (auto* r = c->relays; r != nullptr; r = r->next()) {
-                r->cancel();
-            }
+            c->relays->cancel_all();
             c->loop->spawn(stop_when_closed(c));
         });
     }
