@@ -107,6 +107,16 @@ compare:
 	python3 bench/compare/compare.py --zcio build/release/tools/zcio/zcio \
 		--command "make compare$(if $(COMPARE_ARGS), COMPARE_ARGS='$(COMPARE_ARGS)')" $(COMPARE_ARGS)
 
+# make fuzz: the libFuzzer targets of tests/fuzz (clang-16, ASan + UBSan), each run for
+# FUZZ_SECONDS from a copy of its seed corpus; fails if one crashes (tests/fuzz/README.md).
+FUZZ_SECONDS ?= 60
+.PHONY: fuzz
+fuzz:
+	@$(DEPS) build fuzz
+	cmake --preset fuzz
+	cmake --build --preset fuzz
+	bash tests/fuzz/run.sh build/fuzz $(FUZZ_SECONDS)
+
 install:
 	@$(DEPS) build
 	cmake --preset release

@@ -3,7 +3,7 @@
 # missing ones (as root), or prints the exact command to run and fails (otherwise).
 # Quiet when everything is present.
 #
-#   cmake/deps.sh GROUP...     groups: build test bench compare format tidy
+#   cmake/deps.sh GROUP...     groups: build test bench compare format tidy fuzz
 set -euo pipefail
 
 declare -A group=(
@@ -18,6 +18,8 @@ declare -A group=(
     [format]="clang-format"
     # clang-tidy 14 (Debian's default) cannot parse <expected> or -std=c++23; 16 can.
     [tidy]="clang-tidy-16"
+    # make fuzz: clang 16 and its runtime libraries (libFuzzer, ASan, UBSan).
+    [fuzz]="clang-16 libclang-rt-16-dev"
 )
 
 if [[ $# -eq 0 ]]; then

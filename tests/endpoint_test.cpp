@@ -219,6 +219,19 @@ TEST_F(endpoint_test, control_bytes_are_escaped_in_errors) {
     EXPECT_EQ(e.error().find('\n'), std::string::npos);
 }
 
+// Found by tests/fuzz (fuzz_endpoint): the hints after the reason quoted the input raw.
+TEST_F(endpoint_test, control_bytes_are_escaped_in_hints) {
+    using namespace std::string_view_literals;
+    for (std::string_view text :
+         {":\r127.0.0.1"sv, "::1:8\n0"sv, "::1\0\r:80"sv, "::1\0\0\r\0"sv}) {
+        auto e = endpoint::parse(text);
+        ASSERT_FALSE(e.has_value()) << e->to_string();
+        const std::string& msg = e.error();
+        EXPECT_EQ(msg.find_first_of("\r\n"sv), std::string::npos) << msg;
+        EXPECT_EQ(msg.find('\0'), std::string::npos) << msg;
+    }
+}
+
 TEST_F(endpoint_test, tcp_bind_to_port_zero_gets_a_port) {
     unique_fd fd = must_socket(AF_INET, SOCK_STREAM);
     ASSERT_TRUE(fd.valid());

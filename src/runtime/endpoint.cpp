@@ -23,10 +23,10 @@ constexpr socklen_t unix_path_offset = offsetof(sockaddr_un, sun_path);
 // that marks an abstract name (unix(7)), so both kinds get the same room.
 constexpr std::size_t max_unix_name = sizeof(sockaddr_un::sun_path) - 1;
 
-// Quotes `text` for an error line: escapes quotes, backslashes and control bytes so the
-// message stays on one line whatever the user typed.
-std::string quoted(std::string_view text) {
-    std::string out = "\"";
+// Escapes quotes, backslashes and control bytes of `text` for an error line, so that
+// the message stays on one line whatever the user typed.
+std::string escaped(std::string_view text) {
+    std::string out;
     for (char c : text) {
         auto u = static_cast<unsigned char>(c);
         if (c == '"' || c == '\\') {
@@ -41,8 +41,12 @@ std::string quoted(std::string_view text) {
             out += c;
         }
     }
-    out += '"';
     return out;
+}
+
+// `text`, escaped, in double quotes.
+std::string quoted(std::string_view text) {
+    return "\"" + escaped(text) + "\"";
 }
 
 std::unexpected<std::string> bad(std::string_view text, std::string_view why) {
@@ -225,9 +229,9 @@ std::expected<endpoint, std::string> parse_ip(std::string_view text) {
         in6_addr probe{};
         std::string hint;
         if (::inet_pton(AF_INET6, std::string(host).c_str(), &probe) == 1) {
-            hint = "use [" + std::string(host) + "]:" + std::string(port_text);
+            hint = "use [" + escaped(host) + "]:" + escaped(port_text);
         } else if (::inet_pton(AF_INET6, std::string(text).c_str(), &probe) == 1) {
-            hint = "use [" + std::string(text) + "]:PORT";
+            hint = "use [" + escaped(text) + "]:PORT";
         } else {
             return bad(text, "too many \":\" (an IPv6 address goes in brackets, e.g. [::1]:80)");
         }
@@ -236,7 +240,7 @@ std::expected<endpoint, std::string> parse_ip(std::string_view text) {
     }
     if (host.empty()) {
         return bad(text, "empty host before \":\" (expected HOST:PORT, e.g. 0.0.0.0" +
-                             std::string(text) + ")");
+                             escaped(text) + ")");
     }
     auto port = parse_port(port_text);
     if (!port) {

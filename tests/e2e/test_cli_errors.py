@@ -124,6 +124,11 @@ class ConfigErrors(E2ETestCase):
         self.check(route + 'engine = "warp"\n', 4, "engine", "warp")
         self.check(route + 'idle_timeout = "soon"\n', 4, "idle_timeout", "soon")
         self.check(route + 'idle_timeout = -1\n', 4, "idle_timeout")
+        # Found by tests/fuzz (fuzz_route_config): these overflowed the nanosecond count.
+        self.check(route + 'idle_timeout = 1e300\n', 4, "idle_timeout", "too long")
+        self.check(route + 'connect_timeout = inf\n', 4, "connect_timeout", "too long")
+        self.check(route + 'idle_timeout = nan\n', 4, "idle_timeout")
+        self.check('drain_timeout = 1e10\n' + route, 1, "drain_timeout", "too long")
         self.check(route + 'max_connections = "ten"\n', 4, "max_connections")
         self.check(route + 'max_connections = -5\n', 4, "max_connections")
         self.check(route + 'proxy_protocol = "v9"\n', 4, "proxy_protocol", "v9")

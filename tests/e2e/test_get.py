@@ -317,6 +317,24 @@ class Failures(GetCase):
         self.assertDownloaded(self.url(first), out, body)
         self.assertTrue(target.records[0].request.startswith(b"GET /d/x HTTP/1.1"))
 
+    def test_relative_redirect_with_spaces(self):
+        # Found by tests/fuzz (fuzz_get_response): a relative Location went into the
+        # request line as it was, spaces and all ("GET /d/a b HTTP/1.1").
+        body = os.urandom(1000)
+
+        def handler(conn, rec):
+            rec.request = read_request(conn)
+            if rec.request.startswith(b"GET /x/y "):
+                conn.sendall(b"HTTP/1.1 302 Found\r\nLocation: ../d/a b\xc3\xa9?q=x y\r\n"
+                             b"Content-Length: 0\r\n\r\n")
+            else:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + body)
+        up = self.upstream(handler)
+        out = self.path("spaces")
+        self.assertDownloaded(self.url(up, "/x/y"), out, body)
+        second = up.wait_connections(2)[1].request
+        self.assertTrue(second.startswith(b"GET /d/a%20b%C3%A9?q=x%20y HTTP/1.1\r\n"), second)
+
     def test_stall_times_out(self):
         up = self.upstream(scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n", b"x" * 1000,
                                     hold=SHORT))

@@ -132,17 +132,15 @@ task<void> download(event_loop* loop, get_state* st, http::url u, get_params prm
         }
 
         // ---- the response head (1xx interim answers skipped) ----
-        parser.reset();
-        std::size_t have = 0;
-        std::size_t fed = 0;
-        std::size_t head_len = 0;
-        auto status = head_parser::status::need_more;
+        http::head_buffer hb;
+        auto status = hb.start(parser, buf.data());
         while (true) {
-            if (have == buf.size()) {
+            if (hb.have == buf.size()) {
                 st->failure = "the response head from " + u.text() + " is larger than 64 KiB";
                 co_return;
             }
-            auto n = co_await conn->read_some(std::as_writable_bytes(std::span(buf)).subspan(have));
+            auto n =
+                co_await conn->read_some(std::as_writable_bytes(std::span(buf)).subspan(hb.have));
             if (!n) {
                 st->failure = "reading the response from " + u.text() + ": " + n.error().message();
                 co_return;
@@ -154,24 +152,9 @@ task<void> download(event_loop* loop, get_state* st, http::url u, get_params prm
                 co_return;
             }
             w->progress += *n;
-            have += *n;
-            std::size_t used = 0;
-            status = parser.feed(buf.data() + fed, have - fed, &used);
-            head_len = fed + used;
-            fed = have;
-            while (status == head_parser::status::complete && parser.status_code() < 200) {
-                // 100 Continue and friends: the real answer follows.
-                std::memmove(buf.data(), buf.data() + head_len, have - head_len);
-                have -= head_len;
-                parser.reset();
-                status = head_parser::status::need_more;
-                head_len = 0;
-                if (have > 0) {
-                    status = parser.feed(buf.data(), have, &used);
-                    head_len = used;
-                }
-                fed = have;
-            }
+            status = hb.received(parser, buf.data(), *n);
+            // 100 Continue and friends: the real answer follows.
+            status = http::skip_interim(parser, hb, buf.data(), status);
             if (status == head_parser::status::error ||
                 status == head_parser::status::too_many_headers) {
                 st->failure = "bad response from " + u.text() + ": " + parser.error_text();
@@ -263,12 +246,12 @@ task<void> download(event_loop* loop, get_state* st, http::url u, get_params prm
             // is written first, the rest moves socket → file by copy() (splice through
             // a pooled pipe; no byte passes through this process).
             st->total = parser.content_length();
-            std::uint64_t extra = have - head_len;
+            std::uint64_t extra = hb.have - hb.head_len;
             if (st->total) {
                 extra = std::min<std::uint64_t>(extra, *st->total);
             }
             if (extra > 0) {
-                std::span<const char> first(buf.data() + head_len, extra);
+                std::span<const char> first(buf.data() + hb.head_len, extra);
                 if (auto r = co_await out->write_all(std::as_bytes(first)); !r) {
                     st->failure = "writing \"" + st->part + "\": " + r.error().message();
                     co_return;

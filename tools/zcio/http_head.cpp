@@ -4,6 +4,7 @@
 #include "http_util.hpp"
 
 #include <algorithm>
+#include <cstring>
 
 namespace zcio::cli::http {
 
@@ -110,6 +111,12 @@ int head_parser::on_status(http_parser* p, const char* at, std::size_t len) {
 
 int head_parser::on_header_field(http_parser* p, const char* at, std::size_t len) {
     head_parser* h = self(p);
+    if (h->head_done_) {
+        // A trailer after a chunked body: dropped (RFC 9110 §6.5.1 allows it). Its bytes
+        // may sit in a buffer that was read into again since the head (get reuses it
+        // for every piece of the body), so it could not be kept as a view anyway.
+        return 0;
+    }
     if (h->in_value_ || h->headers_.empty()) {
         if (h->headers_.size() >= h->max_headers_) {
             h->too_many_ = true;
@@ -124,6 +131,9 @@ int head_parser::on_header_field(http_parser* p, const char* at, std::size_t len
 
 int head_parser::on_header_value(http_parser* p, const char* at, std::size_t len) {
     head_parser* h = self(p);
+    if (h->head_done_) {
+        return 0; // a trailer (see on_header_field)
+    }
     h->in_value_ = true;
     join(h->headers_.back().value, at, len);
     return 0;
@@ -139,8 +149,12 @@ int head_parser::on_headers_complete(http_parser* p) {
     h->keep_alive_ = http_should_keep_alive(p) != 0;
     // 1 = "no body follows": http-parser then completes the message right here. A
     // request body is never read, and a length-delimited response body is the
-    // caller's (copy() moves it); only a chunked response body is decoded here.
-    if (h->kind_ == kind::response && h->chunked_) {
+    // caller's (copy() moves it); only a chunked response body is decoded here. A 1xx,
+    // 204 or 304 response has no body even if it says chunked (RFC 9110 §6.4.1); were
+    // one decoded, whether a 1xx is interim would depend on where a read ended.
+    const unsigned code = p->status_code;
+    const bool bodiless = code < 200 || code == 204 || code == 304;
+    if (h->kind_ == kind::response && h->chunked_ && !bodiless) {
         return 0;
     }
     return 1;
@@ -157,6 +171,48 @@ int head_parser::on_message_complete(http_parser* p) {
     // pipelined request (or of a body we move ourselves) stay with the caller.
     http_parser_pause(p, 1);
     return 0;
+}
+
+head_parser::status head_buffer::start(head_parser& p, const char* base) {
+    p.reset();
+    fed = 0;
+    head_len = 0;
+    if (have == 0) {
+        return head_parser::status::need_more;
+    }
+    std::size_t used = 0;
+    const auto st = p.feed(base, have, &used);
+    head_len = used;
+    fed = have;
+    return st;
+}
+
+head_parser::status head_buffer::received(head_parser& p, const char* base, std::size_t n) {
+    have += n;
+    std::size_t used = 0;
+    const auto st = p.feed(base + fed, have - fed, &used);
+    head_len = fed + used;
+    fed = have;
+    return st;
+}
+
+void head_buffer::drop_message(char* base) {
+    if (head_len < have) {
+        std::memmove(base, base + head_len, have - head_len);
+    }
+    have -= head_len;
+    head_len = 0;
+    fed = 0;
+}
+
+head_parser::status skip_interim(head_parser& p, head_buffer& hb, char* base,
+                                 head_parser::status st) {
+    while (st == head_parser::status::complete && p.status_code() < 200) {
+        // 100 Continue and friends: the real answer follows.
+        hb.drop_message(base);
+        st = hb.start(p, base);
+    }
+    return st;
 }
 
 } // namespace zcio::cli::http

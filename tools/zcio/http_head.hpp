@@ -30,7 +30,8 @@ struct header_field {
 // has_body() says whether one follows). A response whose body is chunked is decoded
 // here: body pieces collect in body_pieces() as they are parsed, until complete. Any
 // other response body (Content-Length, or until the end of the stream) is left to the
-// caller, who can then move it with copy() instead of through this parser.
+// caller, who can then move it with copy() instead of through this parser. Trailer
+// fields after a chunked body are dropped: headers() holds the head's fields only.
 class head_parser {
 public:
     enum class kind { request, response };
@@ -112,5 +113,31 @@ private:
     bool chunked_ = false;
     std::optional<std::uint64_t> content_length_;
 };
+
+// The bookkeeping of message heads read into one buffer, shared by `serve` (pipelined
+// requests) and `get` (interim responses): the first `have` bytes of the buffer came
+// from the connection, the parser has seen the first `fed` of them, and the first
+// `head_len` belong to the current message (all of it once feed() said complete).
+// `base` is the start of that buffer, which must hold the bytes the parser's views
+// point into (see head_parser's buffer contract).
+struct head_buffer {
+    std::size_t have = 0;
+    std::size_t fed = 0;
+    std::size_t head_len = 0;
+
+    // Resets the parser for the next message and feeds it the bytes already held (the
+    // start of a pipelined request, or what followed an interim response). `base` is
+    // not read when nothing is held.
+    head_parser::status start(head_parser& p, const char* base);
+    // `n` more bytes were read at base + have: counts them and feeds them.
+    head_parser::status received(head_parser& p, const char* base, std::size_t n);
+    // Forgets the current message's head_len bytes, moving what follows them to base.
+    void drop_message(char* base);
+};
+
+// `get`: while `st` says a complete interim (1xx) response, drops it and parses what
+// followed it as the next response. Returns the status of the real response so far.
+head_parser::status skip_interim(head_parser& p, head_buffer& hb, char* base,
+                                 head_parser::status st);
 
 } // namespace zcio::cli::http

@@ -4,6 +4,7 @@
 
 #include "cli_util.hpp"
 #include "http_head.hpp"
+#include "http_request.hpp"
 #include "http_util.hpp"
 
 #include <spdlog/spdlog.h>
@@ -265,45 +266,14 @@ plan plan_response(serve_state& s, const head_parser& req, std::string& h, std::
         return p;
     }
 
-    // The path: percent-decoded, then split; ".." anywhere is refused outright rather
-    // than normalised, so "/a/../b" and "/%2e%2e/x" get the same 403.
-    http_parser_url u;
-    http_parser_url_init(&u);
-    const auto target = req.target();
-    if (target.empty() || target.size() > 65000 ||
-        http_parser_parse_url(target.data(), target.size(), 0, &u) != 0 ||
-        (u.field_set & (1 << UF_PATH)) == 0) {
-        simple_response(p, h, body, 400, false, http10);
+    // The path: percent-decoded, split and checked (http_request.hpp).
+    auto path = http::resolve_target(req.target());
+    if (path.status != 0) {
+        simple_response(p, h, body, path.status, keep_alive && path.status != 400, http10);
         return p;
     }
-    const auto raw_path = target.substr(u.field_data[UF_PATH].off, u.field_data[UF_PATH].len);
-    const auto query = (u.field_set & (1 << UF_QUERY)) != 0
-                           ? target.substr(u.field_data[UF_QUERY].off, u.field_data[UF_QUERY].len)
-                           : std::string_view{};
-    const auto decoded = http::percent_decode(raw_path);
-    if (!decoded || decoded->empty() || decoded->front() != '/') {
-        simple_response(p, h, body, 400, false, http10);
-        return p;
-    }
-    std::string rel;
-    for (std::size_t i = 1; i <= decoded->size();) {
-        auto next = decoded->find('/', i);
-        if (next == std::string::npos) {
-            next = decoded->size();
-        }
-        const std::string_view seg(decoded->data() + i, next - i);
-        if (seg == "..") {
-            simple_response(p, h, body, 403, keep_alive, http10);
-            return p;
-        }
-        if (!seg.empty() && seg != ".") {
-            if (!rel.empty()) {
-                rel += '/';
-            }
-            rel += seg;
-        }
-        i = next + 1;
-    }
+    const std::string& rel = path.rel;
+    const std::string_view query = path.query;
 
     opened f = open_beneath(s, rel);
     if (f.status != 0) {
@@ -311,9 +281,9 @@ plan plan_response(serve_state& s, const head_parser& req, std::string& h, std::
         return p;
     }
     if (S_ISDIR(f.st.st_mode)) {
-        if (!decoded->ends_with('/')) {
+        if (!path.decoded.ends_with('/')) {
             // Relative links in the page (and the listing) need the trailing slash.
-            std::string loc = "Location: " + http::percent_encode_path(*decoded) + "/";
+            std::string loc = "Location: " + http::percent_encode_path(path.decoded) + "/";
             if (!query.empty()) {
                 loc += "?";
                 loc += query;
@@ -329,7 +299,7 @@ plan plan_response(serve_state& s, const head_parser& req, std::string& h, std::
             simple_response(p, h, body, index.status, keep_alive, http10);
             return p;
         } else {
-            auto page = s.opts.listing ? make_listing(f.fd.get(), *decoded) : std::nullopt;
+            auto page = s.opts.listing ? make_listing(f.fd.get(), path.decoded) : std::nullopt;
             if (!page) {
                 simple_response(p, h, body, 403, keep_alive, http10);
                 return p;
@@ -478,7 +448,7 @@ task<void> serve_connection(serve_loop* L, stream conn, std::string peer, http::
     const serve_options& o = s.opts;
     head_parser req(head_parser::kind::request, o.max_headers);
     buffer_lease buf;
-    std::size_t have = 0; // bytes of the next request(s) at the start of buf
+    http::head_buffer hb; // hb.have: bytes of the next request(s) at the start of buf
     std::string head;
     std::string body;
     head.reserve(512);
@@ -488,25 +458,17 @@ task<void> serve_connection(serve_loop* L, stream conn, std::string peer, http::
     while (true) {
         // ---- one request head ----
         w->slide = {};
-        w->deadline = clock::now() + (first || have > 0 ? o.header_timeout : o.idle_timeout);
-        req.reset();
-        std::size_t fed = 0;
-        std::size_t head_len = 0;
-        auto st = head_parser::status::need_more;
-        if (have > 0) { // pipelined: the next request is (partly) here already
-            std::size_t used = 0;
-            st = req.feed(reinterpret_cast<const char*>(buf.data().data()), have, &used);
-            head_len = used;
-            fed = have;
-        }
+        w->deadline = clock::now() + (first || hb.have > 0 ? o.header_timeout : o.idle_timeout);
+        // Pipelined: the next request may be (partly) here already.
+        auto st = hb.start(req, reinterpret_cast<const char*>(buf.data().data()));
         bool too_large = false;
         while (st == head_parser::status::need_more) {
-            if (have == cap) {
+            if (hb.have == cap) {
                 too_large = true;
                 break;
             }
             if (!conn.handle().ready(io_direction::read)) {
-                if (have == 0) {
+                if (hb.have == 0) {
                     buf.reset(); // wait for the next request holding no buffer
                 }
                 if (auto r = co_await conn.handle().wait(io_direction::read); !r) {
@@ -522,7 +484,7 @@ task<void> serve_connection(serve_loop* L, stream conn, std::string peer, http::
                 buf = std::move(*l);
             }
             char* base = reinterpret_cast<char*>(buf.data().data());
-            auto n = sys::recv(conn.fd(), base + have, cap - have, 0);
+            auto n = sys::recv(conn.fd(), base + hb.have, cap - hb.have, 0);
             if (!n) {
                 if (would_block(n.error())) {
                     conn.handle().clear_ready(io_direction::read);
@@ -533,19 +495,15 @@ task<void> serve_connection(serve_loop* L, stream conn, std::string peer, http::
             if (*n == 0) {
                 co_return; // the client closed (between requests, or giving up on one)
             }
-            if (*n < cap - have && !conn.handle().peer_closed()) {
+            if (*n < cap - hb.have && !conn.handle().peer_closed()) {
                 // A short read emptied the receive queue: skip the read that would only
                 // say EAGAIN and wait for the next edge (as copy() does).
                 conn.handle().clear_ready(io_direction::read);
             }
-            if (have == 0 && !first) {
+            if (hb.have == 0 && !first) {
                 w->deadline = clock::now() + o.header_timeout; // a kept-alive client speaks
             }
-            have += *n;
-            std::size_t used = 0;
-            st = req.feed(base + fed, have - fed, &used);
-            head_len = fed + used;
-            fed = have;
+            st = hb.received(req, base, *n);
         }
         first = false;
         const auto started = clock::now();
@@ -604,11 +562,7 @@ task<void> serve_connection(serve_loop* L, stream conn, std::string peer, http::
             co_return;
         }
         // Keep what follows this request (pipelining) at the start of the buffer.
-        if (head_len < have) {
-            std::byte* base = buf.data().data();
-            std::memmove(base, base + head_len, have - head_len);
-        }
-        have -= head_len;
+        hb.drop_message(reinterpret_cast<char*>(buf.data().data()));
     }
 }
 

@@ -394,6 +394,26 @@ std::string remove_dot_segments(std::string_view path) {
     }
     return r;
 }
+// Percent-encodes the bytes a request line cannot carry as they are: controls, space
+// and bytes outside ASCII (RFC 9112 §3.2). http-parser lets a tab and such bytes
+// through in a URL, and a Location header may hold any of them; a space in a target
+// would split the request line.
+std::string sendable_target(std::string_view t) {
+    static constexpr char hex[] = "0123456789ABCDEF";
+    std::string out;
+    out.reserve(t.size());
+    for (char ch : t) {
+        const auto c = static_cast<unsigned char>(ch);
+        if (c <= 0x20 || c >= 0x7f) {
+            out += '%';
+            out += hex[c >> 4];
+            out += hex[c & 15];
+        } else {
+            out += ch;
+        }
+    }
+    return out;
+}
 } // namespace
 
 std::expected<url, url_error> parse_url(std::string_view text) {
@@ -438,6 +458,7 @@ std::expected<url, url_error> parse_url(std::string_view text) {
     if ((u.field_set & (1 << UF_QUERY)) != 0) {
         out.target += "?" + std::string(field(UF_QUERY));
     }
+    out.target = sendable_target(out.target);
     return out;
 }
 
@@ -478,7 +499,7 @@ std::expected<url, url_error> resolve_reference(const url& base, std::string_vie
         path = std::string(last == std::string_view::npos ? "/" : base_path.substr(0, last + 1));
         path += r;
     }
-    out.target = remove_dot_segments(path) + query;
+    out.target = sendable_target(remove_dot_segments(path) + query);
     return out;
 }
 

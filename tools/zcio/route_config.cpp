@@ -5,6 +5,7 @@
 
 #include <toml++/toml.h>
 
+#include <cmath>
 #include <set>
 
 namespace zcio::cli {
@@ -109,8 +110,16 @@ std::chrono::nanoseconds duration_value(const located& at, const toml::node& n,
                                         std::string_view key) {
     if (n.is_integer() || n.is_floating_point()) {
         double v = n.value<double>().value_or(-1);
+        if (std::isnan(v)) {
+            at.fail(n, key, "expected a duration (seconds, or a string such as \"250ms\")");
+        }
         if (v < 0) {
             at.fail(n, key, "must not be negative");
+        }
+        // As parse_duration: 1e300 or inf would not fit the nanosecond count (converting
+        // such a double to an integer is undefined behaviour).
+        if (v > 1e9) {
+            at.fail(n, key, "is too long (at most 1e9 seconds)");
         }
         return std::chrono::nanoseconds(static_cast<std::int64_t>(v * 1e9));
     }
