@@ -271,10 +271,14 @@ class Proc:
 
     def wait(self, timeout):
         try:
-            return self.popen.wait(timeout=timeout)
+            rc = self.popen.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             raise AssertionError("%r did not exit within %.1fs; stderr:\n%s"
                                  % (self.args[:2], timeout, self.stderr_text()))
+        # The process is gone, but its last lines may still be on their way through the
+        # pipe: wait for the reader to see end of file, so stderr_text() is complete.
+        self._reader.join(timeout=SHORT)
+        return rc
 
     def kill(self):
         """Kills the whole process group (safe after exit: a reaped group is empty)."""
