@@ -140,3 +140,14 @@ tidy:
 
 clean:
 	rm -rf build
+
+# make stress: the stress and fault suite of `zcio proxy` (tests/stress, docs/RELIABILITY.md),
+# short mode (under 3 minutes on 2 cores); the long one: make stress STRESS_ARGS=--long
+# (also --only NAME, --seed N; python3 tests/stress/run.py --help).
+STRESS_ARGS ?=
+.PHONY: stress
+stress:
+	@$(DEPS) build
+	cmake --preset release
+	cmake --build --preset release --target zcio_cli
+	python3 tests/stress/run.py --zcio build/release/tools/zcio/zcio $(STRESS_ARGS)
