@@ -386,7 +386,7 @@ inline auto yield(event_loop& loop) noexcept {
 namespace detail {
 
 // Prints what a spawned task without an on_done hook ended with.
-void report_unhandled(std::exception_ptr e) noexcept;
+void report_unhandled(const std::exception_ptr& e) noexcept;
 
 template <class T>
 using block_on_value = std::conditional_t<std::is_void_v<T>, bool, T>;
@@ -450,7 +450,7 @@ event_loop::spawned_root::promise_type::ref
 run_spawned(event_loop& /*loop*/, task<T> t, std::function<void(std::exception_ptr)> on_done) {
     std::exception_ptr error;
     try {
-        co_await std::move(t);
+        co_await t; // by reference: t still owns the frame, freed below
     } catch (...) {
         error = std::current_exception();
     }

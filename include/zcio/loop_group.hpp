@@ -28,7 +28,7 @@ public:
 
     // Starts one thread per loop. A loop whose run() fails reports it through
     // `on_error` (on its thread) and its thread ends.
-    void start(std::function<void(std::size_t, std::error_code)> on_error = {});
+    void start(const std::function<void(std::size_t, std::error_code)>& on_error = {});
     // Asks every loop to stop; join() waits for the threads.
     void stop() noexcept;
     void join();

@@ -100,7 +100,7 @@ public:
         if (p.exception) {
             std::rethrow_exception(p.exception);
         }
-        return std::move(*p.value);
+        return std::move(*p.value); // NOLINT(bugprone-unchecked-optional-access): set by return_value
     }
 
     auto operator co_await() && noexcept { return awaiter{h_}; }
@@ -119,7 +119,7 @@ private:
             if (p.exception) {
                 std::rethrow_exception(p.exception);
             }
-            return std::move(*p.value);
+            return std::move(*p.value); // NOLINT(bugprone-unchecked-optional-access): set by return_value
         }
     };
 

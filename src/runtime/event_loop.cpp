@@ -50,7 +50,7 @@ io_waiter::~io_waiter() {
     }
 }
 
-void report_unhandled(std::exception_ptr e) noexcept {
+void report_unhandled(const std::exception_ptr& e) noexcept {
     try {
         std::rethrow_exception(e);
     } catch (const std::exception& ex) {

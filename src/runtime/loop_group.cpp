@@ -18,7 +18,7 @@ loop_group::~loop_group() {
     join();
 }
 
-void loop_group::start(std::function<void(std::size_t, std::error_code)> on_error) {
+void loop_group::start(const std::function<void(std::size_t, std::error_code)>& on_error) {
     for (std::size_t i = 0; i < loops_.size(); ++i) {
         threads_.emplace_back([this, i, on_error] {
             if (auto r = loops_[i]->run(); !r && on_error) {

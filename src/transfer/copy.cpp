@@ -460,9 +460,8 @@ task<step> sendfile_loop(copier* c) {
 
 bool src_has_bytes_at(copier* c) {
     struct stat st {};
-    auto off = c->opts.src_offset ? std::optional<off_t>(c->src_off)
-                                  : std::optional<off_t>(sys::tell(c->src.fd()).value_or(0));
-    return ::fstat(c->src.fd(), &st) == 0 && st.st_size > *off;
+    const off_t off = c->opts.src_offset ? c->src_off : sys::tell(c->src.fd()).value_or(0);
+    return ::fstat(c->src.fd(), &st) == 0 && st.st_size > off;
 }
 
 // Regular file → regular file: copy_file_range(2), which may share extents (reflink)

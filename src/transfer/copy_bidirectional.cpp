@@ -126,6 +126,12 @@ task<void> run_direction(join_state* st, int i, stream* from, stream* to, copy_o
         st->fail(i == 0 ? direction::a_to_b : direction::b_to_a, r.error);
         co_return;
     }
+    if (st->ending) {
+        // The other direction failed (a reset, say): after that a read may return 0
+        // although the stream was cut, and a half-close passed on now would tell the
+        // peer the stream ended cleanly. The parent aborts both instead.
+        co_return;
+    }
     // End of stream read and everything written: pass the half-close on. ENOTCONN
     // means the peer is already gone entirely, which the other direction will see.
     st->dir[i].state = direction_state::phase::shutting_down;

@@ -26,10 +26,10 @@ constexpr std::size_t max_batch = 1024;
 class echo_queue {
 public:
     struct entry {
-        std::uint64_t start; // position in the byte ring (grows forever; % capacity)
-        std::uint32_t len;
-        std::uint32_t segment; // GRO buffer: its datagrams' size; 0: one datagram
-        std::uint32_t count;   // datagrams
+        std::uint64_t start = 0; // position in the byte ring (grows forever; % capacity)
+        std::uint32_t len = 0;
+        std::uint32_t segment = 0; // GRO buffer: its datagrams' size; 0: one datagram
+        std::uint32_t count = 0;   // datagrams
         endpoint peer;
     };
 
@@ -302,7 +302,7 @@ task<result<void>> udp_echo(udp_socket sock, udp_echo_options options,
     options.yield_after = std::max<std::size_t>(options.yield_after, 1);
     std::size_t queue_bytes = options.queue_bytes;
     if (queue_bytes == 0) {
-        queue_bytes = std::max<std::size_t>(options.queue * 2048, 256 * 1024);
+        queue_bytes = std::max<std::size_t>(options.queue * std::size_t{2048}, std::size_t{256} * 1024);
     }
     echo_state st(&sock, options, counters, queue_bytes);
 

@@ -78,7 +78,7 @@ struct budget {
 // ---- peers: a sink that discards and an echo server ----
 
 task<void> discard(stream conn) {
-    std::vector<std::byte> buf(256 * 1024);
+    std::vector<std::byte> buf(std::size_t{256} * 1024);
     while (true) {
         auto n = co_await conn.read_some(buf);
         if (!n || *n == 0) {
@@ -205,7 +205,7 @@ task<std::uint64_t> blast(event_loop* loop, endpoint to, budget b) {
     if (!s) {
         co_return 0;
     }
-    const auto chunk = pattern(256 * 1024);
+    const auto chunk = pattern(std::size_t{256} * 1024);
     std::uint64_t sent = 0;
     const auto end = b.end(clock::now());
     while (b.bytes != 0 ? sent < b.bytes : clock::now() < end) {
@@ -405,7 +405,7 @@ row socket_to_file_row(copy_path engine, budget b) {
     row r;
     std::promise<void> done;
     recv_group.loop(0).spawn(receive_to_file(&l, file.get(), engine, &r),
-                             [&](std::exception_ptr) { done.set_value(); });
+                             [&](const std::exception_ptr& /*unused*/) { done.set_value(); });
     recv_group.start();
     event_loop client;
     const auto t0 = clock::now();

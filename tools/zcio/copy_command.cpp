@@ -222,9 +222,8 @@ int run_copy_command(const copy_command_options& o) {
     copy_options opts;
     opts.limit = o.limit;
     opts.path = o.engine;
-    const auto total = o.limit && known_size(src)
-                           ? std::optional(std::min(*o.limit, *known_size(src)))
-                           : known_size(src);
+    const auto size = known_size(src);
+    const auto total = o.limit && size ? std::optional(std::min(*o.limit, *size)) : size;
     const bool show_progress = ::isatty(STDERR_FILENO) == 1;
 
     event_loop loop;
