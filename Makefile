@@ -40,6 +40,7 @@ CLANG_TIDY ?= clang-tidy-16
 TIDY_ARGS := -p build/dev --quiet --extra-arg=-std=c++2b \
 	--extra-arg=-U__cpp_concepts --extra-arg=-D__cpp_concepts=202002L
 
+.PHONY: memcheck
 .PHONY: all build demo test test-asan test-tsan bench compare install format format-check tidy clean
 
 all: build
@@ -67,6 +68,14 @@ test-asan:
 	cmake --preset asan
 	cmake --build --preset asan
 	ctest --preset asan -j2 --output-on-failure $(CTEST_ARGS)
+
+# The end-to-end proxy test with every zcio process under valgrind memcheck (~2 min).
+memcheck:
+	@$(DEPS) build test
+	cmake --preset dev
+	cmake --build --preset dev --target zcio_cli
+	@command -v valgrind >/dev/null || { echo "memcheck needs valgrind: apt-get install -y valgrind"; exit 1; }
+	tests/e2e/memcheck.sh build/dev/tools/zcio/zcio
 
 test-tsan:
 	@$(DEPS) build test
