@@ -12,8 +12,8 @@
 #include <zcio/stream.hpp>
 #include <zcio/sys.hpp>
 #include <zcio/task.hpp>
-#include <zcio/timeout.hpp>
 #include <zcio/tcp_listener.hpp>
+#include <zcio/timeout.hpp>
 #include <zcio/unique_fd.hpp>
 
 #include "test_support.hpp"
@@ -714,8 +714,8 @@ TEST_F(copy_test, a_limit_ends_a_copy_from_a_pollable_endless_device) {
 class copy_full_pipe_at_eof_test : public copy_fixture,
                                    public ::testing::WithParamInterface<end_kind> {};
 
-task<result<copy_result>> copy_within(event_loop* loop, stream* dst, stream* src,
-                                      copy_options o, clock::duration limit) {
+task<result<copy_result>> copy_within(event_loop* loop, stream* dst, stream* src, copy_options o,
+                                      clock::duration limit) {
     co_return co_await with_timeout(*loop, copy_then_end(dst, src, o), limit);
 }
 
@@ -753,8 +753,7 @@ TEST_P(copy_full_pipe_at_eof_test, ends_once_the_reader_drains_the_pipe) {
 INSTANTIATE_TEST_SUITE_P(sources, copy_full_pipe_at_eof_test,
                          ::testing::Values(end_kind::tcp, end_kind::unix_socket),
                          [](const ::testing::TestParamInfo<end_kind>& param_info) {
-                             return std::string(param_info.param == end_kind::tcp ? "tcp"
-                                                                                  : "unix");
+                             return std::string(param_info.param == end_kind::tcp ? "tcp" : "unix");
                          });
 
 // ---- peer resets ----

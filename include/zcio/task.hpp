@@ -100,7 +100,8 @@ public:
         if (p.exception) {
             std::rethrow_exception(p.exception);
         }
-        return std::move(*p.value); // NOLINT(bugprone-unchecked-optional-access): set by return_value
+        // NOLINTNEXTLINE(bugprone-unchecked-optional-access): return_value set it
+        return std::move(*p.value);
     }
 
     auto operator co_await() && noexcept { return awaiter{h_}; }
@@ -119,7 +120,8 @@ private:
             if (p.exception) {
                 std::rethrow_exception(p.exception);
             }
-            return std::move(*p.value); // NOLINT(bugprone-unchecked-optional-access): set by return_value
+            // NOLINTNEXTLINE(bugprone-unchecked-optional-access): return_value set it
+            return std::move(*p.value);
         }
     };
 

@@ -302,7 +302,8 @@ task<result<void>> udp_echo(udp_socket sock, udp_echo_options options,
     options.yield_after = std::max<std::size_t>(options.yield_after, 1);
     std::size_t queue_bytes = options.queue_bytes;
     if (queue_bytes == 0) {
-        queue_bytes = std::max<std::size_t>(options.queue * std::size_t{2048}, std::size_t{256} * 1024);
+        queue_bytes =
+            std::max<std::size_t>(options.queue * std::size_t{2048}, std::size_t{256} * 1024);
     }
     echo_state st(&sock, options, counters, queue_bytes);
 
