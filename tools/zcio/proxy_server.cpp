@@ -142,8 +142,6 @@ task<void> handle_connection(loop_ctx* ctx, std::shared_ptr<route_runtime> rt, s
     const auto started = clock::now();
     route_stats& stats = *rt->stats;
     const route_options& o = rt->config.options;
-    const std::string client_text = peer.to_string();
-    const std::string upstream_text = rt->config.upstream.to_string();
 
     auto up = co_await with_cancel(
         *ctx->loop,
@@ -156,8 +154,8 @@ task<void> handle_connection(loop_ctx* ctx, std::shared_ptr<route_runtime> rt, s
         } else if (up.error() != std::errc::operation_canceled) {
             stats.upstream_connect_failures.fetch_add(1, std::memory_order_relaxed);
         }
-        spdlog::warn("{} client {} upstream {}: {} (client closed)", rt->config.name, client_text,
-                     upstream_text, up.error().message());
+        spdlog::warn("{} client {} upstream {}: {} (client closed)", rt->config.name,
+                     peer.to_string(), rt->config.upstream.to_string(), up.error().message());
         abort_on_close(client);
         stats.connections_active.fetch_sub(1, std::memory_order_relaxed);
         co_return;
@@ -170,7 +168,7 @@ task<void> handle_connection(loop_ctx* ctx, std::shared_ptr<route_runtime> rt, s
         auto w = co_await up->write_all(std::as_bytes(std::span(header)));
         if (!w) {
             spdlog::warn("{} client {} upstream {}: sending the PROXY header: {}", rt->config.name,
-                         client_text, upstream_text, w.error().message());
+                         peer.to_string(), rt->config.upstream.to_string(), w.error().message());
             abort_on_close(client);
             abort_on_close(*up);
             stats.connections_active.fetch_sub(1, std::memory_order_relaxed);
@@ -241,8 +239,8 @@ task<void> publish_gauges(loop_ctx* ctx) {
         ctx->gauges.buffers_idle.store(b.idle, std::memory_order_relaxed);
         // Every 2 s, hand the pages freed by connection set-up back to the kernel:
         // a burst of connects leaves their coroutine frames' memory free but resident
-        // (measured: 5,000 idle connections opened at once, 1,221 -> 1,057 bytes of RSS
-        // each). Once per process, from the first loop.
+        // (docs/BENCHMARKS.md, "Idle memory after the relay"). Once per process, from
+        // the first loop.
         if (ctx->index == 0 && turn % 4 == 0) {
             ::malloc_trim(0);
         }
@@ -252,8 +250,8 @@ task<void> publish_gauges(loop_ctx* ctx) {
 
 // How often each loop checks its connections' idle timeouts: a quarter of the
 // shortest timeout configured, between 100 ms and 30 s (a timeout then fires at most a
-// quarter late, and a million quiet connections are swept at most every 100 ms... at
-// the shortest). Routes added by a reload keep the tick of the start.
+// quarter late; a sweep touches every connection of the loop, so the tick is never
+// shorter than 100 ms). Routes added by a reload keep the tick of the start.
 clock::duration idle_tick(const proxy_config& cfg) {
     clock::duration shortest = std::chrono::hours(1);
     for (const auto& r : cfg.routes) {
