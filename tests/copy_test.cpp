@@ -657,6 +657,108 @@ INSTANTIATE_TEST_SUITE_P(
                std::get<1>(param_info.param).name;
     });
 
+// max_chunk = SIZE_MAX is cut to max_chunk_limit before it reaches the kernel, which
+// would refuse such a length with EINVAL on some versions: every path still moves
+// every byte, and reports the path the table gives it (no silent fallback).
+TEST(copy_max_chunk, zero_means_the_default_and_huge_values_are_capped) {
+    EXPECT_EQ(effective_max_chunk(0), copy_options{}.max_chunk);
+    EXPECT_EQ(effective_max_chunk(1), 1u);
+    EXPECT_EQ(effective_max_chunk(std::size_t{64} << 10), std::size_t{64} << 10);
+    EXPECT_EQ(effective_max_chunk(max_chunk_limit), max_chunk_limit);
+    EXPECT_EQ(effective_max_chunk(max_chunk_limit + 1), max_chunk_limit);
+    EXPECT_EQ(effective_max_chunk(SIZE_MAX), max_chunk_limit);
+}
+
+TEST_F(copy_test, a_huge_max_chunk_is_capped_on_every_path) {
+    transfer_pools& pools = make_pools();
+    const auto data = std::span(big_data()).first(small_size);
+    for (const limit_kind& k : limit_kinds) {
+        SCOPED_TRACE(k.name);
+        event_loop loop;
+        auto src = make_source(loop, k.from, data, 41);
+        ASSERT_TRUE(src) << src.error().message();
+        auto dst = make_dest(loop, k.to);
+        ASSERT_TRUE(dst) << dst.error().message();
+        side produced, consumed;
+        produced.done = consumed.done = true;
+        if (src->outer.is_open()) {
+            produced.done = false;
+            loop.spawn(produce(&src->outer, data, 42, &produced));
+        }
+        if (dst->outer.is_open()) {
+            consumed.done = false;
+            loop.spawn(consume(&dst->outer, 43, &consumed));
+        }
+        copy_options o;
+        o.pools = &pools;
+        o.path = k.force;
+        o.max_chunk = SIZE_MAX;
+        const copy_result r = loop.block_on(copy_then_end(&dst->inner, &src->inner, o));
+        EXPECT_TRUE(r.ok()) << r.error.message();
+        EXPECT_EQ(r.bytes, data.size());
+        if (k.force != copy_path::automatic) {
+            EXPECT_EQ(r.path, k.force);
+        }
+        ASSERT_TRUE(loop.block_on(wait_until(
+            &loop, [&] { return produced.done && consumed.done; }, 30s)));
+        const auto got =
+            k.to == end_kind::file ? read_file(dst->file->path()) : std::vector<std::byte>{};
+        EXPECT_EQ(k.to == end_kind::file ? sum_of(got) : consumed.sum, sum_of(data));
+    }
+}
+
+// Counts, at every suspension of the loop while a copy runs, how often a pipe or a
+// buffer was leased.
+task<void> sample_leases(event_loop* loop, transfer_pools* pools, const bool* stop, int* samples,
+                         int* holding) {
+    while (!*stop) {
+        ++*samples;
+        if (pools->pipes.stats().leased + pools->buffers.stats().leased > 0) {
+            ++*holding;
+        }
+        co_await sleep_for(*loop, 2ms);
+    }
+}
+
+// A rate-limited copy spends most of its time asleep in the limiter; it must hold no
+// pipe and no buffer then, or a thousand throttled connections pin a thousand of each.
+TEST_F(copy_test, a_throttled_copy_sleeps_holding_no_pipe_and_no_buffer) {
+    const auto data = std::span(big_data()).first(std::size_t{192} << 10);
+    for (copy_path forced : {copy_path::splice, copy_path::buffer}) {
+        SCOPED_TRACE(to_string(forced));
+        transfer_pools& pools = make_pools();
+        event_loop loop;
+        auto src = make_source(loop, end_kind::tcp, data, 51);
+        ASSERT_TRUE(src) << src.error().message();
+        auto dst = make_dest(loop, end_kind::tcp);
+        ASSERT_TRUE(dst) << dst.error().message();
+        side produced, consumed;
+        loop.spawn(produce(&src->outer, data, 52, &produced));
+        loop.spawn(consume(&dst->outer, 53, &consumed));
+        // 192 KiB at 512 KiB/s after a 51 KiB burst: about 0.3 s, mostly asleep.
+        rate_limiter limiter(std::uint64_t{512} << 10);
+        copy_options o;
+        o.pools = &pools;
+        o.path = forced;
+        o.limiter = &limiter;
+        bool stop = false;
+        int samples = 0;
+        int holding = 0;
+        loop.spawn(sample_leases(&loop, &pools, &stop, &samples, &holding));
+        const copy_result r = loop.block_on(copy_then_end(&dst->inner, &src->inner, o));
+        stop = true;
+        ASSERT_TRUE(loop.block_on(wait_until(
+            &loop, [&] { return produced.done && consumed.done; }, 30s)));
+        EXPECT_TRUE(r.ok()) << r.error.message();
+        EXPECT_EQ(r.path, forced);
+        EXPECT_EQ(consumed.bytes, data.size());
+        EXPECT_EQ(consumed.sum, sum_of(data));
+        EXPECT_GE(samples, 50) << "the copy did not sleep in the limiter";
+        EXPECT_LE(holding, samples / 10)
+            << holding << " of " << samples << " samples found a pipe or buffer leased";
+    }
+}
+
 // A limit on an endless source (a character device) ends the copy there.
 TEST_F(copy_test, a_limit_ends_a_copy_from_an_endless_device) {
     transfer_pools& pools = make_pools();

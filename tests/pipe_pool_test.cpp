@@ -193,6 +193,27 @@ TEST_F(pipe_pool_test, granted_size_is_at_least_the_request_or_counted_undersize
     }
 }
 
+// A lease grown with resize() reports the new size, and keeps it when the pool lends
+// the same pipe again; a refused size leaves the capacity as it was.
+TEST_F(pipe_pool_test, resize_keeps_the_capacity_true_across_leases) {
+    pipe_pool pool(pipe_pool::options{.pipe_size = 4096});
+    auto l = must_lease(pool);
+    const std::size_t before = l.capacity();
+    auto grown = l.resize(std::size_t{64} << 10);
+    ASSERT_TRUE(grown) << grown.error().message();
+    EXPECT_EQ(l.capacity(), *grown);
+    EXPECT_EQ(sys::get_pipe_size(l.write_fd()).value_or(0), *grown);
+    EXPECT_GE(*grown, before);
+    EXPECT_FALSE(l.resize(std::size_t{1} << 32)); // over what F_SETPIPE_SZ accepts
+    EXPECT_EQ(l.capacity(), *grown);
+    const int rfd = l.read_fd();
+    l.reset();
+    auto again = must_lease(pool);
+    ASSERT_EQ(again.read_fd(), rfd);
+    EXPECT_EQ(again.capacity(), *grown);
+    EXPECT_FALSE(pipe_lease{}.resize(65536)); // an empty lease has no pipe
+}
+
 // F_SETPIPE_SZ takes an int and the kernel rejects sizes above 2^31 (round_pipe_size
 // returns 0 → EINVAL), even for root, so 4 GiB is refused on every system: the pipe is
 // kept at its default size and counted, and the lease still works.

@@ -152,8 +152,10 @@ struct pooled_chunk {
 // Leases a buffer and reads at most `max` bytes from `fd` into it; read errors other
 // than EAGAIN are named `op` (a literal). On any failure, EAGAIN included, the buffer
 // is already back in the pool when this returns: that is what lets a parked read hold
-// nothing. Used as the syscall step of an io_op.
-result<pooled_chunk> lease_and_read(int fd, buffer_pool& pool, std::size_t max, const char* op);
+// nothing. Used as the syscall step of an io_op, and by copy()'s buffer path. With
+// `offset`, reads there (pread) and advances it by the bytes read.
+result<pooled_chunk> lease_and_read(int fd, buffer_pool& pool, std::size_t max, const char* op,
+                                    off_t* offset = nullptr);
 
 } // namespace detail
 

@@ -67,6 +67,18 @@ private:
     clock::time_point last_{};
 };
 
+// The largest length copy() passes to one system call (see copy_options::max_chunk).
+inline constexpr std::size_t max_chunk_limit = std::size_t{1} << 30;
+
+// The length bound copy() really uses for a requested max_chunk: 0 means the default
+// (1 MiB), anything above max_chunk_limit is cut to it.
+constexpr std::size_t effective_max_chunk(std::size_t requested) noexcept {
+    if (requested == 0) {
+        return std::size_t{1} << 20;
+    }
+    return requested < max_chunk_limit ? requested : max_chunk_limit;
+}
+
 struct copy_options {
     // Bytes to copy at most; std::nullopt = until end of stream. 0 copies nothing.
     std::optional<std::uint64_t> limit;
@@ -75,8 +87,9 @@ struct copy_options {
     copy_path path = copy_path::automatic;
     // Size asked of pooled pipes; 0 = the pool's size.
     std::size_t pipe_size = 0;
-    // Upper bound for one splice/sendfile/copy_file_range call. Never SIZE_MAX: some
-    // kernels reject huge lengths with EINVAL.
+    // Upper bound for one splice/sendfile/copy_file_range call. Larger values are cut
+    // to max_chunk_limit (1 GiB): some kernels reject huge lengths such as SIZE_MAX
+    // with EINVAL. 0 means the default.
     std::size_t max_chunk = std::size_t{1} << 20;
     // After this many bytes the copy yields to the loop even if both fds stay ready,
     // so one busy connection cannot starve the others under edge triggering.

@@ -77,6 +77,10 @@ public:
     // The size the kernel granted (F_GETPIPE_SZ), which may be below the pool's
     // pipe_size when the kernel refused to grow it.
     [[nodiscard]] std::size_t capacity() const noexcept { return capacity_; }
+    // Asks the kernel for a pipe of `bytes` (F_SETPIPE_SZ) and keeps capacity() true to
+    // what it granted, also once the pipe is back in the pool. Fails as the kernel does
+    // (EPERM over pipe-max-size or the user's quota, EBUSY below what the pipe holds).
+    result<std::size_t> resize(std::size_t bytes) noexcept;
 
     // Ends the lease now, as the destructor would: back to the pool when empty,
     // closed and counted as discarded when `buffered` > 0.

@@ -113,7 +113,8 @@ void buffer_pool::clear_idle() noexcept {
 
 namespace detail {
 
-result<pooled_chunk> lease_and_read(int fd, buffer_pool& pool, std::size_t max, const char* op) {
+result<pooled_chunk> lease_and_read(int fd, buffer_pool& pool, std::size_t max, const char* op,
+                                    off_t* offset) {
     auto lease = pool.lease();
     if (!lease) {
         return fail(lease.error());
@@ -122,10 +123,14 @@ result<pooled_chunk> lease_and_read(int fd, buffer_pool& pool, std::size_t max, 
     if (buf.empty()) {
         return fail_op(op, EINVAL); // a zero-byte read would be taken for end of stream
     }
-    auto n = sys::read(fd, buf.data(), buf.size());
+    auto n = offset != nullptr ? sys::pread(fd, buf.data(), buf.size(), *offset)
+                               : sys::read(fd, buf.data(), buf.size());
     if (!n) {
         // EAGAIN keeps its meaning for io_op (wait and retry); the lease returns here.
         return fail(would_block(n) ? n.error() : name_op(op, n.error()));
+    }
+    if (offset != nullptr) {
+        *offset += static_cast<off_t>(*n);
     }
     return pooled_chunk{std::move(*lease), *n};
 }

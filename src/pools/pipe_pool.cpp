@@ -42,6 +42,17 @@ void pipe_lease::release_dirty() noexcept {
     buffered = 0;
 }
 
+result<std::size_t> pipe_lease::resize(std::size_t bytes) noexcept {
+    if (pool_ == nullptr) {
+        return fail_op("pipe resize", EBADF);
+    }
+    auto granted = sys::set_pipe_size(write_fd(), bytes);
+    if (granted) {
+        capacity_ = *granted;
+    }
+    return granted;
+}
+
 // ---- pipe_pool ----
 
 pipe_pool::pipe_pool(options opts) : opts_(std::move(opts)) {

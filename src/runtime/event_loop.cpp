@@ -81,15 +81,25 @@ void io_handle::park(io_direction d, detail::io_waiter* w) noexcept {
         slot = nullptr;
         w->handle_ = nullptr;
         loop_->schedule(*w);
+        return;
+    }
+    if (pollable_) {
+        loop_->backend_->arm(*this, d);
     }
 }
 
 void io_handle::unpark(detail::io_waiter* w) noexcept {
     if (reader_ == w) {
         reader_ = nullptr;
+        if (pollable_) {
+            loop_->backend_->disarm(*this, io_direction::read);
+        }
     }
     if (writer_ == w) {
         writer_ = nullptr;
+        if (pollable_) {
+            loop_->backend_->disarm(*this, io_direction::write);
+        }
     }
     w->handle_ = nullptr;
 }

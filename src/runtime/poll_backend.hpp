@@ -16,6 +16,12 @@ public:
     virtual result<bool> add(io_handle& h) = 0;
     // Stops watching; called before the fd is closed.
     virtual void remove(io_handle& h) noexcept = 0;
+    // A coroutine now waits for `h` in direction `d` (it got EAGAIN), or stopped
+    // waiting. Edge-triggered epoll watches both directions from add() on, so these do
+    // nothing there; a one-shot backend (io_uring's poll requests) submits or cancels
+    // its request here. Called only for pollable handles.
+    virtual void arm(io_handle& /*h*/, io_direction /*d*/) noexcept {}
+    virtual void disarm(io_handle& /*h*/, io_direction /*d*/) noexcept {}
     // Waits up to `timeout_ms` and delivers events to their handles. Returns true when
     // the loop's wake-up fd fired.
     virtual result<bool> poll(int timeout_ms) = 0;

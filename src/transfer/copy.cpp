@@ -357,6 +357,15 @@ task<step> splice_through_pipe(copier* c) {
                     co_return step::failed;
                 }
             }
+            std::size_t allowed = c->want(c->opts.max_chunk);
+            if (c->opts.limiter != nullptr) {
+                // A throttled copy sleeps holding no pipe: it is empty here, so giving
+                // it back loses nothing.
+                if (c->opts.limiter->allow(allowed, clock::now()) == 0) {
+                    pipe.reset();
+                }
+                allowed = co_await throttle(c, allowed);
+            }
             if (!pipe) {
                 auto l = c->pools.pipes.lease();
                 if (!l) {
@@ -367,15 +376,13 @@ task<step> splice_through_pipe(copier* c) {
                 pipe = std::move(*l);
                 pipe_cap = pipe.capacity();
                 if (c->opts.pipe_size != 0 && pipe_cap < c->opts.pipe_size) {
-                    if (auto sz = sys::set_pipe_size(pipe.write_fd(), c->opts.pipe_size)) {
+                    // Best effort, as in the pool: a refused size keeps the pipe it has.
+                    if (auto sz = pipe.resize(c->opts.pipe_size)) {
                         pipe_cap = *sz;
                     }
                 }
             }
-            std::size_t len = c->want(pipe_cap);
-            if (c->opts.limiter != nullptr) {
-                len = co_await throttle(c, len);
-            }
+            const std::size_t len = std::min(c->want(pipe_cap), allowed);
             auto n = sys::splice(c->src.fd(), c->src_offp(), pipe.write_fd(), nullptr, len,
                                  SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
             if (!n) {
@@ -514,39 +521,36 @@ task<step> buffer_loop(copier* c, bool upgrade) {
                 co_return step::failed;
             }
         }
-        auto buf = c->pools.buffers.lease();
-        if (!buf) {
-            c->res.error = buf.error();
-            co_return step::failed;
-        }
-        std::size_t len = c->want(buf->size());
+        // The pooled read (as pooled_read/pooled_copy do it): lease, read, and on EAGAIN
+        // the buffer is back in the pool before we wait. The rate limiter runs first,
+        // so a throttled copy sleeps holding no buffer.
+        std::size_t len = c->want(c->pools.buffers.buffer_size());
         if (c->opts.limiter != nullptr) {
             len = co_await throttle(c, len);
         }
-        auto n = c->opts.src_offset ? sys::pread(c->src.fd(), buf->data().data(), len, c->src_off)
-                                    : sys::read(c->src.fd(), buf->data().data(), len);
-        if (!n) {
-            if (would_block(n.error())) {
+        auto chunk = detail::lease_and_read(c->src.fd(), c->pools.buffers, len, "read",
+                                            c->opts.src_offset ? &c->src_off : nullptr);
+        if (!chunk) {
+            if (would_block(chunk.error())) {
                 c->src.handle().clear_ready(io_direction::read);
-                continue; // the buffer goes back before we wait
+                continue;
             }
-            co_return c->fail_with("read", errno_of(n.error()));
+            c->res.error = chunk.error(); // names the read, or the pool's refusal
+            co_return step::failed;
         }
-        if (*n == 0) {
+        const std::size_t n = chunk->n;
+        if (n == 0) {
             co_return step::done;
         }
-        if (*n < len && (is_socket(c->src) || is_pipe(c->src)) && !c->src.handle().peer_closed()) {
+        if (n < len && (is_socket(c->src) || is_pipe(c->src)) && !c->src.handle().peer_closed()) {
             // A short read from a stream socket or pipe emptied its queue: the next read
             // would only say EAGAIN. Wait for the next edge instead (new data, or the
             // peer's close, each raises one). Not done once the peer closed: that edge
             // is already spent, and the next read must see the end of stream.
             c->src.handle().clear_ready(io_direction::read);
         }
-        if (c->opts.src_offset) {
-            c->src_off += static_cast<off_t>(*n);
-        }
-        ZCIO_WRITE_ALL(c, buf->data().first(*n), copy_path::buffer);
-        if (upgrade && *n == buf->size()) {
+        ZCIO_WRITE_ALL(c, chunk->lease.data().first(n), copy_path::buffer);
+        if (upgrade && n == chunk->lease.size()) {
             co_return step::upgrade;
         }
         if (c->should_yield()) {
@@ -586,9 +590,9 @@ copy_path choose_path(const stream& dst, const stream& src, const copy_options& 
 
 task<copy_result> copy(stream& dst, stream& src, copy_options opts) {
     transfer_pools& pools = opts.pools != nullptr ? *opts.pools : transfer_pools::for_this_thread();
-    if (opts.max_chunk == 0) {
-        opts.max_chunk = copy_options{}.max_chunk; // 0 would copy nothing and look fine
-    }
+    // 0 would copy nothing and look fine; huge lengths (SIZE_MAX) are refused with
+    // EINVAL by some kernels, and the kernel moves at most about 2 GiB per call anyway.
+    opts.max_chunk = effective_max_chunk(opts.max_chunk);
     copier c(dst, src, opts, pools);
     const copy_path first = choose_path(dst, src, opts);
     c.res.path = first;
