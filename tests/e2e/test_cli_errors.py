@@ -138,6 +138,56 @@ class ConfigErrors(E2ETestCase):
         self.check('threads = 0\n' + route, 1, "threads")
         self.check('metrics = "x"\n' + route, 1, "metrics")
 
+    def test_listen_address_used_twice(self):
+        # Each of these used to start binding and fail with "Address already in use"
+        # (exit 1): now the file is refused, at the line of the second claim.
+        def two(first, second, extra=""):
+            return ('[[route]]\nlisten = %s\nupstream = "%s"\n\n'
+                    '[[route]]\n%supstream = "%s"\nlisten = %s\n' % (first, UP, extra, UP, second))
+        self.check(two('"127.0.0.1:21901"', '"127.0.0.1:21901"'), 7,
+                   'route[1].listen: 127.0.0.1:21901 is already used by route[0]')
+        line = self.check(two('"127.0.0.1:7000-7010"', '"127.0.0.1:7005"'), 7,
+                          "route[1].listen: 127.0.0.1:7005 is already used by route[0]", "7000-7010")
+        self.assertTrue(line.startswith("zcio: "), line)
+        # Ranges that overlap in part; the first shared port is named.
+        self.check(two('"127.0.0.1:7005-7020"', '"127.0.0.1:7000-7006"'), 7,
+                   "route[1].listen: 127.0.0.1:7005 is already used by route[0]")
+        # In a list, on its own line; a bare port means 127.0.0.1.
+        self.check(two('"7100"', '[\n  "127.0.0.1:7200",\n  "127.0.0.1:7100",\n]'), 9,
+                   "route[1].listen: 127.0.0.1:7100 is already used by route[0]")
+        # The wildcard of a family takes every address of it on that port.
+        self.check(two('"0.0.0.0:7300"', '"127.0.0.1:7300"'), 7, "127.0.0.1:7300", "0.0.0.0:7300")
+        self.check(two('"[::1]:7300"', '"[::]:7300"'), 7, "route[1].listen", "[::]:7300")
+        # Equal Unix paths and abstract names.
+        sock = self.path("s.sock")
+        self.check(two('"unix:%s"' % sock, '"unix:%s"' % sock), 7, "route[1].listen", sock)
+        self.check(two('"unix:@zcio-dup"', '"unix:@zcio-dup"'), 7, "route[1].listen", "@zcio-dup")
+        # Twice within one route.
+        self.check('[[route]]\nlisten = ["127.0.0.1:7400-7401", "127.0.0.1:7401"]\nupstream = "%s"\n' % UP,
+                   2, "route[0].listen: 127.0.0.1:7401 is already used by this route")
+
+    def test_listen_addresses_that_may_coexist(self):
+        # Port 0 (each gets its own port), other addresses or families, other paths:
+        # accepted, so the proxy starts (and is stopped by SIGTERM once listening).
+        cfg = self.path("ok.toml")
+        with open(cfg, "w") as f:
+            f.write('[[route]]\nlisten = ["127.0.0.1:0", "127.0.0.1:0"]\nupstream = "%s"\n'
+                    '[[route]]\nlisten = ["127.0.0.1:0", "unix:%s"]\nupstream = "%s"\n'
+                    '[[route]]\nlisten = "unix:%s"\nupstream = "%s"\n'
+                    % (UP, self.path("a.sock"), UP, self.path("b.sock"), UP))
+        proc = self.spawn([e2e.ZCIO, "proxy", "--config", cfg, "--threads", "1"])
+        proc.wait_for(r"listening on", count=5)
+        proc.send_signal(e2e.signal.SIGTERM)
+        self.assertEqual(proc.wait(e2e.SHORT), 0)
+
+    def test_route_name_used_twice(self):
+        route = '[[route]]\nname = "%s"\nlisten = "127.0.0.1:0"\nupstream = "' + UP + '"\n'
+        self.check(route % "web" + route % "db" + route % "web", 10,
+                   'route[2].name: "web" is already the name of route[0]')
+        # A default name (route1) taken by an explicit one.
+        self.check(route % "route1" + '[[route]]\nlisten = "127.0.0.1:0"\nupstream = "%s"\n' % UP, 5,
+                   'route[1].name: "route1" (the default name) is already the name of route[0]')
+
     def test_missing_pieces(self):
         self.check('[[route]]\nlisten = "127.0.0.1:0"\n', 1, "upstream")
         self.check('[[route]]\nupstream = "%s"\n' % UP, 1, "listen")

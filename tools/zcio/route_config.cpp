@@ -3,9 +3,11 @@
 
 #include "cli_util.hpp"
 
+#include <netinet/in.h>
 #include <toml++/toml.h>
 
 #include <cmath>
+#include <map>
 #include <set>
 
 namespace zcio::cli {
@@ -129,9 +131,113 @@ std::chrono::nanoseconds duration_value(const located& at, const toml::node& n,
     at.fail(n, key, "expected a duration (seconds, or a string such as \"250ms\")");
 }
 
-route load_route(const located& at, const toml::table& t, std::size_t index) {
+// Listen addresses and names must be unique across the routes of a file. Otherwise two
+// routes on one address fail only when the second binds ("Address already in use",
+// exit 1, or a half-applied reload), and two routes of one name would add up in one
+// metrics series and share one set of pools.
+class route_registry {
+public:
+    // One listen item of route[`index`]: a single address or a port range (`eps`, as
+    // parse_listen returns it). Fails at `item` if it overlaps an earlier item.
+    void claim_listen(const located& at, const toml::node& item, std::size_t index,
+                      const std::string& text, const std::vector<endpoint>& eps) {
+        const claim mine{eps.front(), eps.front().port(), eps.back().port(), index, text};
+        for (const auto& other : claims_) {
+            if (auto shared = overlap(other, mine)) {
+                const std::string addr = shared->to_string();
+                at.fail(item, "listen", addr + " is already used by " + owner(other, index, addr));
+            }
+        }
+        claims_.push_back(mine);
+    }
+
+    // Fails at `line` if route[`index`]'s name is taken by an earlier route.
+    void claim_name(const located& at, std::size_t line, std::size_t index, const std::string& name,
+                    bool is_default) {
+        auto [it, fresh] = names_.try_emplace(name, named{index, is_default});
+        if (!fresh) {
+            at.fail_at(line, "name",
+                       "\"" + name + "\"" + (is_default ? " (the default name)" : "") +
+                           " is already the name of route[" + std::to_string(it->second.index) +
+                           "]" + (it->second.is_default ? " (its default name)" : ""));
+        }
+    }
+
+private:
+    struct claim {
+        endpoint first_ep; // the address, with the first port of the range
+        std::uint16_t first_port;
+        std::uint16_t last_port;
+        std::size_t index;
+        std::string text; // as written in the file
+    };
+    struct named {
+        std::size_t index;
+        bool is_default;
+    };
+
+    // "route[0]", with the address as written when it is not the one that clashed
+    // (a range or a wildcard).
+    static std::string owner(const claim& c, std::size_t index, const std::string& addr) {
+        std::string who =
+            c.index == index ? "this route" : "route[" + std::to_string(c.index) + "]";
+        if (c.text != addr) {
+            who += " (\"" + c.text + "\")";
+        }
+        return who;
+    }
+
+    static bool is_wildcard(const endpoint& e) {
+        if (e.family() == AF_INET) {
+            return reinterpret_cast<const sockaddr_in*>(e.data())->sin_addr.s_addr ==
+                   htonl(INADDR_ANY);
+        }
+        if (e.family() == AF_INET6) {
+            const auto* a = &reinterpret_cast<const sockaddr_in6*>(e.data())->sin6_addr;
+            return IN6_IS_ADDR_UNSPECIFIED(a);
+        }
+        return false;
+    }
+
+    // Two IP addresses of one family that the kernel would not let both listen on one
+    // port: equal ones, or the wildcard and any other (the proxy probes the port
+    // without SO_REUSEPORT before binding: ensure_port_free). IPv4 against IPv6 is left
+    // to the bind: whether [::] also takes 0.0.0.0 depends on net.ipv6.bindv6only.
+    static bool clash(endpoint a, endpoint b) {
+        if (a.family() != b.family()) {
+            return false;
+        }
+        a.set_port(0);
+        b.set_port(0);
+        return a == b || is_wildcard(a) || is_wildcard(b);
+    }
+
+    // The first address both claims would listen on, if any. Port 0 (the kernel picks
+    // a free port) never clashes; Unix addresses clash when equal.
+    static std::optional<endpoint> overlap(const claim& x, const claim& y) {
+        if (x.first_ep.is_unix() || y.first_ep.is_unix()) {
+            return x.first_ep == y.first_ep ? std::optional(y.first_ep) : std::nullopt;
+        }
+        const std::uint16_t lo = std::max(x.first_port, y.first_port);
+        const std::uint16_t hi = std::min(x.last_port, y.last_port);
+        if (lo == 0 || lo > hi || !clash(x.first_ep, y.first_ep)) {
+            return std::nullopt;
+        }
+        endpoint at = y.first_ep;
+        at.set_port(lo);
+        return at;
+    }
+
+    std::vector<claim> claims_;
+    std::map<std::string, named, std::less<>> names_;
+};
+
+route load_route(const located& at, const toml::table& t, std::size_t index,
+                 route_registry& registry) {
     route r;
     r.name = "route" + std::to_string(index);
+    std::size_t name_line = t.source().begin.line; // the table's line for a default name
+    bool named = false;
     static const std::set<std::string, std::less<>> known = {
         "name",       "listen",          "upstream",     "engine",
         "pipe_size",  "max_connections", "idle_timeout", "connect_timeout",
@@ -147,6 +253,8 @@ route load_route(const located& at, const toml::table& t, std::size_t index) {
         }
         if (key == "name") {
             r.name = need_string(at, node, key);
+            name_line = node.source().begin.line;
+            named = true;
         } else if (key == "listen") {
             std::vector<const toml::node*> items;
             if (const auto* arr = node.as_array()) {
@@ -159,6 +267,7 @@ route load_route(const located& at, const toml::table& t, std::size_t index) {
             for (const auto* item : items) {
                 std::string text = need_string(at, *item, key);
                 auto eps = at.wrap(*item, key, [&] { return parse_listen(text); });
+                registry.claim_listen(at, *item, index, text, eps);
                 r.listen.insert(r.listen.end(), eps.begin(), eps.end());
                 r.listen_text.push_back(text);
             }
@@ -197,6 +306,7 @@ route load_route(const located& at, const toml::table& t, std::size_t index) {
         at.fail_at(t.source().begin.line, "upstream",
                    "missing (every route needs upstream = \"HOST:PORT\")");
     }
+    registry.claim_name(at, name_line, index, r.name, !named);
     return r;
 }
 
@@ -216,6 +326,7 @@ proxy_config load_config_file(const std::string& path) {
     }
     proxy_config cfg;
     located top(path, "");
+    route_registry registry;
     for (const auto& [k, node] : doc) {
         const std::string_view key = k.str();
         if (key == "route") {
@@ -226,7 +337,7 @@ proxy_config load_config_file(const std::string& path) {
             std::size_t i = 0;
             for (const auto& item : *arr) {
                 located at(path, "route[" + std::to_string(i) + "].");
-                cfg.routes.push_back(load_route(at, *item.as_table(), i));
+                cfg.routes.push_back(load_route(at, *item.as_table(), i, registry));
                 ++i;
             }
         } else if (key == "threads") {

@@ -47,7 +47,9 @@ struct proxy_config {
     global_options global;
 };
 
-// Loads a TOML file. Throws usage_error with one line: "FILE:LINE: KEY: what is wrong".
+// Loads a TOML file. Throws usage_error with one line: "FILE:LINE: KEY: what is wrong",
+// also when two routes (or one route twice) would listen on one address or two routes
+// share a name.
 proxy_config load_config_file(const std::string& path);
 
 // Shared with the flag parser: throw usage_error naming `what`.
