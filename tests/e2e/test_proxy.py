@@ -26,6 +26,14 @@ ENGINES = ("auto", "splice", "buffer")
 ENGINE_PATH = {"auto": "splice", "splice": "splice", "buffer": "buffer"}
 
 
+POOL_GAUGES = ("zcio_pipes_leased", "zcio_pipes_idle", "zcio_buffers_leased", "zcio_buffers_idle")
+
+
+def pool_total(metrics, name, route):
+    """A pool gauge of one route, summed over the event loops."""
+    return sum(v for (n, labels), v in metrics.items() if n == name and ("route", route) in labels)
+
+
 def closed_lines(proxy):
     return [l for l in proxy.proc.lines() if " closed client " in l]
 
@@ -520,11 +528,95 @@ class MetricsTests(E2ETestCase):
         self.assertEqual(proxy.metric("zcio_connections_refused_total"), 0)
         self.assertEqual(proxy.metric("zcio_upstream_connect_failures_total"), 0)
         m = proxy.metrics()
-        for g in ("zcio_pipes_leased", "zcio_pipes_idle", "zcio_buffers_leased", "zcio_buffers_idle"):
-            self.assertIn((g, (("loop", "0"),)), m)
-            self.assertIn((g, (("loop", "1"),)), m)
+        for g in POOL_GAUGES:  # each route has its own pools on every loop
+            self.assertIn((g, (("route", "default"), ("loop", "0"))), m)
+            self.assertIn((g, (("route", "default"), ("loop", "1"))), m)
         # Other paths and methods.
         self.assertEqual(e2e.http_get(proxy.metrics_port, "/nope")[0], 404)
+
+    def test_bytes_counted_while_a_transfer_runs(self):
+        """The byte counters grow while data moves (not only when a connection closes):
+        a rate-limited transfer both ways, scraped twice on its way and once after."""
+        rate, size = 1 * MiB, 3 * MiB  # about 3 s each way
+        down, upb = random_bytes(size), random_bytes(size)
+        up = self.upstream(source_sink_handler(down))
+        proxy = self.start_proxy("--listen", "127.0.0.1:0", "--upstream", up.address, "--engine", "splice",
+                                 "--rate-limit", str(rate))
+        c = self.connect(proxy.addr)
+        sender = send_in_thread(c, upb)
+        received = {}
+        reader = threading.Thread(target=lambda: received.update(data=recv_all(c)[0]), daemon=True)
+        reader.start()
+        names = ("zcio_bytes_client_to_upstream_total", "zcio_bytes_upstream_to_client_total")
+        seen = []
+        start = time.monotonic()
+        for at in (1.0, 1.8):  # seconds after the start; the counters lag by at most 0.5 s
+            time.sleep(max(0.0, start + at - time.monotonic()))
+            m = proxy.metrics()
+            seen.append((at, [m[(n, (("route", "default"),))] for n in names]))
+            for g in POOL_GAUGES:  # pools are reported per route
+                self.assertIn((g, (("route", "default"), ("loop", "0"))), m)
+        print("  mid-transfer byte counters (of %d each way): %r" % (size, seen), file=sys.stderr)
+        self.assertIsNone(proxy.proc.poll())
+        for (_, now), (_, before) in zip(seen[1:], seen):
+            for n, v, b in zip(names, now, before):
+                self.assertGreater(v, b, "%s did not grow while the transfer ran" % n)
+        for _, values in seen:
+            for n, v in zip(names, values):
+                self.assertGreater(v, 0, "%s is 0 during the transfer" % n)
+                self.assertLess(v, size, "%s reached the total while the transfer still ran" % n)
+        reader.join(IO_TIMEOUT)
+        join_sender(sender)
+        self.assertEqual(sha(received["data"]), sha(down))
+        rec = up.wait_connections(1)[0].wait()
+        self.assertEqual(rec.sha, sha(upb))
+        proxy.wait_metric("zcio_connections_active", 0)
+        self.assertEqual(proxy.metric(names[0]), size)
+        self.assertEqual(proxy.metric(names[1]), size)
+
+    def test_pipes_and_buffers_leased_per_route(self):
+        """Two routes whose upstreams never read: the splice route's waiting data sits in
+        a pipe, the buffer route's in a buffer, each counted under its own route."""
+        release = threading.Event()
+        self.addCleanup(release.set)
+        up = self.upstream(lambda conn, rec: release.wait(IO_TIMEOUT))
+        cfg = self.path("pools.toml")
+        write(cfg, """
+[[route]]
+name = "spliced"
+listen = "127.0.0.1:0"
+upstream = "%s"
+engine = "splice"
+
+[[route]]
+name = "buffered"
+listen = "127.0.0.1:0"
+upstream = "%s"
+engine = "buffer"
+""" % (up.address, up.address))
+        proxy = self.start_proxy("--config", cfg, listens=2)
+        clients = []
+        for route in ("spliced", "buffered"):
+            c = self.connect(proxy.address_of(route))
+            send_in_thread(c, random_bytes(16 * MiB))  # blocks once every buffer is full
+            clients.append(c)
+
+        def pools(route):
+            m = proxy.metrics()
+            return {g: pool_total(m, g, route) for g in POOL_GAUGES}
+        wait_until(lambda: pools("spliced")["zcio_pipes_leased"] >= 1, SHORT, "a pipe leased by spliced")
+        wait_until(lambda: pools("buffered")["zcio_buffers_leased"] >= 1, SHORT, "a buffer leased by buffered")
+        self.assertEqual(pools("spliced")["zcio_buffers_leased"], 0)
+        self.assertEqual(pools("buffered")["zcio_pipes_leased"], 0)
+        # The upstreams close: the waiting data has nowhere to go, the leases come back.
+        # (A client reset alone goes unnoticed while its direction waits for the
+        # upstream to take data and the other one for the upstream to send.)
+        release.set()
+        for c in clients:
+            rst_close(c)
+        for route in ("spliced", "buffered"):
+            wait_until(lambda: pools(route)["zcio_pipes_leased"] + pools(route)["zcio_buffers_leased"] == 0
+                       or None, SHORT, "%s's leases given back" % route)
 
 
 def v1_header(src, dst):
@@ -734,6 +826,24 @@ rate_limit = "64M"
         self._echo("127.0.0.1:%d" % pb)
         round_trip()
 
+        # 2b: an address or a name used by two routes is refused the same way, before
+        # anything is bound or closed.
+        route_c = '[[route]]\nname = "gamma"\nlisten = "127.0.0.1:%d"\nupstream = "%s"\n' % (pb, up_b.address)
+        write(cfg, route_a + "\n" + route_b + "\n" + route_c)
+        mark = len(proxy.proc.lines())
+        proxy.proc.send_signal(signal.SIGHUP)
+        proxy.proc.wait_for(r"reload failed, keeping the running routes: .*reload\.toml:13: route\[2\]\.listen: "
+                            r"127\.0\.0\.1:%d is already used by route\[1\]" % pb, start=mark)
+        write(cfg, route_a + "\n" + route_b.replace('"beta"', '"alpha"'))
+        mark = len(proxy.proc.lines())
+        proxy.proc.send_signal(signal.SIGHUP)
+        proxy.proc.wait_for(r'reload failed, keeping the running routes: .*reload\.toml:7: route\[1\]\.name: '
+                            r'"alpha" is already the name of route\[0\]', start=mark)
+        self._echo("127.0.0.1:%d" % pb)
+        self._echo("127.0.0.1:%d" % pa)
+        round_trip()
+        self.assertNotIn('route="gamma"', e2e.http_get(proxy.metrics_port)[1])  # never created
+
         # 3: remove the held connection's route: it still is not dropped.
         write(cfg, route_b)
         mark = len(proxy.proc.lines())
@@ -747,7 +857,7 @@ rate_limit = "64M"
         self.assertEqual(recv_all(held)[0], b"")
         rec = up_a.wait_connections(1)[0].wait()
         self.assertEqual(rec.sha, sha(bytes(sent)))
-        self.assertEqual(up_a.connections(), 2)  # held + one echo
+        self.assertEqual(up_a.connections(), 3)  # held + two echoes
         self.assertIsNone(proxy.proc.poll())
 
     def test_sighup_reload_with_port_zero(self):

@@ -27,16 +27,33 @@ struct listener_entry {
     std::string key; // the endpoint text, for reload diffs
 };
 
-namespace {
-class proxied_connection;
-} // namespace
+// A place in a loop's circular list of open connections; the loop holds the head
+// (a link of its own), so a connection leaves the list without knowing its loop.
+struct connection_link {
+    connection_link* prev = this;
+    connection_link* next = this;
+
+    void insert_after(connection_link& at) noexcept {
+        prev = &at;
+        next = at.next;
+        at.next->prev = this;
+        at.next = this;
+    }
+    void remove() noexcept {
+        prev->next = next;
+        next->prev = prev;
+        prev = next = this;
+    }
+};
 
 // Everything one loop owns. Only its own thread touches it after start().
 struct loop_ctx {
     std::size_t index = 0;
     event_loop* loop = nullptr;
-    transfer_pools pools;
-    pool_gauges gauges;
+    // Every route this loop has served (by name, never removed): their pools on this
+    // loop are refreshed into their gauges by this loop.
+    std::vector<std::shared_ptr<route_stats>> routes;
+    connection_link connections; // the open ones (proxied_connection), for byte counts
     cancel_source cancel_all;
     std::vector<std::unique_ptr<listener_entry>> listeners;
     std::vector<std::unique_ptr<listener_entry>> closed; // kept until the loop ends
@@ -79,7 +96,7 @@ void abort_on_close(const stream& s) noexcept {
 
 // A connection whose upstream answered: a relay plus what its close line needs. It
 // lives in its loop's list (for the shutdown) and deletes itself in on_done().
-class proxied_connection final : public relay {
+class proxied_connection final : public relay, public connection_link {
 public:
     proxied_connection(loop_ctx* ctx, std::shared_ptr<route_runtime> rt, stream client,
                        stream upstream, const bidirectional_options& bo, const endpoint& peer,
@@ -90,6 +107,17 @@ public:
         peer_len_ = std::min<socklen_t>(peer.size(), sizeof peer_);
         std::memcpy(&peer_, peer.data(), peer_len_);
         ctx->relays->add(*this);
+        insert_after(ctx->connections);
+    }
+
+    // Adds what moved since the last call to the route's byte counters: one relaxed
+    // add per direction that moved, called by the loop's refresh tick and at the end.
+    // Not after each burst of the relay: a direction that always has data (a rate-
+    // limited one, a fast sender) stays in one copy() burst until the stream ends.
+    void count_progress() noexcept {
+        route_stats& stats = *rt_->stats;
+        add_since(stats.bytes_client_to_upstream, a_to_b(), counted_[0]);
+        add_since(stats.bytes_upstream_to_client, b_to_a(), counted_[1]);
     }
 
 protected:
@@ -98,10 +126,9 @@ protected:
             abort_on_close(a()); // the client
             abort_on_close(b()); // the upstream
         }
-        route_stats& stats = *rt_->stats;
-        stats.bytes_client_to_upstream.fetch_add(t.a_to_b, std::memory_order_relaxed);
-        stats.bytes_upstream_to_client.fetch_add(t.b_to_a, std::memory_order_relaxed);
-        stats.connections_active.fetch_sub(1, std::memory_order_relaxed);
+        count_progress(); // t.a_to_b == a_to_b(), t.b_to_a == b_to_a()
+        remove();         // from the loop's list
+        rt_->stats->connections_active.fetch_sub(1, std::memory_order_relaxed);
         const double secs = std::chrono::duration<double>(clock::now() - started_).count();
         spdlog::info("{} closed client {} upstream {} sent {} received {} in {:.3f}s path {}: {}",
                      rt_->config.name, peer_text(), rt_->config.upstream.to_string(), t.a_to_b,
@@ -110,6 +137,14 @@ protected:
     }
 
 private:
+    static void add_since(std::atomic<std::uint64_t>& counter, std::uint64_t now,
+                          std::uint64_t& counted) noexcept {
+        if (now != counted) {
+            counter.fetch_add(now - counted, std::memory_order_relaxed);
+            counted = now;
+        }
+    }
+
     std::string peer_text() const {
         if (peer_.sin6_family == AF_UNIX) {
             return "unix:";
@@ -132,6 +167,7 @@ private:
     }
 
     std::shared_ptr<route_runtime> rt_;
+    std::uint64_t counted_[2] = {0, 0}; // bytes already in the route's counters
     clock::time_point started_;
     sockaddr_in6 peer_{}; // IPv4 addresses fit too
     socklen_t peer_len_ = 0;
@@ -183,7 +219,7 @@ task<void> handle_connection(loop_ctx* ctx, std::shared_ptr<route_runtime> rt, s
     if (o.idle_timeout.count() > 0) {
         bo.idle_timeout = std::chrono::duration_cast<clock::duration>(o.idle_timeout);
     }
-    bo.pools = &ctx->pools;
+    bo.pools = &rt->stats->per_loop[ctx->index].pools;
     // From here on the connection is an object, not this coroutine: a quiet one holds
     // no frame. It deletes itself when it ends.
     auto* conn = new proxied_connection(ctx, std::move(rt), std::move(client), std::move(*up), bo,
@@ -229,14 +265,33 @@ task<void> stop_when_closed(loop_ctx* ctx) {
     ctx->loop->stop();
 }
 
-task<void> publish_gauges(loop_ctx* ctx) {
+void publish_pools(loop_ctx& ctx) {
+    for (const auto& route : ctx.routes) {
+        route_loop_state& here = route->per_loop[ctx.index];
+        if (!here.in_use) {
+            // Removed by a reload: its pools serve no new connection, so what the old
+            // ones give back is freed rather than kept for reuse.
+            here.pools.pipes.clear_idle();
+            here.pools.buffers.clear_idle();
+        }
+        const auto p = here.pools.pipes.stats();
+        const auto b = here.pools.buffers.stats();
+        here.gauges.pipes_leased.store(p.leased, std::memory_order_relaxed);
+        here.gauges.pipes_idle.store(p.idle, std::memory_order_relaxed);
+        here.gauges.buffers_leased.store(b.leased, std::memory_order_relaxed);
+        here.gauges.buffers_idle.store(b.idle, std::memory_order_relaxed);
+    }
+}
+
+// Twice a second: bytes moved by open connections into their routes' counters, and
+// the pools into their gauges. One pass over the loop's connections (a few loads
+// each) keeps the data path free of atomics; a counter is at most 0.5 s behind.
+task<void> refresh_metrics(loop_ctx* ctx) {
     for (unsigned turn = 1; !ctx->stopping; ++turn) {
-        auto p = ctx->pools.pipes.stats();
-        auto b = ctx->pools.buffers.stats();
-        ctx->gauges.pipes_leased.store(p.leased, std::memory_order_relaxed);
-        ctx->gauges.pipes_idle.store(p.idle, std::memory_order_relaxed);
-        ctx->gauges.buffers_leased.store(b.leased, std::memory_order_relaxed);
-        ctx->gauges.buffers_idle.store(b.idle, std::memory_order_relaxed);
+        for (auto* l = ctx->connections.next; l != &ctx->connections; l = l->next) {
+            static_cast<proxied_connection*>(l)->count_progress();
+        }
+        publish_pools(*ctx);
         // Every 2 s, hand the pages freed by connection set-up back to the kernel:
         // a burst of connects leaves their coroutine frames' memory free but resident
         // (docs/BENCHMARKS.md, "Idle memory after the relay"). Once per process, from
@@ -245,6 +300,20 @@ task<void> publish_gauges(loop_ctx* ctx) {
             ::malloc_trim(0);
         }
         co_await sleep_for(*ctx->loop, 500ms);
+    }
+}
+
+// Makes `ctx` refresh the pools of every route of `runtimes`, and marks the routes it
+// knew that are not among them as unused. Runs on the loop (or before it starts).
+void adopt_routes(loop_ctx& ctx, const std::vector<std::shared_ptr<route_runtime>>& runtimes) {
+    for (const auto& route : ctx.routes) {
+        route->per_loop[ctx.index].in_use = false;
+    }
+    for (const auto& rt : runtimes) {
+        if (std::ranges::find(ctx.routes, rt->stats) == ctx.routes.end()) {
+            ctx.routes.push_back(rt->stats);
+        }
+        rt->stats->per_loop[ctx.index].in_use = true;
     }
 }
 
@@ -323,7 +392,7 @@ std::shared_ptr<route_stats> proxy_server::stats_for(const std::string& name) {
     std::lock_guard lock(stats_mutex_);
     auto& s = stats_[name];
     if (!s) {
-        s = std::make_shared<route_stats>();
+        s = std::make_shared<route_stats>(group_->size());
     }
     return s;
 }
@@ -345,7 +414,11 @@ void proxy_server::start() {
     // "listening on" is logged only once every address is bound, so a failure is the
     // one line on stderr.
     std::vector<std::string> ready;
-    for (auto& rt : make_runtimes(cfg_)) {
+    const auto runtimes = make_runtimes(cfg_);
+    for (auto& ctx : ctxs_) {
+        adopt_routes(*ctx, runtimes);
+    }
+    for (const auto& rt : runtimes) {
         for (const auto& wanted : rt->config.listen) {
             endpoint ep = wanted;
             for (auto& ctx : ctxs_) {
@@ -370,7 +443,7 @@ void proxy_server::start() {
         for (auto& e : ctx->listeners) {
             ctx->loop->spawn(accept_loop(ctx.get(), e.get()));
         }
-        ctx->loop->spawn(publish_gauges(ctx.get()));
+        ctx->loop->spawn(refresh_metrics(ctx.get()));
     }
     group_->start([](std::size_t i, std::error_code ec) {
         spdlog::critical("event loop {} failed: {}", i, ec.message());
@@ -431,6 +504,7 @@ void proxy_server::reload(proxy_config cfg) {
         std::promise<std::string> done;
         auto result = done.get_future();
         c->loop->post([c, &runtimes, &done, &resolved] {
+            adopt_routes(*c, runtimes);
             std::string errors;
             std::vector<std::unique_ptr<listener_entry>> next;
             for (const auto& rt : runtimes) {
@@ -481,6 +555,32 @@ void proxy_server::reload(proxy_config cfg) {
     spdlog::info("reloaded: {} route(s)", cfg_.routes.size());
 }
 
+namespace {
+
+// A label value of the text format: backslash, double quote and newline escaped (a
+// route name is free text in the config file).
+std::string label_value(std::string_view v) {
+    std::string out;
+    out.reserve(v.size());
+    for (char ch : v) {
+        if (ch == '\\' || ch == '"') {
+            out += '\\';
+            out += ch;
+        } else if (ch == '\n') {
+            out += "\\n";
+        } else {
+            out += ch;
+        }
+    }
+    return out;
+}
+
+void family_head(std::ostringstream& out, const char* name, const char* type, const char* help) {
+    out << "# HELP " << name << ' ' << help << "\n# TYPE " << name << ' ' << type << '\n';
+}
+
+} // namespace
+
 std::string proxy_server::metrics_text() const {
     std::ostringstream out;
     struct family {
@@ -498,43 +598,49 @@ std::string proxy_server::metrics_text() const {
          "Client connections closed at once because --max-connections was reached",
          &route_stats::connections_refused},
         {"zcio_bytes_client_to_upstream_total", "counter",
-         "Bytes sent to the upstream (counted when a connection closes)",
+         "Bytes relayed from clients to the upstream, counted while they move (at most 0.5 s "
+         "late)",
          &route_stats::bytes_client_to_upstream},
         {"zcio_bytes_upstream_to_client_total", "counter",
-         "Bytes sent to clients (counted when a connection closes)",
+         "Bytes relayed from the upstream to clients, counted while they move (at most 0.5 s "
+         "late)",
          &route_stats::bytes_upstream_to_client},
         {"zcio_upstream_connect_failures_total", "counter", "Upstream connects that failed",
          &route_stats::upstream_connect_failures},
         {"zcio_upstream_connect_timeouts_total", "counter", "Upstream connects that timed out",
          &route_stats::upstream_connect_timeouts},
     };
-    {
-        std::lock_guard lock(stats_mutex_);
-        for (const auto& f : families) {
-            out << "# HELP " << f.name << ' ' << f.help << "\n# TYPE " << f.name << ' ' << f.type
-                << '\n';
-            for (const auto& [name, s] : stats_) {
-                out << f.name << "{route=\"" << name << "\"} " << ((*s).*(f.field)).load() << '\n';
-            }
-        }
-    }
     struct gauge {
         const char* name;
         const char* help;
         std::atomic<std::uint64_t> pool_gauges::*field;
     };
     static const gauge gauges[] = {
-        {"zcio_pipes_leased", "Pipes held by transfers now", &pool_gauges::pipes_leased},
-        {"zcio_pipes_idle", "Empty pipes kept in the pool", &pool_gauges::pipes_idle},
-        {"zcio_buffers_leased", "Buffers held by transfers now", &pool_gauges::buffers_leased},
-        {"zcio_buffers_idle", "Buffers kept in the pool", &pool_gauges::buffers_idle},
+        {"zcio_pipes_leased", "Pipes held by the route's transfers now, per event loop",
+         &pool_gauges::pipes_leased},
+        {"zcio_pipes_idle", "Empty pipes kept for reuse in the route's pool, per event loop",
+         &pool_gauges::pipes_idle},
+        {"zcio_buffers_leased", "Buffers held by the route's transfers now, per event loop",
+         &pool_gauges::buffers_leased},
+        {"zcio_buffers_idle", "Buffers kept for reuse in the route's pool, per event loop",
+         &pool_gauges::buffers_idle},
     };
+    const std::size_t loops = ctxs_.size();
+    std::lock_guard lock(stats_mutex_);
+    for (const auto& f : families) {
+        family_head(out, f.name, f.type, f.help);
+        for (const auto& [name, s] : stats_) {
+            out << f.name << "{route=\"" << label_value(name) << "\"} "
+                << ((*s).*(f.field)).load(std::memory_order_relaxed) << '\n';
+        }
+    }
     for (const auto& g : gauges) {
-        out << "# HELP " << g.name << ' ' << g.help << " (per event loop)\n# TYPE " << g.name
-            << " gauge\n";
-        for (const auto& ctx : ctxs_) {
-            out << g.name << "{loop=\"" << ctx->index << "\"} " << (ctx->gauges.*(g.field)).load()
-                << '\n';
+        family_head(out, g.name, "gauge", g.help);
+        for (const auto& [name, s] : stats_) {
+            for (std::size_t i = 0; i < loops; ++i) {
+                out << g.name << "{route=\"" << label_value(name) << "\",loop=\"" << i << "\"} "
+                    << (s->per_loop[i].gauges.*(g.field)).load(std::memory_order_relaxed) << '\n';
+            }
         }
     }
     return out.str();
