@@ -786,6 +786,14 @@ rate_limit = "64M"
         proxy.wait_metric("zcio_connections_active", 0, route="beta")
         self.assertTrue(any(" beta closed client " in l and "path buffer" in l for l in proxy.proc.lines()))
 
+    def test_route_name_is_escaped_in_metrics(self):
+        cfg = self.path("name.toml")
+        write(cfg, '[[route]]\nname = \'we"b\\x\'\nlisten = "127.0.0.1:0"\nupstream = "127.0.0.1:9"\n')
+        proxy = self.start_proxy("--config", cfg)
+        body = e2e.http_get(proxy.metrics_port)[1]
+        self.assertIn('zcio_connections_total{route="we\\"b\\\\x"} 0\n', body)
+        self.assertIn('zcio_pipes_leased{route="we\\"b\\\\x",loop="1"} 0\n', body)
+
     def test_sighup_reload_keeps_open_connections(self):
         up_a = self.upstream(echo_handler())
         up_b = self.upstream(echo_handler())
