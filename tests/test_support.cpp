@@ -1,6 +1,8 @@
 // Shared test helpers: random data, checksums, descriptor-leak checks.
 #include "test_support.hpp"
 
+#include <zcio/event_loop.hpp>
+
 #include <dirent.h>
 #include <unistd.h>
 
@@ -56,10 +58,12 @@ std::size_t open_fd_count() {
 
 void fd_leak_check::SetUp() {
     fds_at_start_ = open_fd_count();
+    handles_at_start_ = io_handles_alive();
 }
 
 void fd_leak_check::TearDown() {
     EXPECT_EQ(open_fd_count(), fds_at_start_) << "descriptors leaked by this test";
+    EXPECT_EQ(io_handles_alive(), handles_at_start_) << "io_handles leaked by this test";
 }
 
 std::string temp_path(const std::string& stem) {

@@ -37,6 +37,7 @@ protected:
 
 private:
     std::size_t fds_at_start_ = 0;
+    std::size_t handles_at_start_ = 0;
 };
 
 // A unique path under $TMPDIR (or /tmp) for a temporary file; nothing is created.

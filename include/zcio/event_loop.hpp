@@ -146,6 +146,7 @@ public:
 private:
     friend class event_loop;
     friend class detail::poll_backend;
+    friend struct io_handle_deleter;
     io_handle(event_loop& loop, int fd, bool pollable) noexcept
         : loop_(&loop), fd_(fd), pollable_(pollable) {}
 
@@ -162,7 +163,20 @@ private:
     detail::io_waiter* writer_ = nullptr;
 };
 
-using io_handle_ptr = std::unique_ptr<io_handle>;
+// Gives an io_handle back to the slab of the loop that made it.
+struct io_handle_deleter {
+    void operator()(io_handle* h) const noexcept;
+};
+
+// Handles live in one process-wide slab (slab.hpp, under a mutex; taken once per fd
+// opened and closed, never on the data path). An fd keeps its handle for as long as it
+// is open, so packing them apart from short-lived coroutine frames lets the pages of
+// those frames go back to the kernel. A handle may outlive its loop once forgotten
+// (a closed stream keeps its handle so late operations see operation_canceled).
+using io_handle_ptr = std::unique_ptr<io_handle, io_handle_deleter>;
+
+// io_handles alive in the process (all loops): for leak checks in tests.
+std::size_t io_handles_alive() noexcept;
 
 class event_loop {
 public:
