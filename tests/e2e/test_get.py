@@ -285,6 +285,25 @@ class Failures(GetCase):
         self.assertOneLine(err, "short body")
         self.assertNoOutput(out)
 
+    def test_garbage_answer_is_named_plainly(self):
+        # A peer that is not a web server (an SSH port, say) or a broken one: one line
+        # in plain words, not http-parser's ("invalid constant string"), exit 1, no file.
+        for i, (answer, words) in enumerate((
+                (b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n", "not an HTTP/1.x response"),
+                (b"Hello, this is not HTTP\r\n\r\n", "not an HTTP/1.x response"),
+                (b"HTTP/1.1 200 OK\r\nthis line has no colon\r\n\r\n", "malformed header line"),
+                (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+                 "bad chunk size"))):
+            with self.subTest(answer=answer):
+                up = self.upstream(scripted(answer))
+                out = self.path("garbage%d" % i)
+                rc, _, err = self.get(self.url(up), out)
+                self.assertEqual(rc, 1, err)
+                line = self.assertOneLine(err, words, "127.0.0.1:%d" % up.port)
+                self.assertNotIn("invalid", line)
+                self.assertNotIn("constant", line)
+                self.assertNoOutput(out)
+
     def test_existing_file_untouched_by_a_failure(self):
         out = self.path("keep")
         with open(out, "wb") as f:

@@ -96,7 +96,48 @@ const char* head_parser::error_text() const noexcept {
     if (too_many_) {
         return "too many header fields";
     }
-    return http_errno_description(HTTP_PARSER_ERRNO(&p_));
+    // http-parser's own descriptions ("invalid constant string", "LF character
+    // expected") describe its state machine, not the message: a user who pointed `zcio
+    // get` at something that is not a web server should read what is wrong with it.
+    const bool request = kind_ == kind::request;
+    switch (HTTP_PARSER_ERRNO(&p_)) {
+    // The "HTTP/" of the first line is missing, or not followed by "1.x" (Debian builds
+    // http-parser non-strict, so "Hello" gets as far as the version before it fails).
+    case HPE_INVALID_CONSTANT:
+    case HPE_INVALID_VERSION:
+        return request ? "not an HTTP/1.x request" : "not an HTTP/1.x response";
+    case HPE_INVALID_STATUS:
+        return "bad status code in the status line";
+    case HPE_INVALID_METHOD:
+        return "unknown request method";
+    case HPE_INVALID_URL:
+    case HPE_INVALID_HOST:
+    case HPE_INVALID_PORT:
+    case HPE_INVALID_PATH:
+    case HPE_INVALID_QUERY_STRING:
+    case HPE_INVALID_FRAGMENT:
+        return "malformed request target";
+    case HPE_LF_EXPECTED:
+        return "a line ends in CR without LF";
+    case HPE_INVALID_HEADER_TOKEN:
+        return "malformed header line";
+    case HPE_HEADER_OVERFLOW:
+        return "header section too large";
+    case HPE_INVALID_CONTENT_LENGTH:
+        return "bad Content-Length value";
+    case HPE_UNEXPECTED_CONTENT_LENGTH:
+        return "conflicting Content-Length (given twice, or with chunked)";
+    case HPE_INVALID_TRANSFER_ENCODING:
+        return "unsupported Transfer-Encoding (chunked must come last)";
+    case HPE_INVALID_CHUNK_SIZE:
+        return "bad chunk size";
+    case HPE_INVALID_EOF_STATE:
+        return "the message ended early";
+    case HPE_CLOSED_CONNECTION:
+        return "data after a message that closes the connection";
+    default: // callback, internal-state and strict-mode errors: no plainer name
+        return "malformed HTTP message";
+    }
 }
 
 int head_parser::on_url(http_parser* p, const char* at, std::size_t len) {

@@ -87,6 +87,8 @@ public:
     // Chunked response body pieces decoded by the last feed() calls; clear them once used.
     std::vector<std::string_view>& body_pieces() noexcept { return body_; }
 
+    // What is wrong with the message after status::error or too_many_headers, as a short
+    // phrase for a user ("not an HTTP/1.x response", "malformed header line").
     [[nodiscard]] const char* error_text() const noexcept;
 
 private:
