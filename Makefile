@@ -116,6 +116,7 @@ compare:
 	cmake --build --preset release --target zcio_cli
 	$(COMPARE_GO) -o tmp/bin/goproxy goproxy.go
 	$(COMPARE_GO) -o tmp/bin/loadgen loadgen.go
+	cd bench/compare && cc -O2 -Wall -Wextra -pthread -o tmp/bin/floor floor.c
 	python3 bench/compare/compare.py --zcio build/release/tools/zcio/zcio \
 		--command "make compare$(if $(COMPARE_ARGS), COMPARE_ARGS='$(COMPARE_ARGS)')" $(COMPARE_ARGS)
 

@@ -1,8 +1,8 @@
 # Plots of `make compare` for docs/BENCHMARKS.md. compare.py writes the data files
 # (one row per proxy: "name" values... light-colour dark-colour) and runs
 #   gnuplot -e "dir='DATA'; out='IMG'; subtitle='...'; have_throughput=1; ..." plots.gp
-# Bars: orange = zcio, grey = no proxy, blue = the other proxies; light = the first
-# series, dark = the second.
+# Bars: orange = zcio, grey = no proxy, green = the floor (floor.c, a yardstick),
+# blue = the other proxies; light = the first series, dark = the second.
 
 if (!exists("dir")) dir = "."
 if (!exists("out")) out = "."
