@@ -47,6 +47,7 @@ struct buffer_pool_options {
 struct buffer_pool_stats {
     std::uint64_t created = 0;         // buffers allocated
     std::size_t leased = 0;            // held by leases now
+    std::uint64_t lent = 0;            // leases handed out, ever (activity)
     std::size_t idle = 0;              // in the pool now
     std::uint64_t discarded = 0;       // freed on return because max_idle were already idle
     std::uint64_t create_failures = 0; // allocation failed

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <zcio/result.hpp>
+#include <zcio/slab.hpp>
 #include <zcio/task.hpp>
 
 #include <chrono>
@@ -107,7 +108,7 @@ enum class io_direction { read, write };
 // (or forget()) removes the fd from the loop and resumes its waiters with
 // operation_canceled. It does not own the fd: whoever owns the fd owns this too and
 // must destroy it before closing the fd.
-class io_handle {
+class io_handle final : public slab_allocated<io_handle> {
 public:
     io_handle(const io_handle&) = delete;
     io_handle& operator=(const io_handle&) = delete;
@@ -146,7 +147,6 @@ public:
 private:
     friend class event_loop;
     friend class detail::poll_backend;
-    friend struct io_handle_deleter;
     io_handle(event_loop& loop, int fd, bool pollable) noexcept
         : loop_(&loop), fd_(fd), pollable_(pollable) {}
 
@@ -163,17 +163,11 @@ private:
     detail::io_waiter* writer_ = nullptr;
 };
 
-// Gives an io_handle back to the slab of the loop that made it.
-struct io_handle_deleter {
-    void operator()(io_handle* h) const noexcept;
-};
-
-// Handles live in one process-wide slab (slab.hpp, under a mutex; taken once per fd
-// opened and closed, never on the data path). An fd keeps its handle for as long as it
-// is open, so packing them apart from short-lived coroutine frames lets the pages of
-// those frames go back to the kernel. A handle may outlive its loop once forgotten
-// (a closed stream keeps its handle so late operations see operation_canceled).
-using io_handle_ptr = std::unique_ptr<io_handle, io_handle_deleter>;
+// Handles come from a process-wide slab (slab_allocated): an fd keeps its handle for
+// as long as it is open, so packing them apart from short-lived coroutine frames lets
+// the pages of those frames go back to the kernel. A forgotten handle may outlive its
+// loop (a closed stream keeps its handle so late operations see operation_canceled).
+using io_handle_ptr = std::unique_ptr<io_handle>;
 
 // io_handles alive in the process (all loops): for leak checks in tests.
 std::size_t io_handles_alive() noexcept;

@@ -40,6 +40,7 @@ struct pipe_pool_options {
 struct pipe_pool_stats {
     std::uint64_t created = 0;         // pipes made with make_pipe
     std::size_t leased = 0;            // held by leases now
+    std::uint64_t lent = 0;            // leases handed out, ever (activity)
     std::size_t idle = 0;              // empty, in the pool now
     std::uint64_t discarded = 0;       // closed while holding bytes (or release_dirty())
     std::uint64_t trimmed = 0;         // closed empty because max_idle were already idle

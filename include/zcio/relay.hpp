@@ -136,6 +136,15 @@ public:
     [[nodiscard]] std::size_t size() const noexcept { return size_; }
     [[nodiscard]] bool empty() const noexcept { return size_ == 0; }
 
+    // Calls `fn(relay&)` for every relay in the set (metrics, say). `fn` must not
+    // destroy relays or add any.
+    template <class F>
+    void for_each(F&& fn) {
+        for (relay* r = head_; r != nullptr; r = r->next_) {
+            fn(*r);
+        }
+    }
+
 private:
     friend class relay;
     struct sweeper final : detail::timer_node {

@@ -16,8 +16,10 @@
 // still caught.
 #pragma once
 
+#include <cassert>
 #include <cstddef>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <vector>
 
@@ -53,6 +55,54 @@ private:
     free_block* free_ = nullptr;
     std::size_t in_use_ = 0;
     std::vector<std::unique_ptr<std::byte[]>> chunks_;
+};
+
+// A slab shared by threads: the same, under a mutex. For objects made and destroyed
+// once per connection (never per byte), where an uncontended lock costs little.
+class shared_slab {
+public:
+    explicit shared_slab(std::size_t block_size, std::size_t blocks_per_chunk = 64)
+        : slab_(block_size, blocks_per_chunk) {}
+
+    [[nodiscard]] void* allocate() {
+        const std::lock_guard lock(mutex_);
+        return slab_.allocate();
+    }
+    void deallocate(void* p) noexcept {
+        const std::lock_guard lock(mutex_);
+        slab_.deallocate(p);
+    }
+    [[nodiscard]] std::size_t in_use() {
+        const std::lock_guard lock(mutex_);
+        return slab_.in_use();
+    }
+
+private:
+    std::mutex mutex_;
+    slab slab_;
+};
+
+// Derive T from slab_allocated<T> and `new T` / `delete` take T's blocks from one
+// process-wide shared_slab. That slab is never destroyed, so an object may be freed
+// at any time, on any thread, even during exit. T must be final (every block is
+// sizeof(T) bytes).
+template <class T>
+class slab_allocated {
+public:
+    static void* operator new(std::size_t n) {
+        assert(n <= sizeof(T));
+        (void)n;
+        return store().allocate();
+    }
+    static void operator delete(void* p) noexcept { store().deallocate(p); }
+    // Objects of T alive in the process.
+    static std::size_t alive() noexcept { return store().in_use(); }
+
+private:
+    static shared_slab& store() noexcept {
+        static auto* s = new shared_slab(sizeof(T), 4096 / sizeof(T) + 1);
+        return *s;
+    }
 };
 
 // Makes and destroys objects of type T in a slab whose block_size() >= sizeof(T).

@@ -11,8 +11,8 @@
 #include <zcio/proxy_protocol.hpp>
 #include <zcio/relay.hpp>
 #include <zcio/result.hpp>
-#include <zcio/slab.hpp>
 #include <zcio/signal_set.hpp>
+#include <zcio/slab.hpp>
 #include <zcio/stream.hpp>
 #include <zcio/sys.hpp>
 #include <zcio/task.hpp>

@@ -57,6 +57,7 @@ result<buffer_lease> buffer_pool::lease() {
         auto buf = std::move(idle_.back());
         idle_.pop_back();
         ++stats_.leased;
+        ++stats_.lent;
         return buffer_lease(*this, std::move(buf), opts_.buffer_size);
     }
     if (stats_.leased >= opts_.max_total) {
@@ -83,6 +84,7 @@ result<buffer_lease> buffer_pool::lease() {
     }
     ++stats_.created;
     ++stats_.leased;
+    ++stats_.lent;
     return buffer_lease(*this, std::move(buf), opts_.buffer_size);
 }
 

@@ -82,6 +82,7 @@ result<pipe_lease> pipe_pool::lease() {
         idle_pipe p = std::move(idle_.back());
         idle_.pop_back();
         ++stats_.leased;
+        ++stats_.lent;
         return pipe_lease(*this, std::move(p.pipe), p.capacity);
     }
     if (stats_.leased >= opts_.max_total) {
@@ -121,6 +122,7 @@ result<pipe_lease> pipe_pool::lease() {
         ++stats_.undersized;
     }
     ++stats_.leased;
+    ++stats_.lent;
     return pipe_lease(*this, std::move(*made), capacity);
 }
 

@@ -217,44 +217,12 @@ event_loop* event_loop::current() noexcept {
     return current_loop;
 }
 
-namespace {
-
-// The slab behind io_handle_ptr. Never destroyed: a forgotten handle may be freed
-// during exit, after static destructors would have run.
-struct handle_store {
-    std::mutex mutex;
-    slab blocks{sizeof(io_handle), 256};
-};
-
-handle_store& handles() noexcept {
-    static auto* store = new handle_store;
-    return *store;
-}
-
-} // namespace
-
-void io_handle_deleter::operator()(io_handle* h) const noexcept {
-    h->~io_handle();
-    handle_store& s = handles();
-    const std::lock_guard lock(s.mutex);
-    s.blocks.deallocate(h);
-}
-
 std::size_t io_handles_alive() noexcept {
-    handle_store& s = handles();
-    const std::lock_guard lock(s.mutex);
-    return s.blocks.in_use();
+    return io_handle::alive();
 }
 
 result<io_handle_ptr> event_loop::watch(int fd) {
-    void* block = nullptr;
-    {
-        handle_store& s = handles();
-        const std::lock_guard lock(s.mutex);
-        block = s.blocks.allocate();
-    }
-    // The constructor is private (only the loop makes handles) and noexcept.
-    io_handle_ptr h(::new (block) io_handle(*this, fd, true));
+    io_handle_ptr h(new io_handle(*this, fd, true));
     auto added = backend_->add(*h);
     if (!added) {
         h->fd_ = -1; // not registered: nothing to remove

@@ -531,6 +531,14 @@ class MetricsTests(E2ETestCase):
         for g in POOL_GAUGES:  # each route has its own pools on every loop
             self.assertIn((g, (("route", "default"), ("loop", "0"))), m)
             self.assertIn((g, (("route", "default"), ("loop", "1"))), m)
+        # The transfers left pipes and buffers idle in the pools for reuse; once nobody
+        # leased from them for a second they are freed, so a quiet proxy holds none.
+        def pools_idle():
+            m = proxy.metrics()
+            return sum(v for (name, labels), v in m.items()
+                       if name in ("zcio_pipes_idle", "zcio_buffers_idle"))
+        e2e.wait_until(lambda: pools_idle() == 0 or None, SHORT,
+                       "idle pipes and buffers freed (now %s)" % pools_idle())
         # Other paths and methods.
         self.assertEqual(e2e.http_get(proxy.metrics_port, "/nope")[0], 404)
 

@@ -27,33 +27,12 @@ struct listener_entry {
     std::string key; // the endpoint text, for reload diffs
 };
 
-// A place in a loop's circular list of open connections; the loop holds the head
-// (a link of its own), so a connection leaves the list without knowing its loop.
-struct connection_link {
-    connection_link* prev = this;
-    connection_link* next = this;
-
-    void insert_after(connection_link& at) noexcept {
-        prev = &at;
-        next = at.next;
-        at.next->prev = this;
-        at.next = this;
-    }
-    void remove() noexcept {
-        prev->next = next;
-        next->prev = prev;
-        prev = next = this;
-    }
-};
-
-// Everything one loop owns. Only its own thread touches it after start().
 struct loop_ctx {
     std::size_t index = 0;
     event_loop* loop = nullptr;
     // Every route this loop has served (by name, never removed): their pools on this
     // loop are refreshed into their gauges by this loop.
     std::vector<std::shared_ptr<route_stats>> routes;
-    connection_link connections; // the open ones (proxied_connection), for byte counts
     cancel_source cancel_all;
     std::vector<std::unique_ptr<listener_entry>> listeners;
     std::vector<std::unique_ptr<listener_entry>> closed; // kept until the loop ends
@@ -96,7 +75,10 @@ void abort_on_close(const stream& s) noexcept {
 
 // A connection whose upstream answered: a relay plus what its close line needs. It
 // lives in its loop's list (for the shutdown) and deletes itself in on_done().
-class proxied_connection final : public relay, public connection_link {
+// Made with `new` from a slab of its own (slab_allocated): connections opened in a
+// burst are then packed together instead of between the connect-phase frames, whose
+// pages can go back to the kernel once those frames are freed.
+class proxied_connection final : public relay, public slab_allocated<proxied_connection> {
 public:
     proxied_connection(loop_ctx* ctx, std::shared_ptr<route_runtime> rt, stream client,
                        stream upstream, const bidirectional_options& bo, const endpoint& peer,
@@ -106,8 +88,7 @@ public:
         // whole endpoint is 132); a Unix client is unnamed or printed by its family.
         peer_len_ = std::min<socklen_t>(peer.size(), sizeof peer_);
         std::memcpy(&peer_, peer.data(), peer_len_);
-        ctx->relays->add(*this);
-        insert_after(ctx->connections);
+        ctx->relays->add(*this); // every relay in the set is a proxied_connection
     }
 
     // Adds what moved since the last call to the route's byte counters: one relaxed
@@ -127,7 +108,6 @@ protected:
             abort_on_close(b()); // the upstream
         }
         count_progress(); // t.a_to_b == a_to_b(), t.b_to_a == b_to_a()
-        remove();         // from the loop's list
         rt_->stats->connections_active.fetch_sub(1, std::memory_order_relaxed);
         const double secs = std::chrono::duration<double>(clock::now() - started_).count();
         spdlog::info("{} closed client {} upstream {} sent {} received {} in {:.3f}s path {}: {}",
@@ -265,12 +245,21 @@ task<void> stop_when_closed(loop_ctx* ctx) {
     ctx->loop->stop();
 }
 
-void publish_pools(loop_ctx& ctx) {
+// Publishes the pools' gauges; frees the idle pipes and buffers of pools nobody
+// leased from for a second (two ticks): kept for reuse while traffic flows, they
+// would otherwise hold memory (and pipes) for as long as the proxy sits idle.
+// Returns whether it freed anything.
+bool publish_pools(loop_ctx& ctx) {
+    bool freed = false;
     for (const auto& route : ctx.routes) {
         route_loop_state& here = route->per_loop[ctx.index];
-        if (!here.in_use) {
-            // Removed by a reload: its pools serve no new connection, so what the old
-            // ones give back is freed rather than kept for reuse.
+        const std::uint64_t lent = here.pools.pipes.stats().lent + here.pools.buffers.stats().lent;
+        here.quiet_ticks = lent == here.lent_at_tick ? here.quiet_ticks + 1 : 0;
+        here.lent_at_tick = lent;
+        // Removed by a reload: its pools serve no new connection, so what the old ones
+        // give back is freed rather than kept for reuse.
+        if (!here.in_use || here.quiet_ticks >= 2) {
+            freed = freed || here.pools.pipes.stats().idle + here.pools.buffers.stats().idle > 0;
             here.pools.pipes.clear_idle();
             here.pools.buffers.clear_idle();
         }
@@ -281,22 +270,29 @@ void publish_pools(loop_ctx& ctx) {
         here.gauges.buffers_leased.store(b.leased, std::memory_order_relaxed);
         here.gauges.buffers_idle.store(b.idle, std::memory_order_relaxed);
     }
+    return freed;
 }
 
 // Twice a second: bytes moved by open connections into their routes' counters, and
 // the pools into their gauges. One pass over the loop's connections (a few loads
 // each) keeps the data path free of atomics; a counter is at most 0.5 s behind.
 task<void> refresh_metrics(loop_ctx* ctx) {
-    for (unsigned turn = 1; !ctx->stopping; ++turn) {
-        for (auto* l = ctx->connections.next; l != &ctx->connections; l = l->next) {
-            static_cast<proxied_connection*>(l)->count_progress();
+    std::uint64_t opened_at_trim = 0;
+    while (!ctx->stopping) {
+        ctx->relays->for_each(
+            [](relay& r) { static_cast<proxied_connection&>(r).count_progress(); });
+        const bool freed = publish_pools(*ctx);
+        // Hand the pages freed by connection set-up (and by the pools) back to the
+        // kernel: a burst of connects leaves their coroutine frames' memory free but
+        // resident (docs/BENCHMARKS.md, "Idle memory"). Only after new connections
+        // came or a pool let go (an idle proxy never pays for it), at most twice a
+        // second. From any loop: malloc_trim covers every thread's arena.
+        std::uint64_t opened = 0;
+        for (const auto& route : ctx->routes) {
+            opened += route->connections_total.load(std::memory_order_relaxed);
         }
-        publish_pools(*ctx);
-        // Every 2 s, hand the pages freed by connection set-up back to the kernel:
-        // a burst of connects leaves their coroutine frames' memory free but resident
-        // (docs/BENCHMARKS.md, "Idle memory after the relay"). Once per process, from
-        // the first loop.
-        if (ctx->index == 0 && turn % 4 == 0) {
+        if (freed || (ctx->index == 0 && opened != opened_at_trim)) {
+            opened_at_trim = opened;
             ::malloc_trim(0);
         }
         co_await sleep_for(*ctx->loop, 500ms);

@@ -32,6 +32,10 @@ struct route_loop_state {
     pool_gauges gauges;   // written by its loop, read by the metrics thread
     bool in_use = true;   // in the running config (loop's own; a removed route's idle
                           // pipes and buffers are freed)
+    // Pool activity at the last tick, and ticks in a row without a lease: idle pipes
+    // and buffers are freed after a quiet second (loop's own).
+    std::uint64_t lent_at_tick = 0;
+    unsigned quiet_ticks = 0;
 };
 
 // One route (by name), shared by every loop, kept for the life of the process so
