@@ -41,6 +41,10 @@ public:
     // non-blocking (the sys factories make them so); adopt() sets O_NONBLOCK on them
     // otherwise (for stdin/stdout, which the caller may share: see docs).
     static result<stream> adopt(event_loop& loop, unique_fd fd);
+    // Like adopt() for a socket the caller knows is a non-blocking stream socket (made
+    // with SOCK_NONBLOCK by socket() or accept4()): skips the fstat and fcntl calls,
+    // two system calls per connection on a proxy's accept and connect paths.
+    static result<stream> adopt_socket(event_loop& loop, unique_fd fd);
 
     // Connects a TCP or Unix stream socket to `to`, giving up after `timeout`
     // (timed_out). Sets TCP_NODELAY on TCP.

@@ -29,6 +29,14 @@ result<stream> stream::adopt(event_loop& loop, unique_fd fd) {
     return stream(std::move(fd), std::move(*h), *kind);
 }
 
+result<stream> stream::adopt_socket(event_loop& loop, unique_fd fd) {
+    auto h = loop.watch(fd.get());
+    if (!h) {
+        return fail(h.error());
+    }
+    return stream(std::move(fd), std::move(*h), sys::fd_kind::socket);
+}
+
 namespace {
 
 task<result<void>> wait_connected(io_handle* h) {
@@ -45,7 +53,7 @@ task<result<stream>> stream::connect(event_loop& loop, endpoint to, clock::durat
     if (!fd) {
         co_return fail(name_op("socket", fd.error()));
     }
-    auto s = adopt(loop, std::move(*fd));
+    auto s = adopt_socket(loop, std::move(*fd)); // sys::socket made it non-blocking
     if (!s) {
         co_return fail(s.error());
     }

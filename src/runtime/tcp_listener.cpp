@@ -100,7 +100,7 @@ task<result<accepted>> tcp_listener::accept() {
             return r;
         });
         if (fd) {
-            auto s = stream::adopt(*loop_, std::move(*fd));
+            auto s = stream::adopt_socket(*loop_, std::move(*fd)); // accept4 made it non-blocking
             if (!s) {
                 co_return fail(s.error());
             }
