@@ -301,3 +301,70 @@ TEST_F(event_loop_test, stop_from_another_thread_ends_run) {
 
 } // namespace
 } // namespace zcio
+
+namespace zcio {
+namespace {
+
+double thread_cpu_seconds() {
+    timespec ts{};
+    ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
+}
+
+// A loop with busy polling still carries every byte (a ping-pong with another thread
+// over a socketpair, checked byte by byte) and, once idle, blocks instead of spinning.
+TEST_F(event_loop_test, busy_polling_carries_data_and_an_idle_loop_still_sleeps) {
+    auto fds = sys::socketpair(AF_UNIX, SOCK_STREAM);
+    ASSERT_TRUE(fds) << fds.error().message();
+    event_loop loop;
+    loop.set_busy_poll(200us);
+    auto h = loop.watch(fds->first.get());
+    ASSERT_TRUE(h) << h.error().message();
+    const int peer = fds->second.get();
+    std::thread echo([peer] { // blocking echo of 1,000 one-byte messages
+        (void)sys::set_nonblocking(peer, false);
+        for (int i = 0; i < 1000; ++i) {
+            std::byte b{};
+            if (sys::read(peer, &b, 1).value_or(0) != 1 || sys::write(peer, &b, 1).value_or(0) != 1) {
+                return;
+            }
+        }
+    });
+    auto ping = [](io_handle* handle, int fd) -> task<int> {
+        int good = 0;
+        for (int i = 0; i < 1000; ++i) {
+            const auto out = static_cast<std::byte>(i * 7);
+            if (sys::write(fd, &out, 1).value_or(0) != 1) {
+                break;
+            }
+            std::byte in{};
+            while (true) {
+                auto n = sys::read(fd, &in, 1);
+                if (n && *n == 1) {
+                    break;
+                }
+                handle->clear_ready(io_direction::read);
+                if (auto w = co_await handle->wait(io_direction::read); !w) {
+                    co_return good;
+                }
+            }
+            good += in == out ? 1 : 0;
+        }
+        co_return good;
+    };
+    EXPECT_EQ(loop.block_on(ping(h->get(), fds->first.get())), 1000);
+    echo.join();
+
+    // Idle: 300 ms with nothing but a timer at the end. Spinning would burn ~0.3 s.
+    auto idle = [](event_loop* l) -> task<double> {
+        const double before = thread_cpu_seconds();
+        co_await sleep_for(*l, 300ms);
+        co_return thread_cpu_seconds() - before;
+    };
+    const double cpu = loop.block_on(idle(&loop));
+    EXPECT_LT(cpu, 0.1) << "an idle loop with busy polling kept spinning";
+    h->reset();
+}
+
+} // namespace
+} // namespace zcio

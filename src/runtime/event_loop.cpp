@@ -6,6 +6,7 @@
 #include <zcio/slab.hpp>
 #include <zcio/sys.hpp>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <mutex>
@@ -352,11 +353,18 @@ result<void> event_loop::run() {
     event_loop* outer = std::exchange(current_loop, this);
     result<void> out;
     while (true) {
+        if (head_ != nullptr) {
+            last_work_ = clock::now();
+        }
         run_ready();
         if (stop_.load(std::memory_order_acquire)) {
             break;
         }
-        auto woke = backend_->poll(next_timeout_ms());
+        int timeout = next_timeout_ms();
+        if (timeout != 0 && spin(timeout)) {
+            timeout = 0; // something came while spinning: collect the rest, do not block
+        }
+        auto woke = backend_->poll(timeout);
         if (!woke) {
             out = fail(woke.error());
             break;
@@ -369,6 +377,26 @@ result<void> event_loop::run() {
     stop_.store(false, std::memory_order_relaxed);
     current_loop = outer;
     return out;
+}
+
+bool event_loop::spin(int timeout_ms) noexcept {
+    if (busy_poll_ == clock::duration::zero()) {
+        return false;
+    }
+    // Only right after work: an idle loop blocks at once, so busy polling costs CPU
+    // only while traffic flows (at most busy_poll_ after each burst of work), and
+    // never past the next timer.
+    auto until = last_work_ + busy_poll_;
+    if (timeout_ms > 0) {
+        until = std::min(until, clock::now() + std::chrono::milliseconds(timeout_ms));
+    }
+    while (clock::now() < until && !stop_.load(std::memory_order_relaxed)) {
+        auto woke = backend_->poll(0);
+        if (!woke || *woke || head_ != nullptr) {
+            return true; // an error is reported by the poll that follows
+        }
+    }
+    return false;
 }
 
 void event_loop::add_root(spawned_root* r) noexcept {

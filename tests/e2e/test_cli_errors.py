@@ -30,7 +30,7 @@ class HelpAndVersion(E2ETestCase):
         rc, out, err = run_zcio(["proxy", "--help"])
         for flag in (b"--listen", b"--upstream", b"--config", b"--threads", b"--engine", b"--pipe-size",
                      b"--max-connections", b"--idle-timeout", b"--connect-timeout", b"--rate-limit",
-                     b"--proxy-protocol", b"--metrics", b"--drain-timeout"):
+                     b"--proxy-protocol", b"--metrics", b"--drain-timeout", b"--busy-poll"):
             self.assertIn(flag, out)
 
 
@@ -78,6 +78,8 @@ class FlagErrors(E2ETestCase):
         self.check(base + ["--idle-timeout", "5 years"], "--idle-timeout")
         self.check(base + ["--connect-timeout", "-1"], "--connect-timeout")
         self.check(base + ["--drain-timeout", "x"], "--drain-timeout")
+        self.check(base + ["--busy-poll", "1s"], "--busy-poll", "too long")
+        self.check(base + ["--busy-poll", "fast"], "--busy-poll", "fast")
         self.check(base + ["--proxy-protocol", "v3"], "--proxy-protocol", "v3")
         self.check(base + ["--threads", "0"], "--threads")
         self.check(base + ["--threads", "many"], "--threads")
@@ -129,6 +131,7 @@ class ConfigErrors(E2ETestCase):
         self.check(route + 'connect_timeout = inf\n', 4, "connect_timeout", "too long")
         self.check(route + 'idle_timeout = nan\n', 4, "idle_timeout")
         self.check('drain_timeout = 1e10\n' + route, 1, "drain_timeout", "too long")
+        self.check('busy_poll = "20ms"\n' + route, 1, "busy_poll", "too long")
         self.check(route + 'max_connections = "ten"\n', 4, "max_connections")
         self.check(route + 'max_connections = -5\n', 4, "max_connections")
         self.check(route + 'proxy_protocol = "v9"\n', 4, "proxy_protocol", "v9")

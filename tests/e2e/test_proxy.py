@@ -41,10 +41,11 @@ def closed_lines(proxy):
 class DataTests(E2ETestCase):
     """Random data both ways, checked by sha256, with half-close in each order."""
 
-    def client_half_close(self, engine):
+    def client_half_close(self, engine, *extra):
         trailer = random_bytes(1 * MiB)  # sent by the upstream after it saw end of stream
         up = self.upstream(echo_handler(trailer))
-        proxy = self.start_proxy("--listen", "127.0.0.1:0", "--upstream", up.address, "--engine", engine)
+        proxy = self.start_proxy("--listen", "127.0.0.1:0", "--upstream", up.address, "--engine", engine,
+                                 *extra)
         blob = random_bytes(8 * MiB)
         c = self.connect(proxy.addr)
         sender = send_in_thread(c, blob)  # then shutdown(SHUT_WR)
@@ -84,6 +85,11 @@ class DataTests(E2ETestCase):
         line = proxy.proc.wait_for(r" closed client .* sent (\d+) received (\d+) .* path (\S+): (.*)$")[0]
         self.assertEqual((int(line.group(1)), int(line.group(2))), (len(early) + len(late), len(down)))
         self.assertEqual(line.group(3), ENGINE_PATH[engine], line.group(0))
+
+
+    def test_busy_poll(self):
+        """--busy-poll changes when the loop sleeps, never what it carries."""
+        self.client_half_close("auto", "--busy-poll", "100us")
 
 
 for _engine in ENGINES:

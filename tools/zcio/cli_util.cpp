@@ -62,13 +62,15 @@ std::chrono::nanoseconds parse_duration(std::string_view text, std::string_view 
         secs = value;
     } else if (unit == "ms") {
         secs = value / 1000.0;
+    } else if (unit == "us") {
+        secs = value / 1e6;
     } else if (unit == "m") {
         secs = value * 60.0;
     } else if (unit == "h") {
         secs = value * 3600.0;
     } else {
         throw usage_error(std::string(what) + ": unknown unit in " + quoted(text) +
-                          " (use ms, s, m or h)");
+                          " (use us, ms, s, m or h)");
     }
     if (secs > 1e9) {
         throw usage_error(std::string(what) + ": " + quoted(text) + " is too long");

@@ -361,6 +361,10 @@ proxy_server::proxy_server(proxy_config cfg, std::size_t threads) : cfg_(std::mo
         c->index = i;
         c->loop = &group_->loop(i);
         c->relays = std::make_unique<relay_set>(*c->loop, idle_tick(cfg_));
+        if (cfg_.global.busy_poll) {
+            c->loop->set_busy_poll(
+                std::chrono::duration_cast<clock::duration>(*cfg_.global.busy_poll));
+        }
         ctxs_.push_back(std::move(c));
     }
 }

@@ -131,6 +131,19 @@ std::chrono::nanoseconds duration_value(const located& at, const toml::node& n,
     at.fail(n, key, "expected a duration (seconds, or a string such as \"250ms\")");
 }
 
+// Busy polling longer than this only burns CPU: a reply that takes longer is better
+// waited for asleep.
+constexpr auto busy_poll_limit = std::chrono::milliseconds(10);
+
+std::chrono::nanoseconds busy_poll_value(const located& at, const toml::node& n,
+                                         std::string_view key) {
+    auto d = duration_value(at, n, key);
+    if (d > busy_poll_limit) {
+        at.fail(n, key, "is too long (at most 10ms; e.g. \"50us\")");
+    }
+    return d;
+}
+
 // Listen addresses and names must be unique across the routes of a file. Otherwise two
 // routes on one address fail only when the second binds ("Address already in use",
 // exit 1, or a half-applied reload), and two routes of one name would add up in one
@@ -351,9 +364,12 @@ proxy_config load_config_file(const std::string& path) {
             cfg.global.metrics = top.wrap(node, key, [&] { return parse_listen_endpoint(text); });
         } else if (key == "drain_timeout") {
             cfg.global.drain_timeout = duration_value(top, node, key);
+        } else if (key == "busy_poll") {
+            cfg.global.busy_poll = busy_poll_value(top, node, key);
         } else {
             top.fail(node, key,
-                     "unknown key (known at the top: route, threads, metrics, drain_timeout)");
+                     "unknown key (known at the top: route, threads, metrics, drain_timeout, "
+                     "busy_poll)");
         }
     }
     if (cfg.routes.empty()) {

@@ -40,6 +40,8 @@ struct global_options {
     std::optional<std::size_t> threads;
     std::optional<endpoint> metrics;
     std::optional<std::chrono::nanoseconds> drain_timeout;
+    // Busy polling of each loop after work (event_loop::set_busy_poll); 0 = off.
+    std::optional<std::chrono::nanoseconds> busy_poll;
 };
 
 struct proxy_config {
