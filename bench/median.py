@@ -40,6 +40,18 @@ def main(paths):
             print(f"| {key[0]} | {key[1]} | {statistics.median(tps):.0f} "
                   f"({min(tps):.0f}-{max(tps):.0f}) | {statistics.median(cpu):.1f} | "
                   f"{statistics.median(calls):.1f} |")
+    # The auto heuristic must cost no more than the better fixed engine on both
+    # workloads: the per-run ratio, since every run measures all engines back to back.
+    for case, per in (("tcp -> relay -> tcp", lambda r: r["cpu_seconds"] / r["bytes"]),
+                      ("chatty 64 B ping-pong", lambda r: r["cpu_seconds"] / r["round_trips"])):
+        ratios = []
+        for run in runs:
+            cost = {r["engine"]: per(r) for r in run["rows"] if r["case"] == case}
+            if {"auto", "splice", "buffer"} <= cost.keys():
+                ratios.append(cost["auto"] / min(cost["splice"], cost["buffer"]))
+        if ratios:
+            print(f"\n{case}: auto's CPU over the better of splice and buffer, per run: "
+                  f"median {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})")
     idle = [run["idle"] for run in runs]
     print(f"\nidle: {idle[0]['connections']} relayed connections held "
           f"{max(i['pipes_leased'] for i in idle)} pipes and "
