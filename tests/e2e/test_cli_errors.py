@@ -79,6 +79,11 @@ class FlagErrors(E2ETestCase):
         self.check(base + ["--connect-timeout", "-1"], "--connect-timeout")
         self.check(base + ["--drain-timeout", "x"], "--drain-timeout")
         self.check(base + ["--busy-poll", "1s"], "--busy-poll", "too long")
+        dup = ["proxy", "--upstream", "127.0.0.1:9"]
+        self.check(dup + ["--listen", "127.0.0.1:21977", "--listen", "127.0.0.1:21977"], "--listen",
+                   "127.0.0.1:21977", "more than once")
+        self.check(dup + ["--listen", "127.0.0.1:21970-21975", "--listen", "127.0.0.1:21975"], "--listen",
+                   "127.0.0.1:21975")
         self.check(base + ["--busy-poll", "fast"], "--busy-poll", "fast")
         self.check(base + ["--proxy-protocol", "v3"], "--proxy-protocol", "v3")
         self.check(base + ["--threads", "0"], "--threads")

@@ -11,6 +11,7 @@
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <optional>
@@ -59,6 +60,15 @@ proxy_config config_from_flags(const proxy_flags& f) {
         r.name = "default";
         for (const auto& l : f.listen) {
             auto eps = parse_listen(l);
+            for (const auto& ep : eps) {
+                // The same address twice (a repeated flag, or ranges that overlap) would
+                // fail only at bind time, as a runtime error; port 0 picks a new port.
+                const bool port_zero = ep.is_ip() && ep.port() == 0;
+                if (!port_zero &&
+                    std::find(r.listen.begin(), r.listen.end(), ep) != r.listen.end()) {
+                    throw usage_error("--listen: " + ep.to_string() + " is given more than once");
+                }
+            }
             r.listen.insert(r.listen.end(), eps.begin(), eps.end());
             r.listen_text.push_back(l);
         }
