@@ -56,7 +56,10 @@ TEST_F(slab_test, freed_blocks_are_reused_and_capacity_follows_the_peak) {
     for (int i = 0; i < 40; ++i) {
         first.push_back(s.allocate());
     }
-    EXPECT_EQ(s.capacity(), 48u); // three chunks of 16
+    // Chunks are whole pages: 16 blocks of 64 bytes round up to one page of 64.
+    EXPECT_EQ(s.capacity(), 64u);
+    EXPECT_EQ(reinterpret_cast<std::uintptr_t>(first.front()) % 4096, 0u)
+        << "chunk not page-aligned";
     std::set<void*> old(first.begin(), first.end());
     for (void* p : first) {
         s.deallocate(p);
@@ -67,7 +70,7 @@ TEST_F(slab_test, freed_blocks_are_reused_and_capacity_follows_the_peak) {
         EXPECT_TRUE(old.count(p) == 1) << "a new chunk was made while free blocks waited";
         second.push_back(p);
     }
-    EXPECT_EQ(s.capacity(), 48u);
+    EXPECT_EQ(s.capacity(), 64u);
     for (void* p : second) {
         s.deallocate(p);
     }

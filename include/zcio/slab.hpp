@@ -27,8 +27,11 @@ namespace zcio {
 
 class slab {
 public:
-    // `block_size` bytes per block, rounded up to the alignment of max_align_t;
-    // `blocks_per_chunk` blocks are allocated at a time.
+    // `block_size` bytes per block, rounded up to the alignment of max_align_t; at
+    // least `blocks_per_chunk` blocks are allocated at a time. Chunks are mapped pages
+    // of their own (mmap, the rest of the last page holds more blocks), never part of
+    // the malloc heap: they do not pin heap pages that other memory freed, and pages of
+    // a chunk nobody touched yet cost nothing.
     explicit slab(std::size_t block_size, std::size_t blocks_per_chunk = 64);
     ~slab();
     slab(const slab&) = delete;
@@ -54,7 +57,8 @@ private:
     std::size_t per_chunk_;
     free_block* free_ = nullptr;
     std::size_t in_use_ = 0;
-    std::vector<std::unique_ptr<std::byte[]>> chunks_;
+    std::size_t chunk_bytes_;
+    std::vector<std::byte*> chunks_; // each chunk_bytes_ long, mapped with mmap
 };
 
 // A slab shared by threads: the same, under a mutex. For objects made and destroyed
@@ -100,7 +104,7 @@ public:
 
 private:
     static shared_slab& store() noexcept {
-        static auto* s = new shared_slab(sizeof(T), 4096 / sizeof(T) + 1);
+        static auto* s = new shared_slab(sizeof(T), 65536 / sizeof(T));
         return *s;
     }
 };
