@@ -325,7 +325,8 @@ TEST_F(event_loop_test, busy_polling_carries_data_and_an_idle_loop_still_sleeps)
         (void)sys::set_nonblocking(peer, false);
         for (int i = 0; i < 1000; ++i) {
             std::byte b{};
-            if (sys::read(peer, &b, 1).value_or(0) != 1 || sys::write(peer, &b, 1).value_or(0) != 1) {
+            if (sys::read(peer, &b, 1).value_or(0) != 1 ||
+                sys::write(peer, &b, 1).value_or(0) != 1) {
                 return;
             }
         }
