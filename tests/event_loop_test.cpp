@@ -367,5 +367,39 @@ TEST_F(event_loop_test, busy_polling_carries_data_and_an_idle_loop_still_sleeps)
     h->reset();
 }
 
+// Posts that arrive while the loop busy-polls run: the spin reads the wake-up fd, and
+// the posts must not wait for a wake-up that was already consumed.
+TEST_F(event_loop_test, posts_run_while_the_loop_busy_polls) {
+    event_loop loop;
+    loop.set_busy_poll(5ms);
+    std::atomic<bool> done{false};
+    std::atomic<int> ran{0};
+    // Timers every millisecond keep the loop working, so it spins between them.
+    auto ticker = [](event_loop* l, std::atomic<bool>* stop) -> task<void> {
+        while (!stop->load()) {
+            co_await sleep_for(*l, 1ms);
+        }
+    };
+    loop.spawn(ticker(&loop, &done));
+    constexpr int posts = 20'000;
+    std::thread poster([&] {
+        for (int i = 0; i < posts; ++i) {
+            loop.post([&ran] { ran.fetch_add(1); });
+            if (i % 1000 == 0) {
+                std::this_thread::sleep_for(1ms); // let the loop go back to spinning
+            }
+        }
+        const auto deadline = std::chrono::steady_clock::now() + 10s;
+        while (ran.load() < posts && std::chrono::steady_clock::now() < deadline) {
+            std::this_thread::sleep_for(1ms);
+        }
+        done.store(true);
+        loop.stop();
+    });
+    ASSERT_TRUE(loop.run());
+    poster.join();
+    EXPECT_EQ(ran.load(), posts) << "posts were stranded by busy polling";
+}
+
 } // namespace
 } // namespace zcio

@@ -256,6 +256,7 @@ private:
     std::uint64_t timer_seq_ = 0;
     clock::duration busy_poll_{};
     clock::time_point last_work_{};
+    bool posts_woke_ = false; // spin() consumed the wake-up of a post
     std::size_t queued_ = 0;
     std::size_t registered_ = 0;
     std::size_t spawned_ = 0;

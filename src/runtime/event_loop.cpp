@@ -370,7 +370,7 @@ result<void> event_loop::run() {
             break;
         }
         expire_timers();
-        if (*woke) {
+        if (*woke || std::exchange(posts_woke_, false)) {
             run_posted();
         }
     }
@@ -392,6 +392,10 @@ bool event_loop::spin(int timeout_ms) noexcept {
     }
     while (clock::now() < until && !stop_.load(std::memory_order_relaxed)) {
         auto woke = backend_->poll(0);
+        if (woke && *woke) {
+            // The wake-up fd is read: the posts must run now, as no poll reports it again.
+            posts_woke_ = true;
+        }
         if (!woke || *woke || head_ != nullptr) {
             return true; // an error is reported by the poll that follows
         }
