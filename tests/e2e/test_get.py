@@ -253,7 +253,8 @@ class Failures(GetCase):
 
     def test_https_and_bad_urls_are_usage_errors(self):
         for url, needle in (("https://127.0.0.1/x", "https"), ("ftp://h/x", "scheme"),
-                            ("127.0.0.1/x", "not a URL"), ("http://", "not a valid")):
+                            ("127.0.0.1/x", "not a URL"), ("http://", "not a valid"),
+                            ("http://[2.%0089]:8/", "not a valid")):
             out = self.path("u")
             rc, _, err = self.get(url, out)
             self.assertEqual(rc, 2, err)

@@ -448,6 +448,14 @@ std::expected<url, url_error> parse_url(std::string_view text) {
     }
     url out;
     out.host = std::string(field(UF_HOST));
+    // A bracketed host must be an IPv6 literal: http-parser also takes "[2.%0089]", which
+    // could not be printed back (authority() brackets only hosts with a colon).
+    const auto host_at = u.field_data[UF_HOST].off;
+    const bool bracketed = host_at > 0 && text[host_at - 1] == '[';
+    if (bracketed != (out.host.find(':') != std::string::npos)) {
+        return std::unexpected(
+            url_error{"\"" + std::string(text) + "\" is not a valid http:// URL"});
+    }
     if ((u.field_set & (1 << UF_PORT)) != 0) {
         if (u.port == 0) {
             return std::unexpected(url_error{"\"" + std::string(text) + "\": port 0"});
