@@ -319,6 +319,50 @@ TEST_F(relay_test, a_reset_ends_both_directions_and_keeps_the_counts) {
         &loop, [&] { return sent.done; }, 10s));
 }
 
+// The upstream neither reads nor writes; the client fills every buffer on the way, so
+// its direction waits to write, and then resets. Nothing waits on the client socket at
+// that point: the idle sweep must find the reset long before the idle timeout.
+TEST_F(relay_test, a_reset_source_of_a_direction_stuck_writing_ends_the_relay) {
+    event_loop loop;
+    bidirectional_options o;
+    o.pools = &pools;
+    o.idle_timeout = 30s;
+    auto g = make_rig(loop, true, o);
+    ASSERT_TRUE(g) << g.error().message();
+    relay_set set(loop, 100ms);
+    set.add(*g->r);
+    g->r->start();
+    side sent;
+    const auto request = std::span(data()).first(std::size_t{16} << 20);
+    loop.spawn(produce(&g->client, request, 65'536, false, &sent));
+    // Wait until the relay moved what it could and stopped (the server reads nothing).
+    std::uint64_t last = 0;
+    auto stalled = [&] {
+        const bool same = g->r->a_to_b() == last && last > 0;
+        last = g->r->a_to_b();
+        return same;
+    };
+    ASSERT_TRUE(loop.block_on(wait_until(
+        &loop, [&] { return stalled() && g->r->running() > 0; }, 10s)));
+    loop.block_on(wait_until(
+        &loop, [] { return false; }, 200ms));
+    ASSERT_FALSE(g->r->result.has_value()) << g->r->result->error.message();
+    ::linger lg{1, 0};
+    ASSERT_TRUE(sys::setsockopt(g->client.fd(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg));
+    const auto cut = clock::now();
+    g->client.close(); // RST toward the relay's a side
+    ASSERT_TRUE(loop.block_on(wait_until(
+        &loop, [&] { return g->r->result.has_value(); }, 5s)))
+        << "the reset went unnoticed (the idle timeout is 30 s)";
+    EXPECT_LT(clock::now() - cut, 2s);
+    const traffic& t = *g->r->result;
+    ASSERT_TRUE(t.failed.has_value());
+    EXPECT_EQ(*t.failed, direction::a_to_b);
+    EXPECT_EQ(t.error, std::errc::connection_reset) << t.error.message();
+    EXPECT_GT(t.a_to_b, 0u);
+    g->r.reset();
+}
+
 TEST_F(relay_test, the_idle_timeout_ends_a_quiet_relay_but_not_a_busy_one) {
     event_loop loop;
     bidirectional_options o;

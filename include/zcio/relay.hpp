@@ -47,7 +47,9 @@ public:
     // and nothing after on_done().
     void cancel();
     // One tick of an idle sweep (relay_set calls it every `tick`): ends the relay with
-    // timed_out once no byte moved either way for idle_timeout worth of ticks.
+    // timed_out once no byte moved either way for idle_timeout worth of ticks. After a
+    // tick without a byte while a direction waits to write, it also looks for a reset
+    // on either socket (nothing else watches a source then) and ends the relay with it.
     void check_idle(clock::duration tick);
 
     // Bytes written so far to b (a_to_b) and to a (b_to_a).
@@ -93,6 +95,7 @@ private:
     void park(int i);
     void fail(std::optional<direction> which, std::error_code ec);
     void maybe_finish();
+    void check_stuck();
     void deliver();
     [[nodiscard]] copy_options options_for(int i);
 

@@ -111,6 +111,7 @@ result<std::size_t> bytes_readable(int fd);
 struct poll_state {
     bool readable = false;
     bool writable = false;
+    bool error = false; // POLLERR: a pending socket error (a reset, say)
 };
 result<void> poll_now(std::span<const int> fds, std::span<poll_state> out);
 

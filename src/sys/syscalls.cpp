@@ -270,6 +270,7 @@ result<void> poll_now(std::span<const int> fds, std::span<poll_state> out) {
         const short r = p[i].revents;
         out[i].readable = (r & (POLLIN | POLLRDHUP | POLLHUP | POLLERR)) != 0;
         out[i].writable = (r & (POLLOUT | POLLERR | POLLHUP)) != 0;
+        out[i].error = (r & POLLERR) != 0;
     }
     return {};
 }

@@ -112,7 +112,31 @@ void relay::check_idle(clock::duration tick) {
     }
     if (tick * quiet_ticks_ >= idle_timeout_) {
         fail(std::nullopt, op_error("idle timeout", ETIMEDOUT));
+        return;
     }
+    check_stuck();
+}
+
+void relay::check_stuck() {
+    // A direction that is running but moved nothing for a whole tick is waiting to
+    // write. Meanwhile nothing waits on its source, so a reset there (the client gone
+    // while the upstream neither reads nor writes) would only end the relay at the
+    // idle timeout. One poll(2) of both sockets finds such a pending error.
+    if (running_ == 0) {
+        return;
+    }
+    const int fds[2] = {a_.fd(), b_.fd()};
+    sys::poll_state st[2];
+    if (!sys::poll_now(fds, st) || (!st[0].error && !st[1].error)) {
+        return;
+    }
+    const int side = st[0].error ? 0 : 1;
+    std::error_code ec = sys::socket_error(fds[side]).value_or(std::error_code{});
+    if (!ec) {
+        ec = std::make_error_code(std::errc::connection_reset);
+    }
+    // Reading from the side that failed is the direction that failed.
+    fail(side == 0 ? direction::a_to_b : direction::b_to_a, name_op("recv", ec));
 }
 
 void relay::launch(int i) {
