@@ -77,40 +77,42 @@ TEST_F(slab_test, freed_blocks_are_reused_and_capacity_follows_the_peak) {
 }
 #endif
 
-struct counted {
-    static inline int alive = 0;
+struct counted final : slab_allocated<counted> {
+    static inline int constructed = 0;
     std::uint64_t value;
-    explicit counted(std::uint64_t v) : value(v) { ++alive; }
-    ~counted() { --alive; }
+    explicit counted(std::uint64_t v) : value(v) { ++constructed; }
+    ~counted() { --constructed; }
 };
 
-struct throws_on_make {
+struct throws_on_make final : slab_allocated<throws_on_make> {
+    std::uint64_t pad[3]{};
     explicit throws_on_make(int) { throw std::runtime_error("no"); }
 };
 
-TEST_F(slab_test, make_in_and_destroy_in_pair_up_under_random_use) {
-    slab s(sizeof(counted), 7);
+// `new` and `delete` of a slab_allocated type pair up in its slab, whatever the order.
+TEST_F(slab_test, new_and_delete_of_a_slab_allocated_type_pair_up_under_random_use) {
+    const std::size_t before = counted::alive();
     std::mt19937_64 rng(5);
     std::vector<counted*> live;
     for (int step = 0; step < 20'000; ++step) {
         if (live.empty() || rng() % 3 != 0) {
-            live.push_back(make_in<counted>(s, rng()));
+            live.push_back(new counted(rng()));
         } else {
             const std::size_t i = rng() % live.size();
-            destroy_in(s, live[i]);
+            delete live[i];
             live[i] = live.back();
             live.pop_back();
         }
-        ASSERT_EQ(static_cast<std::size_t>(counted::alive), live.size());
-        ASSERT_EQ(s.in_use(), live.size());
+        ASSERT_EQ(static_cast<std::size_t>(counted::constructed), live.size());
+        ASSERT_EQ(counted::alive(), before + live.size());
     }
     for (counted* c : live) {
-        destroy_in(s, c);
+        delete c;
     }
-    EXPECT_EQ(counted::alive, 0);
-    EXPECT_EQ(s.in_use(), 0u);
-    EXPECT_THROW((void)make_in<throws_on_make>(s, 1), std::runtime_error);
-    EXPECT_EQ(s.in_use(), 0u) << "a constructor that threw kept its block";
+    EXPECT_EQ(counted::constructed, 0);
+    EXPECT_EQ(counted::alive(), before);
+    EXPECT_THROW((void)new throws_on_make(1), std::runtime_error);
+    EXPECT_EQ(throws_on_make::alive(), 0u) << "a constructor that threw kept its block";
 }
 
 // The loops make their io_handles in the slab and take them back when they die, even

@@ -67,14 +67,16 @@ private:
     clock::time_point last_{};
 };
 
-// The largest length copy() passes to one system call (see copy_options::max_chunk).
+// copy_options::max_chunk: its default, and the largest length copy() passes to one
+// system call.
+inline constexpr std::size_t default_max_chunk = std::size_t{1} << 20;
 inline constexpr std::size_t max_chunk_limit = std::size_t{1} << 30;
 
 // The length bound copy() really uses for a requested max_chunk: 0 means the default
 // (1 MiB), anything above max_chunk_limit is cut to it.
 constexpr std::size_t effective_max_chunk(std::size_t requested) noexcept {
     if (requested == 0) {
-        return std::size_t{1} << 20;
+        return default_max_chunk;
     }
     return requested < max_chunk_limit ? requested : max_chunk_limit;
 }
@@ -90,7 +92,7 @@ struct copy_options {
     // Upper bound for one splice/sendfile/copy_file_range call. Larger values are cut
     // to max_chunk_limit (1 GiB): some kernels reject huge lengths such as SIZE_MAX
     // with EINVAL. 0 means the default.
-    std::size_t max_chunk = std::size_t{1} << 20;
+    std::size_t max_chunk = default_max_chunk;
     // After this many bytes the copy yields to the loop even if both fds stay ready,
     // so one busy connection cannot starve the others under edge triggering.
     std::size_t yield_budget = std::size_t{4} << 20;

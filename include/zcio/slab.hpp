@@ -7,10 +7,10 @@
 // keeps the long-lived objects packed in chunks of their own; the frames' pages then
 // come free whole.
 //
-// Not thread-safe: one slab per event loop, used on the loop's thread. Freed blocks are
-// kept for reuse, and a chunk is released only when the slab is destroyed, so a slab
-// holds as many blocks as were ever live at once. Every block must be given back
-// before the slab dies.
+// `slab` is not thread-safe; `shared_slab` adds a mutex, and `slab_allocated<T>` gives
+// a type one process-wide shared_slab. Freed blocks are kept for reuse, and a chunk is
+// released only when the slab is destroyed, so a slab holds as many blocks as were ever
+// live at once. Every block must be given back before the slab dies.
 //
 // Under AddressSanitizer the slab hands out plain heap blocks, so a use after free is
 // still caught.
@@ -18,7 +18,6 @@
 
 #include <cassert>
 #include <cstddef>
-#include <memory>
 #include <mutex>
 #include <new>
 #include <vector>
@@ -108,25 +107,5 @@ private:
         return *s;
     }
 };
-
-// Makes and destroys objects of type T in a slab whose block_size() >= sizeof(T).
-template <class T, class... Args>
-T* make_in(slab& s, Args&&... args) {
-    void* p = s.allocate();
-    try {
-        return ::new (p) T(std::forward<Args>(args)...);
-    } catch (...) {
-        s.deallocate(p);
-        throw;
-    }
-}
-
-template <class T>
-void destroy_in(slab& s, T* p) noexcept {
-    if (p != nullptr) {
-        p->~T();
-        s.deallocate(p);
-    }
-}
 
 } // namespace zcio

@@ -99,7 +99,7 @@ proxy_config config_from_flags(const proxy_flags& f) {
     }
     if (!f.busy_poll.empty()) {
         auto d = parse_duration(f.busy_poll, "--busy-poll");
-        if (d > std::chrono::milliseconds(10)) {
+        if (d > busy_poll_limit) {
             throw usage_error("--busy-poll: " + f.busy_poll +
                               " is too long (at most 10ms; e.g. 50us)");
         }

@@ -287,12 +287,15 @@ task<void> refresh_metrics(loop_ctx* ctx) {
         // resident (docs/BENCHMARKS.md, "Idle memory"). Only after new connections
         // came or a pool let go (an idle proxy never pays for it), at most twice a
         // second. From any loop: malloc_trim covers every thread's arena.
-        std::uint64_t opened = 0;
-        for (const auto& route : ctx->routes) {
-            opened += route->connections_total.load(std::memory_order_relaxed);
+        bool opened_more = false;
+        if (ctx->index == 0) { // the connection counters are the routes', for all loops
+            std::uint64_t opened = 0;
+            for (const auto& route : ctx->routes) {
+                opened += route->connections_total.load(std::memory_order_relaxed);
+            }
+            opened_more = std::exchange(opened_at_trim, opened) != opened;
         }
-        if (freed || (ctx->index == 0 && opened != opened_at_trim)) {
-            opened_at_trim = opened;
+        if (freed || opened_more) {
             ::malloc_trim(0);
         }
         co_await sleep_for(*ctx->loop, 500ms);

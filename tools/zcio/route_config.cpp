@@ -131,10 +131,6 @@ std::chrono::nanoseconds duration_value(const located& at, const toml::node& n,
     at.fail(n, key, "expected a duration (seconds, or a string such as \"250ms\")");
 }
 
-// Busy polling longer than this only burns CPU: a reply that takes longer is better
-// waited for asleep.
-constexpr auto busy_poll_limit = std::chrono::milliseconds(10);
-
 std::chrono::nanoseconds busy_poll_value(const located& at, const toml::node& n,
                                          std::string_view key) {
     auto d = duration_value(at, n, key);

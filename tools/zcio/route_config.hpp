@@ -36,11 +36,16 @@ struct route {
 };
 
 // Settings that belong to the whole process rather than one route.
+// Busy polling longer than this only burns CPU: a reply that takes longer is better
+// waited for asleep.
+inline constexpr std::chrono::milliseconds busy_poll_limit{10};
+
 struct global_options {
     std::optional<std::size_t> threads;
     std::optional<endpoint> metrics;
     std::optional<std::chrono::nanoseconds> drain_timeout;
-    // Busy polling of each loop after work (event_loop::set_busy_poll); 0 = off.
+    // Busy polling of each loop after work (event_loop::set_busy_poll); 0 = off; at
+    // most busy_poll_limit.
     std::optional<std::chrono::nanoseconds> busy_poll;
 };
 
