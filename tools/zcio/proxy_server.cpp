@@ -109,14 +109,20 @@ protected:
         }
         count_progress(); // t.a_to_b == a_to_b(), t.b_to_a == b_to_a()
         rt_->stats->connections_active.fetch_sub(1, std::memory_order_relaxed);
-        const double secs = std::chrono::duration<double>(clock::now() - started_).count();
-        spdlog::info("{} closed client {} upstream {} sent {} received {} in {:.3f}s path {}: {}",
-                     rt_->config.name, peer_text(), rt_->config.upstream.to_string(), t.a_to_b,
-                     t.b_to_a, secs, path_text(t), describe_end(t));
+        if (spdlog::should_log(spdlog::level::info)) {
+            log_close(t); // its arguments are formatted even when the level drops the line
+        }
         delete this; // leaves the set
     }
 
 private:
+    void log_close(const traffic& t) const {
+        const double secs = std::chrono::duration<double>(clock::now() - started_).count();
+        spdlog::info("{} closed client {} upstream {} sent {} received {} in {:.3f}s path {}: {}",
+                     rt_->config.name, peer_text(), rt_->config.upstream.to_string(), t.a_to_b,
+                     t.b_to_a, secs, path_text(t), describe_end(t));
+    }
+
     static void add_since(std::atomic<std::uint64_t>& counter, std::uint64_t now,
                           std::uint64_t& counted) noexcept {
         if (now != counted) {
