@@ -81,9 +81,12 @@ class FlagErrors(E2ETestCase):
         self.check(base + ["--busy-poll", "1s"], "--busy-poll", "too long")
         dup = ["proxy", "--upstream", "127.0.0.1:9"]
         self.check(dup + ["--listen", "127.0.0.1:21977", "--listen", "127.0.0.1:21977"], "--listen",
-                   "127.0.0.1:21977", "more than once")
+                   "127.0.0.1:21977", "given twice")
         self.check(dup + ["--listen", "127.0.0.1:21970-21975", "--listen", "127.0.0.1:21975"], "--listen",
-                   "127.0.0.1:21975")
+                   "127.0.0.1:21975", "already taken by --listen 127.0.0.1:21970-21975")
+        # The wildcard takes every address of its family on that port (as in a config file).
+        self.check(dup + ["--listen", "0.0.0.0:21978", "--listen", "127.0.0.1:21978"], "--listen",
+                   "127.0.0.1:21978", "already taken by --listen 0.0.0.0:21978")
         self.check(base + ["--busy-poll", "fast"], "--busy-poll", "fast")
         self.check(base + ["--proxy-protocol", "v3"], "--proxy-protocol", "v3")
         self.check(base + ["--threads", "0"], "--threads")

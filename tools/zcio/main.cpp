@@ -58,17 +58,24 @@ proxy_config config_from_flags(const proxy_flags& f) {
         }
         route r;
         r.name = "default";
+        std::vector<listen_span> spans;
         for (const auto& l : f.listen) {
             auto eps = parse_listen(l);
-            for (const auto& ep : eps) {
-                // The same address twice (a repeated flag, or ranges that overlap) would
-                // fail only at bind time, as a runtime error; port 0 picks a new port.
-                const bool port_zero = ep.is_ip() && ep.port() == 0;
-                if (!port_zero &&
-                    std::find(r.listen.begin(), r.listen.end(), ep) != r.listen.end()) {
-                    throw usage_error("--listen: " + ep.to_string() + " is given more than once");
+            // Overlapping --listen flags (the same address twice, ranges that share a
+            // port, a wildcard and an address under it) would fail only at bind time,
+            // as a runtime error: the checks of a config file's routes apply.
+            const listen_span mine = span_of(eps);
+            for (std::size_t i = 0; i < spans.size(); ++i) {
+                if (auto shared = listen_overlap(spans[i], mine)) {
+                    const std::string& earlier = r.listen_text[i];
+                    if (earlier == l) {
+                        throw usage_error("--listen " + l + " is given twice");
+                    }
+                    throw usage_error("--listen " + l + ": " + shared->to_string() +
+                                      " is already taken by --listen " + earlier);
                 }
             }
+            spans.push_back(mine);
             r.listen.insert(r.listen.end(), eps.begin(), eps.end());
             r.listen_text.push_back(l);
         }

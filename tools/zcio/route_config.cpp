@@ -140,6 +140,29 @@ std::chrono::nanoseconds busy_poll_value(const located& at, const toml::node& n,
     return d;
 }
 
+bool is_wildcard(const endpoint& e) {
+    if (e.family() == AF_INET) {
+        return reinterpret_cast<const sockaddr_in*>(e.data())->sin_addr.s_addr == htonl(INADDR_ANY);
+    }
+    if (e.family() == AF_INET6) {
+        const auto* a = &reinterpret_cast<const sockaddr_in6*>(e.data())->sin6_addr;
+        return IN6_IS_ADDR_UNSPECIFIED(a);
+    }
+    return false;
+}
+
+// Two IP addresses of one family that the kernel would not let both listen on one
+// port: equal ones, or the wildcard and any other (the proxy probes the port without
+// SO_REUSEPORT before binding: ensure_port_free).
+bool clash(endpoint a, endpoint b) {
+    if (a.family() != b.family()) {
+        return false;
+    }
+    a.set_port(0);
+    b.set_port(0);
+    return a == b || is_wildcard(a) || is_wildcard(b);
+}
+
 // Listen addresses and names must be unique across the routes of a file. Otherwise two
 // routes on one address fail only when the second binds ("Address already in use",
 // exit 1, or a half-applied reload), and two routes of one name would add up in one
@@ -150,9 +173,9 @@ public:
     // parse_listen returns it). Fails at `item` if it overlaps an earlier item.
     void claim_listen(const located& at, const toml::node& item, std::size_t index,
                       const std::string& text, const std::vector<endpoint>& eps) {
-        const claim mine{eps.front(), eps.front().port(), eps.back().port(), index, text};
+        const claim mine{span_of(eps), index, text};
         for (const auto& other : claims_) {
-            if (auto shared = overlap(other, mine)) {
+            if (auto shared = listen_overlap(other.span, mine.span)) {
                 const std::string addr = shared->to_string();
                 at.fail(item, "listen", addr + " is already used by " + owner(other, index, addr));
             }
@@ -174,9 +197,7 @@ public:
 
 private:
     struct claim {
-        endpoint first_ep; // the address, with the first port of the range
-        std::uint16_t first_port;
-        std::uint16_t last_port;
+        listen_span span;
         std::size_t index;
         std::string text; // as written in the file
     };
@@ -194,47 +215,6 @@ private:
             who += " (\"" + c.text + "\")";
         }
         return who;
-    }
-
-    static bool is_wildcard(const endpoint& e) {
-        if (e.family() == AF_INET) {
-            return reinterpret_cast<const sockaddr_in*>(e.data())->sin_addr.s_addr ==
-                   htonl(INADDR_ANY);
-        }
-        if (e.family() == AF_INET6) {
-            const auto* a = &reinterpret_cast<const sockaddr_in6*>(e.data())->sin6_addr;
-            return IN6_IS_ADDR_UNSPECIFIED(a);
-        }
-        return false;
-    }
-
-    // Two IP addresses of one family that the kernel would not let both listen on one
-    // port: equal ones, or the wildcard and any other (the proxy probes the port
-    // without SO_REUSEPORT before binding: ensure_port_free). IPv4 against IPv6 is left
-    // to the bind: whether [::] also takes 0.0.0.0 depends on net.ipv6.bindv6only.
-    static bool clash(endpoint a, endpoint b) {
-        if (a.family() != b.family()) {
-            return false;
-        }
-        a.set_port(0);
-        b.set_port(0);
-        return a == b || is_wildcard(a) || is_wildcard(b);
-    }
-
-    // The first address both claims would listen on, if any. Port 0 (the kernel picks
-    // a free port) never clashes; Unix addresses clash when equal.
-    static std::optional<endpoint> overlap(const claim& x, const claim& y) {
-        if (x.first_ep.is_unix() || y.first_ep.is_unix()) {
-            return x.first_ep == y.first_ep ? std::optional(y.first_ep) : std::nullopt;
-        }
-        const std::uint16_t lo = std::max(x.first_port, y.first_port);
-        const std::uint16_t hi = std::min(x.last_port, y.last_port);
-        if (lo == 0 || lo > hi || !clash(x.first_ep, y.first_ep)) {
-            return std::nullopt;
-        }
-        endpoint at = y.first_ep;
-        at.set_port(lo);
-        return at;
     }
 
     std::vector<claim> claims_;
@@ -320,6 +300,24 @@ route load_route(const located& at, const toml::table& t, std::size_t index,
 }
 
 } // namespace
+
+listen_span span_of(const std::vector<endpoint>& eps) {
+    return listen_span{eps.front(), eps.back().port()};
+}
+
+std::optional<endpoint> listen_overlap(const listen_span& a, const listen_span& b) {
+    if (a.first.is_unix() || b.first.is_unix()) {
+        return a.first == b.first ? std::optional(b.first) : std::nullopt;
+    }
+    const std::uint16_t lo = std::max(a.first.port(), b.first.port());
+    const std::uint16_t hi = std::min(a.last_port, b.last_port);
+    if (lo == 0 || lo > hi || !clash(a.first, b.first)) {
+        return std::nullopt;
+    }
+    endpoint at = b.first;
+    at.set_port(lo);
+    return at;
+}
 
 proxy_config load_config_file(const std::string& path) {
     toml::table doc;

@@ -59,6 +59,20 @@ struct proxy_config {
 // share a name.
 proxy_config load_config_file(const std::string& path);
 
+// The addresses one listen item takes: `first` (with the first port) up to `last_port`
+// on the same address; last_port == first.port() for a single address.
+struct listen_span {
+    endpoint first;
+    std::uint16_t last_port = 0;
+};
+listen_span span_of(const std::vector<endpoint>& eps); // as parse_listen returns them
+
+// The first address both spans would listen on, if the kernel would refuse one of the
+// binds: equal addresses, or the wildcard and any other address of its family, on a
+// shared port. Port 0 (the kernel picks a free port) never overlaps; Unix addresses
+// overlap when equal. IPv4 against IPv6 is left to the bind (net.ipv6.bindv6only).
+std::optional<endpoint> listen_overlap(const listen_span& a, const listen_span& b);
+
 // Shared with the flag parser: throw usage_error naming `what`.
 copy_path parse_engine(std::string_view text, std::string_view what);
 proxy_header parse_proxy_header(std::string_view text, std::string_view what);
