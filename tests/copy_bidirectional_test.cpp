@@ -7,14 +7,12 @@
 
 #include <zcio/buffer_pool.hpp>
 #include <zcio/copy.hpp>
-#include <zcio/endpoint.hpp>
 #include <zcio/event_loop.hpp>
 #include <zcio/pipe_pool.hpp>
 #include <zcio/result.hpp>
 #include <zcio/stream.hpp>
 #include <zcio/sys.hpp>
 #include <zcio/task.hpp>
-#include <zcio/tcp_listener.hpp>
 #include <zcio/timeout.hpp>
 #include <zcio/unique_fd.hpp>
 
@@ -26,10 +24,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <functional>
 #include <memory>
-#include <optional>
-#include <ostream>
 #include <span>
 #include <string>
 #include <system_error>
@@ -39,7 +34,6 @@
 #include <vector>
 
 #include <sys/resource.h>
-#include <sys/socket.h>
 
 namespace zcio {
 namespace {
@@ -64,37 +58,6 @@ std::uint64_t sum_of(std::span<const std::byte> bytes) {
     return test::checksum_of(bytes);
 }
 
-// Chunk sizes from a seed (splitmix64).
-class size_source {
-public:
-    explicit size_source(std::uint64_t seed) noexcept : state_(seed) {}
-    std::size_t between(std::size_t lo, std::size_t hi) noexcept {
-        return lo + static_cast<std::size_t>(next() % (hi - lo + 1));
-    }
-
-private:
-    std::uint64_t next() noexcept {
-        std::uint64_t z = (state_ += 0x9e3779b97f4a7c15ULL);
-        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-        z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-        return z ^ (z >> 31);
-    }
-    std::uint64_t state_;
-};
-
-// What one producer or consumer did.
-struct side {
-    std::size_t bytes = 0;
-    std::uint64_t sum = 0;
-    std::error_code error;
-    bool done = false;
-};
-
-std::ostream& operator<<(std::ostream& os, const side& s) {
-    return os << "{bytes=" << s.bytes << " done=" << s.done << " error=" << s.error.message()
-              << "}";
-}
-
 std::string describe(const traffic& t) {
     return "{a_to_b=" + std::to_string(t.a_to_b) + " b_to_a=" + std::to_string(t.b_to_a) +
            " a_to_b_path=" + to_string(t.a_to_b_path) + " b_to_a_path=" + to_string(t.b_to_a_path) +
@@ -104,64 +67,19 @@ std::string describe(const traffic& t) {
 
 // ---- coroutines (parameters by value or pointer: see task.hpp) ----
 
-// Writes `data` in chunks of random size (up to `max_chunk`), then half-closes when
-// `shutdown_after`. Stops at the first failed write.
-task<void> produce(stream* s, std::span<const std::byte> data, std::uint64_t seed,
-                   std::size_t max_chunk, bool shutdown_after, side* out) {
-    size_source sizes(seed);
-    while (out->bytes < data.size()) {
-        const std::size_t len = std::min(data.size() - out->bytes, sizes.between(1, max_chunk));
-        auto w = co_await s->write_all(data.subspan(out->bytes, len));
-        if (!w) {
-            out->error = w.error();
-            out->done = true;
-            co_return;
-        }
-        out->bytes += *w;
-    }
-    if (shutdown_after) {
-        if (auto r = s->shutdown_write(); !r) {
-            out->error = r.error();
-        }
-    }
-    out->done = true;
-}
-
-// Reads (reads of random size) until end of stream, or until `limit` bytes when given.
-task<void> consume(stream* s, std::uint64_t seed, std::optional<std::size_t> limit, side* out) {
-    size_source sizes(seed);
-    test::checksum sum;
-    std::vector<std::byte> buf(std::size_t{256} << 10);
-    while (!limit || out->bytes < *limit) {
-        std::size_t want = sizes.between(1, buf.size());
-        if (limit) {
-            want = std::min(want, *limit - out->bytes);
-        }
-        auto n = co_await s->read_some(std::span(buf).first(want));
-        if (!n) {
-            out->error = n.error();
-            break;
-        }
-        if (*n == 0) {
-            break;
-        }
-        sum.update(std::span(buf).first(*n));
-        out->bytes += *n;
-    }
-    out->sum = sum.value();
-    out->done = true;
-}
+// Readers read up to this much at a time.
+constexpr std::size_t read_chunk = std::size_t{256} << 10;
 
 // Reads to end of stream, then writes `reply` and half-closes: a server that answers
 // only once the request is complete.
 task<void> consume_then_produce(stream* s, std::span<const std::byte> reply, std::uint64_t seed,
-                                side* got, side* sent) {
-    co_await consume(s, seed, std::nullopt, got);
+                                test::side* got, test::side* sent) {
+    co_await test::consume(s, seed, read_chunk, got);
     if (got->error) {
         sent->done = true;
         co_return;
     }
-    co_await produce(s, reply, seed + 1, std::size_t{256} << 10, true, sent);
+    co_await test::produce(s, reply, seed + 1, std::size_t{256} << 10, true, sent);
 }
 
 task<void> run_bidi(stream* a, stream* b, bidirectional_options o, traffic* out, bool* done) {
@@ -177,28 +95,6 @@ task<void> run_bidi_cancellable(event_loop* loop, stream* a, stream* b, bidirect
     *done = true;
 }
 
-task<bool> wait_until(event_loop* loop, std::function<bool()> done, clock::duration limit) {
-    const auto deadline = clock::now() + limit;
-    while (!done()) {
-        if (clock::now() >= deadline) {
-            co_return false;
-        }
-        co_await sleep_for(*loop, 1ms);
-    }
-    co_return true;
-}
-
-task<void> pause(event_loop* loop, clock::duration d) {
-    co_await sleep_for(*loop, d);
-}
-
-// Sets SO_LINGER {on, 0} and closes: the kernel sends RST instead of FIN.
-void reset_connection(stream& s) {
-    ::linger lg{1, 0};
-    EXPECT_TRUE(sys::setsockopt(s.fd(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg));
-    s.close();
-}
-
 // ---- the four ends of a proxy: client <-> a   (copy_bidirectional)   b <-> server ----
 
 enum class transport { tcp, unix_socketpair };
@@ -207,45 +103,8 @@ const char* to_string(transport t) {
     return t == transport::tcp ? "tcp" : "unix";
 }
 
-struct stream_pair {
-    stream first;
-    stream second;
-};
-
-task<result<stream_pair>> tcp_pair(event_loop* loop) {
-    auto listener = tcp_listener::bind(*loop, endpoint::ipv4_loopback(0));
-    if (!listener) {
-        co_return fail(listener.error());
-    }
-    auto client = co_await stream::connect(*loop, listener->local_endpoint(), 5s);
-    if (!client) {
-        co_return fail(client.error());
-    }
-    auto server = co_await listener->accept();
-    if (!server) {
-        co_return fail(server.error());
-    }
-    co_return stream_pair{std::move(*client), std::move(server->conn)};
-}
-
-result<stream_pair> unix_pair(event_loop& loop) {
-    auto fds = sys::socketpair(AF_UNIX, SOCK_STREAM);
-    if (!fds) {
-        return fail(fds.error());
-    }
-    auto x = stream::adopt(loop, std::move(fds->first));
-    if (!x) {
-        return fail(x.error());
-    }
-    auto y = stream::adopt(loop, std::move(fds->second));
-    if (!y) {
-        return fail(y.error());
-    }
-    return stream_pair{std::move(*x), std::move(*y)};
-}
-
-result<stream_pair> make_pair(event_loop& loop, transport t) {
-    return t == transport::tcp ? loop.block_on(tcp_pair(&loop)) : unix_pair(loop);
+result<test::stream_pair> make_pair(event_loop& loop, transport t) {
+    return t == transport::tcp ? loop.block_on(test::tcp_pair(&loop)) : test::unix_pair(loop);
 }
 
 struct proxy_ends {
@@ -270,26 +129,7 @@ result<proxy_ends> make_proxy(event_loop& loop, transport t) {
 
 // ---- fixture ----
 
-class bidi_fixture : public test::fd_leak_check {
-protected:
-    transfer_pools& make_pools(pipe_pool_options p = {}, buffer_pool_options b = {}) {
-        pools_.reset(new transfer_pools{pipe_pool(std::move(p)), buffer_pool(std::move(b))});
-        return *pools_;
-    }
-
-    void TearDown() override {
-        if (pools_) {
-            EXPECT_EQ(pools_->pipes.stats().leased, 0u) << "a pipe is still leased";
-            EXPECT_EQ(pools_->buffers.stats().leased, 0u) << "a buffer is still leased";
-            pools_.reset(); // idle pipes are descriptors too
-        }
-        test::fd_leak_check::TearDown();
-    }
-
-    std::unique_ptr<transfer_pools> pools_;
-};
-
-class bidi_test : public bidi_fixture {};
+class bidi_test : public test::transfer_pools_fixture {};
 
 const char* path_name(copy_path p) {
     return to_string(p);
@@ -304,7 +144,7 @@ struct half_close_case {
     bool server_first; // the server sends and half-closes first, then the client
 };
 
-class bidi_half_close_test : public bidi_fixture,
+class bidi_half_close_test : public test::transfer_pools_fixture,
                              public ::testing::WithParamInterface<half_close_case> {};
 
 // One side sends everything and shuts down writing; the other reads to end of stream
@@ -321,9 +161,9 @@ TEST_P(bidi_half_close_test, the_side_that_shut_down_writing_still_gets_the_whol
     // The "first" side sends and half-closes, the "second" answers after end of stream.
     stream& first = c.server_first ? ends->server : ends->client;
     stream& second = c.server_first ? ends->client : ends->server;
-    side first_sent, first_got, second_got, second_sent;
-    loop.spawn(produce(&first, request, 1, std::size_t{64} << 10, true, &first_sent));
-    loop.spawn(consume(&first, 2, std::nullopt, &first_got));
+    test::side first_sent, first_got, second_got, second_sent;
+    loop.spawn(test::produce(&first, request, 1, std::size_t{64} << 10, true, &first_sent));
+    loop.spawn(test::consume(&first, 2, read_chunk, &first_got));
     loop.spawn(consume_then_produce(&second, reply, 3, &second_got, &second_sent));
 
     bidirectional_options o;
@@ -334,7 +174,7 @@ TEST_P(bidi_half_close_test, the_side_that_shut_down_writing_still_gets_the_whol
     stream* x = c.swapped ? &ends->b : &ends->a;
     stream* y = c.swapped ? &ends->a : &ends->b;
     loop.spawn(run_bidi(x, y, o, &t, &done));
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop,
         [&] {
             return done && first_sent.done && first_got.done && second_got.done && second_sent.done;
@@ -395,7 +235,7 @@ struct slow_case {
     copy_path path;
 };
 
-class bidi_slow_reader_test : public bidi_fixture,
+class bidi_slow_reader_test : public test::transfer_pools_fixture,
                               public ::testing::WithParamInterface<slow_case> {};
 
 TEST_P(bidi_slow_reader_test, one_blocked_direction_does_not_block_the_other) {
@@ -407,10 +247,11 @@ TEST_P(bidi_slow_reader_test, one_blocked_direction_does_not_block_the_other) {
     auto ends = make_proxy(loop, c.t);
     ASSERT_TRUE(ends) << ends.error().message();
 
-    side up_sent, up_got, down_sent, down_got;
-    loop.spawn(produce(&ends->client, upload, 11, std::size_t{256} << 10, true, &up_sent));
-    loop.spawn(consume(&ends->client, 12, std::nullopt, &down_got));
-    loop.spawn(produce(&ends->server, download, 13, std::size_t{256} << 10, true, &down_sent));
+    test::side up_sent, up_got, down_sent, down_got;
+    loop.spawn(test::produce(&ends->client, upload, 11, std::size_t{256} << 10, true, &up_sent));
+    loop.spawn(test::consume(&ends->client, 12, read_chunk, &down_got));
+    loop.spawn(
+        test::produce(&ends->server, download, 13, std::size_t{256} << 10, true, &down_sent));
     // The server does not read yet: a→b fills every buffer on the way and blocks.
 
     bidirectional_options o;
@@ -419,7 +260,7 @@ TEST_P(bidi_slow_reader_test, one_blocked_direction_does_not_block_the_other) {
     traffic t;
     bool done = false;
     loop.spawn(run_bidi(&ends->a, &ends->b, o, &t, &done));
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return down_got.done; }, 20s)))
         << "b→a stalled behind the blocked a→b: got " << down_got << " of " << download.size();
     EXPECT_FALSE(up_sent.done) << "a→b was never blocked; the test proves nothing";
@@ -428,8 +269,8 @@ TEST_P(bidi_slow_reader_test, one_blocked_direction_does_not_block_the_other) {
     EXPECT_FALSE(down_got.error) << down_got.error.message();
 
     // Now the server reads, and the upload completes too.
-    loop.spawn(consume(&ends->server, 14, std::nullopt, &up_got));
-    ASSERT_TRUE(loop.block_on(wait_until(
+    loop.spawn(test::consume(&ends->server, 14, read_chunk, &up_got));
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return done && up_sent.done && up_got.done && down_sent.done; }, 30s)))
         << "traffic " << describe(t) << " up sent " << up_sent << " got " << up_got;
     EXPECT_TRUE(t.ok()) << describe(t);
@@ -458,7 +299,8 @@ struct error_case {
     copy_path path;
 };
 
-class bidi_error_test : public bidi_fixture, public ::testing::WithParamInterface<error_case> {};
+class bidi_error_test : public test::transfer_pools_fixture,
+                        public ::testing::WithParamInterface<error_case> {};
 
 // Both directions move some bytes and go idle with neither side closed; then one peer
 // resets. The copy ends (the healthy, idle direction too), names the failed direction
@@ -472,27 +314,27 @@ TEST_P(bidi_error_test, an_error_in_one_direction_ends_both_and_keeps_both_count
     auto ends = make_proxy(loop, transport::tcp);
     ASSERT_TRUE(ends) << ends.error().message();
 
-    side up_sent, up_got, down_sent, down_got;
-    loop.spawn(produce(&ends->client, up, 21, std::size_t{64} << 10, false, &up_sent));
-    loop.spawn(produce(&ends->server, down, 22, std::size_t{64} << 10, false, &down_sent));
-    loop.spawn(consume(&ends->server, 23, up.size(), &up_got));
-    loop.spawn(consume(&ends->client, 24, down.size(), &down_got));
+    test::side up_sent, up_got, down_sent, down_got;
+    loop.spawn(test::produce(&ends->client, up, 21, std::size_t{64} << 10, false, &up_sent));
+    loop.spawn(test::produce(&ends->server, down, 22, std::size_t{64} << 10, false, &down_sent));
+    loop.spawn(test::consume(&ends->server, 23, read_chunk, &up_got, up.size()));
+    loop.spawn(test::consume(&ends->client, 24, read_chunk, &down_got, down.size()));
     bidirectional_options o;
     o.path = c.path;
     o.pools = &pools;
     traffic t;
     bool done = false;
     loop.spawn(run_bidi(&ends->a, &ends->b, o, &t, &done));
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return up_sent.done && down_sent.done && up_got.done && down_got.done; },
         20s)));
     EXPECT_EQ(up_got.sum, sum_of(up));
     EXPECT_EQ(down_got.sum, sum_of(down));
-    loop.block_on(pause(&loop, 20ms));
+    loop.block_on(test::pause(&loop, 20ms));
     EXPECT_FALSE(done) << "the copy ended although nobody closed: " << describe(t);
 
-    reset_connection(c.client_resets ? ends->client : ends->server);
-    ASSERT_TRUE(loop.block_on(wait_until(
+    test::reset_connection(c.client_resets ? ends->client : ends->server);
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return done; }, 10s)))
         << "the healthy direction kept the copy alive";
     std::printf("[   INFO   ] %s resets: %s\n", c.client_resets ? "client" : "server",
@@ -526,16 +368,16 @@ TEST_F(bidi_test, both_ends_at_end_of_stream_finish_at_once) {
     ASSERT_TRUE(ends) << ends.error().message();
     ASSERT_TRUE(ends->client.shutdown_write());
     ASSERT_TRUE(ends->server.shutdown_write());
-    loop.block_on(pause(&loop, 10ms)); // let the FINs land
-    side client_got, server_got;
-    loop.spawn(consume(&ends->client, 71, std::nullopt, &client_got));
-    loop.spawn(consume(&ends->server, 72, std::nullopt, &server_got));
+    loop.block_on(test::pause(&loop, 10ms)); // let the FINs land
+    test::side client_got, server_got;
+    loop.spawn(test::consume(&ends->client, 71, read_chunk, &client_got));
+    loop.spawn(test::consume(&ends->server, 72, read_chunk, &server_got));
     bidirectional_options o;
     o.pools = &pools;
     traffic t;
     bool done = false;
     loop.spawn(run_bidi(&ends->a, &ends->b, o, &t, &done));
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return done && client_got.done && server_got.done; }, 5s)));
     EXPECT_TRUE(t.ok()) << describe(t);
     EXPECT_EQ(t.a_to_b, 0u);
@@ -560,7 +402,7 @@ TEST_F(bidi_test, idle_timeout_ends_a_copy_that_never_moved_a_byte) {
     bool done = false;
     const auto start = clock::now();
     loop.spawn(run_bidi(&ends->a, &ends->b, o, &t, &done));
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return done; }, 5s)));
     const auto took = clock::now() - start;
     EXPECT_EQ(t.error, std::errc::timed_out) << describe(t);
@@ -585,12 +427,12 @@ TEST_F(bidi_test, a_copy_that_ends_as_the_idle_timer_expires_is_not_a_timeout) {
     traffic t;
     bool done = false;
     loop.spawn(run_bidi(&ends->a, &ends->b, o, &t, &done));
-    loop.block_on(pause(&loop, 10ms)); // both directions now wait for bytes
+    loop.block_on(test::pause(&loop, 10ms)); // both directions now wait for bytes
     ASSERT_FALSE(done);
     ASSERT_TRUE(ends->client.shutdown_write());
     ASSERT_TRUE(ends->server.shutdown_write());
     std::this_thread::sleep_for(80ms); // the loop does not run: the timer expires unseen
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return done; }, 5s)));
     EXPECT_TRUE(t.ok()) << describe(t);
     EXPECT_EQ(t.a_to_b, 0u);
@@ -599,7 +441,7 @@ TEST_F(bidi_test, a_copy_that_ends_as_the_idle_timer_expires_is_not_a_timeout) {
 
 // Small messages every 20 ms for ~400 ms, then silence: only the silence ends it.
 task<void> trickle(event_loop* loop, stream* s, std::span<const std::byte> data, int messages,
-                   side* out) {
+                   test::side* out) {
     for (int i = 0; i < messages; ++i) {
         auto w = co_await s->write_all(data.subspan(static_cast<std::size_t>(i) * 100, 100));
         if (!w) {
@@ -618,9 +460,9 @@ TEST_F(bidi_test, idle_timeout_counts_from_the_last_byte) {
     event_loop loop;
     auto ends = make_proxy(loop, transport::tcp);
     ASSERT_TRUE(ends) << ends.error().message();
-    side sent, got;
+    test::side sent, got;
     loop.spawn(trickle(&loop, &ends->client, data, 20, &sent));
-    loop.spawn(consume(&ends->server, 31, std::nullopt, &got));
+    loop.spawn(test::consume(&ends->server, 31, read_chunk, &got));
     bidirectional_options o;
     o.pools = &pools;
     o.idle_timeout = 250ms; // messages come every 20 ms: a wide margin for a busy machine
@@ -628,7 +470,7 @@ TEST_F(bidi_test, idle_timeout_counts_from_the_last_byte) {
     bool done = false;
     const auto start = clock::now();
     loop.spawn(run_bidi(&ends->a, &ends->b, o, &t, &done));
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return done; }, 5s)));
     const auto took = clock::now() - start;
     EXPECT_TRUE(sent.done) << "timed out while bytes were still moving";
@@ -638,7 +480,7 @@ TEST_F(bidi_test, idle_timeout_counts_from_the_last_byte) {
     EXPECT_EQ(t.b_to_a, 0u);
     // The server never sees end of stream (a timeout is not a half-close): close it.
     ends->server.close();
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return got.done; }, 5s)));
     EXPECT_EQ(got.bytes, data.size());
     EXPECT_EQ(got.sum, sum_of(data));
@@ -652,8 +494,8 @@ TEST_F(bidi_test, idle_timeout_ends_a_stalled_copy_and_discards_its_full_pipe) {
     event_loop loop;
     auto ends = make_proxy(loop, transport::tcp);
     ASSERT_TRUE(ends) << ends.error().message();
-    side sent;
-    loop.spawn(produce(&ends->client, upload, 41, std::size_t{256} << 10, true, &sent));
+    test::side sent;
+    loop.spawn(test::produce(&ends->client, upload, 41, std::size_t{256} << 10, true, &sent));
     bidirectional_options o;
     o.pools = &pools;
     o.path = copy_path::splice;
@@ -661,7 +503,7 @@ TEST_F(bidi_test, idle_timeout_ends_a_stalled_copy_and_discards_its_full_pipe) {
     traffic t;
     bool done = false;
     loop.spawn(run_bidi(&ends->a, &ends->b, o, &t, &done));
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return done; }, 10s)));
     EXPECT_EQ(t.error, std::errc::timed_out) << describe(t);
     EXPECT_GT(t.a_to_b, 0u);
@@ -669,13 +511,14 @@ TEST_F(bidi_test, idle_timeout_ends_a_stalled_copy_and_discards_its_full_pipe) {
     EXPECT_EQ(pools.pipes.stats().leased, 0u);
     EXPECT_GE(pools.pipes.stats().discarded, 1u) << "a pipe holding bytes went back to the pool";
     ends->client.close(); // frees the blocked producer
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return sent.done; }, 5s)));
 }
 
 // ---- rate limit ----
 
-class bidi_rate_test : public bidi_fixture, public ::testing::WithParamInterface<copy_path> {};
+class bidi_rate_test : public test::transfer_pools_fixture,
+                       public ::testing::WithParamInterface<copy_path> {};
 
 // User + system CPU seconds this process used so far.
 double cpu_seconds() {
@@ -702,11 +545,11 @@ TEST_P(bidi_rate_test, each_direction_moves_about_the_rate) {
     event_loop loop;
     auto ends = make_proxy(loop, transport::tcp);
     ASSERT_TRUE(ends) << ends.error().message();
-    side up_sent, up_got, down_sent, down_got;
-    loop.spawn(produce(&ends->client, up, 51, std::size_t{64} << 10, true, &up_sent));
-    loop.spawn(produce(&ends->server, down, 52, std::size_t{64} << 10, true, &down_sent));
-    loop.spawn(consume(&ends->server, 53, std::nullopt, &up_got));
-    loop.spawn(consume(&ends->client, 54, std::nullopt, &down_got));
+    test::side up_sent, up_got, down_sent, down_got;
+    loop.spawn(test::produce(&ends->client, up, 51, std::size_t{64} << 10, true, &up_sent));
+    loop.spawn(test::produce(&ends->server, down, 52, std::size_t{64} << 10, true, &down_sent));
+    loop.spawn(test::consume(&ends->server, 53, read_chunk, &up_got));
+    loop.spawn(test::consume(&ends->client, 54, read_chunk, &down_got));
 
     std::uint64_t up_progress = 0;
     std::uint64_t down_progress = 0;
@@ -727,14 +570,14 @@ TEST_P(bidi_rate_test, each_direction_moves_about_the_rate) {
     loop.spawn(sample_at(&loop, start + 1500ms, &down_progress, &down1));
     const double cpu_before = cpu_seconds();
     loop.spawn(run_bidi_cancellable(&loop, &ends->a, &ends->b, o, &cancel, &cancelled, &done));
-    loop.block_on(pause(&loop, 1600ms));
+    loop.block_on(test::pause(&loop, 1600ms));
     // A copy that spun while waiting for its quantum would burn the whole 1.6 s; one
     // that sleeps uses a little. CPU time, unlike wall-clock ticks, does not depend on
     // how busy the machine is.
     const double cpu = cpu_seconds() - cpu_before;
     cancel.cancel();
     EXPECT_LT(cpu, 0.8) << "the rate-limited copy spun instead of sleeping";
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return done; }, 5s)));
     EXPECT_TRUE(cancelled);
 
@@ -751,7 +594,7 @@ TEST_P(bidi_rate_test, each_direction_moves_about_the_rate) {
     // What moved arrived intact (a prefix: the cancel cut the rest off).
     ends->client.close();
     ends->server.close();
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return up_sent.done && down_sent.done && up_got.done && down_got.done; },
         5s)));
     EXPECT_EQ(up_got.sum, sum_of(up.first(up_got.bytes)));
@@ -777,7 +620,7 @@ constexpr std::size_t bytes_each_way = std::size_t{1} << 20;
 // `expect` as they arrive (byte for byte: a cheaper and stricter check than a checksum
 // at 8 GiB in total), counting a mismatch as an error.
 task<void> read_and_compare(stream* s, buffer_pool* pool, std::span<const std::byte> expect,
-                            side* out) {
+                            test::side* out) {
     bool same = true;
     while (out->bytes < expect.size()) {
         const std::size_t at = out->bytes;
@@ -828,7 +671,7 @@ TEST_F(bidi_test, thousands_of_idle_proxies_hold_no_pipe_and_no_buffer) {
         stream client, a, b, server;
         traffic t;
         bool done = false;
-        side up_sent, up_got, down_sent, down_got;
+        test::side up_sent, up_got, down_sent, down_got;
     };
     std::vector<std::unique_ptr<proxy>> ps;
     ps.reserve(proxies);
@@ -847,7 +690,7 @@ TEST_F(bidi_test, thousands_of_idle_proxies_hold_no_pipe_and_no_buffer) {
     for (auto& p : ps) {
         loop.spawn(run_bidi(&p->a, &p->b, o, &p->t, &p->done));
     }
-    loop.block_on(pause(&loop, 200ms));
+    loop.block_on(test::pause(&loop, 200ms));
 
     // Idle: every copy waits for readiness holding nothing.
     EXPECT_EQ(pools.pipes.stats().leased, 0u);
@@ -863,16 +706,16 @@ TEST_F(bidi_test, thousands_of_idle_proxies_hold_no_pipe_and_no_buffer) {
         proxy& p = *ps[i];
         const std::size_t up_at = (i * 7919) % (data_size - bytes_each_way);
         const std::size_t down_at = (i * 104729 + 4099) % (data_size - bytes_each_way);
-        loop.spawn(produce(&p.client, slice(up_at, bytes_each_way), 1000 + i, std::size_t{64} << 10,
-                           false, &p.up_sent));
-        loop.spawn(produce(&p.server, slice(down_at, bytes_each_way), 9000 + i,
-                           std::size_t{64} << 10, false, &p.down_sent));
+        loop.spawn(test::produce(&p.client, slice(up_at, bytes_each_way), 1000 + i,
+                                 std::size_t{64} << 10, false, &p.up_sent));
+        loop.spawn(test::produce(&p.server, slice(down_at, bytes_each_way), 9000 + i,
+                                 std::size_t{64} << 10, false, &p.down_sent));
         loop.spawn(
             read_and_compare(&p.server, &reader_pool, slice(up_at, bytes_each_way), &p.up_got));
         loop.spawn(
             read_and_compare(&p.client, &reader_pool, slice(down_at, bytes_each_way), &p.down_got));
     }
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop,
         [&] {
             return std::all_of(ps.begin(), ps.end(), [](const auto& p) {
@@ -894,7 +737,7 @@ TEST_F(bidi_test, thousands_of_idle_proxies_hold_no_pipe_and_no_buffer) {
         }
     }
     EXPECT_EQ(bad, 0u);
-    loop.block_on(pause(&loop, 100ms));
+    loop.block_on(test::pause(&loop, 100ms));
     const auto busy_pipes = pools.pipes.stats();
     const auto busy_buffers = pools.buffers.stats();
     std::printf("[   INFO   ] %zu proxies moved %zu MiB each way in %lld ms; pipes created %llu "
@@ -916,7 +759,7 @@ TEST_F(bidi_test, thousands_of_idle_proxies_hold_no_pipe_and_no_buffer) {
         EXPECT_TRUE(p->client.shutdown_write());
         EXPECT_TRUE(p->server.shutdown_write());
     }
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop,
         [&] { return std::all_of(ps.begin(), ps.end(), [](const auto& p) { return p->done; }); },
         60s)));
@@ -940,7 +783,7 @@ TEST_F(bidi_test, thousands_of_idle_proxies_hold_no_pipe_and_no_buffer) {
 
 enum class no_pipe { pool_of_size_0, pipe_creation_fails };
 
-class bidi_no_pipe_test : public bidi_fixture,
+class bidi_no_pipe_test : public test::transfer_pools_fixture,
                           public ::testing::WithParamInterface<std::tuple<no_pipe, copy_path>> {};
 
 TEST_P(bidi_no_pipe_test, moves_every_byte_through_buffers) {
@@ -957,18 +800,18 @@ TEST_P(bidi_no_pipe_test, moves_every_byte_through_buffers) {
     event_loop loop;
     auto ends = make_proxy(loop, transport::tcp);
     ASSERT_TRUE(ends) << ends.error().message();
-    side up_sent, up_got, down_sent, down_got;
-    loop.spawn(produce(&ends->client, up, 61, std::size_t{256} << 10, true, &up_sent));
-    loop.spawn(produce(&ends->server, down, 62, std::size_t{256} << 10, true, &down_sent));
-    loop.spawn(consume(&ends->server, 63, std::nullopt, &up_got));
-    loop.spawn(consume(&ends->client, 64, std::nullopt, &down_got));
+    test::side up_sent, up_got, down_sent, down_got;
+    loop.spawn(test::produce(&ends->client, up, 61, std::size_t{256} << 10, true, &up_sent));
+    loop.spawn(test::produce(&ends->server, down, 62, std::size_t{256} << 10, true, &down_sent));
+    loop.spawn(test::consume(&ends->server, 63, read_chunk, &up_got));
+    loop.spawn(test::consume(&ends->client, 64, read_chunk, &down_got));
     bidirectional_options o;
     o.pools = &pools;
     o.path = path;
     traffic t;
     bool done = false;
     loop.spawn(run_bidi(&ends->a, &ends->b, o, &t, &done));
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop,
         [&] { return done && up_sent.done && down_sent.done && up_got.done && down_got.done; },
         30s)))

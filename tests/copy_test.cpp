@@ -5,16 +5,13 @@
 #include <zcio/copy.hpp>
 
 #include <zcio/buffer_pool.hpp>
-#include <zcio/endpoint.hpp>
 #include <zcio/event_loop.hpp>
 #include <zcio/pipe_pool.hpp>
 #include <zcio/result.hpp>
 #include <zcio/stream.hpp>
 #include <zcio/sys.hpp>
 #include <zcio/task.hpp>
-#include <zcio/tcp_listener.hpp>
 #include <zcio/timeout.hpp>
-#include <zcio/unique_fd.hpp>
 
 #include "test_support.hpp"
 
@@ -23,10 +20,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
-#include <functional>
-#include <memory>
 #include <optional>
-#include <ostream>
 #include <span>
 #include <string>
 #include <system_error>
@@ -68,24 +62,7 @@ std::uint64_t zeros_sum(std::size_t n) {
     return sum_of(zeros);
 }
 
-// Chunk sizes from a seed (splitmix64).
-class size_source {
-public:
-    explicit size_source(std::uint64_t seed) noexcept : state_(seed) {}
-    std::size_t between(std::size_t lo, std::size_t hi) noexcept {
-        return lo + static_cast<std::size_t>(next() % (hi - lo + 1));
-    }
-
-private:
-    std::uint64_t next() noexcept {
-        std::uint64_t z = (state_ += 0x9e3779b97f4a7c15ULL);
-        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-        z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-        return z ^ (z >> 31);
-    }
-    std::uint64_t state_;
-};
-
+// Writes and reads go in chunks of 1 byte to max_chunk.
 constexpr std::size_t max_chunk = 256 * 1024;
 
 // ---- temporary files ----
@@ -113,7 +90,7 @@ private:
 void write_file(const std::string& path, std::span<const std::byte> data, std::uint64_t seed) {
     auto fd = sys::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC);
     ASSERT_TRUE(fd) << fd.error().message();
-    size_source sizes(seed);
+    test::size_source sizes(seed);
     std::size_t done = 0;
     while (done < data.size()) {
         const std::size_t len = std::min(data.size() - done, sizes.between(1, max_chunk));
@@ -143,19 +120,6 @@ std::vector<std::byte> read_file(const std::string& path) {
 
 // ---- coroutines (parameters by value or pointer: see task.hpp) ----
 
-// What one producer or consumer did.
-struct side {
-    std::size_t bytes = 0;
-    std::uint64_t sum = 0;
-    std::error_code error;
-    bool done = false;
-};
-
-std::ostream& operator<<(std::ostream& os, const side& s) {
-    return os << "{bytes=" << s.bytes << " done=" << s.done << " error=" << s.error.message()
-              << "}";
-}
-
 // Ends a stream the way its reader notices: FIN for a socket, close for a pipe.
 void end_stream(stream& s) {
     if (!s.is_open()) {
@@ -168,57 +132,23 @@ void end_stream(stream& s) {
     }
 }
 
-// Writes `data` in chunks of random size, then ends the stream. After a failed write
-// it stops (the other end may be gone on purpose).
-task<void> produce(stream* s, std::span<const std::byte> data, std::uint64_t seed, side* out) {
-    size_source sizes(seed);
-    while (out->bytes < data.size()) {
-        const std::size_t len = std::min(data.size() - out->bytes, sizes.between(1, max_chunk));
-        auto w = co_await s->write_all(data.subspan(out->bytes, len));
-        if (!w) {
-            out->error = w.error();
-            out->done = true;
-            co_return;
-        }
-        out->bytes += *w;
+// test::produce in chunks up to max_chunk, then ends the stream (end_stream: a pipe is
+// closed, not half-closed). After a failed write it stops (the other end may be gone
+// on purpose).
+task<void> produce(stream* s, std::span<const std::byte> data, std::uint64_t seed,
+                   test::side* out) {
+    co_await test::produce(s, data, seed, max_chunk, false, out);
+    if (!out->error) {
+        end_stream(*s);
     }
-    end_stream(*s);
-    out->done = true;
-}
-
-// Reads to end of stream in reads of random size, checksumming what arrives.
-task<void> consume(stream* s, std::uint64_t seed, side* out) {
-    size_source sizes(seed);
-    test::checksum sum;
-    std::vector<std::byte> buf(max_chunk);
-    while (true) {
-        auto n = co_await s->read_some(std::span(buf).first(sizes.between(1, buf.size())));
-        if (!n) {
-            out->error = n.error();
-            break;
-        }
-        if (*n == 0) {
-            break;
-        }
-        sum.update(std::span(buf).first(*n));
-        out->bytes += *n;
-    }
-    out->sum = sum.value();
-    out->done = true;
-}
-
-// Sets SO_LINGER {on, 0} and closes: the kernel sends RST instead of FIN.
-void reset_connection(stream& s) {
-    ::linger lg{1, 0};
-    EXPECT_TRUE(sys::setsockopt(s.fd(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg));
-    s.close();
 }
 
 // Writes chunks of `data` until the copy has delivered `after` bytes, then resets the
 // connection while bytes are still in flight.
 task<void> produce_then_reset(stream* s, std::span<const std::byte> data, std::uint64_t seed,
-                              const std::uint64_t* delivered, std::uint64_t after, side* out) {
-    size_source sizes(seed);
+                              const std::uint64_t* delivered, std::uint64_t after,
+                              test::side* out) {
+    test::size_source sizes(seed);
     while (*delivered < after && out->bytes < data.size()) {
         const std::size_t len = std::min(data.size() - out->bytes, sizes.between(1, max_chunk));
         auto w = co_await s->write_all(data.subspan(out->bytes, len));
@@ -228,12 +158,12 @@ task<void> produce_then_reset(stream* s, std::span<const std::byte> data, std::u
         }
         out->bytes += *w;
     }
-    reset_connection(*s);
+    test::reset_connection(*s);
     out->done = true;
 }
 
 // Reads until at least `after` bytes arrived, then resets the connection.
-task<void> consume_then_reset(stream* s, std::uint64_t after, side* out) {
+task<void> consume_then_reset(stream* s, std::uint64_t after, test::side* out) {
     test::checksum sum;
     std::vector<std::byte> buf(64 * 1024);
     while (out->bytes < after) {
@@ -246,7 +176,7 @@ task<void> consume_then_reset(stream* s, std::uint64_t after, side* out) {
         out->bytes += *n;
     }
     out->sum = sum.value();
-    reset_connection(*s);
+    test::reset_connection(*s);
     out->done = true;
 }
 
@@ -270,19 +200,6 @@ task<copy_result> copy_then_end(stream* dst, stream* src, copy_options opts) {
     co_return r.front();
 }
 
-// Runs the loop until `done()` (true) or `limit` passes (false). The predicate is a
-// plain callable, not a coroutine, so it may capture the test's locals.
-task<bool> wait_until(event_loop* loop, std::function<bool()> done, clock::duration limit) {
-    const auto deadline = clock::now() + limit;
-    while (!done()) {
-        if (clock::now() >= deadline) {
-            co_return false;
-        }
-        co_await sleep_for(*loop, 1ms);
-    }
-    co_return true;
-}
-
 // ---- the ends of a copy ----
 
 enum class end_kind { pipe, tcp, unix_socket, file, dev_zero };
@@ -299,58 +216,31 @@ struct end {
     std::optional<temp_file> file;
 };
 
-struct stream_pair {
-    stream first;
-    stream second;
-};
-
-task<result<stream_pair>> tcp_pair(event_loop* loop) {
-    auto listener = tcp_listener::bind(*loop, endpoint::ipv4_loopback(0));
-    if (!listener) {
-        co_return fail(listener.error());
-    }
-    auto client = co_await stream::connect(*loop, listener->local_endpoint(), 5s);
-    if (!client) {
-        co_return fail(client.error());
-    }
-    auto server = co_await listener->accept();
-    if (!server) {
-        co_return fail(server.error());
-    }
-    co_return stream_pair{std::move(server->conn), std::move(*client)};
-}
-
-result<stream_pair> adopt_pair(event_loop& loop, unique_fd a, unique_fd b) {
-    auto sa = stream::adopt(loop, std::move(a));
-    if (!sa) {
-        return fail(sa.error());
-    }
-    auto sb = stream::adopt(loop, std::move(b));
-    if (!sb) {
-        return fail(sb.error());
-    }
-    return stream_pair{std::move(*sa), std::move(*sb)};
-}
-
-// A connected pair of `kind` (pipe: first = read end, second = write end).
-result<stream_pair> connected_pair(event_loop& loop, end_kind kind) {
+// A connected pair of `kind` (pipe: first = read end, second = write end; TCP: first
+// = the accepted end, second = the connecting one).
+result<test::stream_pair> connected_pair(event_loop& loop, end_kind kind) {
     switch (kind) {
     case end_kind::pipe: {
         auto p = sys::pipe();
         if (!p) {
             return fail(p.error());
         }
-        return adopt_pair(loop, std::move(p->read_end), std::move(p->write_end));
+        return test::adopt_pair(loop, std::move(p->read_end), std::move(p->write_end));
     }
     case end_kind::unix_socket: {
         auto p = sys::socketpair(AF_UNIX, SOCK_STREAM);
         if (!p) {
             return fail(p.error());
         }
-        return adopt_pair(loop, std::move(p->first), std::move(p->second));
+        return test::adopt_pair(loop, std::move(p->first), std::move(p->second));
     }
-    case end_kind::tcp:
-        return loop.block_on(tcp_pair(&loop));
+    case end_kind::tcp: {
+        auto p = loop.block_on(test::tcp_pair(&loop));
+        if (!p) {
+            return fail(p.error());
+        }
+        return test::stream_pair{std::move(p->second), std::move(p->first)};
+    }
     case end_kind::file:
     case end_kind::dev_zero:
         break;
@@ -422,27 +312,7 @@ result<end> make_dest(event_loop& loop, end_kind kind, std::span<const std::byte
 
 // ---- fixture ----
 
-class copy_fixture : public test::fd_leak_check {
-protected:
-    // This test's pools (the copy borrows only from them).
-    transfer_pools& make_pools(pipe_pool_options p = {}, buffer_pool_options b = {}) {
-        pools_.reset(new transfer_pools{pipe_pool(std::move(p)), buffer_pool(std::move(b))});
-        return *pools_;
-    }
-
-    void TearDown() override {
-        if (pools_) {
-            EXPECT_EQ(pools_->pipes.stats().leased, 0u) << "a pipe is still leased";
-            EXPECT_EQ(pools_->buffers.stats().leased, 0u) << "a buffer is still leased";
-            pools_.reset(); // idle pipes are descriptors too
-        }
-        test::fd_leak_check::TearDown();
-    }
-
-    std::unique_ptr<transfer_pools> pools_;
-};
-
-class copy_test : public copy_fixture {};
+class copy_test : public test::transfer_pools_fixture {};
 
 // ---- 64 MiB between every pair of kinds ----
 
@@ -454,7 +324,7 @@ struct transfer_case {
     copy_path expect; // the path the result must report
 };
 
-class copy_transfer_test : public copy_fixture,
+class copy_transfer_test : public test::transfer_pools_fixture,
                            public ::testing::WithParamInterface<transfer_case> {};
 
 TEST_P(copy_transfer_test, moves_64_mib_of_random_data_by_the_expected_path) {
@@ -467,7 +337,7 @@ TEST_P(copy_transfer_test, moves_64_mib_of_random_data_by_the_expected_path) {
     auto dst = make_dest(loop, c.to);
     ASSERT_TRUE(dst) << dst.error().message();
 
-    side produced, consumed;
+    test::side produced, consumed;
     produced.done = consumed.done = true;
     if (src->outer.is_open()) {
         produced.done = false;
@@ -475,7 +345,7 @@ TEST_P(copy_transfer_test, moves_64_mib_of_random_data_by_the_expected_path) {
     }
     if (dst->outer.is_open()) {
         consumed.done = false;
-        loop.spawn(consume(&dst->outer, 13, &consumed));
+        loop.spawn(test::consume(&dst->outer, 13, max_chunk, &consumed));
     }
     copy_options o;
     o.pools = &pools;
@@ -485,7 +355,7 @@ TEST_P(copy_transfer_test, moves_64_mib_of_random_data_by_the_expected_path) {
     }
     const auto started = clock::now();
     const copy_result r = loop.block_on(copy_then_end(&dst->inner, &src->inner, o));
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return produced.done && consumed.done; }, 60s)))
         << "produced " << produced << " consumed " << consumed;
     const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - started);
@@ -561,7 +431,7 @@ struct limit_value {
     std::optional<std::uint64_t> limit;
 };
 
-class copy_limit_test : public copy_fixture,
+class copy_limit_test : public test::transfer_pools_fixture,
                         public ::testing::WithParamInterface<std::tuple<limit_kind, limit_value>> {
 };
 
@@ -578,7 +448,7 @@ TEST_P(copy_limit_test, moves_exactly_the_limit_and_leaves_the_rest) {
     auto dst = make_dest(loop, k.to);
     ASSERT_TRUE(dst) << dst.error().message();
 
-    side produced, consumed, rest;
+    test::side produced, consumed, rest;
     produced.done = consumed.done = rest.done = true;
     if (src->outer.is_open()) {
         produced.done = false;
@@ -586,7 +456,7 @@ TEST_P(copy_limit_test, moves_exactly_the_limit_and_leaves_the_rest) {
     }
     if (dst->outer.is_open()) {
         consumed.done = false;
-        loop.spawn(consume(&dst->outer, 23, &consumed));
+        loop.spawn(test::consume(&dst->outer, 23, max_chunk, &consumed));
     }
     copy_options o;
     o.pools = &pools;
@@ -597,9 +467,9 @@ TEST_P(copy_limit_test, moves_exactly_the_limit_and_leaves_the_rest) {
     EXPECT_EQ(r.bytes, moved);
     if (is_stream_kind(k.from)) {
         rest.done = false;
-        loop.spawn(consume(&src->inner, 24, &rest));
+        loop.spawn(test::consume(&src->inner, 24, max_chunk, &rest));
     }
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return produced.done && consumed.done && rest.done; }, 30s)))
         << "produced " << produced << " consumed " << consumed << " rest " << rest;
 
@@ -679,7 +549,7 @@ TEST_F(copy_test, a_huge_max_chunk_is_capped_on_every_path) {
         ASSERT_TRUE(src) << src.error().message();
         auto dst = make_dest(loop, k.to);
         ASSERT_TRUE(dst) << dst.error().message();
-        side produced, consumed;
+        test::side produced, consumed;
         produced.done = consumed.done = true;
         if (src->outer.is_open()) {
             produced.done = false;
@@ -687,7 +557,7 @@ TEST_F(copy_test, a_huge_max_chunk_is_capped_on_every_path) {
         }
         if (dst->outer.is_open()) {
             consumed.done = false;
-            loop.spawn(consume(&dst->outer, 43, &consumed));
+            loop.spawn(test::consume(&dst->outer, 43, max_chunk, &consumed));
         }
         copy_options o;
         o.pools = &pools;
@@ -699,7 +569,7 @@ TEST_F(copy_test, a_huge_max_chunk_is_capped_on_every_path) {
         if (k.force != copy_path::automatic) {
             EXPECT_EQ(r.path, k.force);
         }
-        ASSERT_TRUE(loop.block_on(wait_until(
+        ASSERT_TRUE(loop.block_on(test::wait_until(
             &loop, [&] { return produced.done && consumed.done; }, 30s)));
         const auto got =
             k.to == end_kind::file ? read_file(dst->file->path()) : std::vector<std::byte>{};
@@ -732,9 +602,9 @@ TEST_F(copy_test, a_throttled_copy_sleeps_holding_no_pipe_and_no_buffer) {
         ASSERT_TRUE(src) << src.error().message();
         auto dst = make_dest(loop, end_kind::tcp);
         ASSERT_TRUE(dst) << dst.error().message();
-        side produced, consumed;
+        test::side produced, consumed;
         loop.spawn(produce(&src->outer, data, 52, &produced));
-        loop.spawn(consume(&dst->outer, 53, &consumed));
+        loop.spawn(test::consume(&dst->outer, 53, max_chunk, &consumed));
         // 192 KiB at 512 KiB/s after a 51 KiB burst: about 0.3 s, mostly asleep.
         rate_limiter limiter(std::uint64_t{512} << 10);
         copy_options o;
@@ -747,7 +617,7 @@ TEST_F(copy_test, a_throttled_copy_sleeps_holding_no_pipe_and_no_buffer) {
         loop.spawn(sample_leases(&loop, &pools, &stop, &samples, &holding));
         const copy_result r = loop.block_on(copy_then_end(&dst->inner, &src->inner, o));
         stop = true;
-        ASSERT_TRUE(loop.block_on(wait_until(
+        ASSERT_TRUE(loop.block_on(test::wait_until(
             &loop, [&] { return produced.done && consumed.done; }, 30s)));
         EXPECT_TRUE(r.ok()) << r.error.message();
         EXPECT_EQ(r.path, forced);
@@ -767,13 +637,13 @@ TEST_F(copy_test, a_limit_ends_a_copy_from_an_endless_device) {
     ASSERT_TRUE(src) << src.error().message();
     auto dst = make_dest(loop, end_kind::pipe);
     ASSERT_TRUE(dst) << dst.error().message();
-    side consumed;
-    loop.spawn(consume(&dst->outer, 31, &consumed));
+    test::side consumed;
+    loop.spawn(test::consume(&dst->outer, 31, max_chunk, &consumed));
     copy_options o;
     o.pools = &pools;
     o.limit = 100'001;
     const copy_result r = loop.block_on(copy_then_end(&dst->inner, &src->inner, o));
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return consumed.done; }, 10s)));
     EXPECT_TRUE(r.ok()) << r.error.message();
     EXPECT_EQ(r.bytes, 100'001u);
@@ -793,13 +663,13 @@ TEST_F(copy_test, a_limit_ends_a_copy_from_a_pollable_endless_device) {
     ASSERT_TRUE(src) << src.error().message();
     auto dst = make_dest(loop, end_kind::pipe);
     ASSERT_TRUE(dst) << dst.error().message();
-    side consumed;
-    loop.spawn(consume(&dst->outer, 32, &consumed));
+    test::side consumed;
+    loop.spawn(test::consume(&dst->outer, 32, max_chunk, &consumed));
     copy_options o;
     o.pools = &pools;
     o.limit = std::uint64_t{4} << 20; // many times what the pipe holds
     const copy_result r = loop.block_on(copy_then_end(&dst->inner, &*src, o));
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return consumed.done; }, 10s)));
     EXPECT_TRUE(r.ok()) << r.error.message();
     EXPECT_EQ(r.bytes, *o.limit);
@@ -813,7 +683,7 @@ TEST_F(copy_test, a_limit_ends_a_copy_from_a_pollable_endless_device) {
 // real wait is for the pipe. A one-slot pipe makes every splice fill it; the reader
 // runs only once the copy is parked. (This hung CI once: the copy waited for a
 // readiness edge its source had already delivered.)
-class copy_full_pipe_at_eof_test : public copy_fixture,
+class copy_full_pipe_at_eof_test : public test::transfer_pools_fixture,
                                    public ::testing::WithParamInterface<end_kind> {};
 
 task<result<copy_result>> copy_within(event_loop* loop, stream* dst, stream* src, copy_options o,
@@ -833,17 +703,17 @@ TEST_P(copy_full_pipe_at_eof_test, ends_once_the_reader_drains_the_pipe) {
     ASSERT_TRUE(granted) << granted.error().message();
 
     // Everything, then the end of stream, is queued before the copy starts.
-    side produced;
+    test::side produced;
     loop.block_on(produce(&src->outer, data, 41, &produced));
     ASSERT_TRUE(produced.done && !produced.error) << produced;
 
-    side consumed;
-    loop.spawn(consume(&dst->outer, 42, &consumed));
+    test::side consumed;
+    loop.spawn(test::consume(&dst->outer, 42, max_chunk, &consumed));
     copy_options o;
     o.pools = &pools;
     auto r = loop.block_on(copy_within(&loop, &dst->inner, &src->inner, o, 10s));
     ASSERT_TRUE(r) << "the copy did not end: " << r.error().message();
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return consumed.done; }, 10s)));
     EXPECT_TRUE(r->ok()) << r->error.message();
     EXPECT_EQ(r->bytes, data.size());
@@ -870,7 +740,8 @@ struct reset_case {
     reset_side who;
 };
 
-class copy_reset_test : public copy_fixture, public ::testing::WithParamInterface<reset_case> {};
+class copy_reset_test : public test::transfer_pools_fixture,
+                        public ::testing::WithParamInterface<reset_case> {};
 
 // A reset in the middle ends the copy with an error and the bytes moved so far. When
 // the source's peer resets, every byte the copy counted reached the reader, intact.
@@ -886,7 +757,7 @@ TEST_P(copy_reset_test, ends_with_an_error_and_the_bytes_moved_so_far) {
     ASSERT_TRUE(dst) << dst.error().message();
 
     std::uint64_t delivered = 0;
-    side produced, consumed;
+    test::side produced, consumed;
     produced.done = consumed.done = true;
     if (src->outer.is_open()) {
         produced.done = false;
@@ -902,7 +773,7 @@ TEST_P(copy_reset_test, ends_with_an_error_and_the_bytes_moved_so_far) {
         if (c.who == reset_side::destination_peer) {
             loop.spawn(consume_then_reset(&dst->outer, reset_after, &consumed));
         } else {
-            loop.spawn(consume(&dst->outer, 43, &consumed));
+            loop.spawn(test::consume(&dst->outer, 43, max_chunk, &consumed));
         }
     }
     copy_options o;
@@ -912,7 +783,7 @@ TEST_P(copy_reset_test, ends_with_an_error_and_the_bytes_moved_so_far) {
     const copy_result r = loop.block_on(copy_then_end(&dst->inner, &src->inner, o));
     // The producer may be stuck on a full socket now: closing the source frees it.
     src->inner.close();
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return produced.done && consumed.done; }, 30s)))
         << "produced " << produced << " consumed " << consumed;
 
@@ -984,7 +855,7 @@ struct refused_case {
     copy_path force;
 };
 
-class copy_refused_test : public copy_fixture,
+class copy_refused_test : public test::transfer_pools_fixture,
                           public ::testing::WithParamInterface<refused_case> {};
 
 TEST_P(copy_refused_test, falls_back_to_the_buffer_path_and_moves_every_byte) {
@@ -998,7 +869,7 @@ TEST_P(copy_refused_test, falls_back_to_the_buffer_path_and_moves_every_byte) {
     auto dst = c.append ? make_dest(loop, c.to, header, O_APPEND) : make_dest(loop, c.to);
     ASSERT_TRUE(dst) << dst.error().message();
 
-    side produced, consumed;
+    test::side produced, consumed;
     produced.done = consumed.done = true;
     if (src->outer.is_open()) {
         produced.done = false;
@@ -1006,13 +877,13 @@ TEST_P(copy_refused_test, falls_back_to_the_buffer_path_and_moves_every_byte) {
     }
     if (dst->outer.is_open()) {
         consumed.done = false;
-        loop.spawn(consume(&dst->outer, 53, &consumed));
+        loop.spawn(test::consume(&dst->outer, 53, max_chunk, &consumed));
     }
     copy_options o;
     o.pools = &pools;
     o.path = c.force;
     const copy_result r = loop.block_on(copy_then_end(&dst->inner, &src->inner, o));
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return produced.done && consumed.done; }, 30s)))
         << "produced " << produced << " consumed " << consumed;
 
@@ -1059,7 +930,8 @@ struct offset_case {
     copy_path force;
 };
 
-class copy_offset_test : public copy_fixture, public ::testing::WithParamInterface<offset_case> {};
+class copy_offset_test : public test::transfer_pools_fixture,
+                         public ::testing::WithParamInterface<offset_case> {};
 
 // From a file whose offset is at N, copy() starts at N and leaves the offset after the
 // last byte; a second copy goes on from there. With src_offset the fd's offset stays.
@@ -1076,11 +948,11 @@ TEST_P(copy_offset_test, a_file_source_starts_at_its_offset_and_leaves_it_after_
     ASSERT_TRUE(src) << src.error().message();
     auto dst = make_dest(loop, c.to);
     ASSERT_TRUE(dst) << dst.error().message();
-    side consumed;
+    test::side consumed;
     consumed.done = true;
     if (dst->outer.is_open()) {
         consumed.done = false;
-        loop.spawn(consume(&dst->outer, 62, &consumed));
+        loop.spawn(test::consume(&dst->outer, 62, max_chunk, &consumed));
     }
     ASSERT_TRUE(sys::seek(src->inner.fd(), start));
 
@@ -1096,7 +968,7 @@ TEST_P(copy_offset_test, a_file_source_starts_at_its_offset_and_leaves_it_after_
     auto at = sys::tell(src->inner.fd());
     ASSERT_TRUE(at);
     EXPECT_EQ(*at, start + static_cast<off_t>(limit));
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return consumed.done; }, 30s)));
     if (c.to == end_kind::file) {
         const auto got = read_file(dst->file->path());
@@ -1110,11 +982,11 @@ TEST_P(copy_offset_test, a_file_source_starts_at_its_offset_and_leaves_it_after_
     // The rest, and then an explicit offset, into a fresh destination.
     auto dst2 = make_dest(loop, c.to);
     ASSERT_TRUE(dst2) << dst2.error().message();
-    side consumed2;
+    test::side consumed2;
     consumed2.done = true;
     if (dst2->outer.is_open()) {
         consumed2.done = false;
-        loop.spawn(consume(&dst2->outer, 63, &consumed2));
+        loop.spawn(test::consume(&dst2->outer, 63, max_chunk, &consumed2));
     }
     copy_options rest = o;
     rest.limit.reset();
@@ -1132,11 +1004,11 @@ TEST_P(copy_offset_test, a_file_source_starts_at_its_offset_and_leaves_it_after_
     ASSERT_TRUE(sys::seek(src->inner.fd(), parked_at));
     auto dst3 = make_dest(loop, c.to);
     ASSERT_TRUE(dst3) << dst3.error().message();
-    side consumed3;
+    test::side consumed3;
     consumed3.done = true;
     if (dst3->outer.is_open()) {
         consumed3.done = false;
-        loop.spawn(consume(&dst3->outer, 64, &consumed3));
+        loop.spawn(test::consume(&dst3->outer, 64, max_chunk, &consumed3));
     }
     auto third = loop.block_on(copies_then_end(&dst3->inner, &src->inner, {explicit_offset}));
     ASSERT_EQ(third.size(), 1u);
@@ -1145,7 +1017,7 @@ TEST_P(copy_offset_test, a_file_source_starts_at_its_offset_and_leaves_it_after_
     at = sys::tell(src->inner.fd());
     ASSERT_TRUE(at);
     EXPECT_EQ(*at, parked_at) << "an explicit src_offset moved the fd's offset";
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return consumed2.done && consumed3.done; }, 30s)));
 
     const auto tail = data.subspan(static_cast<std::size_t>(start) + limit);
@@ -1183,7 +1055,7 @@ struct dst_offset_case {
     copy_path force;
 };
 
-class copy_dst_offset_test : public copy_fixture,
+class copy_dst_offset_test : public test::transfer_pools_fixture,
                              public ::testing::WithParamInterface<dst_offset_case> {};
 
 // Into a file whose offset is at N (after a prefix), copy() writes from N on and leaves
@@ -1202,7 +1074,7 @@ TEST_P(copy_dst_offset_test, a_file_destination_is_written_at_its_offset) {
         ASSERT_TRUE(src) << src.error().message();
         auto dst = make_dest(loop, end_kind::file, prefix);
         ASSERT_TRUE(dst) << dst.error().message();
-        side produced;
+        test::side produced;
         produced.done = true;
         if (src->outer.is_open()) {
             produced.done = false;
@@ -1212,7 +1084,7 @@ TEST_P(copy_dst_offset_test, a_file_destination_is_written_at_its_offset) {
         o.pools = &pools;
         o.path = c.force;
         const copy_result r = loop.block_on(copy_then_end(&dst->inner, &src->inner, o));
-        ASSERT_TRUE(loop.block_on(wait_until(
+        ASSERT_TRUE(loop.block_on(test::wait_until(
             &loop, [&] { return produced.done; }, 30s)));
         EXPECT_TRUE(r.ok()) << r.error.message();
         EXPECT_EQ(r.bytes, data.size());
@@ -1231,7 +1103,7 @@ TEST_P(copy_dst_offset_test, a_file_destination_is_written_at_its_offset) {
         auto dst = make_dest(loop, end_kind::file, prefix);
         ASSERT_TRUE(dst) << dst.error().message();
         ASSERT_TRUE(sys::seek(dst->inner.fd(), 0));
-        side produced;
+        test::side produced;
         produced.done = true;
         if (src->outer.is_open()) {
             produced.done = false;
@@ -1242,7 +1114,7 @@ TEST_P(copy_dst_offset_test, a_file_destination_is_written_at_its_offset) {
         o.path = c.force;
         o.dst_offset = explicit_at;
         const copy_result r = loop.block_on(copy_then_end(&dst->inner, &src->inner, o));
-        ASSERT_TRUE(loop.block_on(wait_until(
+        ASSERT_TRUE(loop.block_on(test::wait_until(
             &loop, [&] { return produced.done; }, 30s)));
         EXPECT_TRUE(r.ok()) << r.error.message();
         EXPECT_EQ(r.bytes, data.size());
@@ -1281,7 +1153,7 @@ struct no_pipe_case {
     copy_path force;
 };
 
-class copy_no_pipe_test : public copy_fixture,
+class copy_no_pipe_test : public test::transfer_pools_fixture,
                           public ::testing::WithParamInterface<std::tuple<no_pipe, no_pipe_case>> {
 };
 
@@ -1301,7 +1173,7 @@ TEST_P(copy_no_pipe_test, moves_every_byte_through_the_buffer_path) {
     ASSERT_TRUE(src) << src.error().message();
     auto dst = make_dest(loop, c.to);
     ASSERT_TRUE(dst) << dst.error().message();
-    side produced, consumed;
+    test::side produced, consumed;
     produced.done = consumed.done = true;
     if (src->outer.is_open()) {
         produced.done = false;
@@ -1309,13 +1181,13 @@ TEST_P(copy_no_pipe_test, moves_every_byte_through_the_buffer_path) {
     }
     if (dst->outer.is_open()) {
         consumed.done = false;
-        loop.spawn(consume(&dst->outer, 83, &consumed));
+        loop.spawn(test::consume(&dst->outer, 83, max_chunk, &consumed));
     }
     copy_options o;
     o.pools = &pools;
     o.path = c.force;
     const copy_result r = loop.block_on(copy_then_end(&dst->inner, &src->inner, o));
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return produced.done && consumed.done; }, 30s)))
         << "produced " << produced << " consumed " << consumed;
 
@@ -1434,7 +1306,7 @@ TEST_F(copy_test, the_yield_budget_lets_another_copy_run) {
     o.progress = &p2;
     loop.spawn(copy_into(&dst2->inner, &src2->inner, o, &r2, &d2));
     loop.spawn(sample_progress(&loop, &p1, &p2, &p1_when_2_started));
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return d1 && d2; }, 30s)));
     EXPECT_TRUE(r1.ok() && r2.ok());
     EXPECT_EQ(r1.bytes, data.size());

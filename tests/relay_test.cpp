@@ -9,7 +9,6 @@
 #include <zcio/stream.hpp>
 #include <zcio/sys.hpp>
 #include <zcio/task.hpp>
-#include <zcio/tcp_listener.hpp>
 
 #include "test_support.hpp"
 
@@ -17,7 +16,6 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
-#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -48,38 +46,17 @@ protected:
     void on_done(const traffic& t) override { result = t; }
 };
 
-struct stream_pair {
-    stream first;
-    stream second;
-};
-
-task<result<stream_pair>> tcp_pair(event_loop* loop) {
-    auto listener = tcp_listener::bind(*loop, endpoint::ipv4_loopback(0));
-    if (!listener) {
-        co_return fail(listener.error());
+// A connected pair: the relay gets `first`, the client or server `second`. Over TCP the
+// relay holds the accepted ends, so they go first (test::tcp_pair puts them second).
+result<test::stream_pair> make_pair(event_loop& loop, bool tcp) {
+    if (!tcp) {
+        return test::unix_pair(loop);
     }
-    auto client = co_await stream::connect(*loop, listener->local_endpoint(), 5s);
-    if (!client) {
-        co_return fail(client.error());
-    }
-    auto server = co_await listener->accept();
-    if (!server) {
-        co_return fail(server.error());
-    }
-    co_return stream_pair{std::move(server->conn), std::move(*client)};
-}
-
-result<stream_pair> unix_pair(event_loop& loop) {
-    auto p = sys::socketpair(AF_UNIX, SOCK_STREAM);
+    auto p = loop.block_on(test::tcp_pair(&loop));
     if (!p) {
         return fail(p.error());
     }
-    auto a = stream::adopt(loop, std::move(p->first));
-    auto b = stream::adopt(loop, std::move(p->second));
-    if (!a || !b) {
-        return fail(!a ? a.error() : b.error());
-    }
-    return stream_pair{std::move(*a), std::move(*b)};
+    return test::stream_pair{std::move(p->second), std::move(p->first)};
 }
 
 // client ⇄ [a relay b] ⇄ server: `client` and `server` are the outer ends.
@@ -90,8 +67,8 @@ struct rig {
 };
 
 result<rig> make_rig(event_loop& loop, bool tcp, const bidirectional_options& o) {
-    auto left = tcp ? loop.block_on(tcp_pair(&loop)) : unix_pair(loop);
-    auto right = tcp ? loop.block_on(tcp_pair(&loop)) : unix_pair(loop);
+    auto left = make_pair(loop, tcp);
+    auto right = make_pair(loop, tcp);
     if (!left || !right) {
         return fail(!left ? left.error() : right.error());
     }
@@ -100,15 +77,10 @@ result<rig> make_rig(event_loop& loop, bool tcp, const bidirectional_options& o)
     return g;
 }
 
-struct side {
-    std::size_t bytes = 0;
-    std::uint64_t sum = 0;
-    std::error_code error;
-    bool done = false;
-};
-
+// produce() and consume() here move fixed-size chunks, unlike test::produce and
+// test::consume, whose chunks are of random size.
 task<void> produce(stream* s, std::span<const std::byte> d, std::size_t chunk, bool shut,
-                   side* out) {
+                   test::side* out) {
     while (out->bytes < d.size()) {
         const std::size_t len = std::min(chunk, d.size() - out->bytes);
         auto w = co_await s->write_all(d.subspan(out->bytes, len));
@@ -125,7 +97,7 @@ task<void> produce(stream* s, std::span<const std::byte> d, std::size_t chunk, b
 }
 
 // Reads to end of stream, or `limit` bytes.
-task<void> consume(stream* s, std::optional<std::size_t> limit, side* out) {
+task<void> consume(stream* s, std::optional<std::size_t> limit, test::side* out) {
     test::checksum sum;
     std::vector<std::byte> buf(std::size_t{128} << 10);
     while (!limit || out->bytes < *limit) {
@@ -143,20 +115,10 @@ task<void> consume(stream* s, std::optional<std::size_t> limit, side* out) {
 }
 
 // The server reads the whole request, then answers and half-closes.
-task<void> serve_once(stream* s, std::span<const std::byte> reply, side* got, side* sent) {
+task<void> serve_once(stream* s, std::span<const std::byte> reply, test::side* got,
+                      test::side* sent) {
     co_await consume(s, std::nullopt, got);
     co_await produce(s, reply, 100'003, true, sent);
-}
-
-task<bool> wait_until(event_loop* loop, std::function<bool()> done, clock::duration limit) {
-    const auto deadline = clock::now() + limit;
-    while (!done()) {
-        if (clock::now() >= deadline) {
-            co_return false;
-        }
-        co_await sleep_for(*loop, 1ms);
-    }
-    co_return true;
 }
 
 class relay_fixture : public test::fd_leak_check {
@@ -183,12 +145,12 @@ TEST_P(relay_engine_test, moves_random_data_both_ways_and_passes_the_half_close_
     const auto request = std::span(data()).first(std::size_t{6} << 20);
     const auto reply = std::span(data()).subspan(std::size_t{7} << 20, (std::size_t{5} << 20) + 11);
 
-    side sent, got, reply_sent, reply_got;
+    test::side sent, got, reply_sent, reply_got;
     g->r->start();
     loop.spawn(produce(&g->client, request, 70'001, true, &sent));
     loop.spawn(serve_once(&g->server, reply, &got, &reply_sent));
     loop.spawn(consume(&g->client, std::nullopt, &reply_got));
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return g->r->result && reply_got.done && reply_sent.done; }, 60s)));
 
     const traffic& t = *g->r->result;
@@ -217,7 +179,7 @@ INSTANTIATE_TEST_SUITE_P(engines, relay_engine_test,
 class relay_test : public relay_fixture {};
 
 // Writes `msg` to every client, reads it at every server, and back.
-task<void> ping_all(std::vector<rig>* rigs, std::span<const std::byte> msg, side* errors) {
+task<void> ping_all(std::vector<rig>* rigs, std::span<const std::byte> msg, test::side* errors) {
     std::vector<std::byte> buf(msg.size());
     for (auto& g : *rigs) {
         for (auto [from, to] : {std::pair{&g.client, &g.server}, std::pair{&g.server, &g.client}}) {
@@ -255,7 +217,7 @@ TEST_F(relay_test, quiet_relays_hold_no_coroutine_frame_pipe_or_buffer) {
         rigs.back().r->start();
     }
     const auto msg = std::span(data()).first(300);
-    side errors;
+    test::side errors;
     loop.block_on(ping_all(&rigs, msg, &errors));
     ASSERT_FALSE(errors.error) << errors.error.message();
     EXPECT_EQ(errors.bytes, 0u) << "messages arrived changed";
@@ -280,7 +242,7 @@ TEST_F(relay_test, quiet_relays_hold_no_coroutine_frame_pipe_or_buffer) {
         (void)g.client.shutdown_write();
         (void)g.server.shutdown_write();
     }
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop,
         [&] { return std::all_of(rigs.begin(), rigs.end(), [](rig& g) { return g.r->result; }); },
         30s)));
@@ -298,16 +260,16 @@ TEST_F(relay_test, a_reset_ends_both_directions_and_keeps_the_counts) {
     auto g = make_rig(loop, true, o);
     ASSERT_TRUE(g) << g.error().message();
     g->r->start();
-    side sent, got;
+    test::side sent, got;
     const auto request = std::span(data()).first(std::size_t{4} << 20);
     loop.spawn(produce(&g->client, request, 65'536, false, &sent));
     loop.spawn(consume(&g->server, std::size_t{1} << 20, &got));
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return got.done; }, 30s)));
     ::linger lg{1, 0};
     ASSERT_TRUE(sys::setsockopt(g->server.fd(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg));
     g->server.close(); // RST toward the relay's b side
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return g->r->result.has_value(); }, 30s)));
     const traffic& t = *g->r->result;
     EXPECT_FALSE(t.ok());
@@ -315,7 +277,7 @@ TEST_F(relay_test, a_reset_ends_both_directions_and_keeps_the_counts) {
     EXPECT_GE(t.a_to_b, got.bytes) << "the count lost bytes the server did read";
     EXPECT_LE(t.a_to_b, request.size());
     g->client.close(); // the producer may still wait on a full socket
-    (void)loop.block_on(wait_until(
+    (void)loop.block_on(test::wait_until(
         &loop, [&] { return sent.done; }, 10s));
 }
 
@@ -332,7 +294,7 @@ TEST_F(relay_test, a_reset_source_of_a_direction_stuck_writing_ends_the_relay) {
     relay_set set(loop, 100ms);
     set.add(*g->r);
     g->r->start();
-    side sent;
+    test::side sent;
     const auto request = std::span(data()).first(std::size_t{16} << 20);
     loop.spawn(produce(&g->client, request, 65'536, false, &sent));
     // Wait until the relay moved what it could and stopped (the server reads nothing).
@@ -342,16 +304,16 @@ TEST_F(relay_test, a_reset_source_of_a_direction_stuck_writing_ends_the_relay) {
         last = g->r->a_to_b();
         return same;
     };
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return stalled() && g->r->running() > 0; }, 10s)));
-    loop.block_on(wait_until(
+    loop.block_on(test::wait_until(
         &loop, [] { return false; }, 200ms));
     ASSERT_FALSE(g->r->result.has_value()) << g->r->result->error.message();
     ::linger lg{1, 0};
     ASSERT_TRUE(sys::setsockopt(g->client.fd(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg));
     const auto cut = clock::now();
     g->client.close(); // RST toward the relay's a side
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return g->r->result.has_value(); }, 5s)))
         << "the reset went unnoticed (the idle timeout is 30 s)";
     EXPECT_LT(clock::now() - cut, 2s);
@@ -380,11 +342,11 @@ TEST_F(relay_test, the_idle_timeout_ends_a_quiet_relay_but_not_a_busy_one) {
     busy->r->start();
     std::vector<rig> busy_only;
     busy_only.push_back(std::move(*busy));
-    side errors;
+    test::side errors;
     // A message every 50 ms for a second keeps the busy one alive.
     while (clock::now() - started < 1s) {
         loop.block_on(ping_all(&busy_only, std::span(data()).first(10), &errors));
-        loop.block_on(wait_until(
+        loop.block_on(test::wait_until(
             &loop, [] { return false; }, 50ms));
     }
     ASSERT_FALSE(errors.error) << errors.error.message();
@@ -395,7 +357,7 @@ TEST_F(relay_test, the_idle_timeout_ends_a_quiet_relay_but_not_a_busy_one) {
     EXPECT_EQ(set.size(), 1u);
     EXPECT_FALSE(busy_only[0].r->result.has_value()) << "the busy relay was timed out";
     set.cancel_all();
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return busy_only[0].r->result.has_value(); }, 5s)));
     EXPECT_EQ(busy_only[0].r->result->error, std::errc::operation_canceled);
     EXPECT_EQ(busy_only[0].r->result->a_to_b, busy_only[0].r->a_to_b());
@@ -411,21 +373,21 @@ TEST_F(relay_test, cancel_ends_a_relay_in_the_middle_of_a_transfer) {
     auto g = make_rig(loop, true, o);
     ASSERT_TRUE(g);
     g->r->start();
-    side sent;
+    test::side sent;
     // Nobody reads the server side: the relay fills it and waits to write.
     loop.spawn(
         produce(&g->client, std::span(data()).first(std::size_t{16} << 20), 1 << 20, false, &sent));
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return g->r->a_to_b() > 0; }, 10s)));
-    loop.block_on(wait_until(
+    loop.block_on(test::wait_until(
         &loop, [] { return false; }, 100ms));
     g->r->cancel();
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return g->r->result.has_value(); }, 5s)));
     EXPECT_EQ(g->r->result->error, std::errc::operation_canceled);
     EXPECT_GT(g->r->result->a_to_b, 0u);
     g->client.close();
-    (void)loop.block_on(wait_until(
+    (void)loop.block_on(test::wait_until(
         &loop, [&] { return sent.done; }, 10s));
 }
 
@@ -438,10 +400,10 @@ TEST_F(relay_test, bulk_data_after_a_quiet_spell_goes_back_to_splice) {
     g->r->start();
     const auto first = std::span(data()).first(std::size_t{4} << 20);
     const auto second = std::span(data()).subspan(std::size_t{5} << 20, std::size_t{4} << 20);
-    side s1, r1, s2, r2;
+    test::side s1, r1, s2, r2;
     loop.spawn(produce(&g->client, first, 1 << 20, false, &s1));
     loop.spawn(consume(&g->server, first.size(), &r1));
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return r1.done; }, 30s)));
     EXPECT_EQ(r1.sum, test::checksum_of(first));
     EXPECT_EQ(g->r->running(), 0);
@@ -449,7 +411,7 @@ TEST_F(relay_test, bulk_data_after_a_quiet_spell_goes_back_to_splice) {
     loop.spawn(produce(&g->client, second, 1 << 20, true, &s2));
     loop.spawn(consume(&g->server, std::nullopt, &r2));
     (void)g->server.shutdown_write();
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return g->r->result && r2.done; }, 30s)));
     EXPECT_EQ(r2.sum, test::checksum_of(second));
     EXPECT_TRUE(g->r->result->ok()) << g->r->result->error.message();

@@ -20,8 +20,6 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
-#include <functional>
-#include <ostream>
 #include <span>
 #include <string>
 #include <system_error>
@@ -39,46 +37,14 @@ using namespace std::chrono_literals;
 
 // ---- helpers (coroutines take their parameters by value: see task.hpp) ----
 
-// Chunk sizes from a seed (splitmix64: cheap, and small enough to live in every frame).
-class size_source {
-public:
-    explicit size_source(std::uint64_t seed) noexcept : state_(seed) {}
-    // A size in [lo, hi].
-    std::size_t between(std::size_t lo, std::size_t hi) noexcept {
-        return lo + static_cast<std::size_t>(next() % (hi - lo + 1));
-    }
-
-private:
-    std::uint64_t next() noexcept {
-        std::uint64_t z = (state_ += 0x9e3779b97f4a7c15ULL);
-        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-        z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-        return z ^ (z >> 31);
-    }
-    std::uint64_t state_;
-};
-
-// What one coroutine did: bytes, checksum of those bytes, how it ended.
-struct side {
-    std::size_t bytes = 0;
-    std::uint64_t sum = 0;
-    std::error_code error;
-    bool done = false;
-};
-
-std::ostream& operator<<(std::ostream& os, const side& s) {
-    return os << "{bytes=" << s.bytes << " done=" << s.done << " error=" << s.error.message()
-              << "}";
-}
-
 // Writes `total` seeded random bytes in chunks of random size, then half-closes. The
 // data is generated a block at a time as it is sent, so thousands of writers hold
 // little memory. After a failed write it no longer touches `s`: the owner may have
 // closed it.
 task<void> write_random(stream* s, std::size_t total, std::uint64_t seed, std::size_t max_chunk,
-                        side* out) {
+                        test::side* out) {
     const std::size_t block_size = std::max<std::size_t>(4 * max_chunk, 16 * 1024);
-    size_source sizes(seed);
+    test::size_source sizes(seed);
     test::checksum sum;
     std::vector<std::byte> block;
     std::size_t at = 0; // bytes of `block` already sent
@@ -106,70 +72,6 @@ task<void> write_random(stream* s, std::size_t total, std::uint64_t seed, std::s
     out->done = true;
 }
 
-// Reads until end of stream into buffers of random size, checksumming what arrives.
-task<void> read_to_eof(stream* s, std::uint64_t seed, std::size_t max_chunk, side* out) {
-    size_source sizes(seed);
-    test::checksum sum;
-    std::vector<std::byte> buf(max_chunk);
-    while (true) {
-        auto n = co_await s->read_some(std::span(buf).first(sizes.between(1, buf.size())));
-        if (!n) {
-            out->error = n.error();
-            break;
-        }
-        if (*n == 0) {
-            break;
-        }
-        sum.update(std::span(buf).first(*n));
-        out->bytes += *n;
-    }
-    out->sum = sum.value();
-    out->done = true;
-}
-
-// Sends back everything it reads (reads of random size) until end of stream, then
-// half-closes. Owns its stream: the fd is closed when the echo ends. It counts but
-// does not checksum: the far end compares what came back with what it sent.
-task<void> echo(stream s, std::uint64_t seed, std::size_t max_chunk, side* out) {
-    size_source sizes(seed);
-    std::vector<std::byte> buf(max_chunk);
-    while (true) {
-        auto n = co_await s.read_some(std::span(buf).first(sizes.between(1, buf.size())));
-        if (!n) {
-            out->error = n.error();
-            out->done = true;
-            co_return;
-        }
-        if (*n == 0) {
-            break;
-        }
-        auto w = co_await s.write_all(std::span(buf).first(*n));
-        if (!w) {
-            out->error = w.error();
-            out->done = true;
-            co_return;
-        }
-        out->bytes += *n;
-    }
-    if (auto r = s.shutdown_write(); !r) {
-        out->error = r.error();
-    }
-    out->done = true;
-}
-
-// Runs the loop until `done()` holds (true) or `limit` passes (false). The predicate
-// is a plain callable, not a coroutine, so capturing the test's locals is fine.
-task<bool> wait_until(event_loop* loop, std::function<bool()> done, clock::duration limit) {
-    const auto deadline = clock::now() + limit;
-    while (!done()) {
-        if (clock::now() >= deadline) {
-            co_return false;
-        }
-        co_await sleep_for(*loop, 1ms);
-    }
-    co_return true;
-}
-
 enum class transport { socketpair, tcp_ipv4, tcp_ipv6, unix_path };
 
 const char* to_string(transport t) {
@@ -186,41 +88,11 @@ const char* to_string(transport t) {
     return "?";
 }
 
-bool ipv6_loopback_available() {
-    auto fd = sys::socket(AF_INET6, SOCK_STREAM);
-    if (!fd) {
-        return false;
-    }
-    const auto at = endpoint::ipv6_loopback(0);
-    return sys::bind(fd->get(), at.data(), at.size()).has_value();
-}
-
-struct stream_pair {
-    stream client;
-    stream server;
-};
-
-result<stream_pair> adopt_socketpair(event_loop& loop) {
-    auto fds = sys::socketpair(AF_UNIX, SOCK_STREAM);
-    if (!fds) {
-        return fail(fds.error());
-    }
-    auto a = stream::adopt(loop, std::move(fds->first));
-    if (!a) {
-        return fail(a.error());
-    }
-    auto b = stream::adopt(loop, std::move(fds->second));
-    if (!b) {
-        return fail(b.error());
-    }
-    return stream_pair{std::move(*a), std::move(*b)};
-}
-
-// A connected pair over `kind`. For sockets with a listener, the connect completes in
-// the kernel's backlog before accept() runs, so the two steps can be sequential.
-task<result<stream_pair>> open_pair(event_loop* loop, transport kind) {
+// A connected pair over `kind`: `first` is the connecting (client) end, `second` the
+// accepted (server) end; for a socketpair, its two fds in order.
+task<result<test::stream_pair>> open_pair(event_loop* loop, transport kind) {
     if (kind == transport::socketpair) {
-        co_return adopt_socketpair(*loop);
+        co_return test::unix_pair(*loop);
     }
     endpoint at;
     if (kind == transport::tcp_ipv4) {
@@ -234,20 +106,7 @@ task<result<stream_pair>> open_pair(event_loop* loop, transport kind) {
         }
         at = *parsed;
     }
-    // The listener is closed (and a Unix path removed) on return; the pair lives on.
-    auto listener = tcp_listener::bind(*loop, at);
-    if (!listener) {
-        co_return fail(listener.error());
-    }
-    auto client = co_await stream::connect(*loop, listener->local_endpoint(), 5s);
-    if (!client) {
-        co_return fail(client.error());
-    }
-    auto server = co_await listener->accept();
-    if (!server) {
-        co_return fail(server.error());
-    }
-    co_return stream_pair{std::move(*client), std::move(server->conn)};
+    co_return co_await test::tcp_pair(loop, at);
 }
 
 class stream_test : public test::fd_leak_check {};
@@ -265,22 +124,23 @@ class stream_echo_test : public test::fd_leak_check,
 
 TEST_P(stream_echo_test, random_data_round_trips_in_random_chunks) {
     const echo_case& c = GetParam();
-    if (c.kind == transport::tcp_ipv6 && !ipv6_loopback_available()) {
+    if (c.kind == transport::tcp_ipv6 && !test::ipv6_loopback_available(SOCK_STREAM)) {
         GTEST_SKIP() << "no IPv6 loopback (cannot bind [::1]:0 here)";
     }
     event_loop loop;
     auto p = loop.block_on(open_pair(&loop, c.kind));
     ASSERT_TRUE(p) << p.error().message();
-    stream& near = c.echo_on_server ? p->client : p->server;
-    stream far = std::move(c.echo_on_server ? p->server : p->client);
+    // open_pair() puts the client first and the server second.
+    stream& near = c.echo_on_server ? p->first : p->second;
+    stream far = std::move(c.echo_on_server ? p->second : p->first);
 
     constexpr std::uint64_t seed = 0x5eed'0001;
     constexpr std::size_t max_chunk = 64 * 1024;
-    side sent, echoed, received;
-    loop.spawn(echo(std::move(far), seed + 1, max_chunk, &echoed));
+    test::side sent, echoed, received;
+    loop.spawn(test::echo(std::move(far), seed + 1, max_chunk, &echoed));
     loop.spawn(write_random(&near, c.bytes, seed, max_chunk, &sent));
-    loop.spawn(read_to_eof(&near, seed + 2, max_chunk, &received));
-    ASSERT_TRUE(loop.block_on(wait_until(
+    loop.spawn(test::consume(&near, seed + 2, max_chunk, &received));
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return sent.done && echoed.done && received.done; }, 20s)))
         << "sent " << sent << " echoed " << echoed << " received " << received;
 
@@ -330,22 +190,22 @@ TEST_F(stream_test, thousands_of_concurrent_coroutines_echo_over_socketpairs) {
     event_loop loop;
     const auto registered_before = loop.registered_count();
     std::vector<stream> clients;
-    std::vector<side> sent(pairs), echoed(pairs), received(pairs);
+    std::vector<test::side> sent(pairs), echoed(pairs), received(pairs);
     clients.reserve(pairs);
     std::size_t finished = 0;
     auto count = [&finished](const std::exception_ptr&) { ++finished; };
     for (std::size_t i = 0; i < pairs; ++i) {
-        auto p = adopt_socketpair(loop);
+        auto p = test::unix_pair(loop);
         ASSERT_TRUE(p) << "pair " << i << ": " << p.error().message();
-        clients.push_back(std::move(p->client));
+        clients.push_back(std::move(p->first));
         const std::uint64_t seed = 1000 + 3 * i;
-        loop.spawn(echo(std::move(p->server), seed, max_chunk, &echoed[i]), count);
+        loop.spawn(test::echo(std::move(p->second), seed, max_chunk, &echoed[i]), count);
         loop.spawn(write_random(&clients[i], bytes_each, seed + 1, max_chunk, &sent[i]), count);
-        loop.spawn(read_to_eof(&clients[i], seed + 2, max_chunk, &received[i]), count);
+        loop.spawn(test::consume(&clients[i], seed + 2, max_chunk, &received[i]), count);
     }
     EXPECT_EQ(loop.spawned_count(), 3 * pairs);
     EXPECT_EQ(loop.registered_count(), registered_before + 2 * pairs);
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return finished == 3 * pairs; }, 60s)))
         << finished << " of " << 3 * pairs << " coroutines finished";
 
@@ -431,7 +291,7 @@ class stream_half_close_test : public test::fd_leak_check,
                                public ::testing::WithParamInterface<transport> {};
 
 TEST_P(stream_half_close_test, peer_reads_eof_and_can_still_write_back) {
-    if (GetParam() == transport::tcp_ipv6 && !ipv6_loopback_available()) {
+    if (GetParam() == transport::tcp_ipv6 && !test::ipv6_loopback_available(SOCK_STREAM)) {
         GTEST_SKIP() << "no IPv6 loopback (cannot bind [::1]:0 here)";
     }
     event_loop loop;
@@ -440,7 +300,7 @@ TEST_P(stream_half_close_test, peer_reads_eof_and_can_still_write_back) {
     const auto request = test::random_bytes(50'000, 11);
     const auto reply = test::random_bytes(70'000, 12);
     half_close_report report;
-    loop.block_on(half_close_dialogue(&p->client, &p->server, request, reply, &report));
+    loop.block_on(half_close_dialogue(&p->first, &p->second, request, reply, &report));
     EXPECT_FALSE(report.error) << report.error.message();
     EXPECT_EQ(report.eof_reads, 2u);
     EXPECT_EQ(report.reply_bytes, reply.size());
@@ -532,37 +392,37 @@ task<void> close_soon(event_loop* loop, stream* s, bool forget_only) {
 
 TEST_F(stream_test, read_pending_when_another_coroutine_closes_the_stream_is_cancelled) {
     event_loop loop;
-    auto p = adopt_socketpair(loop);
+    auto p = test::unix_pair(loop);
     ASSERT_TRUE(p) << p.error().message();
     std::error_code error;
     std::size_t finished = 0;
     auto count = [&finished](const std::exception_ptr&) { ++finished; };
-    loop.spawn(read_once(&p->client, &error), count);
-    loop.spawn(close_soon(&loop, &p->client, false), count);
-    ASSERT_TRUE(loop.block_on(wait_until(
+    loop.spawn(read_once(&p->first, &error), count);
+    loop.spawn(close_soon(&loop, &p->first, false), count);
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return finished == 2; }, 5s)));
     EXPECT_EQ(error, std::errc::operation_canceled) << error.message();
-    EXPECT_FALSE(p->client.is_open());
+    EXPECT_FALSE(p->first.is_open());
     EXPECT_EQ(loop.registered_count(), 1u);
 }
 
 TEST_F(stream_test, read_pending_when_another_coroutine_forgets_the_fd_is_cancelled) {
     event_loop loop;
-    auto p = adopt_socketpair(loop);
+    auto p = test::unix_pair(loop);
     ASSERT_TRUE(p) << p.error().message();
     std::error_code error;
     std::size_t finished = 0;
     auto count = [&finished](const std::exception_ptr&) { ++finished; };
-    loop.spawn(read_once(&p->client, &error), count);
-    loop.spawn(close_soon(&loop, &p->client, true), count);
-    ASSERT_TRUE(loop.block_on(wait_until(
+    loop.spawn(read_once(&p->first, &error), count);
+    loop.spawn(close_soon(&loop, &p->first, true), count);
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return finished == 2; }, 5s)));
     EXPECT_EQ(error, std::errc::operation_canceled) << error.message();
-    EXPECT_TRUE(p->client.is_open()) << "forget() unregisters but does not close";
+    EXPECT_TRUE(p->first.is_open()) << "forget() unregisters but does not close";
     EXPECT_EQ(loop.registered_count(), 1u);
     // Later operations on a forgotten fd fail at once, without a syscall.
     std::error_code again;
-    loop.block_on(read_once(&p->client, &again));
+    loop.block_on(read_once(&p->first, &again));
     EXPECT_EQ(again, std::errc::operation_canceled) << again.message();
 }
 
@@ -587,17 +447,17 @@ task<void> write_soon(event_loop* loop, stream* s, std::vector<std::byte> data) 
 
 TEST_F(stream_test, second_concurrent_read_cancels_the_first_with_busy) {
     event_loop loop;
-    auto p = adopt_socketpair(loop);
+    auto p = test::unix_pair(loop);
     ASSERT_TRUE(p) << p.error().message();
     const auto data = test::random_bytes(200, 21);
     std::vector<std::byte> first_got, second_got;
     std::error_code first_error, second_error;
     std::size_t finished = 0;
     auto count = [&finished](const std::exception_ptr&) { ++finished; };
-    loop.spawn(read_into(&p->client, &first_got, &first_error), count);
-    loop.spawn(read_into(&p->client, &second_got, &second_error), count);
-    loop.spawn(write_soon(&loop, &p->server, data), count);
-    ASSERT_TRUE(loop.block_on(wait_until(
+    loop.spawn(read_into(&p->first, &first_got, &first_error), count);
+    loop.spawn(read_into(&p->first, &second_got, &second_error), count);
+    loop.spawn(write_soon(&loop, &p->second, data), count);
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return finished == 3; }, 5s)));
     EXPECT_EQ(first_error, std::errc::device_or_resource_busy) << first_error.message();
     EXPECT_FALSE(second_error) << second_error.message();
@@ -675,8 +535,8 @@ TEST_F(stream_test, adopted_regular_file_is_always_ready_and_reads_whole) {
     EXPECT_FALSE(s->handle().pollable()) << "epoll cannot watch a regular file";
     EXPECT_EQ(loop.registered_count(), 0u);
 
-    side got;
-    loop.block_on(read_to_eof(&*s, 42, 100'000, &got));
+    test::side got;
+    loop.block_on(test::consume(&*s, 42, 100'000, &got));
     EXPECT_FALSE(got.error) << got.error.message();
     EXPECT_EQ(got.bytes, data.size());
     EXPECT_EQ(got.sum, test::checksum_of(data));

@@ -19,8 +19,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
-#include <functional>
-#include <ostream>
 #include <span>
 #include <string>
 #include <system_error>
@@ -41,43 +39,17 @@ using namespace std::chrono_literals;
 
 // ---- helpers (coroutines take their parameters by value: see task.hpp) ----
 
-// Chunk sizes from a seed (splitmix64: cheap, and small enough to live in every frame).
-class size_source {
-public:
-    explicit size_source(std::uint64_t seed) noexcept : state_(seed) {}
-    std::size_t between(std::size_t lo, std::size_t hi) noexcept {
-        return lo + static_cast<std::size_t>(next() % (hi - lo + 1));
-    }
+// Writes and reads go in chunks of 1 byte to max_chunk; the echo reads up to echo_chunk.
+constexpr std::size_t max_chunk = 32 * 1024;
+constexpr std::size_t echo_chunk = 16 * 1024;
 
-private:
-    std::uint64_t next() noexcept {
-        std::uint64_t z = (state_ += 0x9e3779b97f4a7c15ULL);
-        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-        z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-        return z ^ (z >> 31);
-    }
-    std::uint64_t state_;
-};
-
-// What one coroutine did: bytes, checksum of those bytes, how it ended.
-struct side {
-    std::size_t bytes = 0;
-    std::uint64_t sum = 0;
-    std::error_code error;
-    bool done = false;
-};
-
-std::ostream& operator<<(std::ostream& os, const side& s) {
-    return os << "{bytes=" << s.bytes << " done=" << s.done << " error=" << s.error.message()
-              << "}";
-}
-
-// Writes `total` seeded random bytes in chunks of random size, then half-closes.
-task<void> write_random(stream* s, std::size_t total, std::uint64_t seed, side* out) {
-    size_source sizes(seed);
+// Writes `total` seeded random bytes in chunks of random size, then half-closes. Each
+// chunk is made from its own seed, so the bytes differ from stream_test's writer's.
+task<void> write_random(stream* s, std::size_t total, std::uint64_t seed, test::side* out) {
+    test::size_source sizes(seed);
     test::checksum sum;
     for (std::uint64_t chunk_no = 0; out->bytes < total; ++chunk_no) {
-        const std::size_t len = std::min(total - out->bytes, sizes.between(1, 32 * 1024));
+        const std::size_t len = std::min(total - out->bytes, sizes.between(1, max_chunk));
         const auto chunk = test::random_bytes(len, seed * 1'000'003 + chunk_no);
         sum.update(chunk);
         auto w = co_await s->write_all(chunk);
@@ -95,78 +67,13 @@ task<void> write_random(stream* s, std::size_t total, std::uint64_t seed, side* 
     out->done = true;
 }
 
-// Reads until end of stream into buffers of random size, checksumming what arrives.
-task<void> read_to_eof(stream* s, std::uint64_t seed, side* out) {
-    size_source sizes(seed);
-    test::checksum sum;
-    std::vector<std::byte> buf(32 * 1024);
-    while (true) {
-        auto n = co_await s->read_some(std::span(buf).first(sizes.between(1, buf.size())));
-        if (!n) {
-            out->error = n.error();
-            break;
-        }
-        if (*n == 0) {
-            break;
-        }
-        sum.update(std::span(buf).first(*n));
-        out->bytes += *n;
-    }
-    out->sum = sum.value();
-    out->done = true;
-}
-
-// Sends back what it reads until end of stream, then half-closes; owns its stream.
-task<void> echo(stream s, std::uint64_t seed, side* out) {
-    size_source sizes(seed);
-    std::vector<std::byte> buf(16 * 1024);
-    while (true) {
-        auto n = co_await s.read_some(std::span(buf).first(sizes.between(1, buf.size())));
-        if (!n) {
-            out->error = n.error();
-            out->done = true;
-            co_return;
-        }
-        if (*n == 0) {
-            break;
-        }
-        if (auto w = co_await s.write_all(std::span(buf).first(*n)); !w) {
-            out->error = w.error();
-            out->done = true;
-            co_return;
-        }
-        out->bytes += *n;
-    }
-    if (auto r = s.shutdown_write(); !r) {
-        out->error = r.error();
-    }
-    out->done = true;
-}
-
-// Runs the loop until `done()` holds (true) or `limit` passes (false). The predicate
-// is a plain callable, not a coroutine, so capturing the test's locals is fine.
-task<bool> wait_until(event_loop* loop, std::function<bool()> done, clock::duration limit) {
-    const auto deadline = clock::now() + limit;
-    while (!done()) {
-        if (clock::now() >= deadline) {
-            co_return false;
-        }
-        co_await sleep_for(*loop, 1ms);
-    }
-    co_return true;
-}
-
-task<void> idle(event_loop* loop, clock::duration d) {
-    co_await sleep_for(*loop, d);
-}
-
 // The server end of one connection: what accept() gave and what the echo did.
 struct served {
     bool accepted = false;
     endpoint peer;
     endpoint local;
     std::error_code accept_error;
-    side echoed;
+    test::side echoed;
 };
 
 task<void> accept_and_echo(tcp_listener* l, std::uint64_t seed, served* out) {
@@ -179,16 +86,7 @@ task<void> accept_and_echo(tcp_listener* l, std::uint64_t seed, served* out) {
     out->accepted = true;
     out->peer = a->peer;
     out->local = a->conn.local_endpoint().value_or(endpoint{});
-    co_await echo(std::move(a->conn), seed, &out->echoed);
-}
-
-bool ipv6_loopback_available() {
-    auto fd = sys::socket(AF_INET6, SOCK_STREAM);
-    if (!fd) {
-        return false;
-    }
-    const auto at = endpoint::ipv6_loopback(0);
-    return sys::bind(fd->get(), at.data(), at.size()).has_value();
+    co_await test::echo(std::move(a->conn), seed, echo_chunk, &out->echoed);
 }
 
 endpoint must_parse(const std::string& text) {
@@ -232,7 +130,7 @@ class tcp_listener_accept_test : public test::fd_leak_check,
 
 TEST_P(tcp_listener_accept_test, accepts_a_client_and_echoes_random_data) {
     const where w = GetParam();
-    if (w == where::ipv6 && !ipv6_loopback_available()) {
+    if (w == where::ipv6 && !test::ipv6_loopback_available(SOCK_STREAM)) {
         GTEST_SKIP() << "no IPv6 loopback (cannot bind [::1]:0 here)";
     }
     const std::string path = test::temp_path("listener");
@@ -270,10 +168,10 @@ TEST_P(tcp_listener_accept_test, accepts_a_client_and_echoes_random_data) {
     loop.spawn(accept_and_echo(&*l, 51, &server));
     auto client = loop.block_on(stream::connect(loop, bound, 5s));
     ASSERT_TRUE(client) << "connect " << bound.to_string() << ": " << client.error().message();
-    side sent, received;
+    test::side sent, received;
     loop.spawn(write_random(&*client, bytes, 52, &sent));
-    loop.spawn(read_to_eof(&*client, 53, &received));
-    ASSERT_TRUE(loop.block_on(wait_until(
+    loop.spawn(test::consume(&*client, 53, max_chunk, &received));
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return sent.done && received.done && server.echoed.done; }, 20s)))
         << "sent " << sent << " echoed " << server.echoed << " received " << received;
 
@@ -311,7 +209,7 @@ INSTANTIATE_TEST_SUITE_P(addresses, tcp_listener_accept_test,
 
 // Accepts until the listener is closed, starting an echo for every connection.
 task<void> accept_loop(event_loop* loop, tcp_listener* l, std::uint64_t seed,
-                       std::deque<side>* echoes, std::error_code* ended) {
+                       std::deque<test::side>* echoes, std::error_code* ended) {
     while (true) {
         auto a = co_await l->accept();
         if (!a) {
@@ -319,13 +217,13 @@ task<void> accept_loop(event_loop* loop, tcp_listener* l, std::uint64_t seed,
             co_return;
         }
         echoes->emplace_back(); // a deque keeps the addresses of earlier elements
-        loop->spawn(echo(std::move(a->conn), seed++, &echoes->back()));
+        loop->spawn(test::echo(std::move(a->conn), seed++, echo_chunk, &echoes->back()));
     }
 }
 
 // Connects `n` clients one after another; each sends random bytes and checks the echo.
-task<void> clients(event_loop* loop, endpoint to, std::size_t n, std::vector<side>* sent,
-                   std::vector<side>* received, std::error_code* error) {
+task<void> clients(event_loop* loop, endpoint to, std::size_t n, std::vector<test::side>* sent,
+                   std::vector<test::side>* received, std::error_code* error) {
     for (std::size_t i = 0; i < n; ++i) {
         auto c = co_await stream::connect(*loop, to, 5s);
         if (!c) {
@@ -334,7 +232,7 @@ task<void> clients(event_loop* loop, endpoint to, std::size_t n, std::vector<sid
         }
         // 3 KiB fits in the socket buffers, so writing all before reading cannot stall.
         co_await write_random(&*c, 3000, 60 + i, &(*sent)[i]);
-        co_await read_to_eof(&*c, 600 + i, &(*received)[i]);
+        co_await test::consume(&*c, 600 + i, max_chunk, &(*received)[i]);
     }
 }
 
@@ -357,15 +255,15 @@ TEST_F(tcp_listener_test, reuse_port_lets_two_listeners_share_a_port_and_both_ac
     }
 
     constexpr std::size_t n = 64;
-    std::deque<side> echoes_a, echoes_b;
+    std::deque<test::side> echoes_a, echoes_b;
     std::error_code ended_a, ended_b, client_error;
-    std::vector<side> sent(n), received(n);
+    std::vector<test::side> sent(n), received(n);
     loop.spawn(accept_loop(&loop, &*a, 100, &echoes_a, &ended_a));
     loop.spawn(accept_loop(&loop, &*b, 200, &echoes_b, &ended_b));
     std::size_t clients_done = 0;
     loop.spawn(clients(&loop, a->local_endpoint(), n, &sent, &received, &client_error),
                [&clients_done](const std::exception_ptr&) { ++clients_done; });
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return clients_done == 1; }, 20s)));
     EXPECT_FALSE(client_error) << client_error.message();
     ASSERT_EQ(echoes_a.size() + echoes_b.size(), n);
@@ -379,7 +277,7 @@ TEST_F(tcp_listener_test, reuse_port_lets_two_listeners_share_a_port_and_both_ac
         EXPECT_EQ(received[i].sum, sent[i].sum) << "client " << i;
     }
     for (const auto* echoes : {&echoes_a, &echoes_b}) {
-        for (const side& e : *echoes) {
+        for (const test::side& e : *echoes) {
             EXPECT_TRUE(e.done);
             EXPECT_FALSE(e.error) << e.error.message();
         }
@@ -388,7 +286,7 @@ TEST_F(tcp_listener_test, reuse_port_lets_two_listeners_share_a_port_and_both_ac
     // Closing a listener ends its pending accept with operation_canceled.
     a->close();
     b->close();
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return ended_a && ended_b; }, 5s)));
     EXPECT_EQ(ended_a, std::errc::operation_canceled) << ended_a.message();
     EXPECT_EQ(ended_b, std::errc::operation_canceled) << ended_b.message();
@@ -522,10 +420,10 @@ void warm_up(event_loop& loop, tcp_listener& l) {
     auto c = loop.block_on(stream::connect(loop, l.local_endpoint(), 5s));
     ASSERT_TRUE(c) << c.error().message();
     ASSERT_TRUE(c->shutdown_write());
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return warm.echoed.done; }, 5s)));
     EXPECT_TRUE(warm.accepted) << warm.accept_error.message();
-    loop.block_on(idle(&loop, 1ms));
+    loop.block_on(test::pause(&loop, 1ms));
     // The error a cancelled accept() reports, so its category object exists already.
     EXPECT_EQ(op_error("accept4", ECANCELED), std::errc::operation_canceled);
 }
@@ -572,7 +470,7 @@ TEST_F(tcp_listener_test, accept_backs_off_when_out_of_descriptors_and_recovers)
         loop.spawn(accept_and_echo(&*l, 71, &server));
         const auto cpu_start = cpu_time();
         const auto wall_start = clock::now();
-        loop.block_on(idle(&loop, 300ms));
+        loop.block_on(test::pause(&loop, 300ms));
         cpu = cpu_time() - cpu_start;
         wall = clock::now() - wall_start;
         limit.restore();
@@ -587,16 +485,16 @@ TEST_F(tcp_listener_test, accept_backs_off_when_out_of_descriptors_and_recovers)
         << std::chrono::duration_cast<std::chrono::milliseconds>(wall).count() << " ms";
     const auto exhausted = l->fd_exhausted_count();
 
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return server.accepted; }, 1s)))
         << "the queued client was not accepted within a second of descriptors freeing up";
     EXPECT_EQ(l->fd_exhausted_count(), exhausted);
 
     constexpr std::size_t bytes = 256 * 1024;
-    side sent, received;
+    test::side sent, received;
     loop.spawn(write_random(&*client, bytes, 72, &sent));
-    loop.spawn(read_to_eof(&*client, 73, &received));
-    ASSERT_TRUE(loop.block_on(wait_until(
+    loop.spawn(test::consume(&*client, 73, max_chunk, &received));
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return sent.done && received.done && server.echoed.done; }, 20s)))
         << "sent " << sent << " echoed " << server.echoed << " received " << received;
     EXPECT_FALSE(sent.error) << sent.error.message();
@@ -620,10 +518,10 @@ TEST_F(tcp_listener_test, close_during_emfile_back_off_cancels_the_accept) {
         fd_limit_guard limit;
         ASSERT_TRUE(limit.exhaust()) << "could not lower RLIMIT_NOFILE";
         loop.spawn(accept_and_echo(&*l, 81, &server));
-        loop.block_on(idle(&loop, 20ms));
+        loop.block_on(test::pause(&loop, 20ms));
         ASSERT_GT(l->fd_exhausted_count(), 0u);
         l->close();
-        loop.block_on(idle(&loop, 100ms)); // past the pending back-off pause
+        loop.block_on(test::pause(&loop, 100ms)); // past the pending back-off pause
     }
     EXPECT_FALSE(server.accepted);
     EXPECT_EQ(server.accept_error, std::errc::operation_canceled) << server.accept_error.message();

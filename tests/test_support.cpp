@@ -1,16 +1,25 @@
-// Shared test helpers: random data, checksums, descriptor-leak checks.
+// Shared test helpers: random data, checksums, descriptor-leak checks, and the
+// streams, producers and consumers the stream, listener, copy and relay tests share.
 #include "test_support.hpp"
 
 #include <zcio/event_loop.hpp>
+#include <zcio/sys.hpp>
+#include <zcio/tcp_listener.hpp>
 
 #include <dirent.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <random>
+#include <utility>
 
 namespace zcio::test {
+
+using namespace std::chrono_literals;
 
 std::vector<std::byte> random_bytes(std::size_t n, std::uint64_t seed) {
     std::vector<std::byte> out(n);
@@ -72,6 +81,175 @@ std::string temp_path(const std::string& stem) {
     std::string base = dir != nullptr ? dir : "/tmp";
     return base + "/zcio-" + stem + "-" + std::to_string(::getpid()) + "-" +
            std::to_string(counter.fetch_add(1));
+}
+
+bool ipv6_loopback_available(int type) {
+    auto fd = sys::socket(AF_INET6, type);
+    if (!fd) {
+        return false;
+    }
+    const auto at = endpoint::ipv6_loopback(0);
+    return sys::bind(fd->get(), at.data(), at.size()).has_value();
+}
+
+endpoint loopback(int family) {
+    return family == AF_INET6 ? endpoint::ipv6_loopback(0) : endpoint::ipv4_loopback(0);
+}
+
+void udp_family_test::SetUp() {
+    fd_leak_check::SetUp();
+    if (GetParam() == AF_INET6 && !ipv6_loopback_available(SOCK_DGRAM)) {
+        GTEST_SKIP() << "no IPv6 loopback (cannot bind [::1]:0 here)";
+    }
+}
+
+result<stream_pair> adopt_pair(event_loop& loop, unique_fd a, unique_fd b) {
+    auto sa = stream::adopt(loop, std::move(a));
+    if (!sa) {
+        return fail(sa.error());
+    }
+    auto sb = stream::adopt(loop, std::move(b));
+    if (!sb) {
+        return fail(sb.error());
+    }
+    return stream_pair{std::move(*sa), std::move(*sb)};
+}
+
+result<stream_pair> unix_pair(event_loop& loop) {
+    auto fds = sys::socketpair(AF_UNIX, SOCK_STREAM);
+    if (!fds) {
+        return fail(fds.error());
+    }
+    return adopt_pair(loop, std::move(fds->first), std::move(fds->second));
+}
+
+task<result<stream_pair>> tcp_pair(event_loop* loop, endpoint at) {
+    auto listener = tcp_listener::bind(*loop, at);
+    if (!listener) {
+        co_return fail(listener.error());
+    }
+    auto client = co_await stream::connect(*loop, listener->local_endpoint(), 5s);
+    if (!client) {
+        co_return fail(client.error());
+    }
+    auto server = co_await listener->accept();
+    if (!server) {
+        co_return fail(server.error());
+    }
+    co_return stream_pair{std::move(*client), std::move(server->conn)};
+}
+
+void reset_connection(stream& s) {
+    ::linger lg{1, 0};
+    EXPECT_TRUE(sys::setsockopt(s.fd(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg));
+    s.close();
+}
+
+std::ostream& operator<<(std::ostream& os, const side& s) {
+    return os << "{bytes=" << s.bytes << " done=" << s.done << " error=" << s.error.message()
+              << "}";
+}
+
+task<void> produce(stream* s, std::span<const std::byte> data, std::uint64_t seed,
+                   std::size_t max_chunk, bool shutdown_after, side* out) {
+    size_source sizes(seed);
+    while (out->bytes < data.size()) {
+        const std::size_t len = std::min(data.size() - out->bytes, sizes.between(1, max_chunk));
+        auto w = co_await s->write_all(data.subspan(out->bytes, len));
+        if (!w) {
+            out->error = w.error();
+            out->done = true;
+            co_return;
+        }
+        out->bytes += *w;
+    }
+    if (shutdown_after) {
+        if (auto r = s->shutdown_write(); !r) {
+            out->error = r.error();
+        }
+    }
+    out->done = true;
+}
+
+task<void> consume(stream* s, std::uint64_t seed, std::size_t max_chunk, side* out,
+                   std::optional<std::size_t> limit) {
+    size_source sizes(seed);
+    checksum sum;
+    std::vector<std::byte> buf(max_chunk);
+    while (!limit || out->bytes < *limit) {
+        std::size_t want = sizes.between(1, buf.size());
+        if (limit) {
+            want = std::min(want, *limit - out->bytes);
+        }
+        auto n = co_await s->read_some(std::span(buf).first(want));
+        if (!n) {
+            out->error = n.error();
+            break;
+        }
+        if (*n == 0) {
+            break;
+        }
+        sum.update(std::span(buf).first(*n));
+        out->bytes += *n;
+    }
+    out->sum = sum.value();
+    out->done = true;
+}
+
+task<void> echo(stream s, std::uint64_t seed, std::size_t max_chunk, side* out) {
+    size_source sizes(seed);
+    std::vector<std::byte> buf(max_chunk);
+    while (true) {
+        auto n = co_await s.read_some(std::span(buf).first(sizes.between(1, buf.size())));
+        if (!n) {
+            out->error = n.error();
+            out->done = true;
+            co_return;
+        }
+        if (*n == 0) {
+            break;
+        }
+        auto w = co_await s.write_all(std::span(buf).first(*n));
+        if (!w) {
+            out->error = w.error();
+            out->done = true;
+            co_return;
+        }
+        out->bytes += *n;
+    }
+    if (auto r = s.shutdown_write(); !r) {
+        out->error = r.error();
+    }
+    out->done = true;
+}
+
+task<bool> wait_until(event_loop* loop, std::function<bool()> done, clock::duration limit) {
+    const auto deadline = clock::now() + limit;
+    while (!done()) {
+        if (clock::now() >= deadline) {
+            co_return false;
+        }
+        co_await sleep_for(*loop, 1ms);
+    }
+    co_return true;
+}
+
+task<void> pause(event_loop* loop, clock::duration d) {
+    co_await sleep_for(*loop, d);
+}
+
+transfer_pools& transfer_pools_fixture::make_pools(pipe_pool_options p, buffer_pool_options b) {
+    pools_.reset(new transfer_pools{pipe_pool(std::move(p)), buffer_pool(std::move(b))});
+    return *pools_;
+}
+
+void transfer_pools_fixture::TearDown() {
+    if (pools_) {
+        EXPECT_EQ(pools_->pipes.stats().leased, 0u) << "a pipe is still leased";
+        EXPECT_EQ(pools_->buffers.stats().leased, 0u) << "a buffer is still leased";
+        pools_.reset(); // idle pipes are descriptors too
+    }
+    fd_leak_check::TearDown();
 }
 
 } // namespace zcio::test

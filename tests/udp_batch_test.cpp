@@ -38,26 +38,6 @@ struct seen {
     friend bool operator==(const seen&, const seen&) = default;
 };
 
-std::uint64_t mix(std::uint64_t x) noexcept {
-    x += 0x9e3779b97f4a7c15ULL;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-    return x ^ (x >> 31);
-}
-
-bool ipv6_loopback_available() {
-    auto fd = sys::socket(AF_INET6, SOCK_DGRAM);
-    if (!fd) {
-        return false;
-    }
-    const auto at = endpoint::ipv6_loopback(0);
-    return sys::bind(fd->get(), at.data(), at.size()).has_value();
-}
-
-endpoint loopback(int family) {
-    return family == AF_INET6 ? endpoint::ipv6_loopback(0) : endpoint::ipv4_loopback(0);
-}
-
 // Sends every unsent message of `b` (waiting when the socket says EAGAIN).
 task<result<void>> send_all(udp_socket* s, udp_batch* b) {
     while (b->unsent() > 0) {
@@ -99,16 +79,7 @@ task<result<std::vector<seen>>> receive_with_limit(event_loop* loop, udp_socket*
     co_return co_await with_timeout(*loop, receive_datagrams(s, count, capacity, messages), 10s);
 }
 
-class udp_batch_test : public test::fd_leak_check, public ::testing::WithParamInterface<int> {
-protected:
-    void SetUp() override {
-        test::fd_leak_check::SetUp();
-        if (GetParam() == AF_INET6 && !ipv6_loopback_available()) {
-            GTEST_SKIP() << "no IPv6 loopback (cannot bind [::1]:0 here)";
-        }
-    }
-    [[nodiscard]] endpoint any_port() const { return loopback(GetParam()); }
-};
+class udp_batch_test : public test::udp_family_test {};
 
 TEST_P(udp_batch_test, mixed_sizes_arrive_whole_in_order_with_their_sender) {
     event_loop loop;
@@ -128,7 +99,7 @@ TEST_P(udp_batch_test, mixed_sizes_arrive_whole_in_order_with_their_sender) {
         std::vector<seen> sent;
         out.clear();
         for (std::size_t i = first; i < first + per_call; ++i) {
-            const std::size_t size = i % 7 == 0 ? 0 : mix(i) % 9001;
+            const std::size_t size = i % 7 == 0 ? 0 : test::splitmix64(i) % 9001;
             const auto data = test::random_bytes(size, 1000 + i);
             sent.push_back({data, a_at});
             ASSERT_TRUE(out.push(data, b_at));
@@ -188,7 +159,7 @@ TEST_P(udp_batch_test, a_received_batch_sent_back_is_an_echo) {
     udp_batch out(20, 2000);
     std::vector<seen> sent;
     for (std::size_t i = 0; i < 20; ++i) {
-        auto data = test::random_bytes(mix(i + 50) % 2000, 300 + i);
+        auto data = test::random_bytes(test::splitmix64(i + 50) % 2000, 300 + i);
         sent.push_back({data, b_at});
         ASSERT_TRUE(out.push(data, b_at));
     }

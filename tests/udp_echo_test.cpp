@@ -20,7 +20,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
-#include <functional>
 #include <span>
 #include <string>
 #include <system_error>
@@ -36,26 +35,6 @@ namespace {
 
 using namespace std::chrono_literals;
 using bytes = std::vector<std::byte>;
-
-std::uint64_t mix(std::uint64_t x) noexcept {
-    x += 0x9e3779b97f4a7c15ULL;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-    return x ^ (x >> 31);
-}
-
-bool ipv6_loopback_available() {
-    auto fd = sys::socket(AF_INET6, SOCK_DGRAM);
-    if (!fd) {
-        return false;
-    }
-    const auto at = endpoint::ipv6_loopback(0);
-    return sys::bind(fd->get(), at.data(), at.size()).has_value();
-}
-
-endpoint loopback(int family) {
-    return family == AF_INET6 ? endpoint::ipv6_loopback(0) : endpoint::ipv4_loopback(0);
-}
 
 // A unique abstract Unix socket name for this process.
 endpoint unix_name(const char* what) {
@@ -107,9 +86,9 @@ task<void> windowed_client(udp_socket* s, client_plan plan, client_report* out) 
         tx.clear();
         while (next < plan.count && in_flight < plan.window) {
             const std::size_t t = (gso ? next / plan.run : next) % plan.targets.size();
-            std::size_t size = mix(plan.seed * 1'000'003 + next) % (plan.max_size + 1);
+            std::size_t size = test::splitmix64(plan.seed * 1'000'003 + next) % (plan.max_size + 1);
             if (gso) {
-                size = std::max<std::size_t>(1, mix(plan.seed * 7 + next / plan.run) %
+                size = std::max<std::size_t>(1, test::splitmix64(plan.seed * 7 + next / plan.run) %
                                                     (plan.max_size + 1));
             }
             auto data = test::random_bytes(size, plan.seed * 1'000'003 + next);
@@ -160,17 +139,6 @@ task<void> windowed_client(udp_socket* s, client_plan plan, client_report* out) 
     out->done = true;
 }
 
-task<bool> wait_until(event_loop* loop, std::function<bool()> done, clock::duration limit) {
-    const auto deadline = clock::now() + limit;
-    while (!done()) {
-        if (clock::now() >= deadline) {
-            co_return false;
-        }
-        co_await sleep_for(*loop, 1ms);
-    }
-    co_return true;
-}
-
 void expect_clean(const client_report& r, std::size_t count) {
     EXPECT_FALSE(r.error) << r.error.message();
     EXPECT_EQ(r.sent, count);
@@ -193,7 +161,7 @@ class udp_echo_test : public test::fd_leak_check, public ::testing::WithParamInt
 protected:
     void SetUp() override {
         test::fd_leak_check::SetUp();
-        if (GetParam().family == AF_INET6 && !ipv6_loopback_available()) {
+        if (GetParam().family == AF_INET6 && !test::ipv6_loopback_available(SOCK_DGRAM)) {
             GTEST_SKIP() << "no IPv6 loopback (cannot bind [::1]:0 here)";
         }
     }
@@ -202,7 +170,7 @@ protected:
 TEST_P(udp_echo_test, three_clients_get_every_datagram_back_unchanged) {
     const echo_case c = GetParam();
     event_loop loop;
-    auto server = udp_socket::bind(loop, loopback(c.family));
+    auto server = udp_socket::bind(loop, test::loopback(c.family));
     ASSERT_TRUE(server) << server.error().message();
     const endpoint at = server->local_endpoint().value_or(endpoint{});
     if (c.client_run > 1 && !server->gso_supported()) {
@@ -220,7 +188,7 @@ TEST_P(udp_echo_test, three_clients_get_every_datagram_back_unchanged) {
     std::vector<udp_socket> socks;
     std::vector<client_report> reports(clients);
     for (std::size_t i = 0; i < clients; ++i) {
-        auto s = udp_socket::bind(loop, loopback(c.family));
+        auto s = udp_socket::bind(loop, test::loopback(c.family));
         ASSERT_TRUE(s) << s.error().message();
         socks.push_back(std::move(*s));
     }
@@ -236,7 +204,7 @@ TEST_P(udp_echo_test, three_clients_get_every_datagram_back_unchanged) {
         plan.max_size = c.client_run > 1 ? 1000 : 3000;
         loop.spawn(windowed_client(&socks[i], plan, &reports[i]));
     }
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return reports[0].done && reports[1].done && reports[2].done; }, 30s)))
         << "echoed " << reports[0].echoed << ", " << reports[1].echoed << ", " << reports[2].echoed
         << " of " << count << " each; server received " << counters.received << ", echoed "
@@ -303,7 +271,7 @@ TEST_F(udp_echo_misc_test, a_range_of_ten_sockets_echoes_on_every_port) {
     plan.max_size = 1500;
     client_report report;
     loop.spawn(windowed_client(&*client, plan, &report));
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return report.done; }, 30s)))
         << "echoed " << report.echoed;
     expect_clean(report, plan.count);
@@ -319,7 +287,7 @@ TEST_F(udp_echo_misc_test, a_range_of_ten_sockets_echoes_on_every_port) {
 task<void> send_all_then_count(udp_socket* s, endpoint to, std::size_t count,
                                std::vector<bytes>* sent, std::error_code* error) {
     for (std::size_t i = 0; i < count; ++i) {
-        auto data = test::random_bytes(8 + mix(i) % 300, 5000 + i);
+        auto data = test::random_bytes(8 + test::splitmix64(i) % 300, 5000 + i);
         auto n = co_await s->send_to(data, to);
         if (!n) {
             *error = n.error();
@@ -376,7 +344,7 @@ TEST_F(udp_echo_misc_test, a_full_queue_drops_and_counts_while_reads_go_on) {
         std::vector<bytes> sent;
         std::error_code send_error;
         loop.spawn(send_all_then_count(&*client, srv_at, count, &sent, &send_error));
-        ASSERT_TRUE(loop.block_on(wait_until(
+        ASSERT_TRUE(loop.block_on(test::wait_until(
             &loop, [&] { return counters.received == count; }, 20s)))
             << "the server read " << counters.received << " of " << count
             << " while its sends were blocked: reads stopped";
@@ -401,7 +369,7 @@ TEST_F(udp_echo_misc_test, a_full_queue_drops_and_counts_while_reads_go_on) {
             ++k;
         }
         stop.cancel();
-        ASSERT_TRUE(loop.block_on(wait_until(
+        ASSERT_TRUE(loop.block_on(test::wait_until(
             &loop, [&] { return loop.spawned_count() == 0; }, 5s)));
     }
 }
@@ -453,7 +421,7 @@ TEST_F(udp_echo_misc_test, a_flood_it_cannot_keep_up_with_leaves_it_alive_and_ec
         flooders.emplace_back(flood, at, 700ms, 2'000'000, &s);
     }
     // The loop runs while the threads flood; then it must still echo everything.
-    (void)loop.block_on(wait_until(
+    (void)loop.block_on(test::wait_until(
         &loop, [] { return false; }, 800ms));
     for (auto& t : flooders) {
         t.join();
@@ -470,7 +438,7 @@ TEST_F(udp_echo_misc_test, a_flood_it_cannot_keep_up_with_leaves_it_alive_and_ec
     plan.count = 500;
     client_report report;
     loop.spawn(windowed_client(&*client, plan, &report));
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return report.done; }, 20s)))
         << "after a flood of " << flooded << " datagrams the server echoed only " << report.echoed
         << " of " << plan.count;

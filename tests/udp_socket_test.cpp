@@ -5,7 +5,6 @@
 #include <zcio/endpoint.hpp>
 #include <zcio/event_loop.hpp>
 #include <zcio/result.hpp>
-#include <zcio/sys.hpp>
 #include <zcio/task.hpp>
 #include <zcio/timeout.hpp>
 
@@ -15,7 +14,6 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
-#include <functional>
 #include <span>
 #include <string>
 #include <system_error>
@@ -28,24 +26,6 @@ namespace zcio {
 namespace {
 
 using namespace std::chrono_literals;
-
-// Datagram sizes from a seed (splitmix64).
-class size_source {
-public:
-    explicit size_source(std::uint64_t seed) noexcept : state_(seed) {}
-    std::size_t between(std::size_t lo, std::size_t hi) noexcept {
-        return lo + static_cast<std::size_t>(next() % (hi - lo + 1));
-    }
-
-private:
-    std::uint64_t next() noexcept {
-        std::uint64_t z = (state_ += 0x9e3779b97f4a7c15ULL);
-        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-        z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-        return z ^ (z >> 31);
-    }
-    std::uint64_t state_;
-};
 
 // What one side of a datagram exchange saw.
 struct udp_report {
@@ -64,7 +44,7 @@ struct udp_report {
 // UDP has no flow control: a burst could overflow the receive buffer and be dropped.
 task<void> ping(udp_socket* s, endpoint peer, std::size_t count, std::size_t max_size,
                 std::uint64_t seed, udp_report* sent, udp_report* echoed) {
-    size_source sizes(seed);
+    test::size_source sizes(seed);
     test::checksum sent_sum, echoed_sum;
     std::vector<std::byte> buf(max_size + 1); // one spare byte: a longer echo shows up
     for (std::size_t i = 0; i < count; ++i) {
@@ -122,38 +102,7 @@ task<void> pong(udp_socket* s, std::size_t count, udp_report* out) {
     out->done = true;
 }
 
-task<bool> wait_until(event_loop* loop, std::function<bool()> done, clock::duration limit) {
-    const auto deadline = clock::now() + limit;
-    while (!done()) {
-        if (clock::now() >= deadline) {
-            co_return false;
-        }
-        co_await sleep_for(*loop, 1ms);
-    }
-    co_return true;
-}
-
-bool ipv6_loopback_available() {
-    auto fd = sys::socket(AF_INET6, SOCK_DGRAM);
-    if (!fd) {
-        return false;
-    }
-    const auto at = endpoint::ipv6_loopback(0);
-    return sys::bind(fd->get(), at.data(), at.size()).has_value();
-}
-
-class udp_socket_test : public test::fd_leak_check, public ::testing::WithParamInterface<int> {
-protected:
-    void SetUp() override {
-        test::fd_leak_check::SetUp();
-        if (GetParam() == AF_INET6 && !ipv6_loopback_available()) {
-            GTEST_SKIP() << "no IPv6 loopback (cannot bind [::1]:0 here)";
-        }
-    }
-    [[nodiscard]] endpoint any_port() const {
-        return GetParam() == AF_INET6 ? endpoint::ipv6_loopback(0) : endpoint::ipv4_loopback(0);
-    }
-};
+class udp_socket_test : public test::udp_family_test {};
 
 TEST_P(udp_socket_test, random_datagrams_echo_whole_with_their_sender) {
     event_loop loop;
@@ -172,7 +121,7 @@ TEST_P(udp_socket_test, random_datagrams_echo_whole_with_their_sender) {
     udp_report sent, echoed, ponged;
     loop.spawn(pong(&*b, count, &ponged));
     loop.spawn(ping(&*a, *b_at, count, max_size, 91, &sent, &echoed));
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return echoed.done && ponged.done; }, 20s)))
         << "sent " << sent.datagrams << ", ponged " << ponged.datagrams << ", echoed "
         << echoed.datagrams;
@@ -272,7 +221,7 @@ TEST_P(udp_socket_test, close_from_another_coroutine_cancels_a_pending_receive) 
     auto count = [&finished](const std::exception_ptr&) { ++finished; };
     loop.spawn(receive_once(&*s, &error), count);
     loop.spawn(close_soon(&loop, &*s), count);
-    ASSERT_TRUE(loop.block_on(wait_until(
+    ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return finished == 2; }, 5s)));
     EXPECT_EQ(error, std::errc::operation_canceled) << error.message();
     EXPECT_EQ(loop.registered_count(), 0u);
