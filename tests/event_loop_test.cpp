@@ -10,6 +10,7 @@
 #include <atomic>
 
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <thread>
 #include <unistd.h>
 #include <vector>
@@ -399,6 +400,154 @@ TEST_F(event_loop_test, posts_run_while_the_loop_busy_polls) {
     ASSERT_TRUE(loop.run());
     poster.join();
     EXPECT_EQ(ran.load(), posts) << "posts were stranded by busy polling";
+}
+
+} // namespace
+} // namespace zcio
+
+namespace zcio {
+namespace {
+
+// ---- muting: readiness nobody waits for wakes the loop once, and is not lost ----
+
+task<void> nap(event_loop* loop, clock::duration d) {
+    co_await sleep_for(*loop, d);
+}
+
+// Reads what `fd` holds (the cache may say ready after muting), then, with the cache
+// at "not ready" and the direction muted, has `more` written to it: no edge will come
+// for those bytes, so only arm()'s re-check (EPOLL_CTL_MOD) can wake the wait.
+task<std::vector<std::byte>> drain_then_wait(io_handle* h, int fd, int peer,
+                                             std::vector<std::byte> more) {
+    std::vector<std::byte> got;
+    std::array<std::byte, 4096> buf{};
+    auto take_all = [&] {
+        while (true) {
+            auto n = sys::read(fd, buf.data(), buf.size());
+            if (!n || *n == 0) {
+                h->clear_ready(io_direction::read);
+                return;
+            }
+            got.insert(got.end(), buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(*n));
+        }
+    };
+    take_all();
+    EXPECT_TRUE(sys::write(peer, more.data(), more.size()));
+    if (auto w = co_await h->wait(io_direction::read); !w) {
+        ADD_FAILURE() << w.error().message();
+        co_return got;
+    }
+    take_all();
+    co_return got;
+}
+
+task<result<std::vector<std::byte>>> within(event_loop* loop, task<std::vector<std::byte>> t,
+                                            clock::duration d) {
+    co_return co_await with_timeout(*loop, std::move(t), d);
+}
+
+TEST_F(event_loop_test, readiness_nobody_waits_for_wakes_the_loop_once_and_is_not_lost) {
+    auto fds = sys::socketpair(AF_UNIX, SOCK_STREAM);
+    ASSERT_TRUE(fds) << fds.error().message();
+    event_loop loop;
+    auto h = loop.watch(fds->first.get());
+    ASSERT_TRUE(h) << h.error().message();
+    const int peer = fds->second.get();
+    const auto data = test::random_bytes(10'000, 11);
+    // Ten messages 20 ms apart reach a socket nobody reads while the loop sleeps on a
+    // timer: each used to wake the loop for nothing.
+    std::thread writer([&] {
+        for (std::size_t off = 0; off < data.size(); off += 1000) {
+            std::this_thread::sleep_for(20ms);
+            EXPECT_TRUE(sys::write(peer, data.data() + off, 1000));
+        }
+    });
+    loop.block_on(nap(&loop, 300ms));
+    writer.join();
+    // One for the registration's "writable", one for the first message; the other
+    // nine came while reading was muted.
+    EXPECT_LE(loop.idle_wakeups(), 2U);
+
+    const auto more = test::random_bytes(3000, 12);
+    auto got =
+        loop.block_on(within(&loop, drain_then_wait(h->get(), fds->first.get(), peer, more), 2s));
+    ASSERT_TRUE(got) << "a reader parked on a muted direction was never woken";
+    std::vector<std::byte> want = data;
+    want.insert(want.end(), more.begin(), more.end());
+    EXPECT_EQ(got->size(), want.size());
+    EXPECT_EQ(test::checksum_of(*got), test::checksum_of(want));
+    h->reset();
+}
+
+// Fills `fd` until EAGAIN, waits for writability (the direction was muted), writes
+// `tail` and half-closes. Returns what it wrote.
+task<std::vector<std::byte>> fill_wait_write(io_handle* h, int fd, std::vector<std::byte> tail) {
+    std::vector<std::byte> sent;
+    const auto block = test::random_bytes(4096, 13);
+    while (true) {
+        auto n = sys::write(fd, block.data(), block.size());
+        if (!n) {
+            h->clear_ready(io_direction::write);
+            break;
+        }
+        sent.insert(sent.end(), block.begin(), block.begin() + static_cast<std::ptrdiff_t>(*n));
+    }
+    if (auto w = co_await h->wait(io_direction::write); !w) {
+        ADD_FAILURE() << w.error().message();
+        co_return sent;
+    }
+    std::size_t off = 0;
+    while (off < tail.size()) {
+        auto n = sys::write(fd, tail.data() + off, tail.size() - off);
+        if (!n) {
+            h->clear_ready(io_direction::write);
+            if (!co_await h->wait(io_direction::write)) {
+                break;
+            }
+            continue;
+        }
+        off += *n;
+    }
+    sent.insert(sent.end(), tail.begin(), tail.end());
+    ::shutdown(fd, SHUT_WR);
+    co_return sent;
+}
+
+TEST_F(event_loop_test, a_writer_parked_on_a_muted_direction_is_woken) {
+    auto fds = sys::socketpair(AF_UNIX, SOCK_STREAM);
+    ASSERT_TRUE(fds) << fds.error().message();
+    event_loop loop;
+    auto h = loop.watch(fds->first.get());
+    ASSERT_TRUE(h) << h.error().message();
+    // The registration reports "writable" with no writer: that wake-up mutes writing.
+    loop.block_on(nap(&loop, 30ms));
+    EXPECT_EQ(loop.idle_wakeups(), 1U);
+
+    const int peer = fds->second.get();
+    std::vector<std::byte> received;
+    std::thread reader([&] { // starts draining only after the writer has parked
+        std::this_thread::sleep_for(100ms);
+        (void)sys::set_nonblocking(peer, false);
+        std::array<std::byte, 65536> buf{};
+        while (true) {
+            auto n = sys::read(peer, buf.data(), buf.size());
+            if (!n || *n == 0) {
+                return;
+            }
+            received.insert(received.end(), buf.begin(),
+                            buf.begin() + static_cast<std::ptrdiff_t>(*n));
+        }
+    });
+    auto sent = loop.block_on(within(
+        &loop, fill_wait_write(h->get(), fds->first.get(), test::random_bytes(5000, 14)), 5s));
+    if (!sent) {
+        ::shutdown(fds->first.get(), SHUT_RDWR); // lets the reader see the end and stop
+    }
+    reader.join();
+    ASSERT_TRUE(sent) << "a writer parked on a muted direction was never woken";
+    EXPECT_EQ(received.size(), sent->size());
+    EXPECT_EQ(test::checksum_of(received), test::checksum_of(*sent));
+    h->reset();
 }
 
 } // namespace

@@ -129,7 +129,11 @@ public:
 
     // Records that the last syscall in direction `d` said EAGAIN.
     void clear_ready(io_direction d) noexcept {
-        (d == io_direction::read ? can_read_ : can_write_) = !pollable_;
+        if (d == io_direction::read) {
+            can_read_ = !pollable_;
+        } else {
+            can_write_ = !pollable_;
+        }
     }
 
     // Removes the fd from the loop and cancels its waiters. Idempotent.
@@ -150,15 +154,21 @@ private:
     io_handle(event_loop& loop, int fd, bool pollable) noexcept
         : loop_(&loop), fd_(fd), pollable_(pollable) {}
 
-    // Called by the backend for an event on this fd.
-    void on_event(bool readable, bool writable, bool rdhup, bool error) noexcept;
+    // Called by the backend for an event on this fd. Returns whether it woke a waiter.
+    bool on_event(bool readable, bool writable, bool rdhup, bool error) noexcept;
 
     event_loop* loop_;
     int fd_;
-    bool pollable_;
-    bool can_read_ = true;
-    bool can_write_ = true;
-    bool rdhup_ = false;
+    // Bit-fields: with the muted bits in the same byte a handle stays 32 bytes, and
+    // there are two per proxied connection, idle ones included.
+    bool pollable_ : 1;
+    bool can_read_ : 1 = true;
+    bool can_write_ : 1 = true;
+    bool rdhup_ : 1 = false;
+    // The directions the backend took out of the kernel's interest set (poll_backend:
+    // muting); only the backend reads or writes them.
+    bool muted_read_ : 1 = false;
+    bool muted_write_ : 1 = false;
     detail::io_waiter* reader_ = nullptr;
     detail::io_waiter* writer_ = nullptr;
 };
@@ -191,6 +201,9 @@ public:
 
     // Number of fds registered with the kernel right now.
     [[nodiscard]] std::size_t registered_count() const noexcept { return registered_; }
+    // Waits that woke the loop for readiness nobody waited for. The backend then stops
+    // watching those directions until a coroutine waits on them, so this stays small.
+    [[nodiscard]] std::uint64_t idle_wakeups() const noexcept;
 
     // Runs until stop(). Returns an error only if the kernel fails the loop itself.
     result<void> run();

@@ -106,7 +106,15 @@ void io_handle::unpark(detail::io_waiter* w) noexcept {
     w->handle_ = nullptr;
 }
 
-void io_handle::on_event(bool readable, bool writable, bool rdhup, bool error) noexcept {
+// Two per proxied connection, idle ones included (docs/BENCHMARKS.md, idle memory).
+static_assert(sizeof(io_handle) <= 32, "io_handle grew: pack new state into its bit-fields");
+
+std::uint64_t event_loop::idle_wakeups() const noexcept {
+    return backend_->idle_wakeups();
+}
+
+bool io_handle::on_event(bool readable, bool writable, bool rdhup, bool error) noexcept {
+    bool woke = false;
     // An error or hang-up makes both directions "ready": the next syscall reports it.
     if (readable || rdhup || error) {
         can_read_ = true;
@@ -114,6 +122,7 @@ void io_handle::on_event(bool readable, bool writable, bool rdhup, bool error) n
             auto* w = std::exchange(reader_, nullptr);
             w->handle_ = nullptr;
             loop_->schedule(*w);
+            woke = true;
         }
     }
     if (writable || error) {
@@ -122,9 +131,11 @@ void io_handle::on_event(bool readable, bool writable, bool rdhup, bool error) n
             auto* w = std::exchange(writer_, nullptr);
             w->handle_ = nullptr;
             loop_->schedule(*w);
+            woke = true;
         }
     }
     rdhup_ = rdhup_ || rdhup;
+    return woke;
 }
 
 void io_handle::forget() noexcept {

@@ -17,20 +17,38 @@ public:
     // Stops watching; called before the fd is closed.
     virtual void remove(io_handle& h) noexcept = 0;
     // A coroutine now waits for `h` in direction `d` (it got EAGAIN), or stopped
-    // waiting. Edge-triggered epoll watches both directions from add() on, so these do
-    // nothing there; a one-shot backend (io_uring's poll requests) submits or cancels
-    // its request here. Called only for pollable handles.
+    // waiting. Edge-triggered epoll watches both directions from add() on and uses
+    // arm() only to watch again a direction it muted; a one-shot backend (io_uring's
+    // poll requests) would submit or cancel its request here. Called only for pollable
+    // handles.
     virtual void arm(io_handle& /*h*/, io_direction /*d*/) noexcept {}
     virtual void disarm(io_handle& /*h*/, io_direction /*d*/) noexcept {}
     // Waits up to `timeout_ms` and delivers events to their handles. Returns true when
     // the loop's wake-up fd fired.
     virtual result<bool> poll(int timeout_ms) = 0;
+    // Waits that returned events nobody was waiting for (the loop woke for nothing).
+    [[nodiscard]] std::uint64_t idle_wakeups() const noexcept { return idle_wakeups_; }
 
 protected:
-    static void deliver(io_handle& h, bool readable, bool writable, bool rdhup,
+    // Returns whether the event woke a waiter.
+    static bool deliver(io_handle& h, bool readable, bool writable, bool rdhup,
                         bool error) noexcept {
-        h.on_event(readable, writable, rdhup, error);
+        return h.on_event(readable, writable, rdhup, error);
     }
+    static bool has_reader(const io_handle& h) noexcept { return h.reader_ != nullptr; }
+    static bool has_writer(const io_handle& h) noexcept { return h.writer_ != nullptr; }
+    static bool muted(const io_handle& h, io_direction d) noexcept {
+        return d == io_direction::read ? h.muted_read_ : h.muted_write_;
+    }
+    static void set_muted(io_handle& h, io_direction d, bool on) noexcept {
+        if (d == io_direction::read) {
+            h.muted_read_ = on;
+        } else {
+            h.muted_write_ = on;
+        }
+    }
+
+    std::uint64_t idle_wakeups_ = 0;
 };
 
 // The epoll edge-triggered backend. `wake_fd` is watched for readability and reported
