@@ -26,6 +26,7 @@ w = 0.38
 # ---------------------------------------------------------------- throughput
 if (exists("have_throughput")) {
     f = dir."/throughput.dat"
+    set autoscale  # stats skips points outside the ranges the last plot set
     stats f using 2 nooutput
     n = STATS_records
     set xrange [-0.6:n-0.4]
@@ -44,6 +45,7 @@ if (exists("have_throughput")) {
 
     # ------------------------------------------------------------ CPU per GB
     f = dir."/cpu.dat"
+    set autoscale  # stats skips points outside the ranges the last plot set
     stats f using 2 nooutput
     n = STATS_records
     set xrange [-0.6:n-0.4]
@@ -66,6 +68,7 @@ if (exists("have_throughput")) {
 # ------------------------------------------------------------------- latency
 if (exists("have_latency")) {
     f = dir."/latency.dat"
+    set autoscale  # stats skips points outside the ranges the last plot set
     stats f using 3 nooutput
     n = STATS_records
     top = STATS_max * 2.5
@@ -89,6 +92,7 @@ if (exists("have_latency")) {
 # --------------------------------------------------------- connections per s
 if (exists("have_cps")) {
     f = dir."/cps.dat"
+    set autoscale  # stats skips points outside the ranges the last plot set
     stats f using 2 nooutput
     n = STATS_records
     set xrange [-0.6:n-0.4]
@@ -107,9 +111,11 @@ if (exists("have_cps")) {
 # ---------------------------------------------------------------------- idle
 if (exists("have_idle")) {
     f = dir."/idle.dat"
+    set autoscale  # stats skips points outside the ranges the last plot set
     stats f using 2 nooutput
     n = STATS_records
     top = STATS_max
+    set autoscale  # stats skips points outside the ranges the last plot set
     stats f using 3 nooutput
     top = (STATS_max > top ? STATS_max : top) * 2.5
     set xrange [-0.6:n-0.4]
