@@ -148,7 +148,8 @@ def wait_rss_steady(root, settle, limit=5.0):
     memory back a little after a burst of connections (zcio trims at most twice a
     second): idle memory is what it holds once it is idle, not the moment after."""
     t0 = time.monotonic()
-    time.sleep(settle)
+    if settle > 0:
+        time.sleep(settle)
     rss = lambda: sum(status_kb(p, "VmRSS") for p in process_tree(root))
     last, since = rss(), time.monotonic()
     while time.monotonic() - t0 < limit:
@@ -639,11 +640,15 @@ def m_idle(row, test, args, rundir, uport, port, start_server, start_proxy):
             raise Skip(f"hold-client did not report its connections ({line!r})")
         opened = int(line.split()[1])
         reached = wait_established(uport, n, 30, 1.0)
-        settled_s = wait_rss_steady(proxy.pid, args.settle) if proxy else time.sleep(args.settle)
+        time.sleep(args.settle)
         reached = min(established(uport), opened)
         if reached == 0:
             raise Skip("no connection reached the upstream")
         k1 = kernel_memory(ports)
+        # Kernel memory at the settle time (as every earlier run read it: waiting longer
+        # moved the reclaimable slab by kilobytes per connection from round to round),
+        # the proxy's own memory once it stopped moving.
+        settled_s = wait_rss_steady(proxy.pid, 0) if proxy else 0.0
         # Reading /proc/PID/fd makes the kernel build a dentry and an inode for every fd
         # (about 1 KB each, kept): so kernel memory is read before each fd census, and
         # the next delta starts again after it.
@@ -654,8 +659,9 @@ def m_idle(row, test, args, rundir, uport, port, start_server, start_proxy):
         if not line or not line.startswith("echoed "):
             raise Skip(f"hold-client did not finish the echo ({line!r})")
         echoed = int(line.split()[1])
-        settled_echo_s = wait_rss_steady(proxy.pid, args.settle) if proxy else time.sleep(args.settle)
+        time.sleep(args.settle)
         k2 = kernel_memory(ports)
+        settled_echo_s = wait_rss_steady(proxy.pid, 0) if proxy else 0.0
         echo_state = tree_census(proxy.pid) if proxy else None
         client.send("quit")  # the client resets its connections (SO_LINGER 0) and exits
         try:
@@ -1136,10 +1142,11 @@ def doc_section(res, images):
         "by the client.",
         "- **Idle**: `loadgen hold-client` opens the connections 64 at a time and holds them (so the clients and "
         "the upstream use their own processes' file descriptors, not the proxy's); the figures are taken once "
-        "every connection reached the upstream (`ss`) and the proxy's RSS then stayed put for a second "
-        "(at least the settle time, at most 5 s: zcio hands memory back at most twice a second after a burst "
-        "of connections, and a reading taken before that varied from 487 to 1,507 B per connection over one "
-        "run's rounds), then again the same way after 64 bytes went both ways on every connection. "
+        "every connection reached the upstream (`ss`): kernel memory after a settle time, RSS and the rest "
+        "once the proxy's RSS has stayed put for a second (at most 5 s more: zcio hands memory back at most "
+        "twice a second after a burst of connections, and a reading at the settle time varied from 487 to "
+        "1,507 B per connection over one run's rounds); then again the same way after 64 bytes went both "
+        "ways on every connection. "
         "**RSS/PSS**: `VmRSS` and `smaps_rollup` Pss of the proxy's "
         "processes, after minus before, divided by the connections; for socat (one process per connection) "
         "RSS counts the shared pages in every process, PSS is the fair figure. **Pipe fds**: `pipe:` entries in "
