@@ -364,8 +364,8 @@ result<void> event_loop::run() {
     event_loop* outer = std::exchange(current_loop, this);
     result<void> out;
     while (true) {
-        if (head_ != nullptr) {
-            last_work_ = clock::now();
+        if (head_ != nullptr && busy_poll_ != clock::duration::zero()) {
+            last_work_ = clock::now(); // only spin() reads it
         }
         run_ready();
         if (stop_.load(std::memory_order_acquire)) {
