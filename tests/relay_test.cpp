@@ -306,8 +306,7 @@ TEST_F(relay_test, a_reset_source_of_a_direction_stuck_writing_ends_the_relay) {
     };
     ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return stalled() && g->r->running() > 0; }, 10s)));
-    loop.block_on(test::wait_until(
-        &loop, [] { return false; }, 200ms));
+    loop.block_on(test::pause(&loop, 200ms));
     ASSERT_FALSE(g->r->result.has_value()) << g->r->result->error.message();
     ::linger lg{1, 0};
     ASSERT_TRUE(sys::setsockopt(g->client.fd(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg));
@@ -346,8 +345,7 @@ TEST_F(relay_test, the_idle_timeout_ends_a_quiet_relay_but_not_a_busy_one) {
     // A message every 50 ms for a second keeps the busy one alive.
     while (clock::now() - started < 1s) {
         loop.block_on(ping_all(&busy_only, std::span(data()).first(10), &errors));
-        loop.block_on(test::wait_until(
-            &loop, [] { return false; }, 50ms));
+        loop.block_on(test::pause(&loop, 50ms));
     }
     ASSERT_FALSE(errors.error) << errors.error.message();
     ASSERT_TRUE(quiet->r->result.has_value()) << "the quiet relay was not timed out";
@@ -379,8 +377,7 @@ TEST_F(relay_test, cancel_ends_a_relay_in_the_middle_of_a_transfer) {
         produce(&g->client, std::span(data()).first(std::size_t{16} << 20), 1 << 20, false, &sent));
     ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return g->r->a_to_b() > 0; }, 10s)));
-    loop.block_on(test::wait_until(
-        &loop, [] { return false; }, 100ms));
+    loop.block_on(test::pause(&loop, 100ms));
     g->r->cancel();
     ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return g->r->result.has_value(); }, 5s)));
