@@ -15,10 +15,10 @@ constexpr std::uint32_t watch_events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
 // Muting. Watching both directions all the time wakes the loop for readiness nobody
 // waits for: a relay direction that waits to write is woken each time its source
 // receives a segment, and one that waits for its source, each time the socket it
-// writes to frees send space. In a one-stream relay through loopback more than half of
-// the loop's waits ended that way (mostly the first kind), and a wake-up costs two
-// context switches and an epoll_wait. So when a wait wakes the loop and no event in it woke a
-// waiter, the directions those events reported are taken out of the interest set
+// writes to frees send space; each such wake-up costs two context switches and an
+// epoll_wait (docs/BENCHMARKS.md: muting cut a one-stream relay's CPU per GB to
+// 0.56-0.71x). So when a wait wakes the loop and no event in it woke a waiter, the
+// directions those events reported are taken out of the interest set
 // (EPOLL_CTL_MOD); the readiness they carried is still cached in the handle. When a
 // coroutine later parks on a muted direction, arm() puts it back, and since a MOD
 // re-checks readiness at once (as ADD does), readiness that came meanwhile is
