@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <optional>
+#include <ostream>
 #include <span>
 #include <string>
 #include <system_error>
@@ -30,6 +31,7 @@
 
 #include <fcntl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 namespace zcio {
@@ -1266,6 +1268,163 @@ TEST_F(copy_test, choose_path_follows_the_table_in_design_md) {
     copy_options forced;
     forced.path = copy_path::buffer;
     EXPECT_EQ(choose_path(t, p, forced), copy_path::buffer);
+}
+
+// ---- sparse files: holes stay holes ----
+
+// A sparse file's layout: `extents` data extents of random length (1 byte to 256 KiB) at
+// random offsets, one per equal slot of `size` bytes, holes between them.
+struct sparse_case {
+    const char* name;
+    std::size_t size;
+    int extents;
+    bool data_first;                     // the first extent starts at offset 0
+    bool data_last;                      // the last extent ends at `size` (no trailing hole)
+    std::optional<std::uint64_t> limit;  // copy_options::limit
+    std::optional<off_t> src_offset;     // copy_options::src_offset
+};
+
+// Writes a sparse file (pwrite of each extent into a file of `c.size` made by
+// ftruncate) and returns its content, zeros in the holes.
+std::vector<std::byte> write_sparse_file(const std::string& path, const sparse_case& c,
+                                         std::uint64_t seed) {
+    std::vector<std::byte> content(c.size);
+    auto fd = sys::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC);
+    EXPECT_TRUE(fd) << fd.error().message();
+    if (!fd || ::ftruncate(fd->get(), static_cast<off_t>(c.size)) != 0) {
+        ADD_FAILURE() << "cannot make " << path;
+        return content;
+    }
+    test::size_source sizes(seed);
+    const std::size_t slot = c.size / static_cast<std::size_t>(c.extents);
+    for (int i = 0; i < c.extents; ++i) {
+        const std::size_t len = sizes.between(1, std::size_t{256} << 10);
+        std::size_t at = static_cast<std::size_t>(i) * slot + sizes.between(0, slot - len);
+        if (i == 0 && c.data_first) {
+            at = 0;
+        }
+        if (i == c.extents - 1 && c.data_last) {
+            at = c.size - len;
+        }
+        const auto data = test::random_bytes(len, seed + static_cast<std::uint64_t>(i));
+        std::copy(data.begin(), data.end(), content.begin() + static_cast<std::ptrdiff_t>(at));
+        auto n = sys::pwrite(fd->get(), data.data(), len, static_cast<off_t>(at));
+        EXPECT_TRUE(n && *n == len);
+    }
+    return content;
+}
+
+struct file_blocks {
+    off_t size = 0;
+    blkcnt_t blocks = 0; // 512-byte units
+};
+
+file_blocks blocks_of(const std::string& path) {
+    struct stat st {};
+    EXPECT_EQ(::stat(path.c_str(), &st), 0) << path;
+    return {st.st_size, st.st_blocks};
+}
+
+void PrintTo(const sparse_case& c, std::ostream* os) {
+    *os << c.name;
+}
+
+class copy_sparse_test : public test::transfer_pools_fixture,
+                         public ::testing::WithParamInterface<sparse_case> {};
+
+// A file with a few data extents between large holes: the copy has the same bytes and
+// about as many blocks as the source, not blocks for every byte of its size (copy_file_range
+// alone writes each hole out as zeros on ext4 and tmpfs). The fds' offsets end where
+// copy() promises, as for a dense file.
+TEST_P(copy_sparse_test, keeps_the_holes_of_a_sparse_source) {
+    const sparse_case& c = GetParam();
+    transfer_pools& pools = make_pools();
+    temp_file src_file(test::temp_path("copy-sparse-src"));
+    const auto content = write_sparse_file(src_file.path(), c, 0x5ba45e);
+    const file_blocks src_blocks = blocks_of(src_file.path());
+    if (src_blocks.blocks * 512 >= src_blocks.size) {
+        GTEST_SKIP() << "the file system under " << src_file.path() << " keeps no holes";
+    }
+    event_loop loop;
+    auto src = open_file_end(loop, std::move(src_file), O_RDONLY);
+    ASSERT_TRUE(src) << src.error().message();
+    auto dst = make_dest(loop, end_kind::file);
+    ASSERT_TRUE(dst) << dst.error().message();
+
+    copy_options o;
+    o.pools = &pools;
+    o.limit = c.limit;
+    o.src_offset = c.src_offset;
+    const copy_result r = loop.block_on(copy(dst->inner, src->inner, o));
+    ASSERT_TRUE(r.ok()) << r.error.message();
+    const std::size_t from = static_cast<std::size_t>(c.src_offset.value_or(0));
+    const std::size_t expect =
+        std::min<std::uint64_t>(content.size() - from, c.limit.value_or(content.size()));
+    EXPECT_EQ(r.bytes, expect);
+    EXPECT_EQ(r.path, copy_path::copy_file_range);
+
+    const auto got = read_file(dst->file->path());
+    ASSERT_EQ(got.size(), expect);
+    EXPECT_EQ(sum_of(got), sum_of(std::span(content).subspan(from, expect)));
+    const file_blocks dst_blocks = blocks_of(dst->file->path());
+    // The same extents, give or take a block at each end of each (a shifted start
+    // moves them across block boundaries) and some file system metadata.
+    const blkcnt_t slack = 2 * 8 * c.extents + 64;
+    EXPECT_LE(dst_blocks.blocks, src_blocks.blocks + slack)
+        << "holes were written out: " << dst_blocks.blocks * 512 << " bytes on disk for "
+        << expect << " bytes of which at most " << src_blocks.blocks * 512 << " are data";
+
+    auto src_at = sys::tell(src->inner.fd());
+    auto dst_at = sys::tell(dst->inner.fd());
+    ASSERT_TRUE(src_at && dst_at);
+    EXPECT_EQ(*src_at, c.src_offset ? 0 : static_cast<off_t>(expect))
+        << "an explicit src_offset moved the fd's offset, or the offset is not after the last byte";
+    EXPECT_EQ(*dst_at, static_cast<off_t>(expect));
+}
+
+constexpr std::size_t sparse_size = std::size_t{24} << 20;
+
+const sparse_case sparse_cases[] = {
+    {"holes_between_and_at_both_ends", sparse_size, 4, false, false, std::nullopt, std::nullopt},
+    {"data_at_both_ends", sparse_size, 5, true, true, std::nullopt, std::nullopt},
+    {"a_limit_that_ends_in_a_hole", sparse_size, 3, true, false, (std::uint64_t{1} << 20) + 5,
+     std::nullopt},
+    {"a_limit_that_ends_in_data", sparse_size, 2, true, true, sparse_size - 100, std::nullopt},
+    {"an_explicit_source_offset_in_a_hole", sparse_size, 4, false, true, std::nullopt,
+     off_t{4097}},
+};
+
+INSTANTIATE_TEST_SUITE_P(sparse, copy_sparse_test, ::testing::ValuesIn(sparse_cases),
+                         [](const ::testing::TestParamInfo<sparse_case>& param_info) {
+                             return std::string(param_info.param.name);
+                         });
+
+// A destination that already holds bytes where the holes go (opened without O_TRUNC):
+// skipping would leave its old bytes there, so every hole is written as zeros.
+TEST_F(copy_test, a_sparse_source_over_old_bytes_writes_its_holes_as_zeros) {
+    transfer_pools& pools = make_pools();
+    const sparse_case layout{"", std::size_t{8} << 20, 3, false, false, std::nullopt,
+                             std::nullopt};
+    temp_file src_file(test::temp_path("copy-sparse-src"));
+    const auto content = write_sparse_file(src_file.path(), layout, 0x01d);
+    event_loop loop;
+    auto src = open_file_end(loop, std::move(src_file), O_RDONLY);
+    ASSERT_TRUE(src) << src.error().message();
+    const auto old = std::span(big_data()).first(layout.size + 1000);
+    auto dst = make_dest(loop, end_kind::file, old);
+    ASSERT_TRUE(dst) << dst.error().message();
+    ASSERT_TRUE(sys::seek(dst->inner.fd(), 0));
+
+    copy_options o;
+    o.pools = &pools;
+    const copy_result r = loop.block_on(copy(dst->inner, src->inner, o));
+    ASSERT_TRUE(r.ok()) << r.error.message();
+    EXPECT_EQ(r.bytes, content.size());
+    const auto got = read_file(dst->file->path());
+    ASSERT_EQ(got.size(), old.size()) << "copy() does not truncate";
+    EXPECT_EQ(sum_of(std::span(got).first(content.size())), sum_of(content));
+    EXPECT_EQ(sum_of(std::span(got).subspan(content.size())),
+              sum_of(old.subspan(content.size())));
 }
 
 // Two copies on one loop, both always ready: the yield budget lets them take turns.

@@ -8,6 +8,11 @@
 //    send buffer, not the peer. Close or shut down the socket to learn about failures.
 //  - copy() counts bytes even when it fails: the result always says how many bytes
 //    were written to `dst` and by which path.
+//  - Regular file → regular file (the copy_file_range path) keeps the holes of a sparse
+//    source, as cp(1) does, when `dst` holds nothing from where the copy writes on (a
+//    new or truncated file): only the data extents are copied, a hole at the end is
+//    made by ftruncate. Holes count as copied bytes; they cost no I/O, so a rate limit
+//    does not apply to them.
 #pragma once
 
 #include <zcio/buffer_pool.hpp>

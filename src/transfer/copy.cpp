@@ -6,9 +6,11 @@
 #include <chrono>
 #include <cmath>
 #include <limits>
+#include <utility>
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 namespace zcio {
 
@@ -134,8 +136,12 @@ struct copier {
           remaining(o.limit ? *o.limit : std::numeric_limits<std::uint64_t>::max()),
           src_off(o.src_offset.value_or(0)), dst_off(o.dst_offset.value_or(0)) {}
 
-    off_t* src_offp() noexcept { return opts.src_offset ? &src_off : nullptr; }
-    off_t* dst_offp() noexcept { return opts.dst_offset ? &dst_off : nullptr; }
+    // While set (a hole-skipping copy_file_range loop), src_off and dst_off are the
+    // positions even without explicit offsets; the fds' own offsets are set at the end.
+    bool own_offsets = false;
+
+    off_t* src_offp() noexcept { return opts.src_offset || own_offsets ? &src_off : nullptr; }
+    off_t* dst_offp() noexcept { return opts.dst_offset || own_offsets ? &dst_off : nullptr; }
     event_loop& loop() const noexcept { return src.loop(); }
 
     // Length for the next call: the cap, the chunk bound and what the limit leaves.
@@ -153,6 +159,20 @@ struct copier {
         }
         if (opts.limiter != nullptr) {
             opts.limiter->consume(n);
+        }
+    }
+
+    // A hole of `n` bytes skipped in the source and left as a hole in the destination:
+    // it reads back as the zeros it stands for, so it counts as copied. It costs no I/O,
+    // so the rate limiter and the yield budget do not see it.
+    void skipped(std::size_t n) noexcept {
+        res.bytes += n;
+        res.path = copy_path::copy_file_range;
+        remaining -= n;
+        src_off += static_cast<off_t>(n);
+        dst_off += static_cast<off_t>(n);
+        if (opts.progress != nullptr) {
+            *opts.progress += n;
         }
     }
 
@@ -467,16 +487,120 @@ task<step> sendfile_loop(copier* c) {
 
 bool src_has_bytes_at(copier* c) {
     struct stat st {};
-    const off_t off = c->opts.src_offset ? c->src_off : sys::tell(c->src.fd()).value_or(0);
+    const off_t off = c->src_offp() != nullptr ? c->src_off : sys::tell(c->src.fd()).value_or(0);
     return ::fstat(c->src.fd(), &st) == 0 && st.st_size > off;
 }
 
+// ---- holes of sparse files ----
+//
+// copy_file_range(2) writes the holes of its source out as zeros unless the file system
+// shares extents (ext4 and tmpfs do not), so the copy of a 1 GiB file holding 4 KiB of
+// data would take 1 GiB of disk. Like cp(1), the file→file loop finds the data with
+// lseek(SEEK_DATA/SEEK_HOLE) (lseek(2), Linux 3.1; a file system without hole
+// information reports the whole file as data), copies only the data extents and leaves
+// the holes as holes: unwritten bytes past a file's end read as zeros.
+
+constexpr off_t no_hole_known = std::numeric_limits<off_t>::max();
+
+// Where a hole-skipping loop stands: the end of the current data extent, and the
+// source fd's own offset from before the loop (lseek(SEEK_DATA) moves it).
+struct hole_skipping {
+    off_t data_end = 0;
+    off_t src_fd_was = 0;
+};
+
+// Starts skipping holes when that is worth it and safe: both ends are regular files,
+// the source has fewer blocks than its size needs (a dense file costs two fstat calls
+// and nothing more), and the destination holds nothing from where the copy writes on
+// (a skipped range reads as zeros only past its end of file). From then on the loop
+// passes explicit positions to copy_file_range: the caller's offsets, or the fds' own.
+bool start_skipping_holes(copier* c, hole_skipping* h) {
+    struct stat src {};
+    struct stat dst {};
+    if (::fstat(c->src.fd(), &src) != 0 || ::fstat(c->dst.fd(), &dst) != 0 ||
+        !S_ISREG(src.st_mode) || !S_ISREG(dst.st_mode)) {
+        return false;
+    }
+    constexpr off_t block = 512; // st_blocks counts 512-byte units (stat(2))
+    if (src.st_blocks * block >= src.st_size) {
+        return false;
+    }
+    auto src_at = sys::tell(c->src.fd());
+    auto dst_at = c->opts.dst_offset ? result<off_t>(c->dst_off) : sys::tell(c->dst.fd());
+    if (!src_at || !dst_at || dst.st_size > *dst_at) {
+        return false;
+    }
+    h->src_fd_was = *src_at;
+    h->data_end = 0; // look for data at once
+    c->src_off = c->opts.src_offset ? c->src_off : *src_at;
+    c->dst_off = *dst_at;
+    c->own_offsets = true;
+    return true;
+}
+
+// At a hole of the source (or past the current data extent): jumps to the next data
+// and notes where it ends. When only a hole is left up to the end of the file, jumps
+// to the end of the file. The jumps count as copied (copier::skipped).
+void skip_hole(copier* c, hole_skipping* h) {
+    const int fd = c->src.fd();
+    const off_t at = c->src_off;
+    off_t data = ::lseek(fd, at, SEEK_DATA);
+    if (data < 0) {
+        struct stat st {};
+        if (errno != ENXIO || ::fstat(fd, &st) != 0 || st.st_size <= at) {
+            // No hole information, or at the end: copy_file_range finds the end.
+            h->data_end = no_hole_known;
+            return;
+        }
+        // ENXIO: nothing but a hole from `at` to the end. Once there, copy_file_range
+        // finds the end (or data appended meanwhile).
+        c->skipped(static_cast<std::size_t>(
+            std::min<std::uint64_t>(static_cast<std::uint64_t>(st.st_size - at), c->remaining)));
+        h->data_end = no_hole_known;
+        return;
+    }
+    if (data > at) {
+        c->skipped(static_cast<std::size_t>(
+            std::min<std::uint64_t>(static_cast<std::uint64_t>(data - at), c->remaining)));
+    }
+    const off_t hole = c->remaining > 0 ? ::lseek(fd, c->src_off, SEEK_HOLE) : -1;
+    h->data_end = hole > c->src_off ? hole : no_hole_known;
+}
+
+// Ends a hole-skipping loop: the destination gets the size the copy reached (a skipped
+// hole at its end wrote nothing), each fd's offset goes where copy() promises (after the
+// last byte, or where it was with an explicit offset), and the copier's positions are
+// the caller's again.
+void stop_skipping_holes(copier* c, const hole_skipping& h) {
+    struct stat dst {};
+    if (::fstat(c->dst.fd(), &dst) == 0 && dst.st_size < c->dst_off) {
+        if (::ftruncate(c->dst.fd(), c->dst_off) != 0 && c->res.ok()) {
+            c->res.error = op_error("ftruncate", errno);
+        }
+    }
+    (void)sys::seek(c->src.fd(), c->opts.src_offset ? h.src_fd_was : c->src_off);
+    if (!c->opts.dst_offset) {
+        (void)sys::seek(c->dst.fd(), c->dst_off);
+    }
+    c->own_offsets = false;
+}
+
 // Regular file → regular file: copy_file_range(2), which may share extents (reflink)
-// or copy inside the kernel.
-task<step> copy_file_range_loop(copier* c) {
+// or copy inside the kernel. With `holes`, only the data extents of a sparse source.
+task<step> copy_file_range_extents(copier* c, hole_skipping* holes) {
     std::uint64_t here = 0;
     while (c->remaining > 0) {
+        if (holes != nullptr && c->src_off >= holes->data_end) {
+            skip_hole(c, holes);
+            if (c->remaining == 0) {
+                break;
+            }
+        }
         std::size_t len = c->want(c->opts.max_chunk);
+        if (holes != nullptr && holes->data_end != no_hole_known) {
+            len = static_cast<std::size_t>(
+                std::min<std::uint64_t>(len, static_cast<std::uint64_t>(holes->data_end - c->src_off)));
+        }
         if (c->opts.limiter != nullptr) {
             len = co_await throttle(c, len);
         }
@@ -505,6 +629,29 @@ task<step> copy_file_range_loop(copier* c) {
         co_return c->fail_with("copy_file_range", e);
     }
     co_return step::done;
+}
+
+// Calls stop_skipping_holes() once, also when the copy is destroyed mid-way.
+struct hole_skipping_guard {
+    copier* c;
+    const hole_skipping* h;
+    void stop() {
+        if (copier* owner = std::exchange(c, nullptr); owner != nullptr) {
+            stop_skipping_holes(owner, *h);
+        }
+    }
+    ~hole_skipping_guard() { stop(); }
+};
+
+task<step> copy_file_range_loop(copier* c) {
+    hole_skipping holes;
+    if (!start_skipping_holes(c, &holes)) {
+        co_return co_await copy_file_range_extents(c, nullptr);
+    }
+    hole_skipping_guard guard{c, &holes};
+    const step s = co_await copy_file_range_extents(c, &holes);
+    guard.stop();
+    co_return s == step::done && !c->res.ok() ? step::failed : s; // ftruncate failed
 }
 
 // Anything → anything: read into a pooled buffer, write it out, give the buffer back.
