@@ -6,7 +6,9 @@ Run: python3 tests/e2e/test_copy.py --zcio build/tools/zcio/zcio
 """
 
 import os
+import random
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -19,13 +21,15 @@ from e2e_support import (IO_TIMEOUT, SHORT, E2ETestCase, file_sha, random_bytes,
 
 MiB = 1 << 20
 VERBOSE = re.compile(r"^zcio copy: (\d+) bytes \(.*\) via (\S+) in [0-9.]+ s, .*/s$")
+LISTENING = re.compile(r"^zcio copy: listening on (\S+)$")
 
 
 class CopyTests(E2ETestCase):
     def verbose_summary(self, stderr):
-        """--verbose prints exactly one summary line (no progress bar: stderr is not a tty)."""
+        """--verbose prints exactly one summary line (no progress bar: stderr is not a tty),
+        after the "listening on" line of a listening end."""
         self.assertNotIn("\r", stderr, "a progress bar on a non-terminal stderr")
-        lines = stderr.splitlines()
+        lines = [l for l in stderr.splitlines() if not LISTENING.match(l)]
         self.assertEqual(len(lines), 1, stderr)
         m = VERBOSE.match(lines[0])
         self.assertIsNotNone(m, lines[0])
@@ -66,6 +70,39 @@ class CopyTests(E2ETestCase):
         self.assertEqual(file_sha(dst), sha(data))
         n, path = self.verbose_summary(p.stderr_text())
         self.assertEqual((n, path), (len(data), "splice"))
+
+    def test_tcp_listen_on_port_0_says_which_port(self):
+        # `zcio copy -v tcp-listen:127.0.0.1:0 -`: the kernel picks the port, and the
+        # "listening on" line (the wording of proxy, serve and udp-echo) is the only
+        # way to learn it; without -v too.
+        for verbose in (["-v"], []):
+            with self.subTest(verbose=verbose):
+                p = self.zcio(["copy"] + verbose + ["tcp-listen:127.0.0.1:0", "-"], stdout=subprocess.PIPE)
+                m = p.wait_for(r"^zcio copy: listening on 127\.0\.0\.1:(\d+)$")[0]
+                port = int(m.group(1))
+                self.assertNotEqual(port, 0)
+                data = random_bytes(3 * MiB + 11)
+                with socket.create_connection(("127.0.0.1", port), timeout=SHORT) as c:
+                    c.settimeout(IO_TIMEOUT)
+                    sender = e2e.send_in_thread(c, data)
+                    out = p.popen.stdout.read()  # until zcio exits and closes it
+                    e2e.join_sender(sender)
+                self.assertEqual(p.wait(IO_TIMEOUT), 0, p.stderr_text())
+                self.assertEqual(sha(out), sha(data))
+                if verbose:
+                    self.assertEqual(self.verbose_summary(p.stderr_text())[0], len(data))
+                else:
+                    self.assertEqual(len(p.lines()), 1, p.stderr_text())
+
+    def test_unix_listen_says_where_with_verbose(self):
+        sock_path = self.path("where.sock")
+        p = self.zcio(["copy", "-v", "unix-listen:" + sock_path, "file:" + self.path("out.bin")])
+        p.wait_for(r"^zcio copy: listening on unix:%s$" % re.escape(sock_path))
+        with self.connect("unix:" + sock_path) as c:
+            c.sendall(b"hello")
+            c.shutdown(socket.SHUT_WR)
+            recv_all(c)
+        self.assertEqual(p.wait(IO_TIMEOUT), 0, p.stderr_text())
 
     # ---- tcp → file, tcp → stdout ----------------------------------------------
 
@@ -119,6 +156,39 @@ class CopyTests(E2ETestCase):
         self.assertEqual(os.path.getsize(dst), len(data))
         self.assertEqual(file_sha(dst), sha(data))
         self.assertEqual(self.verbose_summary(err), (len(data), "copy_file_range"))
+
+    def test_sparse_file_keeps_its_holes(self):
+        # A few random data extents between large holes, ending in a hole or in data:
+        # the copy has the same bytes and about the source's blocks on disk, not the
+        # full size (copy_file_range alone writes holes out as zeros on ext4 and tmpfs).
+        rng = random.Random(0x5ba45e)
+        for ends_in_hole in (True, False):
+            with self.subTest(ends_in_hole=ends_in_hole):
+                src, dst = self.path("sparse.bin"), self.path("copy.bin")
+                size = 40 * MiB + rng.randrange(4096)
+                with open(src, "wb") as f:
+                    f.truncate(size)
+                    slot = size // 4
+                    for i in range(4):
+                        n = rng.randrange(1, 256 * 1024)
+                        at = i * slot + rng.randrange(slot - n)
+                        if i == 3 and not ends_in_hole:
+                            at = size - n
+                        f.seek(at)
+                        f.write(random_bytes(n))
+                src_st = os.stat(src)
+                if src_st.st_blocks * 512 >= size:
+                    self.skipTest("the file system under %s keeps no holes" % self.tmp)
+                rc, out, err = run_zcio(["copy", "-v", "file:" + src, "file:" + dst], timeout=IO_TIMEOUT)
+                self.assertEqual(rc, 0, err)
+                self.assertEqual(self.verbose_summary(err), (size, "copy_file_range"))
+                dst_st = os.stat(dst)
+                self.assertEqual(dst_st.st_size, size)
+                self.assertEqual(file_sha(dst), file_sha(src))
+                # Give or take a block at each end of each extent, and some metadata.
+                self.assertLessEqual(dst_st.st_blocks, src_st.st_blocks + 128,
+                                     "holes written out: %d bytes on disk, the source has %d"
+                                     % (dst_st.st_blocks * 512, src_st.st_blocks * 512))
 
     def test_file_append(self):
         src, dst = self.path("tail.bin"), self.path("log.bin")
@@ -259,6 +329,84 @@ class CopyTests(E2ETestCase):
         self.assertEqual(rc, 1)
         self.assertOneLine(err, "nope")
         self.assertFalse(os.path.exists(new))
+
+    def unreadable_file(self):
+        """A file this process cannot open for reading: one without read permission, or
+        for root (whom permissions do not stop) a write-only sysctl."""
+        if os.geteuid() != 0:
+            path = self.path("secret.bin")
+            write_random_file(path, 1000)
+            os.chmod(path, 0o200)
+            return path
+        path = "/proc/sys/vm/drop_caches"
+        try:
+            os.close(os.open(path, os.O_RDONLY))
+        except PermissionError:
+            return path
+        self.skipTest("no file here that root cannot read")
+
+    def test_unreadable_source_leaves_destination_untouched(self):
+        # `zcio copy file:/tmp file:keep.txt` used to truncate keep.txt and then fail
+        # with "read: Is a directory": the source is now opened and checked first.
+        dst, data, old = self.existing_dst()
+        time.sleep(0.02)  # so a write would show in mtime
+        cases = [
+            (self.tmp, "is a directory"),
+            ("/", "is a directory"),
+            (self.path("missing.bin"), "No such file"),
+            (self.unreadable_file(), "Permission denied"),
+        ]
+        for src, why in cases:
+            for dst_text in ("file:" + dst, "file:%s,append" % dst):
+                with self.subTest(src=src, dst=dst_text):
+                    rc, out, err = run_zcio(["copy", "file:" + src, dst_text])
+                    self.assertEqual(rc, 1, err)
+                    self.assertOneLine(err, "source", src, why)
+                    self.assertUntouched(dst, data, old)
+        new = self.path("never.bin")
+        rc, out, err = run_zcio(["copy", "file:" + self.tmp, "file:" + new])
+        self.assertEqual(rc, 1, err)
+        self.assertFalse(os.path.exists(new), "a destination was created for a directory source")
+
+    # ---- the reader of standard output goes away ---------------------------------
+
+    def test_stdout_reader_gone_ends_quietly_like_cat(self):
+        # `zcio copy file:/dev/urandom - | head -c 100`: like cat, killed by SIGPIPE with
+        # no message (a shell says 141), not "copy failed ... Broken pipe" and exit 1.
+        rc = subprocess.run(["bash", "-c", '"$0" copy file:/dev/urandom - | head -c 100 | wc -c; '
+                             'echo "${PIPESTATUS[@]}" >&2', e2e.ZCIO],
+                            capture_output=True, timeout=SHORT, start_new_session=True)
+        self.assertEqual(rc.stdout.strip(), b"100")
+        self.assertEqual(rc.stderr.decode().strip(), "141 0 0")
+        for src in ("file:/dev/zero", "file:" + self.big_file()):
+            with self.subTest(src=src):
+                p = subprocess.Popen([e2e.ZCIO, "copy", src, "-"], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, start_new_session=True)
+                self._closers.append(lambda p=p: (p.kill(), p.wait(SHORT)))
+                self.assertEqual(len(p.stdout.read(100)), 100)
+                p.stdout.close()
+                self.assertEqual(p.wait(SHORT), -signal.SIGPIPE)
+                with p.stderr:
+                    self.assertEqual(p.stderr.read(), b"")
+
+    def big_file(self):
+        path = self.path("big-for-pipe.bin")
+        if not os.path.exists(path):
+            write_random_file(path, 8 * MiB)
+        return path
+
+    def test_stdout_reader_gone_with_sigpipe_ignored_is_an_error(self):
+        # A parent that ignores SIGPIPE asks for write errors instead: cat then says
+        # "write error: Broken pipe" and exits 1, and so does zcio (one line).
+        p = subprocess.Popen([e2e.ZCIO, "copy", "file:/dev/zero", "-"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGPIPE, signal.SIG_IGN))
+        self._closers.append(lambda: (p.kill(), p.wait(SHORT)))
+        self.assertEqual(len(p.stdout.read(100)), 100)
+        p.stdout.close()
+        self.assertEqual(p.wait(SHORT), 1)
+        with p.stderr:
+            self.assertOneLine(p.stderr.read().decode(), "destination \"-\"", "Broken pipe")
 
     def test_runtime_failures_exit_1(self):
         src = self.path("s.bin")

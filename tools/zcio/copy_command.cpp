@@ -4,11 +4,14 @@
 
 #include <zcio/zcio.hpp>
 
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -26,9 +29,31 @@ struct end_spec {
     std::string path; // files
     bool append = false;
     endpoint address; // sockets
+    unique_fd source; // a file source, opened (and checked) while parsing
 };
 
-// Parses one endpoint completely (addresses resolved) without creating anything.
+// Opens a file source and checks that it can be read, so that a directory, a file
+// without read permission or a missing one is refused before the destination is
+// created or truncated. The descriptor is kept for the copy: a FIFO opened twice
+// would make its writer see a reader come and go.
+unique_fd open_source_file(const end_spec& e) {
+    auto fd = sys::open(e.path.c_str(), O_RDONLY);
+    if (!fd) {
+        throw runtime_failure("source \"" + e.text + "\": " + fd.error().message());
+    }
+    struct stat st {};
+    if (::fstat(fd->get(), &st) != 0) {
+        throw runtime_failure("source \"" + e.text + "\": fstat: " + std::strerror(errno));
+    }
+    // open(2) lets O_RDONLY through for a directory; only read(2) says EISDIR.
+    if (S_ISDIR(st.st_mode)) {
+        throw runtime_failure("source \"" + e.text + "\": is a directory (copy reads files)");
+    }
+    return std::move(*fd);
+}
+
+// Parses one endpoint completely (addresses resolved) without creating anything; a file
+// source is opened for reading.
 end_spec parse_end(const std::string& text, bool is_source) {
     end_spec e;
     e.text = text;
@@ -73,10 +98,7 @@ end_spec parse_end(const std::string& text, bool is_source) {
         throw usage_error("endpoint \"" + text + "\": cannot connect to port 0");
     }
     if (is_source && e.kind == end_kind::file) {
-        struct stat st {};
-        if (::stat(e.path.c_str(), &st) != 0) {
-            throw runtime_failure("source \"" + text + "\": " + std::strerror(errno));
-        }
+        e.source = open_source_file(e);
     }
     return e;
 }
@@ -92,8 +114,16 @@ struct stdio_flags_guard {
     }
 };
 
-task<result<stream>> open_end(event_loop& loop, end_spec e, bool is_source) {
-    switch (e.kind) {
+// "zcio copy: listening on ADDR", the wording of proxy, serve and udp-echo, so a script
+// that asked for port 0 can read the port the kernel chose.
+void announce_listening(const endpoint& at) {
+    std::fprintf(stderr, "zcio copy: listening on %s\n", at.to_string().c_str());
+}
+
+// Opens one end. `e` lives in the caller's frame; a file source was opened by parse_end.
+// A listener says where it listens when `announce` is set.
+task<result<stream>> open_end(event_loop& loop, end_spec* e, bool is_source, bool announce) {
+    switch (e->kind) {
     case end_kind::stdio: {
         auto fd = sys::dup(is_source ? STDIN_FILENO : STDOUT_FILENO);
         if (!fd) {
@@ -102,8 +132,11 @@ task<result<stream>> open_end(event_loop& loop, end_spec e, bool is_source) {
         co_return stream::adopt(loop, std::move(*fd));
     }
     case end_kind::file: {
-        int flags = is_source ? O_RDONLY : (O_WRONLY | O_CREAT | (e.append ? O_APPEND : O_TRUNC));
-        auto fd = sys::open(e.path.c_str(), flags, 0644);
+        if (is_source) {
+            co_return stream::adopt(loop, std::move(e->source));
+        }
+        int flags = O_WRONLY | O_CREAT | (e->append ? O_APPEND : O_TRUNC);
+        auto fd = sys::open(e->path.c_str(), flags, 0644);
         if (!fd) {
             co_return fail(name_op("open", fd.error()));
         }
@@ -111,12 +144,15 @@ task<result<stream>> open_end(event_loop& loop, end_spec e, bool is_source) {
     }
     case end_kind::tcp:
     case end_kind::unix_connect:
-        co_return co_await stream::connect(loop, e.address, 10s);
+        co_return co_await stream::connect(loop, e->address, 10s);
     case end_kind::tcp_listen:
     case end_kind::unix_listen: {
-        auto l = tcp_listener::bind(loop, e.address);
+        auto l = tcp_listener::bind(loop, e->address);
         if (!l) {
             co_return fail(l.error());
+        }
+        if (announce) {
+            announce_listening(l->local_endpoint());
         }
         auto a = co_await l->accept();
         if (!a) {
@@ -133,7 +169,7 @@ std::optional<std::uint64_t> known_size(const end_spec& src) {
         return std::nullopt;
     }
     struct stat st {};
-    if (::stat(src.path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
+    if (::fstat(src.source.get(), &st) != 0 || !S_ISREG(st.st_mode)) {
         return std::nullopt;
     }
     return static_cast<std::uint64_t>(st.st_size);
@@ -162,19 +198,27 @@ struct copy_outcome {
     std::string failure; // empty on success
     copy_result result;
     double seconds = 0;
+    bool reader_gone = false; // standard output is a pipe or socket whose reader closed it
 };
 
-task<copy_outcome> run(event_loop* loop, end_spec src_spec, end_spec dst_spec, copy_options opts,
-                       std::optional<std::uint64_t> total, bool show_progress) {
+// A listener announces its address with --verbose, and always when the kernel picks the
+// port (tcp-listen:HOST:0): without the line nobody could connect.
+bool announces(const end_spec& e, bool verbose) {
+    const bool listens = e.kind == end_kind::tcp_listen || e.kind == end_kind::unix_listen;
+    return listens && (verbose || (e.address.is_ip() && e.address.port() == 0));
+}
+
+task<copy_outcome> run(event_loop* loop, end_spec* src_spec, end_spec* dst_spec, copy_options opts,
+                       std::optional<std::uint64_t> total, bool show_progress, bool verbose) {
     copy_outcome out;
-    auto src = co_await open_end(*loop, src_spec, true);
+    auto src = co_await open_end(*loop, src_spec, true, announces(*src_spec, verbose));
     if (!src) {
-        out.failure = "source \"" + src_spec.text + "\": " + src.error().message();
+        out.failure = "source \"" + src_spec->text + "\": " + src.error().message();
         co_return out;
     }
-    auto dst = co_await open_end(*loop, dst_spec, false);
+    auto dst = co_await open_end(*loop, dst_spec, false, announces(*dst_spec, verbose));
     if (!dst) {
-        out.failure = "destination \"" + dst_spec.text + "\": " + dst.error().message();
+        out.failure = "destination \"" + dst_spec->text + "\": " + dst.error().message();
         co_return out;
     }
     std::uint64_t moved = 0;
@@ -194,11 +238,61 @@ task<copy_outcome> run(event_loop* loop, end_spec src_spec, end_spec dst_spec, c
     if (dst->kind() == sys::fd_kind::socket) {
         (void)dst->shutdown_write(); // the peer sees end of stream
     }
-    if (!out.result.ok()) {
+    out.reader_gone =
+        dst_spec->kind == end_kind::stdio && out.result.error == std::errc::broken_pipe;
+    if (out.reader_gone) {
+        // cat's "write error: Broken pipe", for a caller that ignores SIGPIPE.
+        out.failure = "destination \"-\": write error after " +
+                      std::to_string(out.result.bytes) + " bytes: the reader closed it (" +
+                      out.result.error.message() + ")";
+    } else if (!out.result.ok()) {
         out.failure = "copy failed after " + std::to_string(out.result.bytes) +
                       " bytes: " + out.result.error.message();
     }
     co_return out;
+}
+
+// Whether SIGPIPE is at its default, before the first event loop sets it to ignored
+// (splice and sendfile have no MSG_NOSIGNAL).
+bool sigpipe_is_default() {
+    struct sigaction now {};
+    return ::sigaction(SIGPIPE, nullptr, &now) == 0 && now.sa_handler == SIG_DFL;
+}
+
+// Ends the process by SIGPIPE, as cat(1) ends when the reader of its output goes away
+// (`zcio copy file:/dev/urandom - | head -c 100`): no message, and a shell reports 141.
+// Returns only if the signal could not be delivered (then 128 + SIGPIPE, the same code).
+int die_of_sigpipe() {
+    std::fflush(nullptr);
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    ::sigaction(SIGPIPE, &dfl, nullptr);
+    sigset_t pipe_only;
+    sigemptyset(&pipe_only);
+    sigaddset(&pipe_only, SIGPIPE);
+    ::pthread_sigmask(SIG_UNBLOCK, &pipe_only, nullptr);
+    ::raise(SIGPIPE);
+    return 128 + SIGPIPE;
+}
+
+// Runs the copy with standard input and output switched back to their own flags at the
+// end (O_NONBLOCK is shared with the shell), whatever the outcome.
+copy_outcome copy_with_stdio_restored(const copy_command_options& o, end_spec* src, end_spec* dst) {
+    stdio_flags_guard in_guard{STDIN_FILENO,
+                               src->kind == end_kind::stdio ? ::fcntl(STDIN_FILENO, F_GETFL) : -1};
+    stdio_flags_guard out_guard{
+        STDOUT_FILENO, dst->kind == end_kind::stdio ? ::fcntl(STDOUT_FILENO, F_GETFL) : -1};
+
+    copy_options opts;
+    opts.limit = o.limit;
+    opts.path = o.engine;
+    const auto size = known_size(*src);
+    const auto total = o.limit && size ? std::optional(std::min(*o.limit, *size)) : size;
+    const bool show_progress = ::isatty(STDERR_FILENO) == 1;
+
+    event_loop loop;
+    return loop.block_on(run(&loop, src, dst, opts, total, show_progress, o.verbose));
 }
 
 } // namespace
@@ -214,20 +308,13 @@ int run_copy_command(const copy_command_options& o) {
             throw usage_error("source and destination are the same file: \"" + src.path + "\"");
         }
     }
-    stdio_flags_guard in_guard{STDIN_FILENO,
-                               src.kind == end_kind::stdio ? ::fcntl(STDIN_FILENO, F_GETFL) : -1};
-    stdio_flags_guard out_guard{STDOUT_FILENO,
-                                dst.kind == end_kind::stdio ? ::fcntl(STDOUT_FILENO, F_GETFL) : -1};
-
-    copy_options opts;
-    opts.limit = o.limit;
-    opts.path = o.engine;
-    const auto size = known_size(src);
-    const auto total = o.limit && size ? std::optional(std::min(*o.limit, *size)) : size;
-    const bool show_progress = ::isatty(STDERR_FILENO) == 1;
-
-    event_loop loop;
-    copy_outcome out = loop.block_on(run(&loop, src, dst, opts, total, show_progress));
+    const bool sigpipe_default = sigpipe_is_default();
+    copy_outcome out = copy_with_stdio_restored(o, &src, &dst);
+    // The reader of standard output went away: like cat, die of SIGPIPE quietly, or
+    // report the write error (exit 1) when whoever started us chose to ignore SIGPIPE.
+    if (out.reader_gone && sigpipe_default) {
+        return die_of_sigpipe();
+    }
     if (!out.failure.empty()) {
         throw runtime_failure(out.failure);
     }
