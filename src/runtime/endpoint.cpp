@@ -197,7 +197,27 @@ std::expected<endpoint, std::string> resolve(std::string_view text, std::string_
     return bad(text, "host " + quoted(host) + " has no IPv4 or IPv6 address");
 }
 
+// "http://host:1/": a URL where an address belongs. The hint is its host and port
+// ("host:1"), or the host with PORT to fill in.
+std::unexpected<std::string> url_is_not_an_address(std::string_view text,
+                                                   std::string_view after_scheme) {
+    std::string_view authority = after_scheme.substr(0, after_scheme.find_first_of("/?#"));
+    if (auto at = authority.rfind('@'); at != std::string_view::npos) {
+        authority = authority.substr(at + 1); // user:password@
+    }
+    const bool has_port = !authority.empty() && authority.back() != ']' &&
+                          authority.find(':') != std::string_view::npos;
+    std::string hint = authority.empty() ? "HOST:PORT" : escaped(authority);
+    if (!authority.empty() && !has_port) {
+        hint += ":PORT";
+    }
+    return bad(text, "a URL is not an address (expected HOST:PORT, e.g. " + hint + ")");
+}
+
 std::expected<endpoint, std::string> parse_ip(std::string_view text) {
+    if (auto scheme = text.find("://"); scheme != std::string_view::npos) {
+        return url_is_not_an_address(text, text.substr(scheme + 3));
+    }
     if (text.front() == '[') {
         auto close = text.find(']');
         if (close == std::string_view::npos) {
@@ -220,6 +240,11 @@ std::expected<endpoint, std::string> parse_ip(std::string_view text) {
 
     auto colon = text.rfind(':');
     if (colon == std::string_view::npos) {
+        if (all_digits(text)) {
+            return bad(text, "missing host: a port alone is not an address (expected "
+                             "HOST:PORT, e.g. 127.0.0.1:" +
+                                 std::string(text) + ")");
+        }
         return bad(text, "missing port (expected HOST:PORT)");
     }
     std::string_view host = text.substr(0, colon);

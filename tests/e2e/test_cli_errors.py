@@ -50,6 +50,48 @@ class FlagErrors(E2ETestCase):
         self.check(["copy", "--frobnicate", "-", "-"], "--frobnicate")
         self.check(["--frobnicate", "proxy"], "--frobnicate")
 
+    def test_unknown_flag_points_to_the_subcommand_help(self):
+        self.check(["proxy", "--bogus"], "--bogus", "see zcio proxy --help")
+        self.check(["copy", "--bogus", "-", "-"], "--bogus", "see zcio copy --help")
+        self.check(["udp-echo", "--bogus"], "--bogus", "see zcio udp-echo --help")
+        self.check(["bench", "--bogus"], "--bogus", "see zcio bench --help")
+        self.check(["proxy", "--listen", "127.0.0.1:0", "--upstream", UP, "--threads", "0"], "--threads",
+                   "see zcio proxy --help")
+
+    def test_ipv6_listen_without_port_quotes_what_was_typed(self):
+        # CLI11 read "[::1]" as a one-element list and handed over "::1", which the
+        # default host then turned into "127.0.0.1::1".
+        line = self.check(["proxy", "--listen", "[::1]", "--upstream", UP], '"[::1]"', "missing port")
+        self.assertNotIn("127.0.0.1", line)
+        line = self.check(["proxy", "--listen", "::1", "--upstream", UP], '"::1"', "[::1]:PORT")
+        self.assertNotIn("127.0.0.1", line)
+        self.check(["copy", "tcp-listen:[::1]", "-"], '"[::1]"', "missing port")
+
+    def test_a_port_alone_says_the_host_is_missing(self):
+        base = ["proxy", "--listen", "127.0.0.1:0", "--upstream"]
+        self.check(base + ["9001"], '"9001"', "missing host", "127.0.0.1:9001")
+        self.check(["copy", "-", "tcp:9001"], '"9001"', "missing host")
+
+    def test_a_url_is_not_an_address(self):
+        base = ["proxy", "--listen", "127.0.0.1:0", "--upstream"]
+        self.check(base + ["http://host:1/"], '"http://host:1/"', "a URL is not an address", "host:1)")
+        self.check(base + ["https://example.com/x"], "a URL is not an address", "example.com:PORT")
+        self.check(["copy", "-", "tcp:http://127.0.0.1:9/"], "a URL is not an address", "127.0.0.1:9")
+
+    def test_sizes_are_whole_numbers(self):
+        base = ["proxy", "--listen", "127.0.0.1:0", "--upstream", UP]
+        self.check(base + ["--rate-limit", "1.5M"], "--rate-limit", '"1.5M"', "whole", "use 1536K")
+        self.check(base + ["--rate-limit", "1.1M"], "--rate-limit", '"1.1M"', "whole number")
+        self.check(base + ["--pipe-size", "0.5M"], "--pipe-size", "use 512K")
+        self.check(["copy", "--limit", "2.25G", "-", "-"], "--limit", "use 2304M")
+
+    def test_counts_are_not_negative(self):
+        # CLI11 read "-1" into the unsigned limit as 2^64 - 1 (no limit at all).
+        base = ["proxy", "--listen", "127.0.0.1:0", "--upstream", UP]
+        self.check(base + ["--max-connections", "-1"], "--max-connections", '"-1"', "whole number")
+        self.check(base + ["--max-connections=-5"], "--max-connections", '"-5"', "whole number")
+        self.check(base + ["--max-connections", "1.5"], "--max-connections", '"1.5"')
+
     def test_bad_addresses(self):
         self.check(["proxy", "--listen", "nope", "--upstream", UP], "nope")
         self.check(["proxy", "--listen", "127.0.0.1", "--upstream", UP], "127.0.0.1")

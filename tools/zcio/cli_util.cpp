@@ -9,6 +9,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstdio>
+#include <utility>
 
 namespace zcio::cli {
 
@@ -16,6 +17,63 @@ namespace {
 
 std::string quoted(std::string_view s) {
     return "\"" + std::string(s) + "\"";
+}
+
+} // namespace
+
+namespace {
+
+// The multiple of a size unit, 0 for an unknown one.
+std::uint64_t unit_multiple(std::string_view unit) {
+    if (unit.empty() || unit == "B") {
+        return 1;
+    }
+    if (unit == "K" || unit == "k" || unit == "KiB" || unit == "KB") {
+        return 1ULL << 10;
+    }
+    if (unit == "M" || unit == "MiB" || unit == "MB") {
+        return 1ULL << 20;
+    }
+    if (unit == "G" || unit == "GiB" || unit == "GB") {
+        return 1ULL << 30;
+    }
+    return 0;
+}
+
+// `bytes` in the largest unit it is a whole number of: 1572864 → "1536K".
+std::string whole_size(std::uint64_t bytes) {
+    for (auto [mult, unit] : {std::pair{1ULL << 30, "G"}, {1ULL << 20, "M"}, {1ULL << 10, "K"}}) {
+        if (bytes != 0 && bytes % mult == 0) {
+            return std::to_string(bytes / mult) + unit;
+        }
+    }
+    return std::to_string(bytes);
+}
+
+// "1.5M": sizes are whole numbers of bytes, and rounding a fraction silently would
+// give a size nobody typed. Says what to type instead when the size is whole in a
+// smaller unit (1.5M is 1536K).
+[[noreturn]] void refuse_fraction(std::string_view text, std::string_view what,
+                                  std::uint64_t whole, std::string_view after_dot) {
+    std::string hint = "use a whole number of bytes, K, M or G";
+    const auto digits = after_dot.find_first_not_of("0123456789");
+    const std::string_view fraction = after_dot.substr(0, digits);
+    const std::uint64_t mult =
+        unit_multiple(digits == std::string_view::npos ? "" : after_dot.substr(digits));
+    std::uint64_t frac = 0;
+    std::uint64_t scale = 1;
+    auto [p, ec] = std::from_chars(fraction.data(), fraction.data() + fraction.size(), frac);
+    if (mult != 0 && !fraction.empty() && fraction.size() <= 9 && ec == std::errc() &&
+        whole <= UINT64_MAX / mult / 2) {
+        for (std::size_t i = 0; i < fraction.size(); ++i) {
+            scale *= 10;
+        }
+        if ((frac * mult) % scale == 0) {
+            hint = "use " + whole_size(whole * mult + frac * mult / scale);
+        }
+    }
+    throw usage_error(std::string(what) + ": " + quoted(text) +
+                      " has a decimal point; sizes are whole numbers (" + hint + ")");
 }
 
 } // namespace
@@ -29,16 +87,11 @@ std::uint64_t parse_size(std::string_view text, std::string_view what) {
                           " is not a size (examples: 65536, 64K, 1M, 2G)");
     }
     std::string_view unit(p, static_cast<std::size_t>(end - p));
-    std::uint64_t mult = 1;
-    if (unit.empty() || unit == "B") {
-        mult = 1;
-    } else if (unit == "K" || unit == "k" || unit == "KiB" || unit == "KB") {
-        mult = 1ULL << 10;
-    } else if (unit == "M" || unit == "MiB" || unit == "MB") {
-        mult = 1ULL << 20;
-    } else if (unit == "G" || unit == "GiB" || unit == "GB") {
-        mult = 1ULL << 30;
-    } else {
+    if (unit.starts_with('.')) {
+        refuse_fraction(text, what, value, unit.substr(1));
+    }
+    const std::uint64_t mult = unit_multiple(unit);
+    if (mult == 0) {
         throw usage_error(std::string(what) + ": unknown unit in " + quoted(text) +
                           " (use K, M or G)");
     }
@@ -100,7 +153,10 @@ std::string with_default_host(std::string_view text) {
     if (digits_only) {
         return "127.0.0.1:" + std::string(text);
     }
-    if (text.starts_with(':')) {
+    // ":8080" and ":8000-8010" only: "::1" is an IPv6 address without brackets, and the
+    // parser's message about it must quote what was typed.
+    if (text.starts_with(':') && text.size() > 1 &&
+        text.find_first_not_of("0123456789-", 1) == std::string_view::npos) {
         return "127.0.0.1" + std::string(text);
     }
     return std::string(text);

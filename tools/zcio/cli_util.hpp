@@ -23,7 +23,8 @@ struct runtime_failure : std::runtime_error {
 };
 
 // "65536", "64K", "64KiB", "1M", "1MiB", "2G" (binary multiples). Throws usage_error
-// naming `what`.
+// naming `what`; a decimal ("1.5M") is refused with the whole size to type instead
+// ("use 1536K") when there is one.
 std::uint64_t parse_size(std::string_view text, std::string_view what);
 
 // "10", "10s", "250ms", "1.5s", "2m". Throws usage_error naming `what`.

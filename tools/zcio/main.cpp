@@ -195,6 +195,23 @@ void setup_logging(const std::string& level) {
     spdlog::set_level(lvl);
 }
 
+// "zcio proxy --help" once a subcommand was named (its flags are listed there), else
+// "zcio --help".
+std::string help_command(const CLI::App& app) {
+    const auto chosen = app.get_subcommands();
+    return chosen.empty() ? "zcio --help" : "zcio " + chosen.front()->get_name() + " --help";
+}
+
+// A count: digits only, so "-1" and "1.5" are refused with a message that says so.
+const CLI::Validator whole_number(
+    [](std::string& text) -> std::string {
+        if (text.empty() || text.find_first_not_of("0123456789") != std::string::npos) {
+            return "\"" + text + "\" is not a whole number (0, 1, 2, ...)";
+        }
+        return {};
+    },
+    "COUNT");
+
 int run(int argc, char** argv) {
     CLI::App app{"zcio: move bytes between sockets, pipes and files with zero copies where the "
                  "kernel allows"};
@@ -208,10 +225,14 @@ int run(int argc, char** argv) {
     proxy_flags pf;
     auto* proxy = app.add_subcommand("proxy", "TCP/Unix forwarder: every client connection is "
                                               "relayed to the upstream (splice where possible)");
-    proxy->add_option("-l,--listen", pf.listen,
-                      "Address to accept clients on; repeatable. HOST:PORT, [::1]:PORT, "
-                      "HOST:FIRST-LAST (every port of the range), unix:/path, unix:@abstract; "
-                      "a bare PORT or :PORT means 127.0.0.1 (0.0.0.0:PORT for every interface)");
+    proxy
+        ->add_option("-l,--listen", pf.listen,
+                     "Address to accept clients on; repeatable. HOST:PORT, [::1]:PORT, "
+                     "HOST:FIRST-LAST (every port of the range), unix:/path, unix:@abstract; "
+                     "a bare PORT or :PORT means 127.0.0.1 (0.0.0.0:PORT for every interface)")
+        // One address per flag, taken as typed: CLI11 would otherwise read "[::1]" as a
+        // list and hand over "::1".
+        ->allow_extra_args(false);
     proxy->add_option("-u,--upstream", pf.upstream, "Address to connect each client to");
     proxy->add_option("-c,--config", pf.config,
                       "TOML file with [[route]] tables (see docs/proxy.md); "
@@ -220,10 +241,12 @@ int run(int argc, char** argv) {
         ->check(CLI::Range(1, 1024));
     proxy->add_option("--engine", pf.engine, "auto, splice or buffer")->capture_default_str();
     proxy->add_option("--pipe-size", pf.pipe_size, "Size of pooled pipes (e.g. 1M); default 1 MiB");
-    proxy->add_option("--max-connections", pf.max_connections,
-                      "Open client connections at most; more are accepted and closed at once "
-                      "(0: no limit; default: half the open-file limit, less a reserve, as "
-                      "each connection costs two descriptors)");
+    proxy
+        ->add_option("--max-connections", pf.max_connections,
+                     "Open client connections at most; more are accepted and closed at once "
+                     "(0: no limit; default: half the open-file limit, less a reserve, as "
+                     "each connection costs two descriptors)")
+        ->check(whole_number); // CLI11 2.1 reads "-1" into an unsigned as 2^64 - 1
     proxy->add_option("--idle-timeout", pf.idle_timeout,
                       "Close a connection when no byte moved either way for this long (e.g. 30s; "
                       "0: never; default 1h)");
@@ -301,7 +324,7 @@ int run(int argc, char** argv) {
                          rest.front().c_str());
             return 2;
         }
-        std::fprintf(stderr, "zcio: %s (see zcio --help)\n", e.what());
+        std::fprintf(stderr, "zcio: %s (see %s)\n", e.what(), help_command(app).c_str());
         return 2;
     }
     setup_logging(log_level);
