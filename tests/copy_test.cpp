@@ -1278,10 +1278,10 @@ struct sparse_case {
     const char* name;
     std::size_t size;
     int extents;
-    bool data_first;                     // the first extent starts at offset 0
-    bool data_last;                      // the last extent ends at `size` (no trailing hole)
-    std::optional<std::uint64_t> limit;  // copy_options::limit
-    std::optional<off_t> src_offset;     // copy_options::src_offset
+    bool data_first;                    // the first extent starts at offset 0
+    bool data_last;                     // the last extent ends at `size` (no trailing hole)
+    std::optional<std::uint64_t> limit; // copy_options::limit
+    std::optional<off_t> src_offset;    // copy_options::src_offset
 };
 
 // Writes a sparse file (pwrite of each extent into a file of `c.size` made by
@@ -1371,8 +1371,8 @@ TEST_P(copy_sparse_test, keeps_the_holes_of_a_sparse_source) {
     // moves them across block boundaries) and some file system metadata.
     const blkcnt_t slack = 2 * 8 * c.extents + 64;
     EXPECT_LE(dst_blocks.blocks, src_blocks.blocks + slack)
-        << "holes were written out: " << dst_blocks.blocks * 512 << " bytes on disk for "
-        << expect << " bytes of which at most " << src_blocks.blocks * 512 << " are data";
+        << "holes were written out: " << dst_blocks.blocks * 512 << " bytes on disk for " << expect
+        << " bytes of which at most " << src_blocks.blocks * 512 << " are data";
 
     auto src_at = sys::tell(src->inner.fd());
     auto dst_at = sys::tell(dst->inner.fd());
@@ -1390,8 +1390,7 @@ const sparse_case sparse_cases[] = {
     {"a_limit_that_ends_in_a_hole", sparse_size, 3, true, false, (std::uint64_t{1} << 20) + 5,
      std::nullopt},
     {"a_limit_that_ends_in_data", sparse_size, 2, true, true, sparse_size - 100, std::nullopt},
-    {"an_explicit_source_offset_in_a_hole", sparse_size, 4, false, true, std::nullopt,
-     off_t{4097}},
+    {"an_explicit_source_offset_in_a_hole", sparse_size, 4, false, true, std::nullopt, off_t{4097}},
 };
 
 INSTANTIATE_TEST_SUITE_P(sparse, copy_sparse_test, ::testing::ValuesIn(sparse_cases),
@@ -1403,8 +1402,7 @@ INSTANTIATE_TEST_SUITE_P(sparse, copy_sparse_test, ::testing::ValuesIn(sparse_ca
 // skipping would leave its old bytes there, so every hole is written as zeros.
 TEST_F(copy_test, a_sparse_source_over_old_bytes_writes_its_holes_as_zeros) {
     transfer_pools& pools = make_pools();
-    const sparse_case layout{"", std::size_t{8} << 20, 3, false, false, std::nullopt,
-                             std::nullopt};
+    const sparse_case layout{"", std::size_t{8} << 20, 3, false, false, std::nullopt, std::nullopt};
     temp_file src_file(test::temp_path("copy-sparse-src"));
     const auto content = write_sparse_file(src_file.path(), layout, 0x01d);
     event_loop loop;
@@ -1423,8 +1421,7 @@ TEST_F(copy_test, a_sparse_source_over_old_bytes_writes_its_holes_as_zeros) {
     const auto got = read_file(dst->file->path());
     ASSERT_EQ(got.size(), old.size()) << "copy() does not truncate";
     EXPECT_EQ(sum_of(std::span(got).first(content.size())), sum_of(content));
-    EXPECT_EQ(sum_of(std::span(got).subspan(content.size())),
-              sum_of(old.subspan(content.size())));
+    EXPECT_EQ(sum_of(std::span(got).subspan(content.size())), sum_of(old.subspan(content.size())));
 }
 
 // Two copies on one loop, both always ready: the yield budget lets them take turns.

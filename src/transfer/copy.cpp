@@ -598,8 +598,8 @@ task<step> copy_file_range_extents(copier* c, hole_skipping* holes) {
         }
         std::size_t len = c->want(c->opts.max_chunk);
         if (holes != nullptr && holes->data_end != no_hole_known) {
-            len = static_cast<std::size_t>(
-                std::min<std::uint64_t>(len, static_cast<std::uint64_t>(holes->data_end - c->src_off)));
+            len = static_cast<std::size_t>(std::min<std::uint64_t>(
+                len, static_cast<std::uint64_t>(holes->data_end - c->src_off)));
         }
         if (c->opts.limiter != nullptr) {
             len = co_await throttle(c, len);

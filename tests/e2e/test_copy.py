@@ -368,6 +368,15 @@ class CopyTests(E2ETestCase):
         self.assertEqual(rc, 1, err)
         self.assertFalse(os.path.exists(new), "a destination was created for a directory source")
 
+    def test_fifo_source_with_a_bad_destination_fails_at_once(self):
+        # The source file is opened only once both ends parsed: opening a FIFO waits
+        # for a writer, and a usage error must not wait for one.
+        fifo = self.path("in.fifo")
+        os.mkfifo(fifo)
+        rc, out, err = run_zcio(["copy", "file:" + fifo, "bogus:x"], timeout=SHORT)
+        self.assertEqual(rc, 2, err)
+        self.assertOneLine(err, "bogus:x")
+
     # ---- the reader of standard output goes away ---------------------------------
 
     def test_stdout_reader_gone_ends_quietly_like_cat(self):

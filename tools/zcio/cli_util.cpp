@@ -53,8 +53,8 @@ std::string whole_size(std::uint64_t bytes) {
 // "1.5M": sizes are whole numbers of bytes, and rounding a fraction silently would
 // give a size nobody typed. Says what to type instead when the size is whole in a
 // smaller unit (1.5M is 1536K).
-[[noreturn]] void refuse_fraction(std::string_view text, std::string_view what,
-                                  std::uint64_t whole, std::string_view after_dot) {
+[[noreturn]] void refuse_fraction(std::string_view text, std::string_view what, std::uint64_t whole,
+                                  std::string_view after_dot) {
     std::string hint = "use a whole number of bytes, K, M or G";
     const auto digits = after_dot.find_first_not_of("0123456789");
     const std::string_view fraction = after_dot.substr(0, digits);

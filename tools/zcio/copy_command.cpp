@@ -29,7 +29,7 @@ struct end_spec {
     std::string path; // files
     bool append = false;
     endpoint address; // sockets
-    unique_fd source; // a file source, opened (and checked) while parsing
+    unique_fd source; // a file source, opened and checked before the destination
 };
 
 // Opens a file source and checks that it can be read, so that a directory, a file
@@ -52,8 +52,7 @@ unique_fd open_source_file(const end_spec& e) {
     return std::move(*fd);
 }
 
-// Parses one endpoint completely (addresses resolved) without creating anything; a file
-// source is opened for reading.
+// Parses one endpoint completely (addresses resolved) without opening anything.
 end_spec parse_end(const std::string& text, bool is_source) {
     end_spec e;
     e.text = text;
@@ -97,9 +96,6 @@ end_spec parse_end(const std::string& text, bool is_source) {
     if (e.kind == end_kind::tcp && e.address.port() == 0) {
         throw usage_error("endpoint \"" + text + "\": cannot connect to port 0");
     }
-    if (is_source && e.kind == end_kind::file) {
-        e.source = open_source_file(e);
-    }
     return e;
 }
 
@@ -120,7 +116,7 @@ void announce_listening(const endpoint& at) {
     std::fprintf(stderr, "zcio copy: listening on %s\n", at.to_string().c_str());
 }
 
-// Opens one end. `e` lives in the caller's frame; a file source was opened by parse_end.
+// Opens one end. `e` lives in the caller's frame; a file source is already open.
 // A listener says where it listens when `announce` is set.
 task<result<stream>> open_end(event_loop& loop, end_spec* e, bool is_source, bool announce) {
     switch (e->kind) {
@@ -242,9 +238,8 @@ task<copy_outcome> run(event_loop* loop, end_spec* src_spec, end_spec* dst_spec,
         dst_spec->kind == end_kind::stdio && out.result.error == std::errc::broken_pipe;
     if (out.reader_gone) {
         // cat's "write error: Broken pipe", for a caller that ignores SIGPIPE.
-        out.failure = "destination \"-\": write error after " +
-                      std::to_string(out.result.bytes) + " bytes: the reader closed it (" +
-                      out.result.error.message() + ")";
+        out.failure = "destination \"-\": write error after " + std::to_string(out.result.bytes) +
+                      " bytes: the reader closed it (" + out.result.error.message() + ")";
     } else if (!out.result.ok()) {
         out.failure = "copy failed after " + std::to_string(out.result.bytes) +
                       " bytes: " + out.result.error.message();
@@ -307,6 +302,11 @@ int run_copy_command(const copy_command_options& o) {
             std::filesystem::equivalent(src.path, dst.path, ec)) {
             throw usage_error("source and destination are the same file: \"" + src.path + "\"");
         }
+    }
+    // Then the source file, still before the destination is touched. (After both are
+    // parsed: a FIFO's open waits for a writer, and a usage error must not wait.)
+    if (src.kind == end_kind::file) {
+        src.source = open_source_file(src);
     }
     const bool sigpipe_default = sigpipe_is_default();
     copy_outcome out = copy_with_stdio_restored(o, &src, &dst);

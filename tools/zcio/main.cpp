@@ -277,7 +277,8 @@ int run(int argc, char** argv) {
                      "unix-listen:PATH")
         ->required();
     copy->add_option("DST", co.destination,
-                     "- (stdout), file:PATH (created or truncated), file:PATH,append, "
+                     "- (stdout), file:PATH (created or truncated; a sparse source keeps "
+                     "its holes), file:PATH,append, "
                      "tcp:HOST:PORT, tcp-listen:HOST:PORT, unix:PATH, unix-listen:PATH")
         ->required();
     copy->add_option("--limit", copy_limit, "Copy at most this many bytes (e.g. 1M)");
@@ -285,7 +286,9 @@ int run(int argc, char** argv) {
                      "auto, splice, sendfile, copy_file_range or buffer (forcing one still falls "
                      "back when the kernel refuses)")
         ->capture_default_str();
-    copy->add_flag("-v,--verbose", co.verbose, "Print bytes, path and rate on stderr at the end");
+    copy->add_flag("-v,--verbose", co.verbose,
+                   "Print bytes, path and rate on stderr at the end, and where a listening "
+                   "end listens (always printed for port 0)");
 
     // Subcommands that live wholly in their own files register here: each returns the
     // CLI11 subcommand and what to run when it was chosen.
