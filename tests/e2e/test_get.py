@@ -2,7 +2,12 @@
 """`zcio get` against real servers: `python3 -m http.server` and nginx (started here on
 loopback from tests/e2e/nginx/nginx.conf.in), byte-identical downloads, redirects and
 chunked bodies; and against scripted peers for the failures: 404, refused connections,
-short bodies, stalls and interrupts leave no FILE and no FILE.part.
+short bodies, stalls and interrupts leave no FILE and no FILE.part (unless the server
+takes ranges: then FILE.part stays for -c). OutputSafety, Hardening and Resume back the
+claims of docs/RELIABILITY.md ("get: threat model"): FIFOs and devices written in
+place, planted .part links not followed, derived names made safe and never replacing a
+file, --max-size/--max-time/--timeout, -H, and -c against a Range server written here
+and against `zcio serve`.
 
 Run: python3 tests/e2e/test_get.py --zcio build/tools/zcio/zcio
 """
@@ -524,9 +529,16 @@ class OutputSafety(GetCase):
     def test_terminal_needs_explicit_dash(self):
         body = os.urandom(4096)
         up = self.upstream(scripted(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body), body))
-        for out, want in (("/dev/stdout", 2), ("-", 0)):
-            with self.subTest(out=out):
+        # The terminal is named through a link in the test's own directory, not as
+        # /dev/stdout: a zcio that replaces what -o names (a6b10cd did) must not be
+        # able to replace a system file when the test runs as root.
+        for case, want in (("link", 2), ("-", 0)):
+            with self.subTest(out=case):
                 master, slave = pty.openpty()
+                out = "-"
+                if case == "link":
+                    out = self.path("term")
+                    os.symlink(os.ttyname(slave), out)
                 try:
                     p = subprocess.run([e2e.ZCIO, "get", self.url(up), "-o", out], stdin=subprocess.DEVNULL,
                                        stdout=slave, stderr=subprocess.PIPE, timeout=SHORT, start_new_session=True)
@@ -534,6 +546,7 @@ class OutputSafety(GetCase):
                     self.assertEqual(p.returncode, want, err)
                     if want == 2:
                         self.assertOneLine(err, "terminal", "-o -")
+                        self.assertTrue(os.path.islink(out), "the link to the terminal was replaced")
                     else:
                         r, _, _ = select.select([master], [], [], SHORT)
                         self.assertTrue(r and os.read(master, 65536), "nothing reached the terminal")
@@ -569,6 +582,31 @@ class Hardening(GetCase):
         self.assertOneLine(err, "exists", "not replacing")
         self.assertEqual(file_sha(self.path("a_b_c_")), sha(old))
         self.assertEqual(up.connections(), 1, "it connected although it could not write")
+
+    def test_derived_name_taken_during_the_download(self):
+        # The check before connecting is not the last word: the rename at the end
+        # does not replace a file that appeared meanwhile (RENAME_NOREPLACE).
+        body = os.urandom(100000)
+        go = threading.Event()
+
+        def handler(conn, rec):
+            rec.request = read_request(conn)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + body[:50000])
+            go.wait(SHORT)
+            conn.sendall(body[50000:])
+        up = self.upstream(handler)
+        name = self.path("late.bin")
+        p = self.spawn([e2e.ZCIO, "get", self.url(up, "/late.bin")], cwd=self.tmp)
+        e2e.wait_until(lambda: os.path.exists(name + ".part") and os.path.getsize(name + ".part") >= 50000,
+                       SHORT, "the first half")
+        theirs = os.urandom(10)
+        with open(name, "wb") as f:
+            f.write(theirs)
+        go.set()
+        self.assertEqual(p.wait(SHORT), 1, p.stderr_text())
+        self.assertIn("appeared during the download", p.stderr_text())
+        self.assertEqual(file_sha(name), sha(theirs))
+        self.assertEqual(file_sha(name + ".part"), sha(body))
 
     def test_output_directory(self):
         body = os.urandom(70000)
@@ -679,6 +717,22 @@ class Hardening(GetCase):
         self.assertIn(b"\r\nX-Empty: \r\n", req)
         self.assertEqual(file_sha(out), sha(body))
 
+    def test_credentials_do_not_follow_a_redirect_to_another_host(self):
+        body = os.urandom(100)
+        target = self.upstream(scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + body))
+        first = self.upstream(scripted(("HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:%d/x\r\n"
+                                        "Content-Length: 0\r\n\r\n" % target.port).encode()))
+        out = self.path("cred")
+        rc, _, err = self.get(self.url(first), out, "-H", "Authorization: Bearer s3cret", "-H", "Cookie: a=b",
+                              "-H", "X-Keep: 1")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(header_of(first.records[0].request, "Authorization"), "Bearer s3cret")
+        second = target.records[0].request
+        self.assertIsNone(header_of(second, "Authorization"), second)
+        self.assertIsNone(header_of(second, "Cookie"), second)
+        self.assertEqual(header_of(second, "X-Keep"), "1")
+        self.assertEqual(file_sha(out), sha(body))
+
     def test_bad_headers_are_refused(self):
         up = self.upstream(scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"))
         for h, words in (("X: a\r\nEvil: 1", "CR, LF"), ("X: a\nEvil: 1", "CR, LF"), ("NoColon", "Name: value"),
@@ -765,6 +819,23 @@ class Resume(GetCase):
         self.assertEqual(rc, 0, err)
         self.assertEqual(file_sha(out), sha(blob))
         self.assertEqual(header_of(up.wait_connections(2)[1].request, "Range"), "bytes=%d-" % (2 * MiB))
+
+    def test_resume_refuses_a_wrong_range(self):
+        have = os.urandom(1000)
+        out = self.path("wrong")
+        for i, answer in enumerate((
+                b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-99/2000\r\nContent-Length: 100\r\n\r\n",
+                b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 1000-1999/2000\r\nContent-Length: 5\r\n\r\n",
+                b"HTTP/1.1 206 Partial Content\r\nContent-Length: 1000\r\n\r\n")):
+            with self.subTest(i=i):
+                with open(out + ".part", "wb") as f:
+                    f.write(have)
+                up = self.upstream(scripted(answer + os.urandom(1000)))
+                rc, _, err = self.get(self.url(up), out, "-c")
+                self.assertEqual(rc, 1, err)
+                self.assertOneLine(err, "206")
+                self.assertEqual(file_sha(out + ".part"), sha(have), "FILE.part was changed")
+                self.assertFalse(os.path.exists(out))
 
     def test_resume_against_zcio_serve(self):
         www = self.path("www")

@@ -80,17 +80,17 @@ constexpr const char* validator_xattr = "user.zcio.validator";
 // cancellation (watchdog or signal), which destroys the coroutine where it waits.
 struct get_state {
     target_kind kind = target_kind::part;
-    unique_fd in_place;        // the FIFO or device, opened before connecting
-    std::string part;          // FILE.part
-    unique_fd part_fd;         // FILE.part as -c found it (resume), or as created
-    bool part_touched = false; // created or truncated by this run (removed on failure)
-    bool keep_part = false;    // a failure now leaves FILE.part for -c
-    std::uint64_t offset = 0;  // bytes already in FILE.part (-c)
-    std::string validator;     // If-Range value read from FILE.part
-    bool resumed = false;      // a 206 continues FILE.part
+    unique_fd in_place;            // the FIFO or device, opened before connecting
+    std::string part;              // FILE.part
+    unique_fd part_fd;             // FILE.part as -c found it (resume), or as created
+    bool part_touched = false;     // created or truncated by this run (removed on failure)
+    bool keep_part = false;        // a failure now leaves FILE.part for -c
+    std::uint64_t offset = 0;      // bytes already in FILE.part (-c)
+    std::string validator;         // If-Range value read from FILE.part
+    bool resumed = false;          // a 206 continues FILE.part
     bool already_complete = false; // 416 for a .part that already holds everything
-    bool in_body = false;      // the progress bar draws from here on
-    bool finished = false;     // stops the progress bar
+    bool in_body = false;          // the progress bar draws from here on
+    bool finished = false;         // stops the progress bar
     std::optional<std::uint64_t> total;
     std::string failure; // one line; empty on success
     int status = 0;
@@ -142,7 +142,8 @@ std::string in_quotes(std::string_view s) {
 
 bool is_token_char(char c) {
     const auto b = static_cast<unsigned char>(c);
-    return std::isalnum(b) != 0 || std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
+    return std::isalnum(b) != 0 ||
+           std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
 }
 
 // -H "Name: value". The request line and our own framing headers are not the user's:
@@ -237,8 +238,8 @@ std::string validator_of(const head_parser& p) {
 // place. A name that reappears after every unlink is someone racing us: give up.
 result<unique_fd> create_part(const std::string& part) {
     for (int attempt = 0; attempt < 3; ++attempt) {
-        auto fd = sys::open(part.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
-                            0666);
+        auto fd =
+            sys::open(part.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
         if (fd || errno_of(fd.error()) != EEXIST) {
             return fd;
         }
@@ -429,6 +430,7 @@ task<void> download(event_loop* loop, get_state* st, http::url u, get_params prm
             const auto range = cr ? http::parse_content_range(*cr) : std::nullopt;
             if (range && !range->satisfied && range->total == st->offset) {
                 st->already_complete = true;
+                ::fremovexattr(st->part_fd.get(), validator_xattr);
                 co_return;
             }
         }
@@ -454,8 +456,8 @@ task<void> download(event_loop* loop, get_state* st, http::url u, get_params prm
             if (base > *prm.max_size ||
                 (parser.content_length() && *parser.content_length() > *prm.max_size - base)) {
                 st->failure = "the body from " + u.text() + " is larger than --max-size (" +
-                              std::to_string(base + parser.content_length().value_or(0)) +
-                              " > " + std::to_string(*prm.max_size) + " bytes)";
+                              std::to_string(base + parser.content_length().value_or(0)) + " > " +
+                              std::to_string(*prm.max_size) + " bytes)";
                 co_return;
             }
             room = *prm.max_size - base;
@@ -675,7 +677,8 @@ unique_fd open_in_place(const std::string& path) {
     }
     struct stat now {};
     if (::fstat(fd->get(), &now) != 0 || S_ISREG(now.st_mode) || S_ISDIR(now.st_mode)) {
-        throw runtime_failure(in_quotes(path) + " changed while it was being opened; not writing it");
+        throw runtime_failure(in_quotes(path) +
+                              " changed while it was being opened; not writing it");
     }
     if (::isatty(fd->get()) == 1) {
         throw usage_error("not writing the body to a terminal (" + path +
@@ -779,7 +782,8 @@ std::string finish_part(const get_state& st, const get_params& prm) {
         return {};
     }
     if (errno == EEXIST) {
-        return in_quotes(prm.output) + " appeared during the download: not replacing it; the body is in " +
+        return in_quotes(prm.output) +
+               " appeared during the download: not replacing it; the body is in " +
                in_quotes(st.part);
     }
     return "cannot rename " + in_quotes(st.part) + " to " + in_quotes(prm.output) + ": " +
@@ -802,8 +806,8 @@ int run_get(const get_flags& f) {
     }
     std::optional<clock::duration> max_time;
     if (!f.max_time.empty()) {
-        max_time = std::chrono::duration_cast<clock::duration>(
-            parse_duration(f.max_time, "--max-time"));
+        max_time =
+            std::chrono::duration_cast<clock::duration>(parse_duration(f.max_time, "--max-time"));
         if (max_time->count() == 0) {
             throw usage_error("--max-time must be more than 0");
         }
@@ -816,7 +820,12 @@ int run_get(const get_flags& f) {
     }
     get_state st;
     plan_output(f, *u, prm, &st);
-    if (f.resume && st.kind == target_kind::part) {
+    if (f.resume && st.kind != target_kind::part) {
+        throw usage_error(st.kind == target_kind::standard_output
+                              ? "-c resumes a file: it cannot be combined with -o -"
+                              : "-c resumes a file: " + prm.output + " is a FIFO or device");
+    }
+    if (f.resume) {
         open_part_for_resume(&st);
     }
     const bool to_stdout = st.kind == target_kind::standard_output;
@@ -900,9 +909,9 @@ int run_get(const get_flags& f) {
             std::fprintf(stderr, "zcio get: %s\n", h.c_str());
         }
         if (st.already_complete) {
-            std::fprintf(stderr, "zcio get: 416, \"%s\" already held all %llu bytes; renamed to %s\n",
-                         st.part.c_str(), static_cast<unsigned long long>(st.offset),
-                         prm.output.c_str());
+            std::fprintf(
+                stderr, "zcio get: 416, \"%s\" already held all %llu bytes; renamed to %s\n",
+                st.part.c_str(), static_cast<unsigned long long>(st.offset), prm.output.c_str());
             return 0;
         }
         const double rate = st.seconds > 0 ? static_cast<double>(w->progress) / st.seconds : 0;
