@@ -707,8 +707,9 @@ class Hardening(GetCase):
         body = os.urandom(100)
         up = self.upstream(scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + body))
         out = self.path("h")
-        rc, _, err = self.get(self.url(up), out, "-H", "X-One: 1", "-H", "user-agent:  me/2 ", "--header",
-                              "X-Empty:")
+        # -H before the URL too: one value per -H, the URL stays the positional.
+        rc, _, err = e2e.run_zcio(["get", "-H", "X-One: 1", "-H", "user-agent:  me/2 ", self.url(up), "-o", out,
+                                   "--header", "X-Empty:"])
         self.assertEqual(rc, 0, err)
         req = up.records[0].request
         self.assertEqual(header_of(req, "X-One"), "1")

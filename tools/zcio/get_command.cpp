@@ -941,7 +941,10 @@ subcommand add_get_command(CLI::App& app) {
                   "Last-Modified kept on it; appends on 206, starts over on 200");
     cmd->add_option("-H,--header", f->headers,
                     "Extra request header \"Name: value\" (repeatable; replaces Host, "
-                    "User-Agent or Accept of the same name)");
+                    "User-Agent or Accept of the same name)")
+        // One value per -H, so that `-H 'A: b' URL` leaves the URL to the positional
+        // (a vector option otherwise takes every following word).
+        ->allow_extra_args(false);
     cmd->add_flag("-v,--verbose", f->verbose,
                   "Print redirects, and the status, bytes, path and rate at the end");
     cmd->add_option("--connect-timeout", f->connect_timeout, "Give up connecting after this long")
