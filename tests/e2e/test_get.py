@@ -608,6 +608,26 @@ class Hardening(GetCase):
         self.assertEqual(file_sha(name), sha(theirs))
         self.assertEqual(file_sha(name + ".part"), sha(body))
 
+    def test_derived_name_is_the_typed_url_not_the_redirect(self):
+        body = os.urandom(1000)
+
+        def handler(conn, rec):
+            rec.request = read_request(conn)
+            if rec.request.startswith(b"GET /first.bin "):
+                conn.sendall(b"HTTP/1.1 302 Found\r\nLocation: /..%2F..%2Fetc%2Fevil\r\n"
+                             b"Content-Disposition: attachment; filename=\"../evil\"\r\nContent-Length: 0\r\n\r\n")
+            else:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Disposition: attachment; filename=\"../evil\"\r\n"
+                             b"Content-Length: 1000\r\n\r\n" + body)
+        up = self.upstream(handler)
+        work = self.path("work")
+        os.mkdir(work)
+        rc, _, err = e2e.run_zcio(["get", self.url(up, "/first.bin")], cwd=work)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(os.listdir(work), ["first.bin"])
+        self.assertEqual(sorted(os.listdir(self.tmp)), ["work"])
+        self.assertEqual(file_sha(os.path.join(work, "first.bin")), sha(body))
+
     def test_output_directory(self):
         body = os.urandom(70000)
         up = self.upstream(scripted(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body), body))
@@ -684,6 +704,24 @@ class Hardening(GetCase):
                 rc, _, err = self.get(self.url(up), out, "--max-size", "5000")
                 self.assertEqual(rc, 0, err)
                 self.assertEqual(file_sha(out), sha(body))
+
+    def test_max_size_through_splice(self):
+        # A close-delimited body too large to come with the head: copy() stops at the
+        # limit and one more byte read says whether the body was larger.
+        body = os.urandom(3 * MiB)
+        for limit, want in ((2 * MiB + 1, 1), (3 * MiB, 0)):
+            with self.subTest(limit=limit):
+                up = self.upstream(scripted(b"HTTP/1.0 200 OK\r\n\r\n", body))
+                fifo = self.path("fifo%d" % limit)
+                os.mkfifo(fifo)
+                got = {}
+                t = fifo_reader(fifo, got)
+                rc, _, err = self.get(self.url(up), fifo, "--max-size", str(limit))
+                t.join(SHORT)
+                self.assertEqual(rc, want, err)
+                self.assertLessEqual(got.get("n", 0), limit)
+                if want == 0:
+                    self.assertEqual(got.get("sha"), sha(body))
 
     def test_timeout_2s_fires_at_about_2s(self):
         # The watchdog sampled progress once a second and counted the idle time from

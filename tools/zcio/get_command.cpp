@@ -298,7 +298,8 @@ result<stream> open_output(event_loop& loop, get_state* st, const head_parser& p
     if (!st->resumed) {
         store_validator(st->part_fd.get(), validator_of(p));
     }
-    // The stream owns a duplicate: st->part_fd stays open for the rename-time checks.
+    // The stream owns a duplicate: st->part_fd stays open to drop the validator once
+    // the body is complete.
     auto dup = sys::dup(st->part_fd.get());
     if (!dup) {
         return fail(dup.error());
