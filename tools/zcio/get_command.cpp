@@ -669,15 +669,18 @@ std::string join_path(std::string_view dir, std::string_view name) {
 
 // A FIFO or device named by -o: opened now, written in place, never replaced. No
 // O_TRUNC (a device has nothing to truncate; a FIFO has no size), no O_CREAT, and a
-// second look after the open: a regular file swapped in meanwhile is refused rather
-// than overwritten from byte 0. A FIFO's open waits for a reader, as `>` does.
-unique_fd open_in_place(const std::string& path) {
+// second look after the open: if what opened is not the object `seen` (stat before
+// the open), someone swapped the name meanwhile (for a link to a disk, or to a
+// regular file that would be overwritten from byte 0), and nothing is written. A
+// FIFO's open waits for a reader, as `>` does.
+unique_fd open_in_place(const std::string& path, const struct stat& seen) {
     auto fd = sys::open(path.c_str(), O_WRONLY | O_NOCTTY | O_CLOEXEC);
     if (!fd) {
         throw runtime_failure("cannot write " + in_quotes(path) + ": " + fd.error().message());
     }
     struct stat now {};
-    if (::fstat(fd->get(), &now) != 0 || S_ISREG(now.st_mode) || S_ISDIR(now.st_mode)) {
+    if (::fstat(fd->get(), &now) != 0 || now.st_dev != seen.st_dev || now.st_ino != seen.st_ino ||
+        S_ISREG(now.st_mode) || S_ISDIR(now.st_mode)) {
         throw runtime_failure(in_quotes(path) +
                               " changed while it was being opened; not writing it");
     }
@@ -767,7 +770,7 @@ void plan_output(const get_flags& f, const http::url& u, get_params& prm, get_st
                 throw runtime_failure("-o " + in_quotes(path) + " is a directory");
             }
             st->kind = target_kind::in_place;
-            st->in_place = open_in_place(path);
+            st->in_place = open_in_place(path, ts);
             return;
         }
     }
