@@ -336,6 +336,141 @@ task<result<bool>> more_follows(stream* conn) {
     co_return *n > 0;
 }
 
+// What the body phase works with. Everything it points to lives in download()'s frame,
+// which awaits the body coroutines, so it outlives them.
+struct body_context {
+    get_state* st;
+    http::watch_state* w;
+    head_parser* parser;
+    http::head_buffer* hb;
+    std::vector<char>* buf;
+    stream* conn;
+    stream* out;
+    std::optional<std::uint64_t> room; // bytes --max-size still allows
+    std::string url;                   // for messages
+    std::string written_to;            // for messages: FILE.part, the FIFO, "-"
+    std::optional<std::uint64_t> max_size;
+};
+
+// The body would pass --max-size: nothing past the limit was written, and what was is
+// not worth resuming.
+void fail_too_large(const body_context& c) {
+    c.st->failure = "the body from " + c.url + " is larger than --max-size (" +
+                    std::to_string(*c.max_size) + " bytes); stopped before writing past it";
+    c.st->keep_part = false;
+}
+
+// A chunked body, decoded by http-parser on the buffered path (the framing has to be
+// read). Pieces are views into buf, written out before buf is read into again.
+// `status` is what the head's last feed() said. False (with st->failure) on failure.
+task<bool> chunked_body(body_context c, head_parser::status status) {
+    get_state* st = c.st;
+    st->path = "buffer (chunked)";
+    while (true) {
+        for (auto piece : c.parser->body_pieces()) {
+            if (c.room && piece.size() > *c.room - c.w->progress) {
+                fail_too_large(c);
+                co_return false;
+            }
+            if (auto r = co_await c.out->write_all(std::as_bytes(std::span(piece))); !r) {
+                st->failure = "writing \"" + c.written_to + "\": " + r.error().message();
+                co_return false;
+            }
+            c.w->progress += piece.size();
+        }
+        c.parser->body_pieces().clear();
+        if (status == head_parser::status::complete) {
+            co_return true;
+        }
+        if (status != head_parser::status::need_more) {
+            st->failure = "bad chunked body from " + c.url + ": " + c.parser->error_text();
+            st->keep_part = false;
+            co_return false;
+        }
+        auto n = co_await c.conn->read_some(std::as_writable_bytes(std::span(*c.buf)));
+        if (!n) {
+            st->failure = "download from " + c.url + " failed after " +
+                          std::to_string(c.w->progress) + " bytes: " + n.error().message();
+            co_return false;
+        }
+        if (*n == 0) {
+            st->failure = "short body from " + c.url +
+                          ": the connection closed in the middle of the chunked body after " +
+                          std::to_string(c.w->progress) + " bytes";
+            co_return false;
+        }
+        std::size_t used = 0;
+        status = c.parser->feed(c.buf->data(), *n, &used);
+    }
+}
+
+// A length-delimited body (or one that ends with the stream): what came with the head
+// is written first, the rest moves socket → file by copy() (splice through a pooled
+// pipe; no byte passes through this process). False (with st->failure) on failure.
+task<bool> delimited_body(body_context c) {
+    get_state* st = c.st;
+    st->total = c.parser->content_length();
+    std::uint64_t extra = c.hb->have - c.hb->head_len;
+    if (st->total) {
+        extra = std::min<std::uint64_t>(extra, *st->total);
+    }
+    if (c.room && extra > *c.room) {
+        fail_too_large(c);
+        co_return false;
+    }
+    if (extra > 0) {
+        std::span<const char> first(c.buf->data() + c.hb->head_len, extra);
+        if (auto r = co_await c.out->write_all(std::as_bytes(first)); !r) {
+            st->failure = "writing \"" + c.written_to + "\": " + r.error().message();
+            co_return false;
+        }
+        c.w->progress += extra;
+    }
+    if (st->total && *st->total == extra) {
+        co_return true;
+    }
+    copy_options co;
+    if (st->total) {
+        co.limit = *st->total - extra;
+    } else if (c.room) {
+        co.limit = *c.room - extra; // then one byte more would be too many
+    }
+    co.progress = &c.w->progress;
+    // 512 KiB pipes rather than the pool's default 1 MiB: in interleaved 1 GiB downloads
+    // from nginx (docs/BENCHMARKS.md, "HTTP file transfer"), 1 MiB pipes had runs up to
+    // 4x the median CPU (all of it in the pipe → page cache memcpy of ext4's buffered
+    // write) and a higher median in two of three batches; 512 KiB pipes did not.
+    transfer_pools pools{pipe_pool(pipe_pool_options{.pipe_size = std::size_t{512} << 10}),
+                         buffer_pool()};
+    co.pools = &pools;
+    auto r = co_await copy(*c.out, *c.conn, co);
+    st->path = to_string(r.path);
+    if (!r.ok()) {
+        st->failure = "download from " + c.url + " failed after " + std::to_string(c.w->progress) +
+                      " bytes: " + r.error.message();
+        co_return false;
+    }
+    if (st->total && c.w->progress < *st->total) {
+        st->failure = "short body from " + c.url + ": got " + std::to_string(c.w->progress) +
+                      " of " + std::to_string(*st->total) +
+                      " bytes before the server closed the connection";
+        co_return false;
+    }
+    if (!st->total && c.room && c.w->progress == *c.room) {
+        auto more = co_await more_follows(c.conn);
+        if (!more) {
+            st->failure = "download from " + c.url + " failed after " +
+                          std::to_string(c.w->progress) + " bytes: " + more.error().message();
+            co_return false;
+        }
+        if (*more) {
+            fail_too_large(c);
+            co_return false;
+        }
+    }
+    co_return true;
+}
+
 task<void> download(event_loop* loop, get_state* st, http::url u, get_params prm,
                     http::watch_state* w) {
     std::vector<char> buf(head_buffer_size);
@@ -456,18 +591,16 @@ task<void> download(event_loop* loop, get_state* st, http::url u, get_params prm
         if (prm.max_size) {
             if (base > *prm.max_size ||
                 (parser.content_length() && *parser.content_length() > *prm.max_size - base)) {
-                st->failure = "the body from " + u.text() + " is larger than --max-size (" +
-                              std::to_string(base + parser.content_length().value_or(0)) + " > " +
-                              std::to_string(*prm.max_size) + " bytes)";
+                st->failure =
+                    "the body from " + u.text() + " is larger than --max-size (" +
+                    std::to_string(*prm.max_size) + " bytes): Content-Length " +
+                    std::to_string(parser.content_length().value_or(0)) +
+                    (base > 0 ? " after the " + std::to_string(base) + " in \"" + st->part + "\""
+                              : std::string());
                 co_return;
             }
             room = *prm.max_size - base;
         }
-        auto too_large = [&] {
-            st->failure = "the body from " + u.text() + " is larger than --max-size (" +
-                          std::to_string(*prm.max_size) + " bytes); stopped before writing past it";
-            st->keep_part = false;
-        };
         auto out = open_output(*loop, st, parser);
         if (!out) {
             st->failure = "cannot write \"" + (st->part.empty() ? prm.output : st->part) +
@@ -481,114 +614,24 @@ task<void> download(event_loop* loop, get_state* st, http::url u, get_params prm
         w->progress = 0;
         st->in_body = true;
         st->body_started = clock::now();
-        const bool no_body = st->status == 204 || st->status == 205;
-        const auto written_to = [&] { return st->part.empty() ? prm.output : st->part; };
+        const body_context bc{.st = st,
+                              .w = w,
+                              .parser = &parser,
+                              .hb = &hb,
+                              .buf = &buf,
+                              .conn = &*conn,
+                              .out = &*out,
+                              .room = room,
+                              .url = u.text(),
+                              .written_to = st->part.empty() ? prm.output : st->part,
+                              .max_size = prm.max_size};
         if (parser.chunked()) {
-            // Chunked: decoded by http-parser on the buffered path. Pieces are views into
-            // buf, written out before buf is read into again.
-            st->path = "buffer (chunked)";
-            while (true) {
-                for (auto piece : parser.body_pieces()) {
-                    if (room && piece.size() > *room - w->progress) {
-                        too_large();
-                        co_return;
-                    }
-                    if (auto r = co_await out->write_all(std::as_bytes(std::span(piece))); !r) {
-                        st->failure = "writing \"" + written_to() + "\": " + r.error().message();
-                        co_return;
-                    }
-                    w->progress += piece.size();
-                }
-                parser.body_pieces().clear();
-                if (status == head_parser::status::complete) {
-                    break;
-                }
-                if (status != head_parser::status::need_more) {
-                    st->failure = "bad chunked body from " + u.text() + ": " + parser.error_text();
-                    st->keep_part = false;
-                    co_return;
-                }
-                auto n = co_await conn->read_some(std::as_writable_bytes(std::span(buf)));
-                if (!n) {
-                    st->failure = "download from " + u.text() + " failed after " +
-                                  std::to_string(w->progress) + " bytes: " + n.error().message();
-                    co_return;
-                }
-                if (*n == 0) {
-                    st->failure = "short body from " + u.text() +
-                                  ": the connection closed in "
-                                  "the middle of the chunked body after " +
-                                  std::to_string(w->progress) + " bytes";
-                    co_return;
-                }
-                std::size_t used = 0;
-                status = parser.feed(buf.data(), *n, &used);
-            }
-        } else if (!no_body) {
-            // Length-delimited (or until the end of the stream): what came with the head
-            // is written first, the rest moves socket → file by copy() (splice through
-            // a pooled pipe; no byte passes through this process).
-            st->total = parser.content_length();
-            std::uint64_t extra = hb.have - hb.head_len;
-            if (st->total) {
-                extra = std::min<std::uint64_t>(extra, *st->total);
-            }
-            if (room && extra > *room) {
-                too_large();
+            if (!co_await chunked_body(bc, status)) {
                 co_return;
             }
-            if (extra > 0) {
-                std::span<const char> first(buf.data() + hb.head_len, extra);
-                if (auto r = co_await out->write_all(std::as_bytes(first)); !r) {
-                    st->failure = "writing \"" + written_to() + "\": " + r.error().message();
-                    co_return;
-                }
-                w->progress += extra;
-            }
-            if (!st->total || *st->total > extra) {
-                copy_options co;
-                if (st->total) {
-                    co.limit = *st->total - extra;
-                } else if (room) {
-                    co.limit = *room - extra; // then one byte more would be too many
-                }
-                co.progress = &w->progress;
-                // 512 KiB pipes rather than the pool's default 1 MiB: in interleaved
-                // 1 GiB downloads from nginx (docs/BENCHMARKS.md, "HTTP file
-                // transfer"), 1 MiB pipes had runs up to 4x the median CPU (all of it
-                // in the pipe → page cache memcpy of ext4's buffered write) and a
-                // higher median in two of three batches; 512 KiB pipes did not.
-                transfer_pools pools{
-                    pipe_pool(pipe_pool_options{.pipe_size = std::size_t{512} << 10}),
-                    buffer_pool()};
-                co.pools = &pools;
-                auto r = co_await copy(*out, *conn, co);
-                st->path = to_string(r.path);
-                if (!r.ok()) {
-                    st->failure = "download from " + u.text() + " failed after " +
-                                  std::to_string(w->progress) + " bytes: " + r.error.message();
-                    co_return;
-                }
-                if (st->total && w->progress < *st->total) {
-                    st->failure = "short body from " + u.text() + ": got " +
-                                  std::to_string(w->progress) + " of " +
-                                  std::to_string(*st->total) +
-                                  " bytes before the server closed the connection";
-                    co_return;
-                }
-                if (!st->total && room && w->progress == *room) {
-                    auto more = co_await more_follows(&*conn);
-                    if (!more) {
-                        st->failure = "download from " + u.text() + " failed after " +
-                                      std::to_string(w->progress) +
-                                      " bytes: " + more.error().message();
-                        co_return;
-                    }
-                    if (*more) {
-                        too_large();
-                        co_return;
-                    }
-                }
+        } else if (st->status != 204 && st->status != 205) {
+            if (!co_await delimited_body(bc)) {
+                co_return;
             }
         }
         if (st->kind == target_kind::part) {
