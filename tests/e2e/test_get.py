@@ -2,7 +2,12 @@
 """`zcio get` against real servers: `python3 -m http.server` and nginx (started here on
 loopback from tests/e2e/nginx/nginx.conf.in), byte-identical downloads, redirects and
 chunked bodies; and against scripted peers for the failures: 404, refused connections,
-short bodies, stalls and interrupts leave no FILE and no FILE.part.
+short bodies, stalls and interrupts leave no FILE and no FILE.part (unless the server
+takes ranges: then FILE.part stays for -c). OutputSafety, Hardening and Resume back the
+claims of docs/RELIABILITY.md ("get: threat model"): FIFOs and devices written in
+place, planted .part links not followed, derived names made safe and never replacing a
+file, --max-size/--max-time/--timeout, -H, and -c against a Range server written here
+and against `zcio serve`.
 
 Run: python3 tests/e2e/test_get.py --zcio build/tools/zcio/zcio
 """
@@ -14,6 +19,7 @@ import select
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -377,6 +383,514 @@ class Failures(GetCase):
         self.assertEqual(p.wait(SHORT), 130, p.stderr_text())
         self.assertIn("interrupted", p.stderr_text())
         self.assertNoOutput(out)
+
+
+def header_of(request, name):
+    """The value of the first header `name` (case-insensitive) in a raw request, or None."""
+    for line in request.decode("latin-1").split("\r\n")[1:]:
+        k, sep, v = line.partition(":")
+        if sep and k.strip().lower() == name.lower():
+            return v.strip()
+    return None
+
+
+def ranged(blob, etag='"v1"', cut_first=None, accept_ranges=True, hold_first=False):
+    """A handler serving `blob` the way a file server does: ETag, Accept-Ranges, one
+    "bytes=N-" Range honoured (206) when If-Range is absent or matches, 416 past the
+    end. With `cut_first`, the first connection closes after that many body bytes (or,
+    with `hold_first`, stalls there until the client goes)."""
+    state = {"n": 0}
+    lock = threading.Lock()
+
+    def handler(conn, rec):
+        rec.request = read_request(conn)
+        with lock:
+            state["n"] += 1
+            first = state["n"] == 1
+        rng = header_of(rec.request, "Range")
+        if_range = header_of(rec.request, "If-Range")
+        common = b"ETag: " + etag.encode() + b"\r\n" + (b"Accept-Ranges: bytes\r\n" if accept_ranges else b"")
+        start = 0
+        if rng and (if_range is None or if_range == etag):
+            m = re.fullmatch(r"bytes=(\d+)-", rng)
+            start = int(m.group(1))
+            if start >= len(blob):
+                conn.sendall(b"HTTP/1.1 416 Range Not Satisfiable\r\n" + common +
+                             b"Content-Range: bytes */%d\r\nContent-Length: 0\r\n\r\n" % len(blob))
+                return
+            head = (b"HTTP/1.1 206 Partial Content\r\n" + common +
+                    b"Content-Range: bytes %d-%d/%d\r\n" % (start, len(blob) - 1, len(blob)))
+        else:
+            head = b"HTTP/1.1 200 OK\r\n" + common
+        body = blob[start:]
+        conn.sendall(head + b"Content-Length: %d\r\n\r\n" % len(body))
+        if first and cut_first is not None:
+            body = body[:cut_first]
+        conn.sendall(body)
+        if first and hold_first:
+            conn.recv(1)  # until the client closes
+    return handler
+
+
+def fifo_reader(path, out):
+    """Reads the FIFO at `path` to its end in a thread; out["sha"], out["n"] when done."""
+    def run():
+        h = __import__("hashlib").sha256()
+        n = 0
+        with open(path, "rb") as f:
+            while True:
+                chunk = f.read(65536)
+                if not chunk:
+                    break
+                h.update(chunk)
+                n += len(chunk)
+        out["sha"] = h.hexdigest()
+        out["n"] = n
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+class OutputSafety(GetCase):
+    """Item 1 of the threat model (docs/RELIABILITY.md, "get"): what -o names is written
+    in place when it is not a regular file, and FILE.part is never a link followed."""
+
+    def url(self, up, path="/f.bin"):
+        return "http://127.0.0.1:%d%s" % (up.port, path)
+
+    def test_fifo_target_is_written_not_replaced(self):
+        body = os.urandom(3 * MiB + 5)
+        up = self.upstream(scripted(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body), body))
+        fifo = self.path("fifo")
+        os.mkfifo(fifo)
+        got = {}
+        t = fifo_reader(fifo, got)
+        rc, _, err = self.get(self.url(up), fifo)
+        t.join(SHORT)
+        self.assertEqual(rc, 0, err)
+        self.assertTrue(stat.S_ISFIFO(os.lstat(fifo).st_mode), "the FIFO was replaced")
+        self.assertEqual(got.get("sha"), sha(body))
+        self.assertFalse(os.path.exists(fifo + ".part"))
+
+    def test_char_device_target_is_written_not_replaced(self):
+        dev = self.path("mynull")
+        try:
+            os.mknod(dev, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        except (PermissionError, OSError) as e:
+            self.skipTest("mknod of a /dev/null twin needs root (CAP_MKNOD): %s" % e)
+        body = os.urandom(MiB)
+        up = self.upstream(scripted(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body), body))
+        rc, _, err = self.get(self.url(up), dev)
+        self.assertEqual(rc, 0, err)
+        st = os.lstat(dev)
+        self.assertTrue(stat.S_ISCHR(st.st_mode), "the device node was replaced by a file")
+        self.assertEqual(st.st_rdev, os.makedev(1, 3))
+        self.assertFalse(os.path.exists(dev + ".part"))
+
+    def plant_link(self, out):
+        victim = self.path("victim")
+        secret = os.urandom(4096)
+        with open(victim, "wb") as f:
+            f.write(secret)
+        os.symlink(victim, out + ".part")
+        return victim, secret
+
+    def test_planted_part_symlink_is_not_followed(self):
+        body = os.urandom(MiB + 3)
+        up = self.upstream(scripted(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body), body))
+        out = self.path("out")
+        victim, secret = self.plant_link(out)
+        rc, _, err = self.get(self.url(up), out)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(file_sha(victim), sha(secret), "the link's target was written")
+        self.assertTrue(stat.S_ISREG(os.lstat(out).st_mode), "FILE is not a regular file")
+        self.assertEqual(file_sha(out), sha(body))
+        self.assertFalse(os.path.lexists(out + ".part"))
+
+    def test_planted_part_link_refused_by_continue(self):
+        body = os.urandom(10000)
+        up = self.upstream(ranged(body))
+        out = self.path("out")
+        victim, secret = self.plant_link(out)
+        rc, _, err = self.get(self.url(up), out, "-c")
+        self.assertEqual(rc, 1, err)
+        self.assertOneLine(err, "symbolic link")
+        self.assertEqual(up.connections(), 0)
+        self.assertEqual(file_sha(victim), sha(secret))
+        self.assertFalse(os.path.exists(out))
+        # A hard link is refused too: appending would write the other name's file.
+        os.unlink(out + ".part")
+        os.link(victim, out + ".part")
+        rc, _, err = self.get(self.url(up), out, "-c")
+        self.assertEqual(rc, 1, err)
+        self.assertOneLine(err, "hard links")
+        self.assertEqual(file_sha(victim), sha(secret))
+
+    def test_terminal_needs_explicit_dash(self):
+        body = os.urandom(4096)
+        up = self.upstream(scripted(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body), body))
+        # The terminal is named through a link in the test's own directory, not as
+        # /dev/stdout: a zcio that replaces what -o names (a6b10cd did) must not be
+        # able to replace a system file when the test runs as root.
+        for case, want in (("link", 2), ("-", 0)):
+            with self.subTest(out=case):
+                master, slave = pty.openpty()
+                out = "-"
+                if case == "link":
+                    out = self.path("term")
+                    os.symlink(os.ttyname(slave), out)
+                try:
+                    p = subprocess.run([e2e.ZCIO, "get", self.url(up), "-o", out], stdin=subprocess.DEVNULL,
+                                       stdout=slave, stderr=subprocess.PIPE, timeout=SHORT, start_new_session=True)
+                    err = p.stderr.decode("utf-8", "replace")
+                    self.assertEqual(p.returncode, want, err)
+                    if want == 2:
+                        self.assertOneLine(err, "terminal", "-o -")
+                        self.assertTrue(os.path.islink(out), "the link to the terminal was replaced")
+                    else:
+                        r, _, _ = select.select([master], [], [], SHORT)
+                        self.assertTrue(r and os.read(master, 65536), "nothing reached the terminal")
+                finally:
+                    os.close(slave)
+                    os.close(master)
+
+
+class Hardening(GetCase):
+    def url(self, up, path="/f.bin"):
+        return "http://127.0.0.1:%d%s" % (up.port, path)
+
+    def test_url_ending_in_dash_does_not_write_stdout(self):
+        body = os.urandom(5000)
+        up = self.upstream(scripted(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body), body))
+        rc, out, err = e2e.run_zcio(["get", self.url(up, "/dir/-")], cwd=self.tmp)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(out, b"", "the body went to standard output")
+        self.assertEqual(file_sha(self.path("index.html")), sha(body))
+
+    def test_derived_names_are_safe_and_never_replace(self):
+        body = os.urandom(5000)
+        up = self.upstream(scripted(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body), body))
+        rc, _, err = e2e.run_zcio(["get", self.url(up, "/x/a%0Ab%2Fc%1B")], cwd=self.tmp)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(file_sha(self.path("a_b_c_")), sha(body))
+        # Again: the name came from the URL, so the file there is not replaced.
+        old = os.urandom(100)
+        with open(self.path("a_b_c_"), "wb") as f:
+            f.write(old)
+        rc, _, err = e2e.run_zcio(["get", self.url(up, "/x/a%0Ab%2Fc%1B")], cwd=self.tmp)
+        self.assertEqual(rc, 1, err)
+        self.assertOneLine(err, "exists", "not replacing")
+        self.assertEqual(file_sha(self.path("a_b_c_")), sha(old))
+        self.assertEqual(up.connections(), 1, "it connected although it could not write")
+
+    def test_derived_name_taken_during_the_download(self):
+        # The check before connecting is not the last word: the rename at the end
+        # does not replace a file that appeared meanwhile (RENAME_NOREPLACE).
+        body = os.urandom(100000)
+        go = threading.Event()
+
+        def handler(conn, rec):
+            rec.request = read_request(conn)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + body[:50000])
+            go.wait(SHORT)
+            conn.sendall(body[50000:])
+        up = self.upstream(handler)
+        name = self.path("late.bin")
+        p = self.spawn([e2e.ZCIO, "get", self.url(up, "/late.bin")], cwd=self.tmp)
+        e2e.wait_until(lambda: os.path.exists(name + ".part") and os.path.getsize(name + ".part") >= 50000,
+                       SHORT, "the first half")
+        theirs = os.urandom(10)
+        with open(name, "wb") as f:
+            f.write(theirs)
+        go.set()
+        self.assertEqual(p.wait(SHORT), 1, p.stderr_text())
+        self.assertIn("appeared during the download", p.stderr_text())
+        self.assertEqual(file_sha(name), sha(theirs))
+        self.assertEqual(file_sha(name + ".part"), sha(body))
+
+    def test_derived_name_is_the_typed_url_not_the_redirect(self):
+        body = os.urandom(1000)
+
+        def handler(conn, rec):
+            rec.request = read_request(conn)
+            if rec.request.startswith(b"GET /first.bin "):
+                conn.sendall(b"HTTP/1.1 302 Found\r\nLocation: /..%2F..%2Fetc%2Fevil\r\n"
+                             b"Content-Disposition: attachment; filename=\"../evil\"\r\nContent-Length: 0\r\n\r\n")
+            else:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Disposition: attachment; filename=\"../evil\"\r\n"
+                             b"Content-Length: 1000\r\n\r\n" + body)
+        up = self.upstream(handler)
+        work = self.path("work")
+        os.mkdir(work)
+        rc, _, err = e2e.run_zcio(["get", self.url(up, "/first.bin")], cwd=work)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(os.listdir(work), ["first.bin"])
+        self.assertEqual(sorted(os.listdir(self.tmp)), ["work"])
+        self.assertEqual(file_sha(os.path.join(work, "first.bin")), sha(body))
+
+    def test_output_directory(self):
+        body = os.urandom(70000)
+        up = self.upstream(scripted(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body), body))
+        d = self.path("d")
+        os.mkdir(d)
+        for i, out in enumerate((d, d + "/")):
+            with self.subTest(out=out):
+                rc, _, err = self.get(self.url(up, "/p/name%d.bin" % i), out)
+                self.assertEqual(rc, 0, err)
+                self.assertEqual(sorted(os.listdir(d))[-1], "name%d.bin" % i)
+                self.assertEqual(file_sha(os.path.join(d, "name%d.bin" % i)), sha(body))
+        self.assertEqual(sorted(os.listdir(d)), ["name0.bin", "name1.bin"])
+        rc, _, err = self.get(self.url(up), self.path("missing") + "/")
+        self.assertEqual(rc, 1, err)
+        self.assertOneLine(err, "no such directory")
+
+    def test_chunk_size_overflow_is_a_chunk_error(self):
+        for i, size in enumerate((b"ffffffffffffffffff", b"10000000000000000")):
+            with self.subTest(size=size):
+                up = self.upstream(scripted(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + size +
+                                            b"\r\nhello\r\n0\r\n\r\n"))
+                out = self.path("ov%d" % i)
+                rc, _, err = self.get(self.url(up), out)
+                self.assertEqual(rc, 1, err)
+                line = self.assertOneLine(err, "chunk size")
+                self.assertNotIn("Content-Length", line)
+                self.assertNoOutput(out)
+
+    def test_max_time_is_an_overall_deadline(self):
+        def drip(conn, rec):
+            rec.request = read_request(conn)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
+            for _ in range(int(IO_TIMEOUT / 0.1)):  # never idle for --timeout
+                conn.sendall(b"x")
+                time.sleep(0.1)
+        up = self.upstream(drip)
+        out = self.path("slow")
+        start = time.monotonic()
+        rc, _, err = self.get(self.url(up), out, "--max-time", "1s", "--timeout", "5s")
+        self.assertEqual(rc, 1, err)
+        self.assertOneLine(err, "--max-time 1s")
+        self.assertLess(time.monotonic() - start, SHORT)
+        self.assertNoOutput(out)
+
+    def test_max_size(self):
+        body = os.urandom(5000)
+        cases = (
+            ("length", b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n" + body),
+            ("eof", b"HTTP/1.0 200 OK\r\n\r\n" + body),
+            ("chunked", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" +
+             b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 999]), body[i:i + 999]) for i in range(0, 5000, 999)) +
+             b"0\r\n\r\n"),
+        )
+        for name, answer in cases:
+            with self.subTest(body=name):
+                # Too large: fails, and a FIFO reader sees no byte past the limit.
+                up = self.upstream(scripted(answer))
+                fifo = self.path("fifo-" + name)
+                os.mkfifo(fifo)
+                got = {}
+                t = fifo_reader(fifo, got)
+                rc, _, err = self.get(self.url(up), fifo, "--max-size", "4096")
+                t.join(SHORT)
+                self.assertEqual(rc, 1, err)
+                self.assertOneLine(err, "--max-size")
+                self.assertLessEqual(got.get("n", 0), 4096)
+                out = self.path("file-" + name)
+                up = self.upstream(scripted(answer))
+                rc, _, err = self.get(self.url(up), out, "--max-size", "4K")
+                self.assertEqual(rc, 1, err)
+                self.assertNoOutput(out)
+                # Exactly the limit is fine.
+                up = self.upstream(scripted(answer))
+                rc, _, err = self.get(self.url(up), out, "--max-size", "5000")
+                self.assertEqual(rc, 0, err)
+                self.assertEqual(file_sha(out), sha(body))
+
+    def test_max_size_through_splice(self):
+        # A close-delimited body too large to come with the head: copy() stops at the
+        # limit and one more byte read says whether the body was larger.
+        body = os.urandom(3 * MiB)
+        for limit, want in ((2 * MiB + 1, 1), (3 * MiB, 0)):
+            with self.subTest(limit=limit):
+                up = self.upstream(scripted(b"HTTP/1.0 200 OK\r\n\r\n", body))
+                fifo = self.path("fifo%d" % limit)
+                os.mkfifo(fifo)
+                got = {}
+                t = fifo_reader(fifo, got)
+                rc, _, err = self.get(self.url(up), fifo, "--max-size", str(limit))
+                t.join(SHORT)
+                self.assertEqual(rc, want, err)
+                self.assertLessEqual(got.get("n", 0), limit)
+                if want == 0:
+                    self.assertEqual(got.get("sha"), sha(body))
+
+    def test_timeout_2s_fires_at_about_2s(self):
+        # The watchdog sampled progress once a second and counted the idle time from
+        # its own wake-up: a 2 s --timeout fired 3 s after the last byte.
+        def stall(conn, rec):
+            rec.request = read_request(conn)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000)
+            rec.stalled_at = time.monotonic()
+            rec.hold = threading.Event()
+            rec.hold.wait(SHORT)
+        up = self.upstream(stall)
+        out = self.path("stall2")
+        rc, _, err = self.get(self.url(up), out, "--timeout", "2s")
+        ended = time.monotonic()
+        self.assertEqual(rc, 1, err)
+        self.assertOneLine(err, "no data from the server for 2s")
+        self.assertLess(ended - up.records[0].stalled_at, 2.6)
+        self.assertNoOutput(out)
+
+    def test_extra_headers(self):
+        body = os.urandom(100)
+        up = self.upstream(scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + body))
+        out = self.path("h")
+        # -H before the URL too: one value per -H, the URL stays the positional.
+        rc, _, err = e2e.run_zcio(["get", "-H", "X-One: 1", "-H", "user-agent:  me/2 ", self.url(up), "-o", out,
+                                   "--header", "X-Empty:"])
+        self.assertEqual(rc, 0, err)
+        req = up.records[0].request
+        self.assertEqual(header_of(req, "X-One"), "1")
+        self.assertEqual(header_of(req, "User-Agent"), "me/2")
+        self.assertEqual(req.lower().count(b"user-agent:"), 1, req)
+        self.assertIn(b"\r\nX-Empty: \r\n", req)
+        self.assertEqual(file_sha(out), sha(body))
+
+    def test_credentials_do_not_follow_a_redirect_to_another_host(self):
+        body = os.urandom(100)
+        target = self.upstream(scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + body))
+        first = self.upstream(scripted(("HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:%d/x\r\n"
+                                        "Content-Length: 0\r\n\r\n" % target.port).encode()))
+        out = self.path("cred")
+        rc, _, err = self.get(self.url(first), out, "-H", "Authorization: Bearer s3cret", "-H", "Cookie: a=b",
+                              "-H", "X-Keep: 1")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(header_of(first.records[0].request, "Authorization"), "Bearer s3cret")
+        second = target.records[0].request
+        self.assertIsNone(header_of(second, "Authorization"), second)
+        self.assertIsNone(header_of(second, "Cookie"), second)
+        self.assertEqual(header_of(second, "X-Keep"), "1")
+        self.assertEqual(file_sha(out), sha(body))
+
+    def test_bad_headers_are_refused(self):
+        up = self.upstream(scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"))
+        for h, words in (("X: a\r\nEvil: 1", "CR, LF"), ("X: a\nEvil: 1", "CR, LF"), ("NoColon", "Name: value"),
+                         ("Bad Name: x", "Name: value"), ("Connection: keep-alive", "itself")):
+            with self.subTest(h=h):
+                out = self.path("bad")
+                rc, _, err = self.get(self.url(up), out, "-H", h)
+                self.assertEqual(rc, 2, err)
+                self.assertOneLine(err, words)
+                self.assertNoOutput(out)
+        self.assertEqual(up.connections(), 0)
+
+
+class Resume(GetCase):
+    def url(self, up, path="/f.bin"):
+        return "http://127.0.0.1:%d%s" % (up.port, path)
+
+    def test_resume_after_a_cut(self):
+        blob = os.urandom(4 * MiB)
+        up = self.upstream(ranged(blob, cut_first=2 * MiB + 1234))
+        out = self.path("big")
+        rc, _, err = self.get(self.url(up), out)
+        self.assertEqual(rc, 1, err)
+        self.assertOneLine(err, "short body", "kept")
+        self.assertFalse(os.path.exists(out))
+        have = os.path.getsize(out + ".part")
+        self.assertEqual(have, 2 * MiB + 1234)
+        rc, _, err = self.get(self.url(up), out, "-c", "-v")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(file_sha(out), sha(blob))
+        self.assertFalse(os.path.exists(out + ".part"))
+        second = up.wait_connections(2)[1].request
+        self.assertEqual(header_of(second, "Range"), "bytes=%d-" % have)
+        self.assertEqual(header_of(second, "If-Range"), '"v1"')
+        self.assertIn("206 Partial Content, %d bytes" % (len(blob) - have), err)
+
+    def test_resume_starts_over_on_200(self):
+        old = os.urandom(3 * MiB)
+        new = os.urandom(3 * MiB + 17)
+        out = self.path("changed")
+        up = self.upstream(ranged(old, etag='"old"', cut_first=MiB))
+        rc, _, err = self.get(self.url(up), out)
+        self.assertEqual(rc, 1, err)
+        self.assertTrue(os.path.exists(out + ".part"))
+        # The file changed on the server: If-Range does not match, the answer is a 200.
+        up2 = self.upstream(ranged(new, etag='"new"'))
+        rc, _, err = self.get(self.url(up2), out, "-c")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(file_sha(out), sha(new))
+        self.assertEqual(header_of(up2.records[0].request, "If-Range"), '"old"')
+
+    def test_resume_of_a_complete_part(self):
+        blob = os.urandom(100000)
+        out = self.path("done")
+        with open(out + ".part", "wb") as f:
+            f.write(blob)
+        up = self.upstream(ranged(blob))
+        rc, _, err = self.get(self.url(up), out, "-c")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(file_sha(out), sha(blob))
+        self.assertEqual(header_of(up.records[0].request, "Range"), "bytes=100000-")
+        self.assertIsNone(header_of(up.records[0].request, "If-Range"))  # no validator kept
+
+    def test_no_part_kept_without_ranges(self):
+        blob = os.urandom(MiB)
+        up = self.upstream(ranged(blob, cut_first=1000, accept_ranges=False))
+        out = self.path("noranges")
+        rc, _, err = self.get(self.url(up), out)
+        self.assertEqual(rc, 1, err)
+        self.assertNoOutput(out)
+
+    def test_resume_after_sigterm(self):
+        blob = os.urandom(4 * MiB)
+        up = self.upstream(ranged(blob, cut_first=2 * MiB, hold_first=True))
+        out = self.path("killed")
+        p = self.spawn([e2e.ZCIO, "get", self.url(up), "-o", out])
+        e2e.wait_until(lambda: os.path.exists(out + ".part") and os.path.getsize(out + ".part") >= 2 * MiB,
+                       SHORT, "the first half")
+        p.send_signal(signal.SIGTERM)
+        self.assertEqual(p.wait(SHORT), 143, p.stderr_text())
+        self.assertIn("kept", p.stderr_text())
+        self.assertEqual(os.path.getsize(out + ".part"), 2 * MiB)
+        rc, _, err = self.get(self.url(up), out, "--continue")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(file_sha(out), sha(blob))
+        self.assertEqual(header_of(up.wait_connections(2)[1].request, "Range"), "bytes=%d-" % (2 * MiB))
+
+    def test_resume_refuses_a_wrong_range(self):
+        have = os.urandom(1000)
+        out = self.path("wrong")
+        for i, answer in enumerate((
+                b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-99/2000\r\nContent-Length: 100\r\n\r\n",
+                b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 1000-1999/2000\r\nContent-Length: 5\r\n\r\n",
+                b"HTTP/1.1 206 Partial Content\r\nContent-Length: 1000\r\n\r\n")):
+            with self.subTest(i=i):
+                with open(out + ".part", "wb") as f:
+                    f.write(have)
+                up = self.upstream(scripted(answer + os.urandom(1000)))
+                rc, _, err = self.get(self.url(up), out, "-c")
+                self.assertEqual(rc, 1, err)
+                self.assertOneLine(err, "206")
+                self.assertEqual(file_sha(out + ".part"), sha(have), "FILE.part was changed")
+                self.assertFalse(os.path.exists(out))
+
+    def test_resume_against_zcio_serve(self):
+        www = self.path("www")
+        files = write_files(www, {"blob.bin": 4 * MiB})
+        p = self.spawn([e2e.ZCIO, "serve", www, "--listen", "127.0.0.1:0", "--threads", "1"])
+        port = int(p.wait_for(r"serving .* on http://127\.0\.0\.1:(\d+)/")[0].group(1))
+        url = "http://127.0.0.1:%d/blob.bin" % port
+        out = self.path("b")
+        # The first part of the file, as an interrupted download leaves it.
+        with open(out + ".part", "wb") as f:
+            f.write(files["blob.bin"][:2 * MiB + 99])
+        rc, _, err = self.get(url, out, "-c", "-v")
+        self.assertEqual(rc, 0, err)
+        self.assertIn("206", err)
+        self.assertEqual(file_sha(out), sha(files["blob.bin"]))
+        p.wait_for(r'"GET /blob\.bin HTTP/1\.1" 206 %d' % (2 * MiB - 99))
 
 
 class AgainstZcioServe(GetCase):

@@ -8,7 +8,9 @@
 // read in one go or in small pieces give the same status, headers and body; the bytes
 // that came with the head never exceed what was read; a redirect target is a URL that
 // prints and parses back to itself, with a target that starts with '/' and can go in
-// a request line as it is.
+// a request line as it is; a chunk size that fails once the head is done (an
+// overflowing one included) is never blamed on Content-Length; a Content-Range that
+// parses has first <= last < total.
 #include "http_head.hpp"
 #include "http_util.hpp"
 
@@ -70,6 +72,23 @@ void check_redirect(const http::url& base, std::string_view location) {
     ZCIO_FUZZ_CHECK(again.has_value() && same_url(*again, *next));
 }
 
+// http-parser reports an overflowing chunk size as HPE_INVALID_CONTENT_LENGTH; a
+// failure in a chunked body must still name the chunk size.
+void check_body_error(const http::head_parser& p) {
+    if (p.head_done() && p.chunked()) {
+        ZCIO_FUZZ_CHECK(std::strstr(p.error_text(), "Content-Length") == nullptr);
+    }
+}
+
+void check_content_range(std::string_view header) {
+    const auto r = http::parse_content_range(header);
+    if (r && r->satisfied) {
+        ZCIO_FUZZ_CHECK(r->first <= r->last && (!r->total || r->last < *r->total));
+    } else if (r) {
+        ZCIO_FUZZ_CHECK(r->total.has_value());
+    }
+}
+
 // Replays `bytes` as download() reads them; returns what it made of them.
 std::string get(std::string_view bytes, std::size_t cap, const http::url& base, chunker reads) {
     std::vector<char> buf(cap);
@@ -98,6 +117,9 @@ std::string get(std::string_view bytes, std::size_t cap, const http::url& base, 
         ZCIO_FUZZ_CHECK(hb.head_len <= hb.have && hb.have <= cap);
         if (st == status::error || st == status::too_many_headers) {
             ZCIO_FUZZ_CHECK(parser.error_text() != nullptr);
+            if (st == status::error) {
+                check_body_error(parser);
+            }
             // A download that fails says why, and why may depend on where a read
             // ends: a head with too many fields and a bad byte gives either error, and
             // a bad chunk in the head's read is a bad response, in a later read a bad
@@ -123,6 +145,9 @@ std::string get(std::string_view bytes, std::size_t cap, const http::url& base, 
     if (auto loc = parser.find("location")) {
         check_redirect(base, *loc);
     }
+    if (auto cr = parser.find("content-range")) {
+        check_content_range(*cr);
+    }
 
     // ---- the body ----
     const std::size_t fields = parser.headers().size();
@@ -138,6 +163,9 @@ std::string get(std::string_view bytes, std::size_t cap, const http::url& base, 
             ZCIO_FUZZ_CHECK(parser.headers().size() == fields);
             if (st == status::complete) {
                 return seen + "chunked body: " + body;
+            }
+            if (st == status::error) {
+                check_body_error(parser);
             }
             if (st != status::need_more || pos == bytes.size()) {
                 return "failed";
@@ -173,6 +201,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
 
     // Location values straight from the input too, whatever http-parser lets through.
     check_redirect(*base, bytes.substr(0, bytes.find('\n')));
+    check_content_range(bytes.substr(0, bytes.find('\n')));
 
     const std::string whole = get(bytes, cap, *base, chunker::whole());
     const std::string pieces = get(bytes, cap, *base, chunker(seed));

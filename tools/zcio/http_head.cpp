@@ -124,7 +124,10 @@ const char* head_parser::error_text() const noexcept {
     case HPE_HEADER_OVERFLOW:
         return "header section too large";
     case HPE_INVALID_CONTENT_LENGTH:
-        return "bad Content-Length value";
+        // http-parser reports a chunk size that overflows 64 bits with this code too
+        // (it keeps the chunk's size in content_length): once the head is done, it is
+        // the chunk size that is wrong.
+        return head_done_ && chunked_ ? "bad chunk size (too large)" : "bad Content-Length value";
     case HPE_UNEXPECTED_CONTENT_LENGTH:
         return "conflicting Content-Length (given twice, or with chunked)";
     case HPE_INVALID_TRANSFER_ENCODING:

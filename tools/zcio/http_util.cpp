@@ -335,6 +335,44 @@ byte_range parse_range(std::string_view header, std::uint64_t size) {
     return {kind::satisfiable, *first, last};
 }
 
+std::optional<content_range> parse_content_range(std::string_view header) {
+    header = trim(header);
+    if (header.size() < 6 || !iequals(header.substr(0, 6), "bytes ")) {
+        return std::nullopt;
+    }
+    const auto spec = trim(header.substr(6));
+    const auto slash = spec.find('/');
+    if (slash == std::string_view::npos) {
+        return std::nullopt;
+    }
+    const auto range = spec.substr(0, slash);
+    const auto total_text = spec.substr(slash + 1);
+    content_range out;
+    if (total_text != "*") {
+        out.total = parse_digits(total_text);
+        if (!out.total) {
+            return std::nullopt;
+        }
+    }
+    if (range == "*") {
+        // Only a 416 says this, and it must say how large the representation is.
+        return out.total ? std::optional(out) : std::nullopt;
+    }
+    const auto dash = range.find('-');
+    if (dash == std::string_view::npos) {
+        return std::nullopt;
+    }
+    const auto first = parse_digits(range.substr(0, dash));
+    const auto last = parse_digits(range.substr(dash + 1));
+    if (!first || !last || *last < *first || (out.total && *out.total <= *last)) {
+        return std::nullopt;
+    }
+    out.satisfied = true;
+    out.first = *first;
+    out.last = *last;
+    return out;
+}
+
 // ---- URLs ----
 
 std::string url::authority() const {
@@ -528,9 +566,9 @@ task<void> watchdog(event_loop* loop, std::shared_ptr<watch_state> w) {
             w->cancel.cancel();
             co_return;
         }
-        // Wake at least once a second: the connection may move the deadline earlier
+        // Wake at least once a tick: the connection may move the deadline earlier
         // (a new phase) or report progress, and neither wakes us.
-        co_await sleep_until(*loop, std::min(w->deadline, now + 1s));
+        co_await sleep_until(*loop, std::min(w->deadline, now + w->tick));
     }
 }
 

@@ -58,6 +58,18 @@ struct byte_range {
 // ignore Range, and answering 200 with the whole file is always correct.
 byte_range parse_range(std::string_view header, std::uint64_t size);
 
+// A response's Content-Range (RFC 9110 §14.4): "bytes FIRST-LAST/TOTAL" (TOTAL may be
+// "*") or, with 416, "bytes */TOTAL" (unsatisfied: `satisfied` false, only `total`).
+// nullopt when malformed, when LAST < FIRST, or when TOTAL does not exceed LAST: a
+// server's numbers are not trusted until they agree with each other.
+struct content_range {
+    bool satisfied = false;
+    std::uint64_t first = 0;
+    std::uint64_t last = 0;
+    std::optional<std::uint64_t> total;
+};
+std::optional<content_range> parse_content_range(std::string_view header);
+
 // ---- URLs ----
 
 struct url {
@@ -88,11 +100,17 @@ std::expected<url, url_error> resolve_reference(const url& base, std::string_vie
 // deadline to now + slide (a transfer that still moves is not idle). When the deadline
 // passes, the watchdog sets `fired` and cancels `cancel`, which ends the with_cancel()
 // that runs the connection. `done` tells the watchdog to stop (it notices within a
-// second). Shared (by shared_ptr) because the watchdog may outlive the connection by
-// that second.
+// `tick`). Shared (by shared_ptr) because the watchdog may outlive the connection by
+// that tick.
+//
+// Progress is sampled once a `tick`, and an idle period is counted from the sample
+// that saw the last change, so the watchdog fires up to one tick after the deadline
+// the bytes earned: a caller with a short `slide` shortens the tick too (get uses a
+// twentieth of its --timeout).
 struct watch_state {
     clock::time_point deadline = clock::time_point::max();
     clock::duration slide{};
+    clock::duration tick = std::chrono::seconds(1);
     std::uint64_t progress = 0;
     bool done = false;
     bool fired = false;
