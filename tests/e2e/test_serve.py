@@ -416,9 +416,75 @@ class Escapes(E2ETestCase):
     def test_openat2(self):
         self.check(None, "openat2")
 
-    def test_realpath_fallback(self):
+    def test_walk_fallback(self):
         env = dict(os.environ, ZCIO_SERVE_NO_OPENAT2="1")
-        self.check(env, "realpath fallback")
+        self.check(env, "openat walk fallback")
+
+    def race_swapped_symlink(self, env):
+        """A local user who can write the tree swaps a directory and a symlink to a
+        directory outside it (renameat2 RENAME_EXCHANGE, in a loop) while a client asks
+        for a file beneath the directory: no answer may carry the outside file."""
+        secret = os.urandom(16).hex().encode()
+        root = self.path("www")
+        outside = self.path("outside")
+        os.makedirs(os.path.join(root, "d"))
+        os.makedirs(outside)
+        with open(os.path.join(root, "d", "f"), "wb") as f:
+            f.write(b"inside\n")
+        with open(os.path.join(outside, "f"), "wb") as f:
+            f.write(secret)
+        os.symlink(outside, os.path.join(root, "s"))  # absolute
+        os.symlink("../outside", os.path.join(root, "r"))  # relative, climbing out
+        proc, port = start_serve(self.spawn, root, "--threads", "1", env=env)
+        # The swapper: a separate process (no GIL between it and our requests),
+        # bounded in time, killed at teardown anyway.
+        swapper = self.spawn([sys.executable, "-c", SWAPPER, os.path.join(root, "d"),
+                              os.path.join(root, "s"), os.path.join(root, "r"), "6"])
+        swapper.wait_for(r"swapping")
+        counts = {}
+        deadline = time.monotonic() + 3.0
+        batch = b"".join(b"GET /d/f HTTP/1.1\r\nHost: t\r\n\r\n" for _ in range(50))
+        total = 0
+        while time.monotonic() < deadline and total < 100000:
+            s = self.connect("127.0.0.1:%d" % port)
+            s.sendall(batch)
+            r = Reader(s)
+            for _ in range(50):
+                status, _, body = r.response()
+                self.assertNotIn(secret, body, "served the file outside the root")
+                counts[status] = counts.get(status, 0) + 1
+                total += 1
+            s.close()
+        # The race was real: the swap was seen (some answers were not the inside file).
+        self.assertGreater(counts.get(200, 0), 0, counts)
+        self.assertGreater(sum(v for k, v in counts.items() if k != 200), 0, counts)
+        return counts
+
+    def test_swapped_symlink_race_walk_fallback(self):
+        self.race_swapped_symlink(dict(os.environ, ZCIO_SERVE_NO_OPENAT2="1"))
+
+    def test_swapped_symlink_race_openat2(self):
+        self.race_swapped_symlink(None)
+
+
+# Swaps argv[1] with argv[2], then with argv[3], in a loop for argv[4] seconds.
+SWAPPER = r"""
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+AT_FDCWD, RENAME_EXCHANGE = -100, 2
+d, links, until = sys.argv[1], sys.argv[2:4], time.monotonic() + float(sys.argv[4])
+def exchange(a, b):
+    if hasattr(libc, "renameat2"):
+        return libc.renameat2(AT_FDCWD, a.encode(), AT_FDCWD, b.encode(), RENAME_EXCHANGE)
+    return libc.syscall(316, AT_FDCWD, a.encode(), AT_FDCWD, b.encode(), RENAME_EXCHANGE)
+print("swapping", file=sys.stderr, flush=True)
+i = 0
+while time.monotonic() < until:
+    link = links[(i // 2) % 2]
+    if exchange(d, link) != 0:
+        sys.exit("renameat2: " + os.strerror(ctypes.get_errno()))
+    i += 1
+"""
 
 
 class LimitsAndTimeouts(E2ETestCase):

@@ -10,6 +10,8 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <climits>
+#include <deque>
 #include <atomic>
 #include <charconv>
 #include <cstdlib>
@@ -31,10 +33,9 @@ using http::head_parser;
 // Read-only after start(), shared by every loop.
 struct serve_state {
     serve_options opts;
-    unique_fd root;        // O_PATH | O_DIRECTORY
-    std::string root_real; // realpath of the root, for the fallback resolver
-    // openat2(2) is Linux 5.6+, and some seccomp profiles answer ENOSYS to it; then the
-    // realpath fallback resolves instead. ZCIO_SERVE_NO_OPENAT2=1 forces the fallback
+    unique_fd root; // O_PATH | O_DIRECTORY
+    // openat2(2) is Linux 5.6+, and some seccomp profiles answer ENOSYS to it; then
+    // walk_beneath() resolves instead, one openat() per component. ZCIO_SERVE_NO_OPENAT2=1 forces the fallback
     // (the e2e tests run the escape cases through both).
     std::atomic<bool> use_openat2{true};
     std::atomic<std::uint64_t> active{0};
@@ -79,6 +80,93 @@ int status_for_errno(int e) {
     }
 }
 
+// The fallback resolver, for kernels without openat2 (or seccomp profiles that deny
+// it): walks `rel` one component at a time from the root's fd, each step an openat()
+// with O_NOFOLLOW relative to a directory fd we hold, so the kernel never follows a
+// symbolic link or a ".." for us. A directory swapped for a symlink between two steps
+// is seen as the link it now is (ENOTDIR/ELOOP), never followed. Symbolic links are
+// resolved here, by reading them and walking their target from the directory that holds
+// them, with the same rules as openat2's RESOLVE_BENEATH: an absolute target, or a ".."
+// that would climb above the root, is 403; more than 40 links (the kernel's MAXSYMLINKS)
+// is 403. ".." pops our own stack of directory fds, so it can never lead out of the
+// root even if a directory on the way was moved meanwhile. Returns 0 with `out` set, or
+// the HTTP status to answer.
+int walk_beneath(int root, const std::string& rel, int flags, unique_fd& out) {
+    constexpr int max_links = 40;
+    std::deque<std::string> pending;
+    auto push_front_path = [&pending](std::string_view path) {
+        std::vector<std::string> parts;
+        std::size_t i = 0;
+        while (i <= path.size()) {
+            auto next = path.find('/', i);
+            if (next == std::string_view::npos) {
+                next = path.size();
+            }
+            parts.emplace_back(path.substr(i, next - i));
+            i = next + 1;
+        }
+        pending.insert(pending.begin(), parts.begin(), parts.end());
+    };
+    push_front_path(rel);
+    std::vector<unique_fd> dirs; // the directories walked into, beneath the root
+    auto cur = [&dirs, root] { return dirs.empty() ? root : dirs.back().get(); };
+    int links = 0;
+    while (!pending.empty()) {
+        const std::string comp = std::move(pending.front());
+        pending.pop_front();
+        if (comp.empty() || comp == ".") {
+            continue;
+        }
+        if (comp == "..") {
+            if (dirs.empty()) {
+                return 403; // above the root
+            }
+            dirs.pop_back();
+            continue;
+        }
+        const bool last = pending.empty();
+        // An intermediate component must be a directory: O_PATH needs only search
+        // permission, as the kernel's own walk does. O_NOFOLLOW|O_DIRECTORY on a symlink
+        // fails with ENOTDIR; O_NOFOLLOW on a final symlink fails with ELOOP.
+        const int fd = last ? ::openat(cur(), comp.c_str(), flags | O_NOFOLLOW)
+                            : ::openat(cur(), comp.c_str(),
+                                       O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd >= 0) {
+            if (last) {
+                out.reset(fd);
+                return 0;
+            }
+            dirs.emplace_back(fd);
+            continue;
+        }
+        const int e = errno;
+        if (e != ELOOP && e != ENOTDIR) {
+            return status_for_errno(e);
+        }
+        // Perhaps a symbolic link: read it (whatever is there now) and walk its target.
+        char target[PATH_MAX];
+        const ssize_t n = ::readlinkat(cur(), comp.c_str(), target, sizeof target);
+        if (n < 0) {
+            return status_for_errno(errno == EINVAL ? ENOTDIR : errno); // not a link
+        }
+        if (n == 0 || static_cast<std::size_t>(n) == sizeof target) {
+            return 404;
+        }
+        if (target[0] == '/' || ++links > max_links) {
+            return 403; // absolute (refused even when it points inside), or a loop
+        }
+        push_front_path(std::string_view(target, static_cast<std::size_t>(n)));
+    }
+    // The walk ended on a directory we hold (the root, or a link to "." or ".."): open
+    // it for reading through "." (which cannot leave it).
+    const int fd = ::openat(cur(), ".", flags | O_DIRECTORY);
+    if (fd < 0) {
+        return status_for_errno(errno);
+    }
+    out.reset(fd);
+    return 0;
+}
+
 // Opens `rel` (no leading '/', no "." or ".." segments; "" is the root itself) so that
 // nothing outside the root can be reached, symbolic links included. O_NONBLOCK: opening
 // a FIFO for reading would otherwise block the loop until a writer appears.
@@ -104,28 +192,10 @@ opened open_beneath(serve_state& s, const std::string& rel) {
         }
     }
     if (!out.fd) {
-        // Fallback: resolve every symlink, then require the result to lie beneath the
-        // root. O_NOFOLLOW refuses a last component swapped for a symlink meanwhile.
-        const std::string full = s.root_real + "/" + rel;
-        std::unique_ptr<char, decltype(&std::free)> real(::realpath(full.c_str(), nullptr),
-                                                         &std::free);
-        if (!real) {
-            out.status = status_for_errno(errno);
+        out.status = walk_beneath(s.root.get(), rel, flags, out.fd);
+        if (out.status != 0) {
             return out;
         }
-        const std::string_view r(real.get());
-        const bool inside = r == s.root_real || s.root_real == "/" ||
-                            (r.starts_with(s.root_real) && r[s.root_real.size()] == '/');
-        if (!inside) {
-            out.status = 403;
-            return out;
-        }
-        auto fd = sys::open(real.get(), flags | O_NOFOLLOW);
-        if (!fd) {
-            out.status = status_for_errno(errno_of(fd.error()));
-            return out;
-        }
-        out.fd = std::move(*fd);
     }
     if (::fstat(out.fd.get(), &out.st) != 0) {
         out.status = 500;
@@ -621,13 +691,6 @@ http_server::http_server(serve_options opts) : state_(std::make_unique<serve_sta
                               "\": " + root.error().message());
     }
     state_->root = std::move(*root);
-    std::unique_ptr<char, decltype(&std::free)> real(::realpath(state_->opts.root.c_str(), nullptr),
-                                                     &std::free);
-    if (!real) {
-        throw runtime_failure("cannot serve \"" + state_->opts.root +
-                              "\": " + std::strerror(errno));
-    }
-    state_->root_real = real.get();
     if (const char* e = std::getenv("ZCIO_SERVE_NO_OPENAT2"); e != nullptr && *e == '1') {
         state_->use_openat2 = false;
     }
