@@ -548,6 +548,17 @@ class LimitsAndTimeouts(E2ETestCase):
         self.assertEqual(status, 503)
         e2e.wait_closed(s)
         proc.wait_for(r"refused: --max-connections 2 reached")
+        # A client that sends its request at once and reads a little later gets the
+        # whole 503, not a reset: the refusal closes gracefully (its request is read
+        # and dropped) like every other final answer.
+        for i in range(12):
+            s = self.connect("127.0.0.1:%d" % port)
+            s.sendall(b"GET /a.txt HTTP/1.1\r\nHost: t\r\n\r\n")
+            time.sleep(0.01)
+            status, h, body = read_response(s)
+            self.assertEqual((status, body), (503, b"503 Service Unavailable\n"), i)
+            self.assertEqual(h.get("connection"), "close")
+            e2e.wait_closed(s)
         held[0].close()
         def ok():
             c = self.connect("127.0.0.1:%d" % port)

@@ -10,6 +10,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <array>
 #include <climits>
 #include <deque>
 #include <atomic>
@@ -52,6 +53,12 @@ struct serve_loop {
     // one: an idle keep-alive connection holds no buffer.
     std::unique_ptr<buffer_pool> heads;
     tcp_listener listener;
+    // Refused connections (--max-connections) being closed gracefully right now; at
+    // most max_refusing, so a flood beyond the limit holds a bounded set of sockets.
+    std::size_t refusing = 0;
+    // What refused clients still send is read into this and dropped. One per loop is
+    // enough: only this loop's thread reads into it, and nobody looks at the bytes.
+    std::array<std::byte, 4096> discard{};
 };
 
 namespace {
@@ -656,6 +663,37 @@ constexpr std::string_view busy_response = "HTTP/1.1 503 Service Unavailable\r\n
                                            "Connection: close\r\n\r\n"
                                            "503 Service Unavailable\n";
 
+// How a refusal ends: like lingering_close, but on a smaller budget, since the client
+// was never admitted.
+constexpr std::size_t max_refusing = 64;
+constexpr auto refuse_linger = 1s;
+constexpr std::uint64_t refuse_drain_bytes = 64 * 1024;
+
+task<void> drain_refused(serve_loop* L, stream* conn) {
+    (void)conn->shutdown_write();
+    std::uint64_t dropped = 0;
+    while (dropped < refuse_drain_bytes) {
+        auto n = co_await conn->read_some(L->discard);
+        if (!n || *n == 0) {
+            co_return;
+        }
+        dropped += *n;
+    }
+}
+
+// Answers 503 to a connection beyond --max-connections and closes it the way every
+// other final answer closes: shut down writing, then read and drop what the client
+// sends (its request, typically) for a short while, so the close does not turn into a
+// reset that destroys the 503 before the client has read it.
+task<void> refuse(serve_loop* L, stream conn) {
+    auto w = std::make_shared<http::watch_state>();
+    w->deadline = clock::now() + refuse_linger;
+    L->loop->spawn(http::watchdog(L->loop, w));
+    (void)co_await with_cancel(*L->loop, drain_refused(L, &conn), w->cancel);
+    w->done = true;
+    --L->refusing;
+}
+
 task<void> accept_loop(serve_loop* L) {
     serve_state& s = *L->state;
     while (true) {
@@ -675,7 +713,13 @@ task<void> accept_loop(serve_loop* L) {
             // A fresh socket's send buffer is empty: one non-blocking send fits.
             (void)sys::send(a->conn.fd(), busy_response.data(), busy_response.size(), MSG_NOSIGNAL);
             spdlog::warn("{}: refused: --max-connections {} reached", a->peer.to_string(), limit);
-            continue; // `a` goes out of scope: closed
+            if (L->refusing < max_refusing) {
+                ++L->refusing;
+                L->loop->spawn(refuse(L, std::move(a->conn)));
+            }
+            // Otherwise `a` goes out of scope: closed at once (a client that already
+            // sent its request may then see a reset instead of the 503).
+            continue;
         }
         L->loop->spawn(connection(L, std::move(a->conn), a->peer));
     }
