@@ -374,6 +374,139 @@ class Protocol(ServeFixture):
         e2e.wait_closed(s)
 
 
+class NginxLike(ServeFixture):
+    """What users of nginx expect: entity tags and preconditions, no file under a
+    trailing slash, no dotfiles, listings with sizes and dates, safe redirects."""
+
+    def test_redirect_collapses_leading_slashes(self):
+        # "//sub/" in a Location is a network-path reference: a browser would go to
+        # http://sub/ (an open redirect). The target is rebuilt from the path beneath
+        # the root instead.
+        for path, want in (("//sub", "/sub/"), ("/%2Fsub", "/sub/"), ("///sub?x=1", "/sub/?x=1"),
+                           ("/%2F%2Fsub", "/sub/"), ("/sub", "/sub/"), ("/./sub", "/sub/")):
+            status, h, _ = self.get_raw(path)
+            self.assertEqual((status, h.get("location")), (301, want), path)
+
+    def test_duplicate_host_is_400(self):
+        s = self.raw(b"GET /hello.txt HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+        status, h, body = read_response(s)
+        self.assertEqual((status, body), (400, b"400 Bad Request\n"))
+        self.assertEqual(h.get("connection"), "close")
+        e2e.wait_closed(s)
+        s = self.raw(b"GET /hello.txt HTTP/1.0\r\nHost: a\r\nhost: a\r\n\r\n")  # 1.0 too
+        self.assertEqual(read_response(s)[0], 400)
+        self.access_lines(self.server, r'"GET /hello\.txt HTTP/1\.1" 400 ')
+
+    def test_etag_and_preconditions(self):
+        status, h, body = self.get_raw("/hello.txt")
+        self.assertEqual((status, body), (200, self.files["hello.txt"]))
+        etag, lm = h["etag"], h["last-modified"]
+        self.assertRegex(etag, r'^"[0-9a-f]+\.[0-9a-f]+-d"$')  # 13 bytes: size d
+        cases = [
+            ("If-None-Match: %s" % etag, 304),
+            ("If-None-Match: W/%s" % etag, 304),  # weak comparison
+            ('If-None-Match: "x", %s' % etag, 304),
+            ("If-None-Match: *", 304),
+            ('If-None-Match: "other"', 200),
+            # If-None-Match wins over If-Modified-Since (RFC 9110 §13.1.3).
+            ('If-None-Match: "other"\r\nIf-Modified-Since: %s' % lm, 200),
+            ("If-Unmodified-Since: Sun, 06 Nov 1994 08:49:37 GMT", 412),
+            ("If-Unmodified-Since: %s" % lm, 200),
+            ("If-Unmodified-Since: not a date", 200),
+            ("If-Match: %s" % etag, 200),
+            ('If-Match: "other"', 412),
+            ("If-Match: W/%s" % etag, 412),  # strong comparison
+            ("If-Match: *", 200),
+        ]
+        for extra, want in cases:
+            status, h, body = self.get_raw("/hello.txt", extra + "\r\n")
+            self.assertEqual(status, want, extra)
+            if want == 200:
+                self.assertEqual(body, self.files["hello.txt"], extra)
+            elif want == 304:
+                self.assertEqual((h["etag"], body), (etag, b""), extra)
+            else:
+                self.assertEqual(body, b"412 Precondition Failed\n", extra)
+        # If-Range with the entity tag keeps the range; another tag gets the whole file.
+        status, _, body = self.get_raw("/hello.txt", "Range: bytes=0-4\r\nIf-Range: %s\r\n" % etag)
+        self.assertEqual((status, body), (206, b"hello"))
+        status, _, body = self.get_raw("/hello.txt", 'Range: bytes=0-4\r\nIf-Range: "x"\r\n')
+        self.assertEqual((status, body), (200, self.files["hello.txt"]))
+        # The tag changes when the file does, even within the same second and size.
+        name = os.path.join(self.root, "etag.txt")
+        with open(name, "wb") as f:
+            f.write(b"one")
+        os.utime(name, ns=(1700000000 * 10**9, 1700000000 * 10**9 + 1))
+        _, h1, b1 = self.get_raw("/etag.txt")
+        with open(name, "wb") as f:
+            f.write(b"two")
+        os.utime(name, ns=(1700000000 * 10**9, 1700000000 * 10**9 + 2))
+        status, h2, b2 = self.get_raw("/etag.txt", "If-None-Match: %s\r\n" % h1["etag"])
+        self.assertNotEqual(h1["etag"], h2["etag"])
+        self.assertEqual((b1, status, b2), (b"one", 200, b"two"))
+
+    def test_trailing_slash_on_a_file_is_404(self):
+        for path in ("/hello.txt/", "/inside-link/", "/sub/index.html/"):
+            status, _, body = self.get_raw(path)
+            self.assertEqual((status, body), (404, b"404 Not Found\n"), path)
+        self.assertEqual(self.get_raw("/hello.txt")[0], 200)
+
+    def test_listing_shows_sizes_and_dates(self):
+        name = os.path.join(self.root, "list", "sized.bin")
+        with open(name, "wb") as f:
+            f.write(os.urandom(12345))
+        os.utime(name, (1700000000, 1700000000))  # 2023-11-14 22:13:20 UTC
+        os.makedirs(os.path.join(self.root, "list", "dir"), exist_ok=True)
+        status, _, body = self.get_raw("/list/")
+        self.assertEqual(status, 200)
+        page = body.decode()
+        self.assertIn('<a href="sized.bin">sized.bin</a></td><td>12345</td><td>2023-11-14 22:13:20</td>', page)
+        self.assertRegex(page, r'<a href="dir/">dir/</a></td><td>-</td><td>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d</td>')
+        self.assertIn('<a href="plain.txt">plain.txt</a></td><td>1</td>', page)
+
+
+class Dotfiles(E2ETestCase):
+    def setUp(self):
+        super().setUp()
+        self.root = self.path("www")
+        for d in ("sub", ".git"):
+            os.makedirs(os.path.join(self.root, d))
+        self.files = {".secret": b"S1", ".git/config": b"S2", "sub/.env": b"S3", "visible.txt": b"v",
+                      "sub/a.txt": b"a"}
+        for name, data in self.files.items():
+            with open(os.path.join(self.root, name), "wb") as f:
+                f.write(data)
+
+    def get(self, port, path):
+        s = self.connect("127.0.0.1:%d" % port)
+        s.sendall(("GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % path).encode())
+        return read_response(s)
+
+    def test_hidden_by_default(self):
+        proc, port = start_serve(self.spawn, self.root)
+        for path in ("/.secret", "/.git/config", "/.git/", "/.git", "/sub/.env", "/%2esecret",
+                     "/sub/%2Eenv"):
+            status, _, body = self.get(port, path)
+            self.assertEqual((status, body), (404, b"404 Not Found\n"), path)
+        for path in ("/", "/sub/"):
+            status, _, body = self.get(port, path)
+            self.assertEqual(status, 200)
+            for hidden in (b".secret", b".git", b".env"):
+                self.assertNotIn(hidden, body, path)
+        self.assertIn(b'href="visible.txt"', self.get(port, "/")[2])
+        self.assertEqual(self.get(port, "/sub/a.txt")[2], b"a")
+        self.assertEqual(self.get(port, "/./visible.txt")[2], b"v")  # "." is no dotfile
+
+    def test_served_with_dotfiles_flag(self):
+        proc, port = start_serve(self.spawn, self.root, "--dotfiles")
+        for name, data in self.files.items():
+            status, _, body = self.get(port, "/" + name)
+            self.assertEqual((status, body), (200, data), name)
+        page = self.get(port, "/")[2]
+        self.assertIn(b'href=".secret"', page)
+        self.assertIn(b'href=".git/"', page)
+
+
 class Escapes(E2ETestCase):
     """Nothing outside the root, through openat2 (RESOLVE_BENEATH) and the fallback."""
 
@@ -514,6 +647,9 @@ class LimitsAndTimeouts(E2ETestCase):
         took = e2e.wait_closed(s, timeout=SHORT)
         self.assertLess(took, 5.0)
         self.assertGreater(took, 0.5)
+        # The cut request gets an access-log line (nothing was answered: 408, as nginx).
+        port_s = s.getsockname()[1]
+        proc.wait_for(r'127\.0\.0\.1:%d "-" 408 0 - [\d.]+ms header-timeout' % port_s, timeout=SHORT)
 
     def test_idle_keep_alive_times_out(self):
         proc, port = start_serve(self.spawn, self.root, "--idle-timeout", "1s", "--header-timeout", "5s")
@@ -523,6 +659,8 @@ class LimitsAndTimeouts(E2ETestCase):
         start = time.monotonic()
         e2e.wait_closed(s, timeout=SHORT)
         self.assertLess(time.monotonic() - start, 5.0)
+        port_s = s.getsockname()[1]
+        proc.wait_for(r'127\.0\.0\.1:%d "-" 408 0 - [\d.]+ms idle-timeout' % port_s, timeout=SHORT)
 
     def test_reader_that_never_reads_times_out(self):
         with open(os.path.join(self.root, "big.bin"), "wb") as f:

@@ -272,8 +272,29 @@ void simple_response(plan& p, std::string& h, std::string& body, int status, boo
     end_head(h, keep_alive, http10);
 }
 
-// Directory listing, names HTML-escaped and links percent-encoded.
-std::optional<std::string> make_listing(int dir_fd, std::string_view url_path) {
+struct listing_entry {
+    std::string name;
+    bool is_dir = false;
+    bool stat_ok = false;
+    std::uint64_t size = 0;
+    std::time_t mtime = 0;
+    bool operator<(const listing_entry& o) const { return name < o.name; }
+};
+
+// "2026-12-01 23:20:05", UTC.
+void append_listing_date(std::string& out, std::time_t t) {
+    std::tm tm{};
+    ::gmtime_r(&t, &tm);
+    char buf[32];
+    const std::size_t n = std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S", &tm);
+    out.append(buf, n);
+}
+
+// Directory listing: names HTML-escaped and links percent-encoded, with each entry's
+// size in bytes and modification time (UTC). Entries are lstat()ed: a symbolic link
+// shows its own size and date, never those of what it points to (which may lie
+// outside the root). Names starting with '.' are left out unless `dotfiles`.
+std::optional<std::string> make_listing(int dir_fd, std::string_view url_path, bool dotfiles) {
     auto dup = sys::dup(dir_fd);
     if (!dup) {
         return std::nullopt;
@@ -283,34 +304,50 @@ std::optional<std::string> make_listing(int dir_fd, std::string_view url_path) {
         return std::nullopt;
     }
     (void)dup->release(); // the DIR owns it now; closedir closes it
-    std::vector<std::pair<std::string, bool>> entries;
+    std::vector<listing_entry> entries;
     while (dirent* e = ::readdir(d)) {
         const std::string_view name(e->d_name);
-        if (name == "." || name == "..") {
+        if (name == "." || name == ".." || (!dotfiles && name.starts_with('.'))) {
             continue;
         }
-        bool is_dir = e->d_type == DT_DIR;
-        if (e->d_type == DT_UNKNOWN) {
-            struct stat st {};
-            is_dir = ::fstatat(::dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-                     S_ISDIR(st.st_mode);
+        listing_entry le;
+        le.name = std::string(name);
+        struct stat st {};
+        if (::fstatat(::dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+            le.stat_ok = true;
+            le.is_dir = S_ISDIR(st.st_mode);
+            le.size = static_cast<std::uint64_t>(st.st_size);
+            le.mtime = st.st_mtim.tv_sec;
+        } else {
+            le.is_dir = e->d_type == DT_DIR; // vanished meanwhile: name only
         }
-        entries.emplace_back(std::string(name), is_dir);
+        entries.push_back(std::move(le));
     }
     ::closedir(d);
     std::sort(entries.begin(), entries.end());
     const std::string title = "Index of " + http::html_escape(url_path);
     std::string out = "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>" + title +
-                      "</title></head>\n<body><h1>" + title + "</h1>\n<ul>\n";
+                      "</title></head>\n<body><h1>" + title +
+                      "</h1>\n<table>\n<tr><th>Name</th><th>Size</th><th>Modified (UTC)</th></tr>\n";
     if (url_path != "/") {
-        out += "<li><a href=\"../\">../</a></li>\n";
+        out += "<tr><td><a href=\"../\">../</a></td><td>-</td><td></td></tr>\n";
     }
-    for (const auto& [name, is_dir] : entries) {
-        const std::string suffix = is_dir ? "/" : "";
-        out += "<li><a href=\"" + http::html_escape(http::percent_encode_path(name)) + suffix +
-               "\">" + http::html_escape(name) + suffix + "</a></li>\n";
+    for (const auto& e : entries) {
+        const std::string suffix = e.is_dir ? "/" : "";
+        out += "<tr><td><a href=\"" + http::html_escape(http::percent_encode_path(e.name)) +
+               suffix + "\">" + http::html_escape(e.name) + suffix + "</a></td><td>";
+        if (e.stat_ok && !e.is_dir) {
+            append_number(out, e.size);
+        } else {
+            out += '-';
+        }
+        out += "</td><td>";
+        if (e.stat_ok) {
+            append_listing_date(out, e.mtime);
+        }
+        out += "</td></tr>\n";
     }
-    out += "</ul></body></html>\n";
+    out += "</table></body></html>\n";
     return out;
 }
 
@@ -321,12 +358,8 @@ plan plan_response(serve_state& s, const head_parser& req, std::string& h, std::
     const bool http10 = req.version_minor() == 0;
     bool keep_alive = req.keep_alive();
     body.clear();
-    if (req.version_major() != 1) {
-        simple_response(p, h, body, 505, false, http10);
-        return p;
-    }
-    if (!http10 && !req.find("host")) {
-        simple_response(p, h, body, 400, false, http10); // RFC 9112 §3.2
+    if (int st = http::check_head(req); st != 0) {
+        simple_response(p, h, body, st, false, http10); // 505, or 400 (RFC 9112 §3.2)
         return p;
     }
     const auto method = req.method();
@@ -350,22 +383,24 @@ plan plan_response(serve_state& s, const head_parser& req, std::string& h, std::
         return p;
     }
     const std::string& rel = path.rel;
-    const std::string_view query = path.query;
+    if (!s.opts.dotfiles && http::has_dotfile(rel)) {
+        simple_response(p, h, body, 404, keep_alive, http10); // as if it did not exist
+        return p;
+    }
 
     opened f = open_beneath(s, rel);
     if (f.status != 0) {
         simple_response(p, h, body, f.status, keep_alive && f.status != 500, http10);
         return p;
     }
+    if (S_ISREG(f.st.st_mode) && path.decoded.ends_with('/')) {
+        simple_response(p, h, body, 404, keep_alive, http10); // "/file.txt/" is no directory
+        return p;
+    }
     if (S_ISDIR(f.st.st_mode)) {
         if (!path.decoded.ends_with('/')) {
             // Relative links in the page (and the listing) need the trailing slash.
-            std::string loc = "Location: " + http::percent_encode_path(path.decoded) + "/";
-            if (!query.empty()) {
-                loc += "?";
-                loc += query;
-            }
-            loc += "\r\n";
+            const std::string loc = "Location: " + http::redirect_location(path) + "\r\n";
             simple_response(p, h, body, 301, keep_alive, http10, loc);
             return p;
         }
@@ -376,7 +411,7 @@ plan plan_response(serve_state& s, const head_parser& req, std::string& h, std::
             simple_response(p, h, body, index.status, keep_alive, http10);
             return p;
         } else {
-            auto page = s.opts.listing ? make_listing(f.fd.get(), path.decoded) : std::nullopt;
+            auto page = s.opts.listing ? make_listing(f.fd.get(), path.decoded, s.opts.dotfiles) : std::nullopt;
             if (!page) {
                 simple_response(p, h, body, 403, keep_alive, http10);
                 return p;
@@ -396,29 +431,24 @@ plan plan_response(serve_state& s, const head_parser& req, std::string& h, std::
     // A regular file.
     const auto size = static_cast<std::uint64_t>(f.st.st_size);
     const std::time_t mtime = f.st.st_mtim.tv_sec;
-    if (auto ims = req.find("if-modified-since")) {
-        // Only a valid date that is not in the future counts (RFC 9110 §13.1.3).
-        if (auto t = http::parse_date(*ims); t && *t <= std::time(nullptr) && mtime <= *t) {
-            p.status = 304;
-            p.keep_alive = keep_alive;
-            start_head(h, 304);
-            h += "Last-Modified: ";
-            http::append_date(h, mtime);
-            h += "\r\n";
-            end_head(h, keep_alive, http10);
-            return p;
-        }
+    const std::string etag = http::make_etag(size, f.st.st_mtim.tv_sec, f.st.st_mtim.tv_nsec);
+    if (int st = http::evaluate_preconditions(req, etag, mtime, std::time(nullptr)); st == 304) {
+        p.status = 304;
+        p.keep_alive = keep_alive;
+        start_head(h, 304);
+        h += "ETag: " + etag + "\r\nLast-Modified: ";
+        http::append_date(h, mtime);
+        h += "\r\n";
+        end_head(h, keep_alive, http10);
+        return p;
+    } else if (st == 412) {
+        simple_response(p, h, body, 412, keep_alive, http10);
+        return p;
     }
     http::byte_range range;
     if (auto r = req.find("range")) {
-        bool use = true;
-        if (auto ir = req.find("if-range")) {
-            // If-Range with a date: the range applies only to the representation whose
-            // Last-Modified is exactly that date; anything else (an ETag) gets it all.
-            auto t = http::parse_date(*ir);
-            use = t && *t == mtime;
-        }
-        if (use) {
+        auto ir = req.find("if-range");
+        if (!ir || http::if_range_holds(*ir, etag, mtime)) {
             range = http::parse_range(*r, size);
         }
     }
@@ -445,7 +475,7 @@ plan plan_response(serve_state& s, const head_parser& req, std::string& h, std::
     append_number(h, p.length);
     h += "\r\nLast-Modified: ";
     http::append_date(h, mtime);
-    h += "\r\nAccept-Ranges: bytes\r\n";
+    h += "\r\nETag: " + etag + "\r\nAccept-Ranges: bytes\r\n";
     if (p.status == 206) {
         h += "Content-Range: bytes ";
         append_number(h, range.first);
@@ -520,7 +550,36 @@ task<void> lingering_close(serve_loop* L, stream* conn, buffer_lease* buf, http:
     }
 }
 
-task<void> serve_connection(serve_loop* L, stream conn, std::string peer, http::watch_state* w) {
+// What a connection is doing, for the access-log line of one that a timeout cuts: the
+// cancelled task is destroyed where it waits, so connection() writes that line.
+struct phase_info {
+    enum class kind { header, idle, sending, closing } k = kind::header;
+    clock::time_point since = clock::now();
+    int status = 0; // while sending: the answer's status
+};
+
+void log_timeout(const std::string& peer, const phase_info& ph) {
+    if (!spdlog::should_log(spdlog::level::info)) {
+        return;
+    }
+    const double ms = std::chrono::duration<double, std::milli>(clock::now() - ph.since).count();
+    switch (ph.k) {
+    case phase_info::kind::header: // nothing was answered; 408 says why (as nginx logs it)
+        spdlog::info("{} \"-\" 408 0 - {:.3f}ms header-timeout", peer, ms);
+        break;
+    case phase_info::kind::idle:
+        spdlog::info("{} \"-\" 408 0 - {:.3f}ms idle-timeout", peer, ms);
+        break;
+    case phase_info::kind::sending:
+        spdlog::info("{} \"-\" {} - - {:.3f}ms send-timeout", peer, ph.status, ms);
+        break;
+    case phase_info::kind::closing: // the answer was logged; the lingering close ended
+        break;
+    }
+}
+
+task<void> serve_connection(serve_loop* L, stream conn, std::string peer, http::watch_state* w,
+                            phase_info* ph) {
     serve_state& s = *L->state;
     const serve_options& o = s.opts;
     head_parser req(head_parser::kind::request, o.max_headers);
@@ -536,6 +595,8 @@ task<void> serve_connection(serve_loop* L, stream conn, std::string peer, http::
         // ---- one request head ----
         w->slide = {};
         w->deadline = clock::now() + (first || hb.have > 0 ? o.header_timeout : o.idle_timeout);
+        ph->k = first || hb.have > 0 ? phase_info::kind::header : phase_info::kind::idle;
+        ph->since = clock::now();
         // Pipelined: the next request may be (partly) here already.
         auto st = hb.start(req, reinterpret_cast<const char*>(buf.data().data()));
         bool too_large = false;
@@ -579,6 +640,8 @@ task<void> serve_connection(serve_loop* L, stream conn, std::string peer, http::
             }
             if (hb.have == 0 && !first) {
                 w->deadline = clock::now() + o.header_timeout; // a kept-alive client speaks
+                ph->k = phase_info::kind::header;
+                ph->since = clock::now();
             }
             st = hb.received(req, base, *n);
         }
@@ -602,6 +665,9 @@ task<void> serve_connection(serve_loop* L, stream conn, std::string peer, http::
         }
         w->slide = o.send_timeout;
         w->deadline = clock::now() + o.send_timeout;
+        ph->k = phase_info::kind::sending;
+        ph->status = p.status;
+        ph->since = started;
         auto sent = co_await send_all_op(conn, head, file_body ? MSG_MORE : 0);
         if (!sent) {
             log_access(peer, parsed ? &req : nullptr, p.status, 0, "-", started);
@@ -635,6 +701,7 @@ task<void> serve_connection(serve_loop* L, stream conn, std::string peer, http::
         log_access(peer, parsed ? &req : nullptr, p.status, body_bytes, path, started);
 
         if (!p.keep_alive) {
+            ph->k = phase_info::kind::closing;
             co_await lingering_close(L, &conn, &buf, w);
             co_return;
         }
@@ -647,11 +714,12 @@ task<void> connection(serve_loop* L, stream conn, endpoint peer) {
     auto w = std::make_shared<http::watch_state>();
     L->loop->spawn(http::watchdog(L->loop, w));
     std::string peer_text = peer.to_string();
+    phase_info ph;
     auto r = co_await with_cancel(
-        *L->loop, serve_connection(L, std::move(conn), peer_text, w.get()), w->cancel);
+        *L->loop, serve_connection(L, std::move(conn), peer_text, w.get(), &ph), w->cancel);
     w->done = true;
     if (!r && w->fired) {
-        spdlog::debug("{}: closed: timeout", peer_text);
+        log_timeout(peer_text, ph);
     }
     L->state->active.fetch_sub(1, std::memory_order_relaxed);
 }

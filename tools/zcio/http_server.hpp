@@ -22,7 +22,8 @@ struct serve_options {
     std::chrono::nanoseconds header_timeout = std::chrono::seconds(10);
     std::chrono::nanoseconds idle_timeout = std::chrono::seconds(30);
     std::chrono::nanoseconds send_timeout = std::chrono::seconds(60);
-    bool listing = true; // directories without index.html get a listing (else 403)
+    bool listing = true;   // directories without index.html get a listing (else 403)
+    bool dotfiles = false; // serve and list names starting with '.' (else 404, unlisted)
 };
 
 struct serve_state;

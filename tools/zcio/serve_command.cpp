@@ -29,6 +29,7 @@ struct serve_flags {
     std::string idle_timeout = "30s";
     std::string send_timeout = "60s";
     bool no_listing = false;
+    bool dotfiles = false;
 };
 
 serve_options options_from(const serve_flags& f) {
@@ -53,6 +54,7 @@ serve_options options_from(const serve_flags& f) {
         }
     }
     o.listing = !f.no_listing;
+    o.dotfiles = f.dotfiles;
     struct stat st {};
     if (::stat(o.root.c_str(), &st) != 0) {
         throw runtime_failure("cannot serve \"" + o.root + "\": " + std::strerror(errno));
@@ -123,6 +125,9 @@ subcommand add_serve_command(CLI::App& app) {
         ->capture_default_str();
     cmd->add_flag("--no-listing", f->no_listing,
                   "Answer 403 for a directory without index.html instead of listing it");
+    cmd->add_flag("--dotfiles", f->dotfiles,
+                  "Serve and list names starting with '.' (by default any path segment "
+                  "starting with '.' is 404 and such names are left out of listings)");
     return {cmd, [f] { return run_serve(*f); }};
 }
 
