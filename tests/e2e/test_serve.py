@@ -732,6 +732,31 @@ class LimitsAndTimeouts(E2ETestCase):
         self.assertEqual(rc, 1)
         self.assertOneLine(err, "Address already in use")
 
+    def test_host_name_listens_on_every_address(self):
+        """`--listen NAME:PORT` binds every address NAME resolves to, not only the
+        first: here a name that /etc/hosts (bind-mounted in a private mount namespace)
+        gives as ::1 and 127.0.0.1, in that order."""
+        if shutil.which("unshare") is None:
+            self.skipTest("unshare (util-linux) is not installed")
+        hosts = self.path("hosts")
+        with open(hosts, "w") as f:
+            f.write("::1 zcio-dual\n127.0.0.1 zcio-dual\n")
+        wrap = ["unshare", "-rm", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"', hosts]
+        rc, out, err = run_bounded(wrap + ["getent", "ahosts", "zcio-dual"], SHORT)
+        if rc != 0 or b"::1" not in out or b"127.0.0.1" not in out:
+            self.skipTest("cannot bind-mount /etc/hosts in a user namespace: %s" % err.strip())
+        p = self.spawn(wrap + [e2e.ZCIO, "serve", self.root, "--listen", "zcio-dual:0", "--threads", "2"])
+        m = p.wait_for(r"serving .* on (.*) \(2 threads\)")[0]
+        urls = m.group(1).split(" and ")
+        ports = {re.search(r":(\d+)/$", u).group(1) for u in urls}
+        self.assertEqual(len(ports), 1, urls)  # one port for every address
+        port = int(ports.pop())
+        self.assertEqual(sorted(urls), sorted(["http://[::1]:%d/" % port, "http://127.0.0.1:%d/" % port]))
+        for addr in ("127.0.0.1:%d" % port, "[::1]:%d" % port):
+            s = self.connect(addr)
+            s.sendall(b"GET /a.txt HTTP/1.1\r\nHost: t\r\n\r\n")
+            self.assertEqual(read_response(s)[2], b"a\n", addr)
+
     def test_unix_socket(self):
         sock = self.path("s.sock")
         p = self.spawn([e2e.ZCIO, "serve", self.root, "--listen", "unix:" + sock, "--threads", "2"])

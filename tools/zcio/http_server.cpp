@@ -52,7 +52,7 @@ struct serve_loop {
     // while a head is read and given back while the connection waits for the next
     // one: an idle keep-alive connection holds no buffer.
     std::unique_ptr<buffer_pool> heads;
-    tcp_listener listener;
+    std::vector<tcp_listener> listeners; // one per address of --listen
     // Refused connections (--max-connections) being closed gracefully right now; at
     // most max_refusing, so a flood beyond the limit holds a bounded set of sockets.
     std::size_t refusing = 0;
@@ -762,10 +762,10 @@ task<void> refuse(serve_loop* L, stream conn) {
     --L->refusing;
 }
 
-task<void> accept_loop(serve_loop* L) {
+task<void> accept_loop(serve_loop* L, tcp_listener* listener) {
     serve_state& s = *L->state;
     while (true) {
-        auto a = co_await L->listener.accept();
+        auto a = co_await listener->accept();
         if (!a) {
             if (a.error() == std::errc::operation_canceled) {
                 co_return;
@@ -825,7 +825,9 @@ http_server::~http_server() {
     // Close the listeners while their loops exist, then destroy the loops (and the
     // tasks suspended on them) before the contexts those tasks point into.
     for (auto& l : loops_) {
-        l->listener.close();
+        for (auto& listener : l->listeners) {
+            listener.close();
+        }
     }
     group_.reset();
 }
@@ -834,35 +836,46 @@ std::size_t http_server::threads() const noexcept {
     return loops_.size();
 }
 
-endpoint http_server::start() {
+std::vector<endpoint> http_server::start() {
     // Bind on every loop before any thread runs, so a bad address fails cleanly. Port 0
-    // is resolved by the first loop; the others bind the port it got (SO_REUSEPORT).
-    endpoint ep = state_->opts.listen;
-    ensure_port_free(ep);
-    for (auto& l : loops_) {
-        if (l->index > 0 && !ep.is_ip()) {
-            break; // a Unix socket cannot be shared between loops
+    // is resolved by the first bind; every other bind uses the port it got (SO_REUSEPORT
+    // between loops; another address family shares the number, not the socket).
+    std::vector<endpoint> bound;
+    std::uint16_t port = 0;
+    for (endpoint ep : state_->opts.listen) {
+        if (ep.is_ip() && ep.port() == 0 && port != 0) {
+            ep.set_port(port);
         }
-        listen_options lo;
-        lo.reuse_port = ep.is_ip();
-        auto b = tcp_listener::bind(*l->loop, ep, lo);
-        if (!b) {
-            throw runtime_failure("cannot listen on " + ep.to_string() + ": " +
-                                  b.error().message());
+        ensure_port_free(ep);
+        for (auto& l : loops_) {
+            if (l->index > 0 && !ep.is_ip()) {
+                break; // a Unix socket cannot be shared between loops
+            }
+            listen_options lo;
+            lo.reuse_port = ep.is_ip();
+            auto b = tcp_listener::bind(*l->loop, ep, lo);
+            if (!b) {
+                throw runtime_failure("cannot listen on " + ep.to_string() + ": " +
+                                      b.error().message());
+            }
+            l->listeners.push_back(std::move(*b));
+            ep = l->listeners.back().local_endpoint();
         }
-        l->listener = std::move(*b);
-        ep = l->listener.local_endpoint();
+        if (ep.is_ip()) {
+            port = ep.port();
+        }
+        bound.push_back(ep);
     }
     for (auto& l : loops_) {
-        if (l->listener.fd() >= 0) {
-            l->loop->spawn(accept_loop(l.get()));
+        for (auto& listener : l->listeners) {
+            l->loop->spawn(accept_loop(l.get(), &listener));
         }
     }
     group_->start([](std::size_t i, std::error_code ec) {
         spdlog::critical("event loop {} failed: {}", i, ec.message());
     });
     started_ = true;
-    return ep;
+    return bound;
 }
 
 void http_server::stop() {
