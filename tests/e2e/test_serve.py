@@ -463,6 +463,11 @@ class NginxLike(ServeFixture):
         self.assertIn('<a href="sized.bin">sized.bin</a></td><td>12345</td><td>2023-11-14 22:13:20</td>', page)
         self.assertRegex(page, r'<a href="dir/">dir/</a></td><td>-</td><td>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d</td>')
         self.assertIn('<a href="plain.txt">plain.txt</a></td><td>1</td>', page)
+        # A link that leads out shows its own size (its target's length), never the
+        # size of the file outside.
+        status, _, body = self.get_raw("/")
+        link_size = len(os.readlink(os.path.join(self.root, "abs-escape")))
+        self.assertIn('<a href="abs-escape">abs-escape</a></td><td>%d</td>' % link_size, body.decode())
 
 
 class Dotfiles(E2ETestCase):
@@ -756,6 +761,16 @@ class LimitsAndTimeouts(E2ETestCase):
             s = self.connect(addr)
             s.sendall(b"GET /a.txt HTTP/1.1\r\nHost: t\r\n\r\n")
             self.assertEqual(read_response(s)[2], b"a\n", addr)
+
+    def test_fifo_is_403_without_blocking(self):
+        """A local user who can write the tree puts a FIFO in it: opening it must not
+        block the loop (O_NONBLOCK), and it is not served."""
+        os.mkfifo(os.path.join(self.root, "pipe"))
+        proc, port = start_serve(self.spawn, self.root, "--threads", "1")
+        for path, want in (("/pipe", 403), ("/a.txt", 200)):
+            s = self.connect("127.0.0.1:%d" % port)
+            s.sendall(("GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % path).encode())
+            self.assertEqual(read_response(s)[0], want, path)
 
     def test_unix_socket(self):
         sock = self.path("s.sock")
