@@ -91,8 +91,8 @@ void check_redirect(std::string_view target) {
     const std::string loc = http::redirect_location(p);
     ZCIO_FUZZ_CHECK(loc.starts_with('/') && !loc.starts_with("//"));
     ZCIO_FUZZ_CHECK(loc.find('\\') == std::string::npos);
-    ZCIO_FUZZ_CHECK(http::has_dotfile(p.rel) == (p.rel.starts_with('.') ||
-                                                 p.rel.find("/.") != std::string::npos));
+    ZCIO_FUZZ_CHECK(http::has_dotfile(p.rel) ==
+                    (p.rel.starts_with('.') || p.rel.find("/.") != std::string::npos));
 }
 
 // The head's own checks, and its preconditions against a file of `size` bytes.

@@ -89,10 +89,9 @@ bool has_dotfile(std::string_view rel) noexcept {
 
 std::string make_etag(std::uint64_t size, std::int64_t mtime_sec, std::int64_t mtime_nsec) {
     char buf[64];
-    const int n = std::snprintf(buf, sizeof buf, "\"%llx.%llx-%llx\"",
-                                static_cast<unsigned long long>(mtime_sec),
-                                static_cast<unsigned long long>(mtime_nsec),
-                                static_cast<unsigned long long>(size));
+    const int n = std::snprintf(
+        buf, sizeof buf, "\"%llx.%llx-%llx\"", static_cast<unsigned long long>(mtime_sec),
+        static_cast<unsigned long long>(mtime_nsec), static_cast<unsigned long long>(size));
     return {buf, static_cast<std::size_t>(n)};
 }
 

@@ -11,12 +11,12 @@
 
 #include <algorithm>
 #include <array>
-#include <climits>
-#include <deque>
 #include <atomic>
 #include <charconv>
+#include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <utility>
 
 #include <dirent.h>
@@ -36,8 +36,9 @@ struct serve_state {
     serve_options opts;
     unique_fd root; // O_PATH | O_DIRECTORY
     // openat2(2) is Linux 5.6+, and some seccomp profiles answer ENOSYS to it; then
-    // walk_beneath() resolves instead, one openat() per component. ZCIO_SERVE_NO_OPENAT2=1 forces the fallback
-    // (the e2e tests run the escape cases through both).
+    // walk_beneath() resolves instead, one openat() per component.
+    // ZCIO_SERVE_NO_OPENAT2=1 forces the fallback (the e2e tests run the escape cases
+    // through both).
     std::atomic<bool> use_openat2{true};
     std::atomic<std::uint64_t> active{0};
 };
@@ -135,9 +136,9 @@ int walk_beneath(int root, const std::string& rel, int flags, unique_fd& out) {
         // An intermediate component must be a directory: O_PATH needs only search
         // permission, as the kernel's own walk does. O_NOFOLLOW|O_DIRECTORY on a symlink
         // fails with ENOTDIR; O_NOFOLLOW on a final symlink fails with ELOOP.
-        const int fd = last ? ::openat(cur(), comp.c_str(), flags | O_NOFOLLOW)
-                            : ::openat(cur(), comp.c_str(),
-                                       O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        const int fd =
+            last ? ::openat(cur(), comp.c_str(), flags | O_NOFOLLOW)
+                 : ::openat(cur(), comp.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (fd >= 0) {
             if (last) {
                 out.reset(fd);
@@ -326,9 +327,10 @@ std::optional<std::string> make_listing(int dir_fd, std::string_view url_path, b
     ::closedir(d);
     std::sort(entries.begin(), entries.end());
     const std::string title = "Index of " + http::html_escape(url_path);
-    std::string out = "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>" + title +
-                      "</title></head>\n<body><h1>" + title +
-                      "</h1>\n<table>\n<tr><th>Name</th><th>Size</th><th>Modified (UTC)</th></tr>\n";
+    std::string out =
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>" + title +
+        "</title></head>\n<body><h1>" + title +
+        "</h1>\n<table>\n<tr><th>Name</th><th>Size</th><th>Modified (UTC)</th></tr>\n";
     if (url_path != "/") {
         out += "<tr><td><a href=\"../\">../</a></td><td>-</td><td></td></tr>\n";
     }
@@ -411,7 +413,8 @@ plan plan_response(serve_state& s, const head_parser& req, std::string& h, std::
             simple_response(p, h, body, index.status, keep_alive, http10);
             return p;
         } else {
-            auto page = s.opts.listing ? make_listing(f.fd.get(), path.decoded, s.opts.dotfiles) : std::nullopt;
+            auto page = s.opts.listing ? make_listing(f.fd.get(), path.decoded, s.opts.dotfiles)
+                                       : std::nullopt;
             if (!page) {
                 simple_response(p, h, body, 403, keep_alive, http10);
                 return p;

@@ -14,7 +14,7 @@ namespace zcio::cli {
 
 struct serve_options {
     std::string root;
-    std::vector<endpoint> listen; // one or more; a Unix socket alone
+    std::vector<endpoint> listen;        // one or more; a Unix socket alone
     std::size_t threads = 0;             // 0: one per core
     std::uint64_t max_connections = 0;   // 0: no limit
     std::size_t max_header_size = 16384; // request line + header fields, in bytes
