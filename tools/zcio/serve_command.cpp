@@ -156,7 +156,7 @@ subcommand add_serve_command(CLI::App& app) {
     cmd->add_option("-t,--threads", f->threads, "Event loops (threads); default: one per core")
         ->check(CLI::Range(1, 1024));
     cmd->add_option("--max-connections", f->max_connections,
-                    "Open connections at most; more get 503 and are closed (0: no limit)")
+                    "Open connections at most; more get 503 and a graceful close (0: no limit)")
         ->capture_default_str();
     cmd->add_option("--max-header-size", f->max_header_size,
                     "Largest request head (request line and header fields); larger gets 431")
@@ -179,6 +179,11 @@ subcommand add_serve_command(CLI::App& app) {
     cmd->add_flag("--dotfiles", f->dotfiles,
                   "Serve and list names starting with '.' (by default any path segment "
                   "starting with '.' is 404 and such names are left out of listings)");
+    cmd->footer("Answers: 200/206 (Range) with ETag and Last-Modified; 304 for If-None-Match or "
+                "If-Modified-Since, 412 for If-Match or If-Unmodified-Since; 301 for a directory "
+                "without '/'; 404 for a missing file, a file with a trailing '/', or a dotfile "
+                "(without --dotfiles); 403 outside DIR; 400 for two Host fields. A connection a "
+                "timeout cuts is logged with 408. See docs/serve.md.");
     return {cmd, [f] { return run_serve(*f); }};
 }
 
