@@ -109,6 +109,18 @@ class Reader:
         return status, headers, body
 
 
+def assert_orderly_eof(test, sock, timeout=SHORT):
+    """After a final answer the server closes with a FIN: the next read is the end of
+    the stream, not ECONNRESET (a close with the client's bytes unread sends RST, which
+    can destroy the answer before the client has read it)."""
+    sock.settimeout(timeout)
+    try:
+        rest = sock.recv(65536)
+    except ConnectionResetError:
+        test.fail("the connection was reset after the answer (no graceful close)")
+    test.assertEqual(rest, b"", "bytes after the answer")
+
+
 def read_response(sock, head_only=False):
     return Reader(sock).response(head_only)
 
@@ -362,6 +374,144 @@ class Protocol(ServeFixture):
         e2e.wait_closed(s)
 
 
+class NginxLike(ServeFixture):
+    """What users of nginx expect: entity tags and preconditions, no file under a
+    trailing slash, no dotfiles, listings with sizes and dates, safe redirects."""
+
+    def test_redirect_collapses_leading_slashes(self):
+        # "//sub/" in a Location is a network-path reference: a browser would go to
+        # http://sub/ (an open redirect). The target is rebuilt from the path beneath
+        # the root instead.
+        for path, want in (("//sub", "/sub/"), ("/%2Fsub", "/sub/"), ("///sub?x=1", "/sub/?x=1"),
+                           ("/%2F%2Fsub", "/sub/"), ("/sub", "/sub/"), ("/./sub", "/sub/")):
+            status, h, _ = self.get_raw(path)
+            self.assertEqual((status, h.get("location")), (301, want), path)
+
+    def test_duplicate_host_is_400(self):
+        s = self.raw(b"GET /hello.txt HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+        status, h, body = read_response(s)
+        self.assertEqual((status, body), (400, b"400 Bad Request\n"))
+        self.assertEqual(h.get("connection"), "close")
+        e2e.wait_closed(s)
+        s = self.raw(b"GET /hello.txt HTTP/1.0\r\nHost: a\r\nhost: a\r\n\r\n")  # 1.0 too
+        self.assertEqual(read_response(s)[0], 400)
+        self.access_lines(self.server, r'"GET /hello\.txt HTTP/1\.1" 400 ')
+
+    def test_etag_and_preconditions(self):
+        status, h, body = self.get_raw("/hello.txt")
+        self.assertEqual((status, body), (200, self.files["hello.txt"]))
+        etag, lm = h["etag"], h["last-modified"]
+        self.assertRegex(etag, r'^"[0-9a-f]+\.[0-9a-f]+-d"$')  # 13 bytes: size d
+        cases = [
+            ("If-None-Match: %s" % etag, 304),
+            ("If-None-Match: W/%s" % etag, 304),  # weak comparison
+            ('If-None-Match: "x", %s' % etag, 304),
+            ("If-None-Match: *", 304),
+            ('If-None-Match: "other"', 200),
+            # If-None-Match wins over If-Modified-Since (RFC 9110 §13.1.3).
+            ('If-None-Match: "other"\r\nIf-Modified-Since: %s' % lm, 200),
+            ("If-Unmodified-Since: Sun, 06 Nov 1994 08:49:37 GMT", 412),
+            ("If-Unmodified-Since: %s" % lm, 200),
+            ("If-Unmodified-Since: not a date", 200),
+            ("If-Match: %s" % etag, 200),
+            ('If-Match: "other"', 412),
+            ("If-Match: W/%s" % etag, 412),  # strong comparison
+            ("If-Match: *", 200),
+        ]
+        for extra, want in cases:
+            status, h, body = self.get_raw("/hello.txt", extra + "\r\n")
+            self.assertEqual(status, want, extra)
+            if want == 200:
+                self.assertEqual(body, self.files["hello.txt"], extra)
+            elif want == 304:
+                self.assertEqual((h["etag"], body), (etag, b""), extra)
+            else:
+                self.assertEqual(body, b"412 Precondition Failed\n", extra)
+        # If-Range with the entity tag keeps the range; another tag gets the whole file.
+        status, _, body = self.get_raw("/hello.txt", "Range: bytes=0-4\r\nIf-Range: %s\r\n" % etag)
+        self.assertEqual((status, body), (206, b"hello"))
+        status, _, body = self.get_raw("/hello.txt", 'Range: bytes=0-4\r\nIf-Range: "x"\r\n')
+        self.assertEqual((status, body), (200, self.files["hello.txt"]))
+        # The tag changes when the file does, even within the same second and size.
+        name = os.path.join(self.root, "etag.txt")
+        with open(name, "wb") as f:
+            f.write(b"one")
+        os.utime(name, ns=(1700000000 * 10**9, 1700000000 * 10**9 + 1))
+        _, h1, b1 = self.get_raw("/etag.txt")
+        with open(name, "wb") as f:
+            f.write(b"two")
+        os.utime(name, ns=(1700000000 * 10**9, 1700000000 * 10**9 + 2))
+        status, h2, b2 = self.get_raw("/etag.txt", "If-None-Match: %s\r\n" % h1["etag"])
+        self.assertNotEqual(h1["etag"], h2["etag"])
+        self.assertEqual((b1, status, b2), (b"one", 200, b"two"))
+
+    def test_trailing_slash_on_a_file_is_404(self):
+        for path in ("/hello.txt/", "/inside-link/", "/sub/index.html/"):
+            status, _, body = self.get_raw(path)
+            self.assertEqual((status, body), (404, b"404 Not Found\n"), path)
+        self.assertEqual(self.get_raw("/hello.txt")[0], 200)
+
+    def test_listing_shows_sizes_and_dates(self):
+        name = os.path.join(self.root, "list", "sized.bin")
+        with open(name, "wb") as f:
+            f.write(os.urandom(12345))
+        os.utime(name, (1700000000, 1700000000))  # 2023-11-14 22:13:20 UTC
+        os.makedirs(os.path.join(self.root, "list", "dir"), exist_ok=True)
+        status, _, body = self.get_raw("/list/")
+        self.assertEqual(status, 200)
+        page = body.decode()
+        self.assertIn('<a href="sized.bin">sized.bin</a></td><td>12345</td><td>2023-11-14 22:13:20</td>', page)
+        self.assertRegex(page, r'<a href="dir/">dir/</a></td><td>-</td><td>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d</td>')
+        self.assertIn('<a href="plain.txt">plain.txt</a></td><td>1</td>', page)
+        # A link that leads out shows its own size (its target's length), never the
+        # size of the file outside.
+        status, _, body = self.get_raw("/")
+        link_size = len(os.readlink(os.path.join(self.root, "abs-escape")))
+        self.assertIn('<a href="abs-escape">abs-escape</a></td><td>%d</td>' % link_size, body.decode())
+
+
+class Dotfiles(E2ETestCase):
+    def setUp(self):
+        super().setUp()
+        self.root = self.path("www")
+        for d in ("sub", ".git"):
+            os.makedirs(os.path.join(self.root, d))
+        self.files = {".secret": b"S1", ".git/config": b"S2", "sub/.env": b"S3", "visible.txt": b"v",
+                      "sub/a.txt": b"a"}
+        for name, data in self.files.items():
+            with open(os.path.join(self.root, name), "wb") as f:
+                f.write(data)
+
+    def get(self, port, path):
+        s = self.connect("127.0.0.1:%d" % port)
+        s.sendall(("GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % path).encode())
+        return read_response(s)
+
+    def test_hidden_by_default(self):
+        proc, port = start_serve(self.spawn, self.root)
+        for path in ("/.secret", "/.git/config", "/.git/", "/.git", "/sub/.env", "/%2esecret",
+                     "/sub/%2Eenv"):
+            status, _, body = self.get(port, path)
+            self.assertEqual((status, body), (404, b"404 Not Found\n"), path)
+        for path in ("/", "/sub/"):
+            status, _, body = self.get(port, path)
+            self.assertEqual(status, 200)
+            for hidden in (b".secret", b".git", b".env"):
+                self.assertNotIn(hidden, body, path)
+        self.assertIn(b'href="visible.txt"', self.get(port, "/")[2])
+        self.assertEqual(self.get(port, "/sub/a.txt")[2], b"a")
+        self.assertEqual(self.get(port, "/./visible.txt")[2], b"v")  # "." is no dotfile
+
+    def test_served_with_dotfiles_flag(self):
+        proc, port = start_serve(self.spawn, self.root, "--dotfiles")
+        for name, data in self.files.items():
+            status, _, body = self.get(port, "/" + name)
+            self.assertEqual((status, body), (200, data), name)
+        page = self.get(port, "/")[2]
+        self.assertIn(b'href=".secret"', page)
+        self.assertIn(b'href=".git/"', page)
+
+
 class Escapes(E2ETestCase):
     """Nothing outside the root, through openat2 (RESOLVE_BENEATH) and the fallback."""
 
@@ -416,9 +566,75 @@ class Escapes(E2ETestCase):
     def test_openat2(self):
         self.check(None, "openat2")
 
-    def test_realpath_fallback(self):
+    def test_walk_fallback(self):
         env = dict(os.environ, ZCIO_SERVE_NO_OPENAT2="1")
-        self.check(env, "realpath fallback")
+        self.check(env, "openat walk fallback")
+
+    def race_swapped_symlink(self, env):
+        """A local user who can write the tree swaps a directory and a symlink to a
+        directory outside it (renameat2 RENAME_EXCHANGE, in a loop) while a client asks
+        for a file beneath the directory: no answer may carry the outside file."""
+        secret = os.urandom(16).hex().encode()
+        root = self.path("www")
+        outside = self.path("outside")
+        os.makedirs(os.path.join(root, "d"))
+        os.makedirs(outside)
+        with open(os.path.join(root, "d", "f"), "wb") as f:
+            f.write(b"inside\n")
+        with open(os.path.join(outside, "f"), "wb") as f:
+            f.write(secret)
+        os.symlink(outside, os.path.join(root, "s"))  # absolute
+        os.symlink("../outside", os.path.join(root, "r"))  # relative, climbing out
+        proc, port = start_serve(self.spawn, root, "--threads", "1", env=env)
+        # The swapper: a separate process (no GIL between it and our requests),
+        # bounded in time, killed at teardown anyway.
+        swapper = self.spawn([sys.executable, "-c", SWAPPER, os.path.join(root, "d"),
+                              os.path.join(root, "s"), os.path.join(root, "r"), "6"])
+        swapper.wait_for(r"swapping")
+        counts = {}
+        deadline = time.monotonic() + 3.0
+        batch = b"".join(b"GET /d/f HTTP/1.1\r\nHost: t\r\n\r\n" for _ in range(50))
+        total = 0
+        while time.monotonic() < deadline and total < 100000:
+            s = self.connect("127.0.0.1:%d" % port)
+            s.sendall(batch)
+            r = Reader(s)
+            for _ in range(50):
+                status, _, body = r.response()
+                self.assertNotIn(secret, body, "served the file outside the root")
+                counts[status] = counts.get(status, 0) + 1
+                total += 1
+            s.close()
+        # The race was real: the swap was seen (some answers were not the inside file).
+        self.assertGreater(counts.get(200, 0), 0, counts)
+        self.assertGreater(sum(v for k, v in counts.items() if k != 200), 0, counts)
+        return counts
+
+    def test_swapped_symlink_race_walk_fallback(self):
+        self.race_swapped_symlink(dict(os.environ, ZCIO_SERVE_NO_OPENAT2="1"))
+
+    def test_swapped_symlink_race_openat2(self):
+        self.race_swapped_symlink(None)
+
+
+# Swaps argv[1] with argv[2], then with argv[3], in a loop for argv[4] seconds.
+SWAPPER = r"""
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+AT_FDCWD, RENAME_EXCHANGE = -100, 2
+d, links, until = sys.argv[1], sys.argv[2:4], time.monotonic() + float(sys.argv[4])
+def exchange(a, b):
+    if hasattr(libc, "renameat2"):
+        return libc.renameat2(AT_FDCWD, a.encode(), AT_FDCWD, b.encode(), RENAME_EXCHANGE)
+    return libc.syscall(316, AT_FDCWD, a.encode(), AT_FDCWD, b.encode(), RENAME_EXCHANGE)
+print("swapping", file=sys.stderr, flush=True)
+i = 0
+while time.monotonic() < until:
+    link = links[(i // 2) % 2]
+    if exchange(d, link) != 0:
+        sys.exit("renameat2: " + os.strerror(ctypes.get_errno()))
+    i += 1
+"""
 
 
 class LimitsAndTimeouts(E2ETestCase):
@@ -436,6 +652,9 @@ class LimitsAndTimeouts(E2ETestCase):
         took = e2e.wait_closed(s, timeout=SHORT)
         self.assertLess(took, 5.0)
         self.assertGreater(took, 0.5)
+        # The cut request gets an access-log line (nothing was answered: 408, as nginx).
+        port_s = s.getsockname()[1]
+        proc.wait_for(r'127\.0\.0\.1:%d "-" 408 0 - [\d.]+ms header-timeout' % port_s, timeout=SHORT)
 
     def test_idle_keep_alive_times_out(self):
         proc, port = start_serve(self.spawn, self.root, "--idle-timeout", "1s", "--header-timeout", "5s")
@@ -445,6 +664,8 @@ class LimitsAndTimeouts(E2ETestCase):
         start = time.monotonic()
         e2e.wait_closed(s, timeout=SHORT)
         self.assertLess(time.monotonic() - start, 5.0)
+        port_s = s.getsockname()[1]
+        proc.wait_for(r'127\.0\.0\.1:%d "-" 408 0 - [\d.]+ms idle-timeout' % port_s, timeout=SHORT)
 
     def test_reader_that_never_reads_times_out(self):
         with open(os.path.join(self.root, "big.bin"), "wb") as f:
@@ -482,6 +703,17 @@ class LimitsAndTimeouts(E2ETestCase):
         self.assertEqual(status, 503)
         e2e.wait_closed(s)
         proc.wait_for(r"refused: --max-connections 2 reached")
+        # A client that sends its request at once and reads a little later gets the
+        # whole 503, not a reset: the refusal closes gracefully (its request is read
+        # and dropped) like every other final answer.
+        for i in range(12):
+            s = self.connect("127.0.0.1:%d" % port)
+            s.sendall(b"GET /a.txt HTTP/1.1\r\nHost: t\r\n\r\n")
+            time.sleep(0.01)
+            status, h, body = read_response(s)
+            self.assertEqual((status, body), (503, b"503 Service Unavailable\n"), i)
+            self.assertEqual(h.get("connection"), "close")
+            assert_orderly_eof(self, s)
         held[0].close()
         def ok():
             c = self.connect("127.0.0.1:%d" % port)
@@ -504,6 +736,41 @@ class LimitsAndTimeouts(E2ETestCase):
         rc, _, err = e2e.run_zcio(["serve", self.root, "--listen", "127.0.0.1:%d" % port])
         self.assertEqual(rc, 1)
         self.assertOneLine(err, "Address already in use")
+
+    def test_host_name_listens_on_every_address(self):
+        """`--listen NAME:PORT` binds every address NAME resolves to, not only the
+        first: here a name that /etc/hosts (bind-mounted in a private mount namespace)
+        gives as ::1 and 127.0.0.1, in that order."""
+        if shutil.which("unshare") is None:
+            self.skipTest("unshare (util-linux) is not installed")
+        hosts = self.path("hosts")
+        with open(hosts, "w") as f:
+            f.write("::1 zcio-dual\n127.0.0.1 zcio-dual\n")
+        wrap = ["unshare", "-rm", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"', hosts]
+        rc, out, err = run_bounded(wrap + ["getent", "ahosts", "zcio-dual"], SHORT)
+        if rc != 0 or b"::1" not in out or b"127.0.0.1" not in out:
+            self.skipTest("cannot bind-mount /etc/hosts in a user namespace: %s" % err.strip())
+        p = self.spawn(wrap + [e2e.ZCIO, "serve", self.root, "--listen", "zcio-dual:0", "--threads", "2"])
+        m = p.wait_for(r"serving .* on (.*) \(2 threads\)")[0]
+        urls = m.group(1).split(" and ")
+        ports = {re.search(r":(\d+)/$", u).group(1) for u in urls}
+        self.assertEqual(len(ports), 1, urls)  # one port for every address
+        port = int(ports.pop())
+        self.assertEqual(sorted(urls), sorted(["http://[::1]:%d/" % port, "http://127.0.0.1:%d/" % port]))
+        for addr in ("127.0.0.1:%d" % port, "[::1]:%d" % port):
+            s = self.connect(addr)
+            s.sendall(b"GET /a.txt HTTP/1.1\r\nHost: t\r\n\r\n")
+            self.assertEqual(read_response(s)[2], b"a\n", addr)
+
+    def test_fifo_is_403_without_blocking(self):
+        """A local user who can write the tree puts a FIFO in it: opening it must not
+        block the loop (O_NONBLOCK), and it is not served."""
+        os.mkfifo(os.path.join(self.root, "pipe"))
+        proc, port = start_serve(self.spawn, self.root, "--threads", "1")
+        for path, want in (("/pipe", 403), ("/a.txt", 200)):
+            s = self.connect("127.0.0.1:%d" % port)
+            s.sendall(("GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % path).encode())
+            self.assertEqual(read_response(s)[0], want, path)
 
     def test_unix_socket(self):
         sock = self.path("s.sock")

@@ -3,12 +3,19 @@
 // server's kind exactly as serve_connection() reads it (http::head_buffer,
 // head_parser), in the read sizes a seed picks. Each complete head then goes through
 // the pure parts of the answer: resolve_target() (the path beneath the root),
-// parse_range() and parse_date().
+// parse_range() and parse_date(), and the decisions made from the head alone:
+// check_head() (version, missing or duplicate Host), the preconditions (If-Match,
+// If-None-Match, If-Modified-Since, If-Unmodified-Since, If-Range) and the directory
+// redirect.
 //
 // Checks: no crash or undefined behaviour; every view the parser hands out lies inside
 // the bytes of its own head; the same bytes read in one go or in small pieces give the
 // same requests and the same outcome (a difference would be a bug in joining pieces of
-// a field or in the pipelining bookkeeping); a path that is served has no "..", "." or
+// a field or in the pipelining bookkeeping); two Host fields are always 400; the
+// preconditions give 0, 304 or 412, and 304 whenever If-None-Match names the file's
+// own tag (unless If-Match or If-Unmodified-Since refuse first); a redirect target
+// never starts with "//" (another host) and has no dotfile unless the path had one;
+// a path that is served has no "..", "." or
 // empty segment and no NUL, and is what the decoded path says; a satisfiable range lies
 // within the file; a parsed date prints back to the same instant.
 #include "http_head.hpp"
@@ -74,6 +81,51 @@ void check_path(std::string_view target) {
                     !p.rel.starts_with("./") && p.rel.find("/../") == std::string::npos &&
                     p.rel.find("/./") == std::string::npos && !p.rel.ends_with("/..") &&
                     !p.rel.ends_with("/."));
+}
+
+void check_redirect(std::string_view target) {
+    const auto p = http::resolve_target(target);
+    if (p.status != 0) {
+        return;
+    }
+    const std::string loc = http::redirect_location(p);
+    ZCIO_FUZZ_CHECK(loc.starts_with('/') && !loc.starts_with("//"));
+    ZCIO_FUZZ_CHECK(loc.find('\\') == std::string::npos);
+    ZCIO_FUZZ_CHECK(http::has_dotfile(p.rel) ==
+                    (p.rel.starts_with('.') || p.rel.find("/.") != std::string::npos));
+}
+
+// The head's own checks, and its preconditions against a file of `size` bytes.
+void check_decisions(const http::head_parser& req, std::uint64_t size) {
+    std::size_t hosts = 0;
+    for (const auto& h : req.headers()) {
+        hosts += http::iequals(h.name, "host") ? 1 : 0;
+    }
+    const int head = http::check_head(req);
+    ZCIO_FUZZ_CHECK(head == 0 || head == 400 || head == 505);
+    if (req.version_major() == 1 && hosts > 1) {
+        ZCIO_FUZZ_CHECK(head == 400);
+    }
+    if (head == 0) {
+        ZCIO_FUZZ_CHECK(req.version_major() == 1 && hosts <= 1);
+    }
+    const std::time_t mtime = 784111777; // Sun, 06 Nov 1994 08:49:37 GMT
+    const std::string etag = http::make_etag(size, mtime, 5);
+    ZCIO_FUZZ_CHECK(http::etag_matches(etag, etag, false) && http::etag_matches(etag, etag, true));
+    ZCIO_FUZZ_CHECK(!http::etag_matches("W/" + etag, etag, false));
+    const int pre = http::evaluate_preconditions(req, etag, mtime, mtime + 86400);
+    ZCIO_FUZZ_CHECK(pre == 0 || pre == 304 || pre == 412);
+    auto inm = req.find("if-none-match");
+    if (inm && http::trim(*inm) == etag && !req.find("if-match") &&
+        !req.find("if-unmodified-since")) {
+        ZCIO_FUZZ_CHECK(pre == 304);
+    }
+    if (auto ir = req.find("if-range")) {
+        (void)http::if_range_holds(*ir, etag, mtime);
+        if (http::trim(*ir) == etag) {
+            ZCIO_FUZZ_CHECK(http::if_range_holds(*ir, etag, mtime));
+        }
+    }
 }
 
 void check_range(std::string_view header, std::uint64_t size) {
@@ -156,17 +208,19 @@ std::string serve(std::string_view bytes, const options& o, chunker reads) {
         seen += describe(req) + "\n";
 
         check_path(req.target());
+        check_redirect(req.target());
+        check_decisions(req, o.file_size);
         if (auto r = req.find("range")) {
             check_range(*r, o.file_size);
         }
-        if (auto d = req.find("if-modified-since")) {
-            check_date(*d);
+        for (const char* name : {"if-modified-since", "if-unmodified-since", "if-range"}) {
+            if (auto d = req.find(name)) {
+                check_date(*d);
+            }
         }
         // serve closes after a request whose body it would not read, and when the
         // client asked for it; otherwise the next request follows in the buffer.
-        const bool http10 = req.version_minor() == 0;
-        if (!req.keep_alive() || req.has_body() || req.version_major() != 1 ||
-            (!http10 && !req.find("host"))) {
+        if (!req.keep_alive() || req.has_body() || http::check_head(req) != 0) {
             return seen + "close\n";
         }
         hb.drop_message(base);

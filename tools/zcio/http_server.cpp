@@ -10,10 +10,13 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <charconv>
+#include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <utility>
 
 #include <dirent.h>
@@ -31,11 +34,11 @@ using http::head_parser;
 // Read-only after start(), shared by every loop.
 struct serve_state {
     serve_options opts;
-    unique_fd root;        // O_PATH | O_DIRECTORY
-    std::string root_real; // realpath of the root, for the fallback resolver
-    // openat2(2) is Linux 5.6+, and some seccomp profiles answer ENOSYS to it; then the
-    // realpath fallback resolves instead. ZCIO_SERVE_NO_OPENAT2=1 forces the fallback
-    // (the e2e tests run the escape cases through both).
+    unique_fd root; // O_PATH | O_DIRECTORY
+    // openat2(2) is Linux 5.6+, and some seccomp profiles answer ENOSYS to it; then
+    // walk_beneath() resolves instead, one openat() per component.
+    // ZCIO_SERVE_NO_OPENAT2=1 forces the fallback (the e2e tests run the escape cases
+    // through both).
     std::atomic<bool> use_openat2{true};
     std::atomic<std::uint64_t> active{0};
 };
@@ -50,7 +53,13 @@ struct serve_loop {
     // while a head is read and given back while the connection waits for the next
     // one: an idle keep-alive connection holds no buffer.
     std::unique_ptr<buffer_pool> heads;
-    tcp_listener listener;
+    std::vector<tcp_listener> listeners; // one per address of --listen
+    // Refused connections (--max-connections) being closed gracefully right now; at
+    // most max_refusing, so a flood beyond the limit holds a bounded set of sockets.
+    std::size_t refusing = 0;
+    // What refused clients still send is read into this and dropped. One per loop is
+    // enough: only this loop's thread reads into it, and nobody looks at the bytes.
+    std::array<std::byte, 4096> discard{};
 };
 
 namespace {
@@ -79,6 +88,93 @@ int status_for_errno(int e) {
     }
 }
 
+// The fallback resolver, for kernels without openat2 (or seccomp profiles that deny
+// it): walks `rel` one component at a time from the root's fd, each step an openat()
+// with O_NOFOLLOW relative to a directory fd we hold, so the kernel never follows a
+// symbolic link or a ".." for us. A directory swapped for a symlink between two steps
+// is seen as the link it now is (ENOTDIR/ELOOP), never followed. Symbolic links are
+// resolved here, by reading them and walking their target from the directory that holds
+// them, with the same rules as openat2's RESOLVE_BENEATH: an absolute target, or a ".."
+// that would climb above the root, is 403; more than 40 links (the kernel's MAXSYMLINKS)
+// is 403. ".." pops our own stack of directory fds, so it can never lead out of the
+// root even if a directory on the way was moved meanwhile. Returns 0 with `out` set, or
+// the HTTP status to answer.
+int walk_beneath(int root, const std::string& rel, int flags, unique_fd& out) {
+    constexpr int max_links = 40;
+    std::deque<std::string> pending;
+    auto push_front_path = [&pending](std::string_view path) {
+        std::vector<std::string> parts;
+        std::size_t i = 0;
+        while (i <= path.size()) {
+            auto next = path.find('/', i);
+            if (next == std::string_view::npos) {
+                next = path.size();
+            }
+            parts.emplace_back(path.substr(i, next - i));
+            i = next + 1;
+        }
+        pending.insert(pending.begin(), parts.begin(), parts.end());
+    };
+    push_front_path(rel);
+    std::vector<unique_fd> dirs; // the directories walked into, beneath the root
+    auto cur = [&dirs, root] { return dirs.empty() ? root : dirs.back().get(); };
+    int links = 0;
+    while (!pending.empty()) {
+        const std::string comp = std::move(pending.front());
+        pending.pop_front();
+        if (comp.empty() || comp == ".") {
+            continue;
+        }
+        if (comp == "..") {
+            if (dirs.empty()) {
+                return 403; // above the root
+            }
+            dirs.pop_back();
+            continue;
+        }
+        const bool last = pending.empty();
+        // An intermediate component must be a directory: O_PATH needs only search
+        // permission, as the kernel's own walk does. O_NOFOLLOW|O_DIRECTORY on a symlink
+        // fails with ENOTDIR; O_NOFOLLOW on a final symlink fails with ELOOP.
+        const int fd =
+            last ? ::openat(cur(), comp.c_str(), flags | O_NOFOLLOW)
+                 : ::openat(cur(), comp.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd >= 0) {
+            if (last) {
+                out.reset(fd);
+                return 0;
+            }
+            dirs.emplace_back(fd);
+            continue;
+        }
+        const int e = errno;
+        if (e != ELOOP && e != ENOTDIR) {
+            return status_for_errno(e);
+        }
+        // Perhaps a symbolic link: read it (whatever is there now) and walk its target.
+        char target[PATH_MAX];
+        const ssize_t n = ::readlinkat(cur(), comp.c_str(), target, sizeof target);
+        if (n < 0) {
+            return status_for_errno(errno == EINVAL ? ENOTDIR : errno); // not a link
+        }
+        if (n == 0 || static_cast<std::size_t>(n) == sizeof target) {
+            return 404;
+        }
+        if (target[0] == '/' || ++links > max_links) {
+            return 403; // absolute (refused even when it points inside), or a loop
+        }
+        push_front_path(std::string_view(target, static_cast<std::size_t>(n)));
+    }
+    // The walk ended on a directory we hold (the root, or a link to "." or ".."): open
+    // it for reading through "." (which cannot leave it).
+    const int fd = ::openat(cur(), ".", flags | O_DIRECTORY);
+    if (fd < 0) {
+        return status_for_errno(errno);
+    }
+    out.reset(fd);
+    return 0;
+}
+
 // Opens `rel` (no leading '/', no "." or ".." segments; "" is the root itself) so that
 // nothing outside the root can be reached, symbolic links included. O_NONBLOCK: opening
 // a FIFO for reading would otherwise block the loop until a writer appears.
@@ -104,28 +200,10 @@ opened open_beneath(serve_state& s, const std::string& rel) {
         }
     }
     if (!out.fd) {
-        // Fallback: resolve every symlink, then require the result to lie beneath the
-        // root. O_NOFOLLOW refuses a last component swapped for a symlink meanwhile.
-        const std::string full = s.root_real + "/" + rel;
-        std::unique_ptr<char, decltype(&std::free)> real(::realpath(full.c_str(), nullptr),
-                                                         &std::free);
-        if (!real) {
-            out.status = status_for_errno(errno);
+        out.status = walk_beneath(s.root.get(), rel, flags, out.fd);
+        if (out.status != 0) {
             return out;
         }
-        const std::string_view r(real.get());
-        const bool inside = r == s.root_real || s.root_real == "/" ||
-                            (r.starts_with(s.root_real) && r[s.root_real.size()] == '/');
-        if (!inside) {
-            out.status = 403;
-            return out;
-        }
-        auto fd = sys::open(real.get(), flags | O_NOFOLLOW);
-        if (!fd) {
-            out.status = status_for_errno(errno_of(fd.error()));
-            return out;
-        }
-        out.fd = std::move(*fd);
     }
     if (::fstat(out.fd.get(), &out.st) != 0) {
         out.status = 500;
@@ -195,8 +273,29 @@ void simple_response(plan& p, std::string& h, std::string& body, int status, boo
     end_head(h, keep_alive, http10);
 }
 
-// Directory listing, names HTML-escaped and links percent-encoded.
-std::optional<std::string> make_listing(int dir_fd, std::string_view url_path) {
+struct listing_entry {
+    std::string name;
+    bool is_dir = false;
+    bool stat_ok = false;
+    std::uint64_t size = 0;
+    std::time_t mtime = 0;
+    bool operator<(const listing_entry& o) const { return name < o.name; }
+};
+
+// "2026-12-01 23:20:05", UTC.
+void append_listing_date(std::string& out, std::time_t t) {
+    std::tm tm{};
+    ::gmtime_r(&t, &tm);
+    char buf[32];
+    const std::size_t n = std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S", &tm);
+    out.append(buf, n);
+}
+
+// Directory listing: names HTML-escaped and links percent-encoded, with each entry's
+// size in bytes and modification time (UTC). Entries are lstat()ed: a symbolic link
+// shows its own size and date, never those of what it points to (which may lie
+// outside the root). Names starting with '.' are left out unless `dotfiles`.
+std::optional<std::string> make_listing(int dir_fd, std::string_view url_path, bool dotfiles) {
     auto dup = sys::dup(dir_fd);
     if (!dup) {
         return std::nullopt;
@@ -206,34 +305,51 @@ std::optional<std::string> make_listing(int dir_fd, std::string_view url_path) {
         return std::nullopt;
     }
     (void)dup->release(); // the DIR owns it now; closedir closes it
-    std::vector<std::pair<std::string, bool>> entries;
+    std::vector<listing_entry> entries;
     while (dirent* e = ::readdir(d)) {
         const std::string_view name(e->d_name);
-        if (name == "." || name == "..") {
+        if (name == "." || name == ".." || (!dotfiles && name.starts_with('.'))) {
             continue;
         }
-        bool is_dir = e->d_type == DT_DIR;
-        if (e->d_type == DT_UNKNOWN) {
-            struct stat st {};
-            is_dir = ::fstatat(::dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-                     S_ISDIR(st.st_mode);
+        listing_entry le;
+        le.name = std::string(name);
+        struct stat st {};
+        if (::fstatat(::dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+            le.stat_ok = true;
+            le.is_dir = S_ISDIR(st.st_mode);
+            le.size = static_cast<std::uint64_t>(st.st_size);
+            le.mtime = st.st_mtim.tv_sec;
+        } else {
+            le.is_dir = e->d_type == DT_DIR; // vanished meanwhile: name only
         }
-        entries.emplace_back(std::string(name), is_dir);
+        entries.push_back(std::move(le));
     }
     ::closedir(d);
     std::sort(entries.begin(), entries.end());
     const std::string title = "Index of " + http::html_escape(url_path);
-    std::string out = "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>" + title +
-                      "</title></head>\n<body><h1>" + title + "</h1>\n<ul>\n";
+    std::string out =
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>" + title +
+        "</title></head>\n<body><h1>" + title +
+        "</h1>\n<table>\n<tr><th>Name</th><th>Size</th><th>Modified (UTC)</th></tr>\n";
     if (url_path != "/") {
-        out += "<li><a href=\"../\">../</a></li>\n";
+        out += "<tr><td><a href=\"../\">../</a></td><td>-</td><td></td></tr>\n";
     }
-    for (const auto& [name, is_dir] : entries) {
-        const std::string suffix = is_dir ? "/" : "";
-        out += "<li><a href=\"" + http::html_escape(http::percent_encode_path(name)) + suffix +
-               "\">" + http::html_escape(name) + suffix + "</a></li>\n";
+    for (const auto& e : entries) {
+        const std::string suffix = e.is_dir ? "/" : "";
+        out += "<tr><td><a href=\"" + http::html_escape(http::percent_encode_path(e.name)) +
+               suffix + "\">" + http::html_escape(e.name) + suffix + "</a></td><td>";
+        if (e.stat_ok && !e.is_dir) {
+            append_number(out, e.size);
+        } else {
+            out += '-';
+        }
+        out += "</td><td>";
+        if (e.stat_ok) {
+            append_listing_date(out, e.mtime);
+        }
+        out += "</td></tr>\n";
     }
-    out += "</ul></body></html>\n";
+    out += "</table></body></html>\n";
     return out;
 }
 
@@ -244,12 +360,8 @@ plan plan_response(serve_state& s, const head_parser& req, std::string& h, std::
     const bool http10 = req.version_minor() == 0;
     bool keep_alive = req.keep_alive();
     body.clear();
-    if (req.version_major() != 1) {
-        simple_response(p, h, body, 505, false, http10);
-        return p;
-    }
-    if (!http10 && !req.find("host")) {
-        simple_response(p, h, body, 400, false, http10); // RFC 9112 §3.2
+    if (int st = http::check_head(req); st != 0) {
+        simple_response(p, h, body, st, false, http10); // 505, or 400 (RFC 9112 §3.2)
         return p;
     }
     const auto method = req.method();
@@ -273,22 +385,24 @@ plan plan_response(serve_state& s, const head_parser& req, std::string& h, std::
         return p;
     }
     const std::string& rel = path.rel;
-    const std::string_view query = path.query;
+    if (!s.opts.dotfiles && http::has_dotfile(rel)) {
+        simple_response(p, h, body, 404, keep_alive, http10); // as if it did not exist
+        return p;
+    }
 
     opened f = open_beneath(s, rel);
     if (f.status != 0) {
         simple_response(p, h, body, f.status, keep_alive && f.status != 500, http10);
         return p;
     }
+    if (S_ISREG(f.st.st_mode) && path.decoded.ends_with('/')) {
+        simple_response(p, h, body, 404, keep_alive, http10); // "/file.txt/" is no directory
+        return p;
+    }
     if (S_ISDIR(f.st.st_mode)) {
         if (!path.decoded.ends_with('/')) {
             // Relative links in the page (and the listing) need the trailing slash.
-            std::string loc = "Location: " + http::percent_encode_path(path.decoded) + "/";
-            if (!query.empty()) {
-                loc += "?";
-                loc += query;
-            }
-            loc += "\r\n";
+            const std::string loc = "Location: " + http::redirect_location(path) + "\r\n";
             simple_response(p, h, body, 301, keep_alive, http10, loc);
             return p;
         }
@@ -299,7 +413,8 @@ plan plan_response(serve_state& s, const head_parser& req, std::string& h, std::
             simple_response(p, h, body, index.status, keep_alive, http10);
             return p;
         } else {
-            auto page = s.opts.listing ? make_listing(f.fd.get(), path.decoded) : std::nullopt;
+            auto page = s.opts.listing ? make_listing(f.fd.get(), path.decoded, s.opts.dotfiles)
+                                       : std::nullopt;
             if (!page) {
                 simple_response(p, h, body, 403, keep_alive, http10);
                 return p;
@@ -319,29 +434,24 @@ plan plan_response(serve_state& s, const head_parser& req, std::string& h, std::
     // A regular file.
     const auto size = static_cast<std::uint64_t>(f.st.st_size);
     const std::time_t mtime = f.st.st_mtim.tv_sec;
-    if (auto ims = req.find("if-modified-since")) {
-        // Only a valid date that is not in the future counts (RFC 9110 §13.1.3).
-        if (auto t = http::parse_date(*ims); t && *t <= std::time(nullptr) && mtime <= *t) {
-            p.status = 304;
-            p.keep_alive = keep_alive;
-            start_head(h, 304);
-            h += "Last-Modified: ";
-            http::append_date(h, mtime);
-            h += "\r\n";
-            end_head(h, keep_alive, http10);
-            return p;
-        }
+    const std::string etag = http::make_etag(size, f.st.st_mtim.tv_sec, f.st.st_mtim.tv_nsec);
+    if (int st = http::evaluate_preconditions(req, etag, mtime, std::time(nullptr)); st == 304) {
+        p.status = 304;
+        p.keep_alive = keep_alive;
+        start_head(h, 304);
+        h += "ETag: " + etag + "\r\nLast-Modified: ";
+        http::append_date(h, mtime);
+        h += "\r\n";
+        end_head(h, keep_alive, http10);
+        return p;
+    } else if (st == 412) {
+        simple_response(p, h, body, 412, keep_alive, http10);
+        return p;
     }
     http::byte_range range;
     if (auto r = req.find("range")) {
-        bool use = true;
-        if (auto ir = req.find("if-range")) {
-            // If-Range with a date: the range applies only to the representation whose
-            // Last-Modified is exactly that date; anything else (an ETag) gets it all.
-            auto t = http::parse_date(*ir);
-            use = t && *t == mtime;
-        }
-        if (use) {
+        auto ir = req.find("if-range");
+        if (!ir || http::if_range_holds(*ir, etag, mtime)) {
             range = http::parse_range(*r, size);
         }
     }
@@ -368,7 +478,7 @@ plan plan_response(serve_state& s, const head_parser& req, std::string& h, std::
     append_number(h, p.length);
     h += "\r\nLast-Modified: ";
     http::append_date(h, mtime);
-    h += "\r\nAccept-Ranges: bytes\r\n";
+    h += "\r\nETag: " + etag + "\r\nAccept-Ranges: bytes\r\n";
     if (p.status == 206) {
         h += "Content-Range: bytes ";
         append_number(h, range.first);
@@ -443,7 +553,36 @@ task<void> lingering_close(serve_loop* L, stream* conn, buffer_lease* buf, http:
     }
 }
 
-task<void> serve_connection(serve_loop* L, stream conn, std::string peer, http::watch_state* w) {
+// What a connection is doing, for the access-log line of one that a timeout cuts: the
+// cancelled task is destroyed where it waits, so connection() writes that line.
+struct phase_info {
+    enum class kind { header, idle, sending, closing } k = kind::header;
+    clock::time_point since = clock::now();
+    int status = 0; // while sending: the answer's status
+};
+
+void log_timeout(const std::string& peer, const phase_info& ph) {
+    if (!spdlog::should_log(spdlog::level::info)) {
+        return;
+    }
+    const double ms = std::chrono::duration<double, std::milli>(clock::now() - ph.since).count();
+    switch (ph.k) {
+    case phase_info::kind::header: // nothing was answered; 408 says why (as nginx logs it)
+        spdlog::info("{} \"-\" 408 0 - {:.3f}ms header-timeout", peer, ms);
+        break;
+    case phase_info::kind::idle:
+        spdlog::info("{} \"-\" 408 0 - {:.3f}ms idle-timeout", peer, ms);
+        break;
+    case phase_info::kind::sending:
+        spdlog::info("{} \"-\" {} - - {:.3f}ms send-timeout", peer, ph.status, ms);
+        break;
+    case phase_info::kind::closing: // the answer was logged; the lingering close ended
+        break;
+    }
+}
+
+task<void> serve_connection(serve_loop* L, stream conn, std::string peer, http::watch_state* w,
+                            phase_info* ph) {
     serve_state& s = *L->state;
     const serve_options& o = s.opts;
     head_parser req(head_parser::kind::request, o.max_headers);
@@ -459,6 +598,8 @@ task<void> serve_connection(serve_loop* L, stream conn, std::string peer, http::
         // ---- one request head ----
         w->slide = {};
         w->deadline = clock::now() + (first || hb.have > 0 ? o.header_timeout : o.idle_timeout);
+        ph->k = first || hb.have > 0 ? phase_info::kind::header : phase_info::kind::idle;
+        ph->since = clock::now();
         // Pipelined: the next request may be (partly) here already.
         auto st = hb.start(req, reinterpret_cast<const char*>(buf.data().data()));
         bool too_large = false;
@@ -502,6 +643,8 @@ task<void> serve_connection(serve_loop* L, stream conn, std::string peer, http::
             }
             if (hb.have == 0 && !first) {
                 w->deadline = clock::now() + o.header_timeout; // a kept-alive client speaks
+                ph->k = phase_info::kind::header;
+                ph->since = clock::now();
             }
             st = hb.received(req, base, *n);
         }
@@ -525,6 +668,9 @@ task<void> serve_connection(serve_loop* L, stream conn, std::string peer, http::
         }
         w->slide = o.send_timeout;
         w->deadline = clock::now() + o.send_timeout;
+        ph->k = phase_info::kind::sending;
+        ph->status = p.status;
+        ph->since = started;
         auto sent = co_await send_all_op(conn, head, file_body ? MSG_MORE : 0);
         if (!sent) {
             log_access(peer, parsed ? &req : nullptr, p.status, 0, "-", started);
@@ -558,6 +704,7 @@ task<void> serve_connection(serve_loop* L, stream conn, std::string peer, http::
         log_access(peer, parsed ? &req : nullptr, p.status, body_bytes, path, started);
 
         if (!p.keep_alive) {
+            ph->k = phase_info::kind::closing;
             co_await lingering_close(L, &conn, &buf, w);
             co_return;
         }
@@ -570,11 +717,12 @@ task<void> connection(serve_loop* L, stream conn, endpoint peer) {
     auto w = std::make_shared<http::watch_state>();
     L->loop->spawn(http::watchdog(L->loop, w));
     std::string peer_text = peer.to_string();
+    phase_info ph;
     auto r = co_await with_cancel(
-        *L->loop, serve_connection(L, std::move(conn), peer_text, w.get()), w->cancel);
+        *L->loop, serve_connection(L, std::move(conn), peer_text, w.get(), &ph), w->cancel);
     w->done = true;
     if (!r && w->fired) {
-        spdlog::debug("{}: closed: timeout", peer_text);
+        log_timeout(peer_text, ph);
     }
     L->state->active.fetch_sub(1, std::memory_order_relaxed);
 }
@@ -586,10 +734,41 @@ constexpr std::string_view busy_response = "HTTP/1.1 503 Service Unavailable\r\n
                                            "Connection: close\r\n\r\n"
                                            "503 Service Unavailable\n";
 
-task<void> accept_loop(serve_loop* L) {
+// How a refusal ends: like lingering_close, but on a smaller budget, since the client
+// was never admitted.
+constexpr std::size_t max_refusing = 64;
+constexpr auto refuse_linger = 1s;
+constexpr std::uint64_t refuse_drain_bytes = 64 * 1024;
+
+task<void> drain_refused(serve_loop* L, stream* conn) {
+    (void)conn->shutdown_write();
+    std::uint64_t dropped = 0;
+    while (dropped < refuse_drain_bytes) {
+        auto n = co_await conn->read_some(L->discard);
+        if (!n || *n == 0) {
+            co_return;
+        }
+        dropped += *n;
+    }
+}
+
+// Answers 503 to a connection beyond --max-connections and closes it the way every
+// other final answer closes: shut down writing, then read and drop what the client
+// sends (its request, typically) for a short while, so the close does not turn into a
+// reset that destroys the 503 before the client has read it.
+task<void> refuse(serve_loop* L, stream conn) {
+    auto w = std::make_shared<http::watch_state>();
+    w->deadline = clock::now() + refuse_linger;
+    L->loop->spawn(http::watchdog(L->loop, w));
+    (void)co_await with_cancel(*L->loop, drain_refused(L, &conn), w->cancel);
+    w->done = true;
+    --L->refusing;
+}
+
+task<void> accept_loop(serve_loop* L, tcp_listener* listener) {
     serve_state& s = *L->state;
     while (true) {
-        auto a = co_await L->listener.accept();
+        auto a = co_await listener->accept();
         if (!a) {
             if (a.error() == std::errc::operation_canceled) {
                 co_return;
@@ -605,7 +784,13 @@ task<void> accept_loop(serve_loop* L) {
             // A fresh socket's send buffer is empty: one non-blocking send fits.
             (void)sys::send(a->conn.fd(), busy_response.data(), busy_response.size(), MSG_NOSIGNAL);
             spdlog::warn("{}: refused: --max-connections {} reached", a->peer.to_string(), limit);
-            continue; // `a` goes out of scope: closed
+            if (L->refusing < max_refusing) {
+                ++L->refusing;
+                L->loop->spawn(refuse(L, std::move(a->conn)));
+            }
+            // Otherwise `a` goes out of scope: closed at once (a client that already
+            // sent its request may then see a reset instead of the 503).
+            continue;
         }
         L->loop->spawn(connection(L, std::move(a->conn), a->peer));
     }
@@ -621,13 +806,6 @@ http_server::http_server(serve_options opts) : state_(std::make_unique<serve_sta
                               "\": " + root.error().message());
     }
     state_->root = std::move(*root);
-    std::unique_ptr<char, decltype(&std::free)> real(::realpath(state_->opts.root.c_str(), nullptr),
-                                                     &std::free);
-    if (!real) {
-        throw runtime_failure("cannot serve \"" + state_->opts.root +
-                              "\": " + std::strerror(errno));
-    }
-    state_->root_real = real.get();
     if (const char* e = std::getenv("ZCIO_SERVE_NO_OPENAT2"); e != nullptr && *e == '1') {
         state_->use_openat2 = false;
     }
@@ -650,7 +828,9 @@ http_server::~http_server() {
     // Close the listeners while their loops exist, then destroy the loops (and the
     // tasks suspended on them) before the contexts those tasks point into.
     for (auto& l : loops_) {
-        l->listener.close();
+        for (auto& listener : l->listeners) {
+            listener.close();
+        }
     }
     group_.reset();
 }
@@ -659,35 +839,46 @@ std::size_t http_server::threads() const noexcept {
     return loops_.size();
 }
 
-endpoint http_server::start() {
+std::vector<endpoint> http_server::start() {
     // Bind on every loop before any thread runs, so a bad address fails cleanly. Port 0
-    // is resolved by the first loop; the others bind the port it got (SO_REUSEPORT).
-    endpoint ep = state_->opts.listen;
-    ensure_port_free(ep);
-    for (auto& l : loops_) {
-        if (l->index > 0 && !ep.is_ip()) {
-            break; // a Unix socket cannot be shared between loops
+    // is resolved by the first bind; every other bind uses the port it got (SO_REUSEPORT
+    // between loops; another address family shares the number, not the socket).
+    std::vector<endpoint> bound;
+    std::uint16_t port = 0;
+    for (endpoint ep : state_->opts.listen) {
+        if (ep.is_ip() && ep.port() == 0 && port != 0) {
+            ep.set_port(port);
         }
-        listen_options lo;
-        lo.reuse_port = ep.is_ip();
-        auto b = tcp_listener::bind(*l->loop, ep, lo);
-        if (!b) {
-            throw runtime_failure("cannot listen on " + ep.to_string() + ": " +
-                                  b.error().message());
+        ensure_port_free(ep);
+        for (auto& l : loops_) {
+            if (l->index > 0 && !ep.is_ip()) {
+                break; // a Unix socket cannot be shared between loops
+            }
+            listen_options lo;
+            lo.reuse_port = ep.is_ip();
+            auto b = tcp_listener::bind(*l->loop, ep, lo);
+            if (!b) {
+                throw runtime_failure("cannot listen on " + ep.to_string() + ": " +
+                                      b.error().message());
+            }
+            l->listeners.push_back(std::move(*b));
+            ep = l->listeners.back().local_endpoint();
         }
-        l->listener = std::move(*b);
-        ep = l->listener.local_endpoint();
+        if (ep.is_ip()) {
+            port = ep.port();
+        }
+        bound.push_back(ep);
     }
     for (auto& l : loops_) {
-        if (l->listener.fd() >= 0) {
-            l->loop->spawn(accept_loop(l.get()));
+        for (auto& listener : l->listeners) {
+            l->loop->spawn(accept_loop(l.get(), &listener));
         }
     }
     group_->start([](std::size_t i, std::error_code ec) {
         spdlog::critical("event loop {} failed: {}", i, ec.message());
     });
     started_ = true;
-    return ep;
+    return bound;
 }
 
 void http_server::stop() {

@@ -14,7 +14,7 @@ namespace zcio::cli {
 
 struct serve_options {
     std::string root;
-    endpoint listen;
+    std::vector<endpoint> listen;        // one or more; a Unix socket alone
     std::size_t threads = 0;             // 0: one per core
     std::uint64_t max_connections = 0;   // 0: no limit
     std::size_t max_header_size = 16384; // request line + header fields, in bytes
@@ -22,7 +22,8 @@ struct serve_options {
     std::chrono::nanoseconds header_timeout = std::chrono::seconds(10);
     std::chrono::nanoseconds idle_timeout = std::chrono::seconds(30);
     std::chrono::nanoseconds send_timeout = std::chrono::seconds(60);
-    bool listing = true; // directories without index.html get a listing (else 403)
+    bool listing = true;   // directories without index.html get a listing (else 403)
+    bool dotfiles = false; // serve and list names starting with '.' (else 404, unlisted)
 };
 
 struct serve_state;
@@ -36,10 +37,11 @@ public:
     http_server(const http_server&) = delete;
     http_server& operator=(const http_server&) = delete;
 
-    // Binds one listener per loop (SO_REUSEPORT for IP addresses; a Unix socket only on
-    // the first loop), starts the threads and returns the address actually bound.
-    // Throws runtime_failure naming the address.
-    endpoint start();
+    // Binds one listener per loop and address (SO_REUSEPORT for IP addresses; a Unix
+    // socket only on the first loop), starts the threads and returns the addresses
+    // actually bound. With port 0 the first address picks the port and the others get
+    // the same one. Throws runtime_failure naming the address.
+    std::vector<endpoint> start();
     // Stops the loops; open connections are closed. Idempotent.
     void stop();
 
