@@ -79,7 +79,7 @@ proxy_config config_from_flags(const proxy_flags& f) {
             r.listen.insert(r.listen.end(), eps.begin(), eps.end());
             r.listen_text.push_back(l);
         }
-        r.upstream = parse_endpoint(f.upstream);
+        r.upstream = parse_endpoint_list(f.upstream);
         r.options.engine = parse_engine(f.engine, "--engine");
         if (!f.pipe_size.empty()) {
             r.options.pipe_size = parse_size(f.pipe_size, "--pipe-size");
