@@ -111,6 +111,9 @@ public:
     [[nodiscard]] bool is_unix() const noexcept { return !empty() && front().is_unix(); }
     [[nodiscard]] std::uint16_t port() const noexcept { return empty() ? 0 : front().port(); }
 
+    // The same name and the same addresses in the same order.
+    friend bool operator==(const endpoint_list& a, const endpoint_list& b) = default;
+
 private:
     std::string name_; // empty: the list is one address, named by itself
     std::vector<endpoint> addresses_;
