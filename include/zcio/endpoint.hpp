@@ -96,9 +96,7 @@ public:
     [[nodiscard]] bool empty() const noexcept { return addresses_.empty(); }
     // The first address (the one endpoint::parse() gives). The list must not be empty.
     [[nodiscard]] const endpoint& front() const noexcept { return addresses_.front(); }
-    [[nodiscard]] const endpoint& operator[](std::size_t i) const noexcept {
-        return addresses_[i];
-    }
+    [[nodiscard]] const endpoint& operator[](std::size_t i) const noexcept { return addresses_[i]; }
 
     // The name as given ("localhost:8080") for a host name; the canonical text of the
     // address (endpoint::to_string()) for a list of one made from an address.

@@ -520,7 +520,7 @@ std::vector<endpoint> interleave_families(std::span<const endpoint> addresses) {
             continue;
         }
         (first_family.empty() || e.family() == first_family.front().family() ? first_family
-                                                                               : other_family)
+                                                                             : other_family)
             .push_back(e);
     }
     std::vector<endpoint> out;

@@ -61,8 +61,7 @@ task<result<void>> wait_connected(io_handle* h) {
     co_return result<void>{};
 }
 
-void note_failure(std::vector<connect_failure>* failed, const endpoint& to,
-                  std::error_code ec) {
+void note_failure(std::vector<connect_failure>* failed, const endpoint& to, std::error_code ec) {
     if (failed != nullptr) {
         failed->push_back({to, ec});
     }
@@ -245,8 +244,7 @@ void time_out_attempts(std::span<const endpoint> to, std::span<attempt> attempts
 }
 
 task<result<stream>> connect_racing(event_loop& loop, std::span<const endpoint> to,
-                                    clock::duration timeout,
-                                    std::vector<connect_failure>* failed) {
+                                    clock::duration timeout, std::vector<connect_failure>* failed) {
     const auto deadline = clock::now() + timeout;
     // One slot per address: an attempt never moves, so a parked waiter's socket stays put.
     auto attempts = std::make_unique<attempt[]>(to.size());
@@ -284,8 +282,8 @@ task<result<stream>> connect_racing(event_loop& loop, std::span<const endpoint> 
             time_out_attempts(to, all, failed);
             co_return fail_op("connect", ETIMEDOUT);
         }
-        co_await first_writable(loop, all, next < to.size() ? std::min(next_start, deadline)
-                                                             : deadline);
+        co_await first_writable(loop, all,
+                                next < to.size() ? std::min(next_start, deadline) : deadline);
         for (std::size_t i = 0; i < to.size(); ++i) {
             attempt& a = all[i];
             if (!a.in_flight || !a.s.handle().ready(io_direction::write)) {

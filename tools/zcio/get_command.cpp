@@ -118,8 +118,8 @@ task<void> download(event_loop* loop, get_state* st, http::url u, get_params prm
         std::vector<connect_failure> failed;
         auto conn = co_await stream::connect(*loop, *ep, prm.connect_timeout, &failed);
         if (!conn) {
-            st->failure = "cannot connect to " + ep->to_string() + " (" + u.text() + "): " +
-                          (failed.size() > 1 ? to_string(failed) : conn.error().message());
+            st->failure = "cannot connect to " + ep->to_string() + " (" + u.text() +
+                          "): " + (failed.size() > 1 ? to_string(failed) : conn.error().message());
             co_return;
         }
         w->slide = prm.timeout;

@@ -212,7 +212,9 @@ int run(int argc, char** argv) {
                       "Address to accept clients on; repeatable. HOST:PORT, [::1]:PORT, "
                       "HOST:FIRST-LAST (every port of the range), unix:/path, unix:@abstract; "
                       "a bare PORT or :PORT means 127.0.0.1 (0.0.0.0:PORT for every interface)");
-    proxy->add_option("-u,--upstream", pf.upstream, "Address to connect each client to");
+    proxy->add_option("-u,--upstream", pf.upstream,
+                      "Address to connect each client to (a name: each of its addresses "
+                      "is tried, Happy Eyeballs)");
     proxy->add_option("-c,--config", pf.config,
                       "TOML file with [[route]] tables (see docs/proxy.md); "
                       "SIGHUP reloads it");
