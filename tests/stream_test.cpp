@@ -537,20 +537,22 @@ TEST_F(stream_test, connect_to_a_list_is_bounded_by_one_timeout_for_all_attempts
         GTEST_SKIP() << "this kernel does not hang a connect to a full accept queue";
     }
     const std::size_t registered_before = loop.registered_count();
-    const std::vector<endpoint> to{hang.at, hang.at, hang.at};
+    const std::vector<endpoint> to{hang.at, hang.at, hang.at, hang.at, hang.at, hang.at};
     std::vector<connect_failure> failed;
     const auto started = clock::now();
-    auto c = loop.block_on(stream::connect(loop, to, 600ms, &failed));
+    auto c = loop.block_on(stream::connect(loop, to, 1s, &failed));
     const auto took = clock::now() - started;
     ASSERT_FALSE(c) << "connected to a full accept queue";
     EXPECT_EQ(c.error(), std::errc::timed_out) << c.error().message();
-    // Three attempts 250 ms apart fit in 600 ms: each was in flight at the deadline.
-    ASSERT_EQ(failed.size(), 3u) << to_string(failed);
+    // Attempts 250 ms apart: four fit in 1 s (fewer on a loaded machine whose loop wakes
+    // late, never all six), and each one started was still in flight at the deadline.
+    EXPECT_GE(failed.size(), 2u) << to_string(failed);
+    EXPECT_LE(failed.size(), 4u) << to_string(failed);
     for (const auto& f : failed) {
         EXPECT_EQ(f.to, hang.at);
         EXPECT_EQ(f.error, std::errc::timed_out) << f.error.message();
     }
-    EXPECT_GE(took, 600ms);
+    EXPECT_GE(took, 1s);
     EXPECT_LT(took, 5s) << "the timeout is for the whole connect, not per attempt";
     EXPECT_EQ(loop.registered_count(), registered_before);
 }

@@ -256,7 +256,8 @@ task<result<stream>> connect_racing(event_loop& loop, std::span<const endpoint> 
     while (true) {
         // Start the next attempt when its delay has passed, or at once when nothing
         // is in flight (the previous one failed, or this is the first).
-        while (next < to.size() && (in_flight == 0 || clock::now() >= next_start)) {
+        while (next < to.size() && clock::now() < deadline &&
+               (in_flight == 0 || clock::now() >= next_start)) {
             const std::size_t i = next++;
             auto b = begin_connect(loop, to[i]);
             if (b && b->state == started::again) {
@@ -275,7 +276,7 @@ task<result<stream>> connect_racing(event_loop& loop, std::span<const endpoint> 
             ++in_flight;
             next_start = clock::now() + stream::connect_attempt_delay;
         }
-        if (in_flight == 0) {
+        if (in_flight == 0 && next == to.size()) {
             co_return fail(last_error); // every address failed
         }
         if (clock::now() >= deadline) {

@@ -1013,6 +1013,22 @@ class LocalhostUpstreamTests(E2ETestCase):
             self.assertIsNone(rec.error)
         self.assertEqual(p.count_lines(r"upstream localhost:\d+: "), 0, p.stderr_text())
 
+    def test_a_name_whose_addresses_all_refuse_is_logged_with_each_one(self):
+        prefix = e2e.localhost_v6_first_prefix(self.tmp)
+        if prefix is None:
+            self.skipTest("cannot make localhost resolve to ::1 first here (no unshare?)")
+        port = e2e.free_port()  # nothing listens there, on either address
+        p = self.spawn(prefix + [e2e.ZCIO, "proxy", "--listen", "127.0.0.1:0",
+                                 "--upstream", "localhost:%d" % port, "--threads", "1"])
+        addr = p.wait_for(r"listening on (\S+) → (\S+)")[0].group(1)
+        try:
+            c = self.connect(addr)
+            wait_closed(c, timeout=SHORT)
+        except ConnectionResetError:
+            pass  # the proxy's RST overtook the end of our connect()
+        p.wait_for(r"upstream localhost:%d: \[::1\]:%d: connect: .*refused; "
+                   r"127\.0\.0\.1:%d: connect: .*refused" % (port, port, port))
+
 
 if __name__ == "__main__":
     e2e.main()
