@@ -70,7 +70,8 @@ private:
 // address's family, then the other, then the first again...), so that a dead IPv6 path
 // costs one attempt, not all of them. stream::connect() tries the list with Happy
 // Eyeballs (see stream.hpp). Resolution is getaddrinfo, once, when the text is
-// resolved (at start-up); the list does not follow later DNS changes.
+// resolved (at start-up); the list does not follow later DNS changes (resolving on the
+// loop with c-ares, and again when answers expire, is a later change).
 //
 // It is a contiguous range of endpoints, so it converts to std::span<const endpoint>.
 class endpoint_list {
