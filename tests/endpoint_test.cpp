@@ -12,6 +12,7 @@
 #include <ostream>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <netinet/in.h>
 #include <sys/un.h>
@@ -331,6 +332,65 @@ TEST_F(endpoint_test, unnamed_unix_socket) {
     EXPECT_EQ(got->to_string(), "unix:(unnamed)");
     EXPECT_FALSE(endpoint::parse(got->to_string()).has_value() &&
                  *endpoint::parse(got->to_string()) == *got);
+}
+
+// ---- endpoint_list ----
+
+TEST_F(endpoint_test, interleave_families_alternates_starting_with_the_first_family) {
+    const endpoint v6a = must_parse("[::1]:80");
+    const endpoint v6b = must_parse("[2001:db8::1]:80");
+    const endpoint v6c = must_parse("[2001:db8::2]:80");
+    const endpoint v4a = must_parse("127.0.0.1:80");
+    const endpoint v4b = must_parse("192.0.2.1:80");
+    EXPECT_EQ(interleave_families(std::vector{v6a, v6b, v6c, v4a, v4b}),
+              (std::vector{v6a, v4a, v6b, v4b, v6c}));
+    EXPECT_EQ(interleave_families(std::vector{v4a, v4b, v6a}), (std::vector{v4a, v6a, v4b}));
+    EXPECT_EQ(interleave_families(std::vector{v4a, v4b}), (std::vector{v4a, v4b}));
+    // Duplicates (an address from /etc/hosts and from DNS) are tried once.
+    EXPECT_EQ(interleave_families(std::vector{v6a, v4a, v6a, v4a, v4b}),
+              (std::vector{v6a, v4a, v4b}));
+    EXPECT_TRUE(interleave_families(std::vector<endpoint>{}).empty());
+}
+
+TEST_F(endpoint_test, endpoint_list_of_a_literal_or_unix_address_is_that_address) {
+    for (std::string_view text : {"127.0.0.1:8080", "[::1]:8080", "unix:/run/x.sock", "unix:@x"}) {
+        auto list = endpoint_list::resolve(text);
+        ASSERT_TRUE(list) << text << ": " << list.error();
+        ASSERT_EQ(list->size(), 1u) << text;
+        EXPECT_EQ(list->front(), must_parse(text)) << text;
+        EXPECT_EQ(list->to_string(), list->front().to_string()) << text;
+    }
+    auto v4 = endpoint_list::resolve("127.0.0.1:8080");
+    ASSERT_TRUE(v4);
+    EXPECT_TRUE(v4->is_ip());
+    EXPECT_EQ(v4->port(), 8080);
+    const endpoint_list one = must_parse("[::1]:9");
+    EXPECT_EQ(one.size(), 1u);
+    EXPECT_EQ(one.to_string(), "[::1]:9");
+}
+
+TEST_F(endpoint_test, endpoint_list_of_a_name_keeps_every_address_and_the_name) {
+    auto list = endpoint_list::resolve("localhost:8080");
+    ASSERT_TRUE(list) << list.error();
+    ASSERT_FALSE(list->empty());
+    EXPECT_EQ(list->to_string(), "localhost:8080");
+    EXPECT_EQ(list->front(), must_parse("localhost:8080")) << "parse() keeps the first answer";
+    for (const endpoint& e : *list) {
+        EXPECT_TRUE(e.is_ip()) << e.to_string();
+        EXPECT_EQ(e.port(), 8080) << e.to_string();
+    }
+    EXPECT_EQ(*list, endpoint_list("localhost:8080", interleave_families(*list)))
+        << "already interleaved and without duplicates: " << list->addresses_text();
+}
+
+TEST_F(endpoint_test, endpoint_list_errors_are_those_of_parse) {
+    for (std::string_view text : {"", "unix:", "localhost", "1.2.3:80", "[::1]"}) {
+        auto list = endpoint_list::resolve(text);
+        auto one = endpoint::parse(text);
+        ASSERT_FALSE(list) << text;
+        ASSERT_FALSE(one) << text;
+        EXPECT_EQ(list.error(), one.error()) << text;
+    }
 }
 
 } // namespace

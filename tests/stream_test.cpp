@@ -373,6 +373,215 @@ TEST_F(stream_test, connect_times_out_when_the_listener_backlog_is_full) {
     EXPECT_EQ(loop.registered_count(), 1u) << "only the listener should be registered";
 }
 
+// ---- connecting to a list of addresses (Happy Eyeballs) ----
+
+// An address that refuses connects: a socket bound there that does not listen (the
+// kernel answers a SYN with RST) holds the port, so no other process can listen on it.
+struct refusing_address {
+    unique_fd holder;
+    endpoint at;
+};
+
+refusing_address refuse_on(int family) {
+    refusing_address r;
+    auto fd = sys::socket(family, SOCK_STREAM);
+    EXPECT_TRUE(fd) << fd.error().message();
+    if (!fd) {
+        return r;
+    }
+    const endpoint any = test::loopback(family);
+    EXPECT_TRUE(sys::bind(fd->get(), any.data(), any.size()));
+    r.at = local_endpoint_of(fd->get()).value_or(endpoint{});
+    r.holder = std::move(*fd);
+    return r;
+}
+
+// An address whose connects hang in SYN_SENT: a listener that never accepts, with its
+// accept queue filled (see connect_until_one_hangs). Empty `at` when this kernel
+// cannot be made to hang a loopback connect.
+struct hanging_address {
+    tcp_listener listener;
+    std::vector<stream> held; // the connects that filled the queue
+    endpoint at;
+};
+
+hanging_address hang_on(event_loop& loop) {
+    hanging_address h;
+    listen_options opts;
+    opts.backlog = 0;
+    auto l = tcp_listener::bind(loop, endpoint::ipv4_loopback(0), opts);
+    EXPECT_TRUE(l) << l.error().message();
+    if (!l) {
+        return h;
+    }
+    h.listener = std::move(*l);
+    auto r = loop.block_on(connect_until_one_hangs(&loop, h.listener.local_endpoint(), &h.held));
+    if (!r && r.error() == std::errc::timed_out) {
+        h.at = h.listener.local_endpoint();
+    }
+    return h;
+}
+
+// Accepts one connection on `l` and echoes it until end of stream.
+task<void> accept_one_and_echo(tcp_listener* l, test::side* out) {
+    auto a = co_await l->accept();
+    if (!a) {
+        out->error = a.error();
+        out->done = true;
+        co_return;
+    }
+    co_await test::echo(std::move(a->conn), 7, 16 * 1024, out);
+}
+
+// Sends seeded random data over `c` to an echo and checks what comes back.
+void expect_echo_through(event_loop& loop, stream& c, test::side& echoed) {
+    constexpr std::size_t bytes = 512 * 1024 + 5;
+    test::side sent, received;
+    loop.spawn(write_random(&c, bytes, 91, 32 * 1024, &sent));
+    loop.spawn(test::consume(&c, 92, 32 * 1024, &received));
+    ASSERT_TRUE(loop.block_on(test::wait_until(
+        &loop, [&] { return sent.done && received.done && echoed.done; }, 20s)))
+        << "sent " << sent << " echoed " << echoed << " received " << received;
+    EXPECT_FALSE(sent.error) << sent.error.message();
+    EXPECT_FALSE(received.error) << received.error.message();
+    EXPECT_EQ(received.bytes, bytes);
+    EXPECT_EQ(received.sum, sent.sum) << "the bytes that came back differ from those sent";
+}
+
+TEST_F(stream_test, connect_to_a_list_skips_a_refused_address_and_carries_data) {
+    // The case of "localhost" with an "::1 localhost" line and a server on 127.0.0.1
+    // only; without IPv6 the refused address is another IPv4 port.
+    const int dead_family = test::ipv6_loopback_available(SOCK_STREAM) ? AF_INET6 : AF_INET;
+    event_loop loop;
+    auto dead = refuse_on(dead_family);
+    auto live = tcp_listener::bind(loop, endpoint::ipv4_loopback(0));
+    ASSERT_TRUE(live) << live.error().message();
+    const std::vector<endpoint> to{dead.at, live->local_endpoint()};
+
+    test::side echoed;
+    loop.spawn(accept_one_and_echo(&*live, &echoed));
+    std::vector<connect_failure> failed;
+    auto c = loop.block_on(stream::connect(loop, to, 5s, &failed));
+    ASSERT_TRUE(c) << "connect to " << to[0].to_string() << ", " << to[1].to_string() << ": "
+                   << c.error().message();
+    EXPECT_EQ(c->peer_endpoint().value_or(endpoint{}), live->local_endpoint());
+    ASSERT_EQ(failed.size(), 1u) << to_string(failed);
+    EXPECT_EQ(failed[0].to, dead.at);
+    EXPECT_EQ(failed[0].error, std::errc::connection_refused) << failed[0].error.message();
+    ASSERT_NO_FATAL_FAILURE(expect_echo_through(loop, *c, echoed));
+    EXPECT_FALSE(echoed.error) << echoed.error.message();
+}
+
+TEST_F(stream_test, connect_to_a_list_of_dead_addresses_fails_naming_each_one) {
+    event_loop loop;
+    auto a = refuse_on(AF_INET);
+    auto b = refuse_on(AF_INET);
+    const std::vector<endpoint> to{a.at, b.at};
+    std::vector<connect_failure> failed;
+    auto c = loop.block_on(stream::connect(loop, to, 5s, &failed));
+    ASSERT_FALSE(c) << "connected to a refusing address";
+    EXPECT_EQ(c.error(), std::errc::connection_refused) << c.error().message();
+    ASSERT_EQ(failed.size(), 2u) << to_string(failed);
+    EXPECT_EQ(failed[0].to, a.at);
+    EXPECT_EQ(failed[1].to, b.at);
+    const std::string text = to_string(failed);
+    EXPECT_NE(text.find(a.at.to_string() + ": connect: "), std::string::npos) << text;
+    EXPECT_NE(text.find(b.at.to_string() + ": connect: "), std::string::npos) << text;
+    EXPECT_EQ(loop.registered_count(), 0u);
+}
+
+TEST_F(stream_test, connect_to_an_empty_list_fails) {
+    event_loop loop;
+    auto c = loop.block_on(stream::connect(loop, std::span<const endpoint>{}, 1s));
+    ASSERT_FALSE(c);
+    EXPECT_EQ(c.error(), std::errc::destination_address_required) << c.error().message();
+}
+
+// The first address hangs: the second attempt must start after the attempt delay
+// (not only when the first gives up at the timeout), win, and the hanging socket
+// must be closed (the fixture checks that no descriptor is left).
+TEST_F(stream_test, connect_to_a_list_starts_the_next_attempt_while_the_first_hangs) {
+    event_loop loop;
+    auto hang = hang_on(loop);
+    if (hang.at.family() == AF_UNSPEC) {
+        GTEST_SKIP() << "this kernel does not hang a connect to a full accept queue";
+    }
+    auto live = tcp_listener::bind(loop, endpoint::ipv4_loopback(0));
+    ASSERT_TRUE(live) << live.error().message();
+    const std::vector<endpoint> to{hang.at, live->local_endpoint()};
+    const std::size_t registered_before = loop.registered_count();
+
+    test::side echoed;
+    loop.spawn(accept_one_and_echo(&*live, &echoed));
+    std::vector<connect_failure> failed;
+    const auto started = clock::now();
+    auto c = loop.block_on(stream::connect(loop, to, 10s, &failed));
+    const auto took = clock::now() - started;
+    ASSERT_TRUE(c) << c.error().message() << " (" << to_string(failed) << ")";
+    EXPECT_EQ(c->peer_endpoint().value_or(endpoint{}), live->local_endpoint());
+    EXPECT_TRUE(failed.empty()) << "the hanging attempt was closed, not failed: "
+                                << to_string(failed);
+    // A lower bound cannot flake: the second attempt may not start before the delay.
+    EXPECT_GE(took, stream::connect_attempt_delay - 10ms);
+    // Far below the 10 s timeout: the second attempt did not wait for the first to end.
+    EXPECT_LT(took, 5s);
+    ASSERT_NO_FATAL_FAILURE(expect_echo_through(loop, *c, echoed));
+    // The echo has closed its end: of the two attempts only the winner is left.
+    EXPECT_EQ(loop.registered_count(), registered_before + 1);
+}
+
+TEST_F(stream_test, connect_to_a_list_is_bounded_by_one_timeout_for_all_attempts) {
+    event_loop loop;
+    auto hang = hang_on(loop);
+    if (hang.at.family() == AF_UNSPEC) {
+        GTEST_SKIP() << "this kernel does not hang a connect to a full accept queue";
+    }
+    const std::size_t registered_before = loop.registered_count();
+    const std::vector<endpoint> to{hang.at, hang.at, hang.at, hang.at, hang.at, hang.at};
+    std::vector<connect_failure> failed;
+    const auto started = clock::now();
+    auto c = loop.block_on(stream::connect(loop, to, 1s, &failed));
+    const auto took = clock::now() - started;
+    ASSERT_FALSE(c) << "connected to a full accept queue";
+    EXPECT_EQ(c.error(), std::errc::timed_out) << c.error().message();
+    // Attempts 250 ms apart: four fit in 1 s (fewer on a loaded machine whose loop wakes
+    // late, never all six), and each one started was still in flight at the deadline.
+    EXPECT_GE(failed.size(), 2u) << to_string(failed);
+    EXPECT_LE(failed.size(), 4u) << to_string(failed);
+    for (const auto& f : failed) {
+        EXPECT_EQ(f.to, hang.at);
+        EXPECT_EQ(f.error, std::errc::timed_out) << f.error.message();
+    }
+    EXPECT_GE(took, 1s);
+    EXPECT_LT(took, 5s) << "the timeout is for the whole connect, not per attempt";
+    EXPECT_EQ(loop.registered_count(), registered_before);
+}
+
+// A 10 s connect to `to` cut short by with_timeout after `limit`. The list lives in
+// this frame, so the span the connect holds stays valid.
+task<result<stream>> connect_cut_short(event_loop* loop, std::vector<endpoint> to,
+                                       clock::duration limit) {
+    co_return co_await with_timeout(*loop, stream::connect(*loop, to, 10s), limit);
+}
+
+// Destroying a connect that waits on several attempts (with_timeout does) unhooks its
+// waiters and timer and closes every socket.
+TEST_F(stream_test, with_timeout_ends_a_connect_to_a_list_and_leaves_nothing_behind) {
+    event_loop loop;
+    auto hang = hang_on(loop);
+    if (hang.at.family() == AF_UNSPEC) {
+        GTEST_SKIP() << "this kernel does not hang a connect to a full accept queue";
+    }
+    const std::size_t registered_before = loop.registered_count();
+    const std::vector<endpoint> to{hang.at, hang.at};
+    auto c = loop.block_on(connect_cut_short(&loop, to, 400ms));
+    ASSERT_FALSE(c);
+    EXPECT_EQ(c.error(), std::errc::timed_out) << c.error().message();
+    EXPECT_EQ(loop.registered_count(), registered_before);
+    loop.block_on(test::pause(&loop, 300ms)); // no stale timer or waiter fires
+    EXPECT_EQ(loop.spawned_count(), 0u);
+}
+
 // ---- cancellation ----
 
 task<void> read_once(stream* s, std::error_code* error) {

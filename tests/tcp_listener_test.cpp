@@ -367,6 +367,126 @@ TEST_F(tcp_listener_test, unix_path_is_left_alone_when_unlinking_is_off_or_not_a
     ::unlink(path.c_str());
 }
 
+// A socket listening at `path` that is not a tcp_listener (another server): bound and
+// listening, never accepting unless the test does.
+unique_fd listen_elsewhere(const std::string& path) {
+    auto fd = sys::socket(AF_UNIX, SOCK_STREAM);
+    EXPECT_TRUE(fd) << fd.error().message();
+    if (!fd) {
+        return {};
+    }
+    const auto at = must_parse("unix:" + path);
+    EXPECT_TRUE(sys::bind(fd->get(), at.data(), at.size())) << path;
+    EXPECT_TRUE(sys::listen(fd->get(), 8));
+    return std::move(*fd);
+}
+
+ino_t inode_of(const std::string& path) {
+    struct stat st {};
+    return ::lstat(path.c_str(), &st) == 0 ? st.st_ino : 0;
+}
+
+// A client of the other server still gets through: its file is the one at the path.
+void expect_reaches(const std::string& path, int listening_fd) {
+    auto c = sys::socket(AF_UNIX, SOCK_STREAM);
+    ASSERT_TRUE(c) << c.error().message();
+    const auto at = must_parse("unix:" + path);
+    ASSERT_TRUE(sys::connect(c->get(), at.data(), at.size())) << "connect " << path;
+    sockaddr_storage peer{};
+    socklen_t len = sizeof peer;
+    auto a = sys::accept(listening_fd, reinterpret_cast<sockaddr*>(&peer), &len);
+    EXPECT_TRUE(a) << "the other server did not get the connection: "
+                   << (a ? "" : a.error().message());
+}
+
+// The bug: a live socket was unlinked and taken over, cutting off the server that
+// listened there; now it is "in use" and the file is untouched.
+TEST_F(tcp_listener_test, live_unix_socket_is_in_use_and_left_alone) {
+    event_loop loop;
+    const std::string path = test::temp_path("listener");
+    unique_fd other = listen_elsewhere(path);
+    ASSERT_TRUE(other.valid());
+    const ino_t inode = inode_of(path);
+    auto l = tcp_listener::bind(loop, must_parse("unix:" + path));
+    ASSERT_FALSE(l) << "bound over a live socket";
+    EXPECT_EQ(l.error(), std::errc::address_in_use) << l.error().message();
+    EXPECT_EQ(inode_of(path), inode) << "the live socket file was replaced";
+    {
+        // The liveness probe's connection waits in the other server's queue.
+        sockaddr_storage peer{};
+        socklen_t len = sizeof peer;
+        auto probe = sys::accept(other.get(), reinterpret_cast<sockaddr*>(&peer), &len);
+        EXPECT_TRUE(probe) << "the liveness probe did not reach the other server";
+    }
+    ASSERT_NO_FATAL_FAILURE(expect_reaches(path, other.get()));
+    other.reset();
+    ::unlink(path.c_str());
+}
+
+// A live server whose backlog is full refuses with EAGAIN, not ECONNREFUSED: still live.
+TEST_F(tcp_listener_test, live_unix_socket_with_a_full_backlog_is_in_use) {
+    event_loop loop;
+    const std::string path = test::temp_path("listener");
+    unique_fd other = listen_elsewhere(path);
+    ASSERT_TRUE(other.valid());
+    const auto at = must_parse("unix:" + path);
+    std::vector<unique_fd> queued;
+    bool full = false;
+    for (int i = 0; i < 64 && !full; ++i) {
+        auto c = sys::socket(AF_UNIX, SOCK_STREAM);
+        ASSERT_TRUE(c) << c.error().message();
+        auto r = sys::connect(c->get(), at.data(), at.size());
+        full = !r && errno_of(r.error()) == EAGAIN;
+        queued.push_back(std::move(*c));
+    }
+    if (!full) {
+        ::unlink(path.c_str());
+        GTEST_SKIP() << "64 connects did not fill a backlog of 8 here";
+    }
+    auto l = tcp_listener::bind(loop, at);
+    ASSERT_FALSE(l) << "bound over a live socket with a full backlog";
+    EXPECT_EQ(l.error(), std::errc::address_in_use) << l.error().message();
+    EXPECT_TRUE(path_is_socket(path));
+    queued.clear();
+    other.reset();
+    ::unlink(path.c_str());
+}
+
+TEST_F(tcp_listener_test, symlink_at_the_unix_path_is_never_removed) {
+    event_loop loop;
+    const std::string target = test::temp_path("listener-target");
+    const std::string path = test::temp_path("listener");
+    make_stale_socket_file(target); // stale, but the path itself is a symlink
+    ASSERT_EQ(::symlink(target.c_str(), path.c_str()), 0);
+    auto l = tcp_listener::bind(loop, must_parse("unix:" + path));
+    ASSERT_FALSE(l);
+    EXPECT_EQ(l.error(), std::errc::address_in_use) << l.error().message();
+    struct stat st {};
+    EXPECT_EQ(::lstat(path.c_str(), &st), 0);
+    EXPECT_TRUE(S_ISLNK(st.st_mode)) << "the symlink was removed";
+    EXPECT_TRUE(path_is_socket(target)) << "the symlink's target was removed";
+    ::unlink(path.c_str());
+    ::unlink(target.c_str());
+}
+
+// Someone removed our file and another server bound the path: closing must not remove
+// the new server's socket.
+TEST_F(tcp_listener_test, close_leaves_a_socket_file_that_replaced_ours) {
+    event_loop loop;
+    const std::string path = test::temp_path("listener");
+    auto l = tcp_listener::bind(loop, must_parse("unix:" + path));
+    ASSERT_TRUE(l) << l.error().message();
+    ASSERT_EQ(::unlink(path.c_str()), 0);
+    unique_fd other = listen_elsewhere(path);
+    ASSERT_TRUE(other.valid());
+    const ino_t inode = inode_of(path);
+    l->close();
+    EXPECT_EQ(inode_of(path), inode) << "close() removed another server's socket file";
+    ASSERT_NO_FATAL_FAILURE(expect_reaches(path, other.get()));
+    other.reset();
+    ::unlink(path.c_str());
+}
+
 // ---- running out of descriptors ----
 
 // Lowers RLIMIT_NOFILE's soft limit so that no new descriptor can be made, and puts

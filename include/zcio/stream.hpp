@@ -11,8 +11,20 @@
 #include <chrono>
 #include <cstddef>
 #include <span>
+#include <string>
+#include <system_error>
+#include <vector>
 
 namespace zcio {
+
+// One address a connect to a list could not reach, and why (see stream::connect).
+struct connect_failure {
+    endpoint to;
+    std::error_code error;
+};
+
+// "[::1]:80: connect: Connection refused; 127.0.0.1:80: connect: Connection timed out"
+std::string to_string(std::span<const connect_failure> failures);
 
 // Owns an fd and its registration with a loop. Reads and writes make the syscall
 // first and suspend only on EAGAIN. Destroying a stream (or close()) cancels its
@@ -47,9 +59,32 @@ public:
     static result<stream> adopt_socket(event_loop& loop, unique_fd fd);
 
     // Connects a TCP or Unix stream socket to `to`, giving up after `timeout`
-    // (timed_out). Sets TCP_NODELAY on TCP.
+    // (timed_out). Sets TCP_NODELAY on TCP. A Unix listener whose backlog is full
+    // (EAGAIN) is tried again, with growing pauses, until the timeout.
     static task<result<stream>> connect(event_loop& loop, endpoint to,
                                         clock::duration timeout = std::chrono::seconds(10));
+
+    // Connects to the first of `to` that answers, with Happy Eyeballs (RFC 8305):
+    //  - addresses are tried in the order given (endpoint_list::resolve() has already
+    //    interleaved the families);
+    //  - the next attempt starts when the one before it fails, or when
+    //    connect_attempt_delay (250 ms, the RFC's recommendation) has passed since the
+    //    last one started, whichever comes first; earlier attempts keep going;
+    //  - the first attempt to complete wins, and every other socket is closed;
+    //  - `timeout` bounds the whole connect, not each attempt: when it passes, every
+    //    attempt still in flight is closed and the result is timed_out.
+    // When every address fails the result is the last failure's error. `failed`, when
+    // given, receives each address that failed (or was still in flight at the
+    // timeout) with its error, for a message that names them. A list of one behaves as
+    // the connect above. `to` and `*failed` must outlive the co_await. A Unix address
+    // in a list of several is tried once (no EAGAIN retries). An empty list fails with
+    // EDESTADDRREQ.
+    static task<result<stream>> connect(event_loop& loop, std::span<const endpoint> to,
+                                        clock::duration timeout = std::chrono::seconds(10),
+                                        std::vector<connect_failure>* failed = nullptr);
+
+    // RFC 8305 section 5's recommended "Connection Attempt Delay".
+    static constexpr clock::duration connect_attempt_delay = std::chrono::milliseconds(250);
 
     // co_await s.read_some(buf): bytes read, 0 at end of stream.
     auto read_some(std::span<std::byte> buf) {

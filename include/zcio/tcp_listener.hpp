@@ -17,7 +17,14 @@ struct listen_options {
     int backlog = 1024;
     // SO_REUSEPORT: one listener per loop on the same port, the kernel spreads clients.
     bool reuse_port = false;
-    // For Unix paths: remove a stale socket file before bind and the file on close.
+    // For Unix paths: remove a stale socket file before bind, and our socket file on
+    // close. A socket file is stale when a connect to it is refused (ECONNREFUSED: no
+    // one listens); a live one (the connect is accepted or the backlog is full) and
+    // anything that is not a socket (lstat, so a symlink is not followed) are left
+    // alone, and bind fails with EADDRINUSE. The probe connect is closed at once: the
+    // server there sees a connection that ends without data. On close the path is
+    // removed only if it is still the socket this listener bound (same device and
+    // inode), not one another process put there since.
     bool unlink_unix_path = true;
 };
 
@@ -56,6 +63,9 @@ private:
     io_handle_ptr handle_;
     endpoint local_;
     bool owns_unix_path_ = false;
+    // The socket file bind() made (lstat right after), to recognise it on close.
+    std::uint64_t unix_dev_ = 0;
+    std::uint64_t unix_ino_ = 0;
     std::uint64_t fd_exhausted_ = 0;
 };
 

@@ -7,6 +7,8 @@
 #include <cstddef>
 #include <cstring>
 #include <memory>
+#include <optional>
+#include <utility>
 
 #include <arpa/inet.h>
 #include <net/if.h>
@@ -168,10 +170,12 @@ std::expected<endpoint, std::string> parse_ipv6(std::string_view text, std::stri
     return e;
 }
 
-// A host name: resolved with getaddrinfo, taking the first answer (the resolver already
-// orders them by RFC 6724 / gai.conf preference).
+// A host name: resolved with getaddrinfo. The first answer is returned (the resolver
+// already orders them by RFC 6724 / gai.conf preference); when `all` is given, every
+// IPv4 and IPv6 answer is appended to it in that order.
 std::expected<endpoint, std::string> resolve(std::string_view text, std::string_view host,
-                                             std::string_view port_text, std::uint16_t port) {
+                                             std::string_view port_text, std::uint16_t port,
+                                             std::vector<endpoint>* all) {
     addrinfo hints{};
     hints.ai_family = AF_UNSPEC;
     // One socket type, or every address comes back once per type.
@@ -187,14 +191,24 @@ std::expected<endpoint, std::string> resolve(std::string_view text, std::string_
         const char* why = rc == EAI_SYSTEM ? std::strerror(errno) : ::gai_strerror(rc);
         return bad(text, "host " + quoted(host) + " does not resolve: " + why);
     }
+    std::optional<endpoint> first;
     for (const addrinfo* ai = list; ai != nullptr; ai = ai->ai_next) {
         if ((ai->ai_family == AF_INET || ai->ai_family == AF_INET6) && ai->ai_addr != nullptr) {
             endpoint e = endpoint::from_sockaddr(ai->ai_addr, ai->ai_addrlen);
             e.set_port(port);
-            return e;
+            if (!first) {
+                first = e;
+            }
+            if (all == nullptr) {
+                break;
+            }
+            all->push_back(e);
         }
     }
-    return bad(text, "host " + quoted(host) + " has no IPv4 or IPv6 address");
+    if (!first) {
+        return bad(text, "host " + quoted(host) + " has no IPv4 or IPv6 address");
+    }
+    return *first;
 }
 
 // "http://host:1/": a URL where an address belongs. The hint is its host and port
@@ -214,7 +228,9 @@ std::unexpected<std::string> url_is_not_an_address(std::string_view text,
     return bad(text, "a URL is not an address (expected HOST:PORT, e.g. " + hint + ")");
 }
 
-std::expected<endpoint, std::string> parse_ip(std::string_view text) {
+// `all`: as for resolve(); left empty for a literal address.
+std::expected<endpoint, std::string> parse_ip(std::string_view text,
+                                              std::vector<endpoint>* all = nullptr) {
     if (auto scheme = text.find("://"); scheme != std::string_view::npos) {
         return url_is_not_an_address(text, text.substr(scheme + 3));
     }
@@ -287,7 +303,7 @@ std::expected<endpoint, std::string> parse_ip(std::string_view text) {
                     [](char c) { return c == '.' || (c >= '0' && c <= '9'); })) {
         return bad(text, quoted(host) + " is not a valid IPv4 address");
     }
-    return resolve(text, host, port_text, *port);
+    return resolve(text, host, port_text, *port, all);
 }
 
 enum class unix_kind { unnamed, path, abstract };
@@ -472,6 +488,77 @@ bool operator==(const endpoint& a, const endpoint& b) noexcept {
     default:
         return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size()) == 0;
     }
+}
+
+// ---- endpoint_list ----
+
+endpoint_list::endpoint_list(const endpoint& only) : addresses_{only} {}
+
+endpoint_list::endpoint_list(std::string name, std::vector<endpoint> addresses)
+    : name_(std::move(name)), addresses_(std::move(addresses)) {}
+
+std::expected<endpoint_list, std::string> endpoint_list::resolve(std::string_view text) {
+    if (text.empty() || text.starts_with("unix:")) {
+        auto one = endpoint::parse(text); // no name to resolve
+        if (!one) {
+            return std::unexpected(std::move(one.error()));
+        }
+        return endpoint_list(*one);
+    }
+    std::vector<endpoint> all;
+    auto first = parse_ip(text, &all);
+    if (!first) {
+        return std::unexpected(std::move(first.error()));
+    }
+    if (all.empty()) {
+        return endpoint_list(*first); // a literal address
+    }
+    return endpoint_list(std::string(text), interleave_families(all));
+}
+
+std::string endpoint_list::to_string() const {
+    if (!name_.empty()) {
+        return name_;
+    }
+    return empty() ? std::string("(none)") : front().to_string();
+}
+
+std::string endpoint_list::addresses_text() const {
+    std::string out;
+    for (const endpoint& e : addresses_) {
+        if (!out.empty()) {
+            out += ", ";
+        }
+        out += e.to_string();
+    }
+    return out;
+}
+
+std::vector<endpoint> interleave_families(std::span<const endpoint> addresses) {
+    std::vector<endpoint> first_family;
+    std::vector<endpoint> other_family;
+    for (const endpoint& e : addresses) {
+        // An address twice (an /etc/hosts line and DNS, say) would only cost a second
+        // identical attempt.
+        if (std::find(first_family.begin(), first_family.end(), e) != first_family.end() ||
+            std::find(other_family.begin(), other_family.end(), e) != other_family.end()) {
+            continue;
+        }
+        (first_family.empty() || e.family() == first_family.front().family() ? first_family
+                                                                             : other_family)
+            .push_back(e);
+    }
+    std::vector<endpoint> out;
+    out.reserve(first_family.size() + other_family.size());
+    for (std::size_t i = 0; i < std::max(first_family.size(), other_family.size()); ++i) {
+        if (i < first_family.size()) {
+            out.push_back(first_family[i]);
+        }
+        if (i < other_family.size()) {
+            out.push_back(other_family[i]);
+        }
+    }
+    return out;
 }
 
 result<endpoint> local_endpoint_of(int fd) {

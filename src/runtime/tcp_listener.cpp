@@ -17,10 +17,33 @@ std::string unix_path_of(const endpoint& ep) {
     return un->sun_path; // only called for path (non-abstract) endpoints
 }
 
+// Whether a connect to the Unix socket at `ep` is refused, which means nobody listens
+// there (unix(7): ECONNREFUSED). Accepted, a full backlog (EAGAIN), or any other answer
+// (EACCES, EPROTOTYPE for a socket of another type): somebody may, so it is not stale.
+bool connect_refused(const endpoint& ep) {
+    auto probe = sys::socket(AF_UNIX, SOCK_STREAM);
+    if (!probe) {
+        return false;
+    }
+    auto r = sys::connect(probe->get(), ep.data(), ep.size());
+    return !r && errno_of(r.error()) == ECONNREFUSED;
+}
+
+bool same_file(const struct stat& a, const struct stat& b) noexcept {
+    return a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+}
+
+// Removes the socket file at `ep` if it is stale (see listen_options). Anything else
+// at the path stays, and the bind that follows fails with EADDRINUSE.
 void remove_stale_socket(const endpoint& ep) {
-    struct stat st {};
-    std::string path = unix_path_of(ep);
-    if (::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
+    const std::string path = unix_path_of(ep);
+    struct stat before {};
+    if (::lstat(path.c_str(), &before) != 0 || !S_ISSOCK(before.st_mode) || !connect_refused(ep)) {
+        return;
+    }
+    // The same file as the one probed: not one a server that started meanwhile made.
+    struct stat now {};
+    if (::lstat(path.c_str(), &now) == 0 && S_ISSOCK(now.st_mode) && same_file(before, now)) {
         ::unlink(path.c_str());
     }
 }
@@ -35,6 +58,8 @@ tcp_listener& tcp_listener::operator=(tcp_listener&& other) noexcept {
         handle_ = std::move(other.handle_);
         local_ = other.local_;
         owns_unix_path_ = std::exchange(other.owns_unix_path_, false);
+        unix_dev_ = other.unix_dev_;
+        unix_ino_ = other.unix_ino_;
         fd_exhausted_ = other.fd_exhausted_;
     }
     return *this;
@@ -67,7 +92,13 @@ result<tcp_listener> tcp_listener::bind(event_loop& loop, const endpoint& at, li
         return fail(name_op("bind", r.error()));
     }
     tcp_listener l;
-    l.owns_unix_path_ = unix_path && opts.unlink_unix_path;
+    if (unix_path && opts.unlink_unix_path) {
+        struct stat st {};
+        std::string path = unix_path_of(at);
+        l.owns_unix_path_ = ::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode);
+        l.unix_dev_ = static_cast<std::uint64_t>(st.st_dev);
+        l.unix_ino_ = static_cast<std::uint64_t>(st.st_ino);
+    }
     l.local_ = at;
     l.fd_ = std::move(*fd);
     if (auto r = sys::listen(l.fd_.get(), opts.backlog); !r) {
@@ -127,7 +158,15 @@ void tcp_listener::close() noexcept {
         handle_->forget(); // kept (forgotten) so a pending accept() sees the cancel
     }
     if (fd_.valid() && owns_unix_path_) {
-        ::unlink(unix_path_of(local_).c_str());
+        // Only our own socket file: a server started since may have replaced it (after
+        // deciding ours was stale), and its file is not ours to remove.
+        const std::string path = unix_path_of(local_);
+        struct stat st {};
+        if (::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode) &&
+            static_cast<std::uint64_t>(st.st_dev) == unix_dev_ &&
+            static_cast<std::uint64_t>(st.st_ino) == unix_ino_) {
+            ::unlink(path.c_str());
+        }
         owns_unix_path_ = false;
     }
     fd_.reset();

@@ -118,6 +118,37 @@ def free_port():
         return s.getsockname()[1]
 
 
+# ---- a "localhost" that names ::1 first (Debian's default /etc/hosts) ---------------
+
+def localhost_v6_first_prefix(tmpdir):
+    """An argv prefix under which "localhost" resolves to ::1 first and 127.0.0.1 next,
+    as with Debian's default "::1 localhost" line; None when that cannot be had here.
+    Either the system resolver already does it (prefix []), or unshare(1) gives the one
+    process a private mount namespace (as root, or in a user namespace) with a hosts
+    file of ours bound over /etc/hosts; the system's own file is never touched."""
+    probe = [sys.executable, "-c",
+             "import socket; a = [x[4][0] for x in socket.getaddrinfo('localhost', 1, "
+             "type=socket.SOCK_STREAM)]; print(a[:1] == ['::1'] and '127.0.0.1' in a)"]
+    candidates = [[]]
+    unshare = shutil.which("unshare")
+    if unshare:
+        hosts = os.path.join(tmpdir, "hosts")
+        with open(hosts, "w") as f:
+            f.write("::1 localhost\n127.0.0.1 localhost\n")
+        script = 'mount --bind "$0" /etc/hosts && exec "$@"'
+        candidates.append([unshare, "--mount", "--", "sh", "-c", script, hosts])
+        candidates.append([unshare, "--mount", "--map-root-user", "--", "sh", "-c", script, hosts])
+    for prefix in candidates:
+        try:
+            out = subprocess.run(prefix + probe, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                 timeout=SHORT).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if out.strip() == b"True":
+            return prefix
+    return None
+
+
 def free_port_range(count, attempts=50):
     """`count` consecutive ports that were free a moment ago."""
     for _ in range(attempts):
@@ -299,9 +330,10 @@ class Proc:
                     pass
 
 
-def run_zcio(args, timeout=SHORT, stdin=subprocess.DEVNULL, input_bytes=None, cwd=None):
-    """Runs zcio to completion in its own session; returns (exit code, stdout, stderr)."""
-    argv = [ZCIO] + [str(a) for a in args]
+def run_zcio(args, timeout=SHORT, stdin=subprocess.DEVNULL, input_bytes=None, cwd=None, prefix=()):
+    """Runs zcio to completion in its own session; returns (exit code, stdout, stderr).
+    `prefix`: an argv to run zcio under (localhost_v6_first_prefix)."""
+    argv = list(prefix) + [ZCIO] + [str(a) for a in args]
     p = subprocess.Popen(argv, stdin=subprocess.PIPE if input_bytes is not None else stdin,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd, start_new_session=True)
     try:

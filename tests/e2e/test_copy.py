@@ -432,5 +432,29 @@ class CopyTests(E2ETestCase):
         self.assertOneLine(err, str(busy.getsockname()[1]))
 
 
+class LocalhostTcpTests(E2ETestCase):
+    """`tcp:localhost:PORT` where localhost names ::1 first (Debian's default /etc/hosts)
+    and the server listens on 127.0.0.1 only: the ::1 attempt is refused and the
+    127.0.0.1 one carries the copy, where trying only the first address failed it."""
+
+    def test_copy_from_and_to_an_ipv4_only_server_named_localhost(self):
+        prefix = e2e.localhost_v6_first_prefix(self.tmp)
+        if prefix is None:
+            self.skipTest("cannot make localhost resolve to ::1 first here (no unshare?)")
+        blob = random_bytes(4 * (1 << 20) + 7)
+        source = self.upstream(e2e.source_sink_handler(blob))  # 127.0.0.1 only
+        dst = self.path("from-localhost.bin")
+        rc, _, err = run_zcio(["copy", "tcp:localhost:%d" % source.port, "file:" + dst], prefix=prefix)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(file_sha(dst), sha(blob))
+
+        sink = self.upstream(e2e.sink_handler())
+        rc, _, err = run_zcio(["copy", "file:" + dst, "tcp:localhost:%d" % sink.port], prefix=prefix)
+        self.assertEqual(rc, 0, err)
+        rec = sink.wait_connections(1)[0].wait()
+        self.assertIsNone(rec.error)
+        self.assertEqual(rec.sha, sha(blob))
+
+
 if __name__ == "__main__":
     e2e.main()

@@ -904,5 +904,27 @@ class AgainstZcioServe(GetCase):
         p.wait_for(r'"GET /blob\.bin HTTP/1\.1" 200 %d sendfile' % (16 * MiB + 3))
 
 
+class LocalhostTests(E2ETestCase):
+    """`http://localhost:PORT/` where localhost names ::1 first (Debian's default
+    /etc/hosts) and the server listens on 127.0.0.1 only: the ::1 attempt is refused and
+    the 127.0.0.1 one carries the download, where trying only the first address failed."""
+
+    def test_get_from_an_ipv4_only_server_named_localhost(self):
+        prefix = e2e.localhost_v6_first_prefix(self.tmp)
+        if prefix is None:
+            self.skipTest("cannot make localhost resolve to ::1 first here (no unshare?)")
+        root = self.path("www")
+        files = write_files(root, {"blob.bin": 3 * MiB + 1})
+        port = e2e.free_port()
+        http = self.spawn([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                           "--directory", root])
+        e2e.wait_tcp_listening(port, proc=http)
+        out = self.path("blob.bin")
+        rc, _, err = e2e.run_zcio(["get", "http://localhost:%d/blob.bin" % port, "-o", out],
+                                  timeout=IO_TIMEOUT, prefix=prefix)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(file_sha(out), sha(files["blob.bin"]))
+
+
 if __name__ == "__main__":
     e2e.main()

@@ -7,6 +7,7 @@ Run: python3 tests/e2e/test_proxy.py --zcio build/tools/zcio/zcio
 
 import os
 import selectors
+import shutil
 import signal
 import socket
 import struct
@@ -927,6 +928,106 @@ rate_limit = "64M"
             except ConnectionRefusedError:
                 return True
             return False
+
+
+class UnixSocketInUseTests(E2ETestCase):
+    """A Unix socket another server listens on is in use: `zcio proxy` and `zcio serve`
+    exit 1 with one line and leave the file (and that server) alone; a stale socket
+    file (nobody listens: connect is refused) is replaced, and removed at exit. The
+    other server is socat when installed, else a Python listener."""
+
+    def live_server(self, path):
+        if shutil.which("socat"):
+            p = self.spawn(["socat", "UNIX-LISTEN:%s,fork" % path, "EXEC:cat"])
+            e2e.wait_unix_listening(path, proc=p)
+        else:
+            self.upstream(echo_handler(), unix_path=path)
+
+    def echo_check(self, addr, size=256 * 1024):
+        blob = random_bytes(size)
+        c = self.connect(addr)
+        sender = send_in_thread(c, blob)
+        got, _, _ = recv_all(c)
+        join_sender(sender)
+        self.assertEqual(sha(got), sha(blob), "the echo through %s differs" % addr)
+
+    def refused_and_untouched(self, args, path):
+        inode = os.lstat(path).st_ino
+        rc, _, err = e2e.run_zcio(args)
+        self.assertEqual(rc, 1, err)
+        self.assertOneLine(err, "unix:" + path, "Address already in use")
+        self.assertEqual(os.lstat(path).st_ino, inode, "the live socket file was replaced")
+        self.echo_check("unix:" + path)  # the other server is still reachable
+
+    def test_proxy_refuses_a_live_unix_socket(self):
+        path = self.path("live.sock")
+        self.live_server(path)
+        self.refused_and_untouched(["proxy", "--listen", "unix:" + path, "--upstream",
+                                    "127.0.0.1:%d" % e2e.free_port(), "--threads", "1"], path)
+
+    def test_serve_refuses_a_live_unix_socket(self):
+        path = self.path("live.sock")
+        self.live_server(path)
+        root = self.path("www")
+        os.mkdir(root)
+        self.refused_and_untouched(["serve", root, "--listen", "unix:" + path, "--threads", "1"], path)
+
+    def test_stale_socket_file_is_replaced_and_removed_at_exit(self):
+        path = self.path("stale.sock")
+        crashed = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        crashed.bind(path)  # a server that died without removing its file
+        crashed.close()
+        up = self.upstream(echo_handler())
+        proxy = self.start_proxy("--listen", "unix:" + path, "--upstream", up.address, metrics=False)
+        self.echo_check("unix:" + path)
+        proxy.proc.send_signal(signal.SIGTERM)
+        self.assertEqual(proxy.proc.wait(SHORT), 0, proxy.proc.stderr_text())
+        self.assertFalse(os.path.lexists(path), "the socket file outlived the proxy")
+
+
+class LocalhostUpstreamTests(E2ETestCase):
+    """`--upstream localhost:PORT` where localhost names ::1 first (Debian's default
+    /etc/hosts) and the upstream listens on 127.0.0.1 only: the ::1 attempt is refused
+    and the 127.0.0.1 one carries every client (Happy Eyeballs), where trying only the
+    first address failed them all."""
+
+    def test_every_client_reaches_an_ipv4_only_upstream_named_localhost(self):
+        prefix = e2e.localhost_v6_first_prefix(self.tmp)
+        if prefix is None:
+            self.skipTest("cannot make localhost resolve to ::1 first here (no unshare?)")
+        up = self.upstream(echo_handler())  # 127.0.0.1 only
+        p = self.spawn(prefix + [e2e.ZCIO, "proxy", "--listen", "127.0.0.1:0",
+                                 "--upstream", "localhost:%d" % up.port, "--threads", "1"])
+        addr = p.wait_for(r"listening on (\S+) → (\S+)")[0].group(1)
+        for _ in range(3):
+            blob = random_bytes(1 * MiB)
+            c = self.connect(addr)
+            sender = send_in_thread(c, blob)
+            got, _, _ = recv_all(c)
+            join_sender(sender)
+            self.assertEqual(sha(got), sha(blob), "client got different bytes; proxy log:\n%s"
+                             % p.stderr_text())
+        recs = up.wait_connections(3)
+        for rec in recs:
+            rec.wait()
+            self.assertIsNone(rec.error)
+        self.assertEqual(p.count_lines(r"upstream localhost:\d+: "), 0, p.stderr_text())
+
+    def test_a_name_whose_addresses_all_refuse_is_logged_with_each_one(self):
+        prefix = e2e.localhost_v6_first_prefix(self.tmp)
+        if prefix is None:
+            self.skipTest("cannot make localhost resolve to ::1 first here (no unshare?)")
+        port = e2e.free_port()  # nothing listens there, on either address
+        p = self.spawn(prefix + [e2e.ZCIO, "proxy", "--listen", "127.0.0.1:0",
+                                 "--upstream", "localhost:%d" % port, "--threads", "1"])
+        addr = p.wait_for(r"listening on (\S+) → (\S+)")[0].group(1)
+        try:
+            c = self.connect(addr)
+            wait_closed(c, timeout=SHORT)
+        except ConnectionResetError:
+            pass  # the proxy's RST overtook the end of our connect()
+        p.wait_for(r"upstream localhost:%d: \[::1\]:%d: connect: .*refused; "
+                   r"127\.0\.0\.1:%d: connect: .*refused" % (port, port, port))
 
 
 if __name__ == "__main__":

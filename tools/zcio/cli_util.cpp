@@ -139,6 +139,14 @@ endpoint parse_endpoint(std::string_view text) {
     return *ep;
 }
 
+endpoint_list parse_endpoint_list(std::string_view text) {
+    auto list = endpoint_list::resolve(text);
+    if (!list) {
+        throw usage_error(list.error());
+    }
+    return std::move(*list);
+}
+
 namespace {
 
 // "8080" → "127.0.0.1:8080", ":8080" → "127.0.0.1:8080"; anything else unchanged.

@@ -32,6 +32,8 @@ std::chrono::nanoseconds parse_duration(std::string_view text, std::string_view 
 
 // One endpoint; throws usage_error with the parser's message.
 endpoint parse_endpoint(std::string_view text);
+// Every address of one text (endpoint_list::resolve), for connects; throws usage_error.
+endpoint_list parse_endpoint_list(std::string_view text);
 
 // An address to listen on. Without a host ("8080" or ":8080") it is loopback
 // (127.0.0.1): listening on every interface must be asked for by name (0.0.0.0:8080

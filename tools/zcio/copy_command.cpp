@@ -28,8 +28,8 @@ struct end_spec {
     std::string text;
     std::string path; // files
     bool append = false;
-    endpoint address; // sockets
-    unique_fd source; // a file source, opened and checked before the destination
+    endpoint_list address; // sockets: every address of a name, for tcp:
+    unique_fd source;      // a file source, opened and checked before the destination
 };
 
 // Opens a file source and checks that it can be read, so that a directory, a file
@@ -78,7 +78,7 @@ end_spec parse_end(const std::string& text, bool is_source) {
         e.address = parse_listen_endpoint(rest_after("tcp-listen:"));
     } else if (text.starts_with("tcp:")) {
         e.kind = end_kind::tcp;
-        e.address = parse_endpoint(rest_after("tcp:"));
+        e.address = parse_endpoint_list(rest_after("tcp:"));
     } else if (text.starts_with("unix-listen:")) {
         e.kind = end_kind::unix_listen;
         e.address = parse_endpoint("unix:" + rest_after("unix-listen:"));
@@ -143,7 +143,7 @@ task<result<stream>> open_end(event_loop& loop, end_spec* e, bool is_source, boo
         co_return co_await stream::connect(loop, e->address, 10s);
     case end_kind::tcp_listen:
     case end_kind::unix_listen: {
-        auto l = tcp_listener::bind(loop, e->address);
+        auto l = tcp_listener::bind(loop, e->address.front());
         if (!l) {
             co_return fail(l.error());
         }

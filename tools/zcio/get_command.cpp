@@ -479,17 +479,18 @@ task<void> download(event_loop* loop, get_state* st, http::url u, get_params prm
     for (std::size_t hop = 0;; ++hop) {
         // Names resolve with getaddrinfo, which blocks: only this download runs on the
         // loop, so nothing else waits meanwhile.
-        auto ep = endpoint::parse(u.endpoint_text());
+        auto ep = endpoint_list::resolve(u.endpoint_text());
         if (!ep) {
             st->failure = ep.error();
             co_return;
         }
         w->slide = {};
         w->deadline = clock::time_point::max(); // connect has its own timeout
-        auto conn = co_await stream::connect(*loop, *ep, prm.connect_timeout);
+        std::vector<connect_failure> failed;
+        auto conn = co_await stream::connect(*loop, *ep, prm.connect_timeout, &failed);
         if (!conn) {
             st->failure = "cannot connect to " + ep->to_string() + " (" + u.text() +
-                          "): " + conn.error().message();
+                          "): " + (failed.size() > 1 ? to_string(failed) : conn.error().message());
             co_return;
         }
         w->slide = prm.timeout;

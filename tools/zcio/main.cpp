@@ -79,7 +79,7 @@ proxy_config config_from_flags(const proxy_flags& f) {
             r.listen.insert(r.listen.end(), eps.begin(), eps.end());
             r.listen_text.push_back(l);
         }
-        r.upstream = parse_endpoint(f.upstream);
+        r.upstream = parse_endpoint_list(f.upstream);
         r.options.engine = parse_engine(f.engine, "--engine");
         if (!f.pipe_size.empty()) {
             r.options.pipe_size = parse_size(f.pipe_size, "--pipe-size");
@@ -233,7 +233,9 @@ int run(int argc, char** argv) {
         // One address per flag, taken as typed: CLI11 would otherwise read "[::1]" as a
         // list and hand over "::1".
         ->allow_extra_args(false);
-    proxy->add_option("-u,--upstream", pf.upstream, "Address to connect each client to");
+    proxy->add_option("-u,--upstream", pf.upstream,
+                      "Address to connect each client to (a name: each of its addresses "
+                      "is tried, Happy Eyeballs)");
     proxy->add_option("-c,--config", pf.config,
                       "TOML file with [[route]] tables (see docs/proxy.md); "
                       "SIGHUP reloads it");

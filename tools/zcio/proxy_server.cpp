@@ -165,10 +165,11 @@ task<void> handle_connection(loop_ctx* ctx, std::shared_ptr<route_runtime> rt, s
     route_stats& stats = *rt->stats;
     const route_options& o = rt->config.options;
 
+    std::vector<connect_failure> failed; // each address that failed, for the log line
     auto up = co_await with_cancel(
         *ctx->loop,
         stream::connect(*ctx->loop, rt->config.upstream,
-                        std::chrono::duration_cast<clock::duration>(o.connect_timeout)),
+                        std::chrono::duration_cast<clock::duration>(o.connect_timeout), &failed),
         ctx->cancel_all);
     if (!up) {
         if (up.error() == std::errc::timed_out) {
@@ -177,7 +178,8 @@ task<void> handle_connection(loop_ctx* ctx, std::shared_ptr<route_runtime> rt, s
             stats.upstream_connect_failures.fetch_add(1, std::memory_order_relaxed);
         }
         spdlog::warn("{} client {} upstream {}: {} (client closed)", rt->config.name,
-                     peer.to_string(), rt->config.upstream.to_string(), up.error().message());
+                     peer.to_string(), rt->config.upstream.to_string(),
+                     failed.size() > 1 ? to_string(failed) : up.error().message());
         abort_on_close(client);
         stats.connections_active.fetch_sub(1, std::memory_order_relaxed);
         co_return;

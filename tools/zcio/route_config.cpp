@@ -262,7 +262,7 @@ route load_route(const located& at, const toml::table& t, std::size_t index,
             }
         } else if (key == "upstream") {
             std::string text = need_string(at, node, key);
-            r.upstream = at.wrap(node, key, [&] { return parse_endpoint(text); });
+            r.upstream = at.wrap(node, key, [&] { return parse_endpoint_list(text); });
             has_upstream = true;
         } else if (key == "engine") {
             std::string text = need_string(at, node, key);

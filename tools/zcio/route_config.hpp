@@ -31,7 +31,7 @@ struct route {
     std::string name;             // for logs and metrics
     std::vector<endpoint> listen; // every port of every --listen
     std::vector<std::string> listen_text;
-    endpoint upstream;
+    endpoint_list upstream; // every address of the name, tried with Happy Eyeballs
     route_options options;
 };
 
