@@ -30,7 +30,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     ZCIO_FUZZ_CHECK(!cfg.routes.empty());
     for (const auto& r : cfg.routes) {
         ZCIO_FUZZ_CHECK(!r.listen.empty() && !r.listen_text.empty());
-        ZCIO_FUZZ_CHECK(r.upstream.family() != AF_UNSPEC);
+        ZCIO_FUZZ_CHECK(!r.upstream.empty() && r.upstream.front().family() != AF_UNSPEC);
         ZCIO_FUZZ_CHECK(r.options.connect_timeout.count() >= 0);
     }
     if (cfg.global.threads) {
