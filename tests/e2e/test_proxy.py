@@ -1091,7 +1091,7 @@ class ReloadSafetyTests(E2ETestCase):
     def test_a_reload_cannot_take_the_descriptors_connections_need(self):
         if os.environ.get("ZCIO_UNDER_VALGRIND"):
             self.skipTest("valgrind needs descriptors of its own")
-        # Under 256 descriptors: 64 reserved, 64 (a quarter) kept for connections, a few
+        # Under 256 descriptors: 64 reserved, 32 (an eighth) kept for connections, a few
         # open: 200 more listeners do not fit, 20 do.
         up = self.upstream(echo_handler())
         route_a = route_toml("alpha", "127.0.0.1:0", up.address)

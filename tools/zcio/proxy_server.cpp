@@ -456,7 +456,7 @@ listener_count count_listeners(const std::vector<std::unique_ptr<loop_ctx>>& ctx
 }
 
 // Refuses `fresh` new listening sockets that the descriptor limit cannot hold beside
-// what is open now, the reserve and the quarter of the limit that is always kept for
+// what is open now, the reserve and the eighth of the limit that is always kept for
 // connections: five 4,096-port ranges under a limit of 20,000 used to take every
 // descriptor, and the running routes' clients then timed out.
 void check_descriptors(std::uint64_t fresh) {
@@ -465,7 +465,7 @@ void check_descriptors(std::uint64_t fresh) {
         return;
     }
     const std::uint64_t open = open_descriptors();
-    const std::uint64_t for_connections = *limit / 4;
+    const std::uint64_t for_connections = *limit / 8;
     const std::uint64_t taken = open + descriptor_reserve + for_connections;
     const std::uint64_t room = *limit > taken ? *limit - taken : 0;
     if (fresh > room) {
@@ -476,6 +476,21 @@ void check_descriptors(std::uint64_t fresh) {
                               std::to_string(for_connections) +
                               " kept for connections leaves " + std::to_string(room) +
                               " (raise ulimit -n or listen on fewer ports)");
+    }
+}
+
+// Sets the shared limit of the routes without max_connections from the listeners the
+// config holds, and says it when it is new.
+void set_default_limit(connection_budget& budget, const proxy_config& cfg,
+                       std::uint64_t listeners) {
+    const std::uint64_t limit = default_max_connections(listeners);
+    const bool used = std::ranges::any_of(
+        cfg.routes, [](const route& r) { return !r.options.max_connections.has_value(); });
+    if (budget.default_limit.exchange(limit, std::memory_order_relaxed) != limit && used &&
+        limit != 0) {
+        spdlog::info("up to {} connections for the routes without max_connections together "
+                     "(descriptor limit {}, {} listening sockets)",
+                     limit, descriptor_limit().value_or(0), listeners);
     }
 }
 
@@ -585,7 +600,7 @@ void proxy_server::start() {
                             rt->config.upstream.to_string());
         }
     }
-    budget_.default_limit.store(default_max_connections(need.total), std::memory_order_relaxed);
+    set_default_limit(budget_, cfg_, need.total);
     for (const auto& line : ready) {
         spdlog::info("{}", line);
     }
@@ -707,7 +722,7 @@ void proxy_server::reload(proxy_config cfg) {
     for (const auto& rt : runtimes) {
         rt->stats = stats_for(rt->config.name);
     }
-    budget_.default_limit.store(default_max_connections(need.total), std::memory_order_relaxed);
+    set_default_limit(budget_, cfg, need.total);
     for (std::size_t i = 0; i < ctxs_.size(); ++i) {
         loop_ctx& c = *ctxs_[i];
         run_on(c, [&] {
