@@ -28,8 +28,9 @@ constexpr auto head_timeout = 2s;
 // The answer to one request head. HEAD gets the headers of what GET would get.
 std::string answer(const std::string& head, std::function<std::string()>& render) {
     const bool is_head = head.starts_with("HEAD ");
-    const std::string_view target =
-        std::string_view(head).substr(is_head ? 5 : head.starts_with("GET ") ? 4 : 0);
+    const std::string_view target = std::string_view(head).substr(is_head                    ? 5
+                                                                  : head.starts_with("GET ") ? 4
+                                                                                             : 0);
     if (!is_head && !head.starts_with("GET ")) {
         return response("405 Method Not Allowed", "text/plain", "only GET and HEAD\n", true);
     }
@@ -67,8 +68,7 @@ task<void> serve_one_bounded(metrics_state* st, stream conn) {
     --st->open;
 }
 
-task<void> metrics_accept_loop(std::unique_ptr<tcp_listener> l,
-                               std::unique_ptr<metrics_state> st) {
+task<void> metrics_accept_loop(std::unique_ptr<tcp_listener> l, std::unique_ptr<metrics_state> st) {
     while (true) {
         auto a = co_await l->accept();
         if (!a) {

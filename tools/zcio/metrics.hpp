@@ -13,8 +13,8 @@ namespace zcio::cli {
 inline constexpr std::size_t max_metrics_connections = 8;
 
 // Listens on `at` (on `loop`) and answers GET /metrics with `render()` (HEAD: the same
-// headers, no body); other paths get 404, other methods 405. Throws runtime_failure when it cannot listen.
-// Returns the address actually bound.
+// headers, no body); other paths get 404, other methods 405. Throws runtime_failure
+// when it cannot listen. Returns the address actually bound.
 endpoint start_metrics_server(event_loop& loop, const endpoint& at,
                               std::function<std::string()> render);
 

@@ -105,7 +105,7 @@ private:
     std::vector<std::shared_ptr<route_runtime>> make_runtimes(const proxy_config& cfg);
 
     proxy_config cfg_;
-    connection_budget budget_; // read by every loop: declared before them
+    connection_budget budget_;       // read by every loop: declared before them
     mutable std::mutex stats_mutex_; // guards stats_ (the map, not the counters)
     // Declared before the loops and contexts: the pools in it outlive every lease.
     std::map<std::string, std::shared_ptr<route_stats>> stats_;

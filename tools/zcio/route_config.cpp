@@ -348,7 +348,7 @@ std::string read_config_text(const std::string& path) {
         int fd;
         ~closer() { ::close(fd); }
     } guard{fd};
-    struct ::stat st{};
+    struct ::stat st {};
     if (::fstat(fd, &st) != 0) {
         throw usage_error(path + ": cannot stat: " + std::strerror(errno));
     }
