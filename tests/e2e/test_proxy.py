@@ -6,6 +6,7 @@ Run: python3 tests/e2e/test_proxy.py --zcio build/tools/zcio/zcio
 """
 
 import os
+import random
 import selectors
 import signal
 import socket
@@ -13,6 +14,7 @@ import struct
 import sys
 import threading
 import time
+import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import e2e_support as e2e  # noqa: E402
@@ -934,6 +936,29 @@ def route_toml(name, listen, upstream, extra=""):
     return '[[route]]\nname = "%s"\nlisten = "%s"\nupstream = "%s"\n%s' % (name, listen, upstream, extra)
 
 
+def low_port_range(count, attempts=50):
+    """`count` consecutive free ports below the ephemeral range, which the connections of
+    other tests running at the same time keep taking ports from."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(attempts):
+        base = random.randint(10000, max(10000, low - count - 1))
+        ok = True
+        for port in range(base, base + count):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise unittest.SkipTest("no %d consecutive free ports found" % count)
+
+
 def rss_kib(pid):
     with open("/proc/%d/status" % pid) as f:
         for line in f:
@@ -1096,7 +1121,7 @@ class ReloadSafetyTests(E2ETestCase):
         up = self.upstream(echo_handler())
         route_a = route_toml("alpha", "127.0.0.1:0", up.address)
         cfg, proxy = self.config_proxy(route_a, nofile=256)
-        base = e2e.free_port_range(200)
+        base = low_port_range(200)
         write(cfg, route_a + route_toml("wide", "127.0.0.1:%d-%d" % (base, base + 199), up.address))
         self.sighup(proxy, r"reload refused: 200 new listening socket\(s\) do not fit: the descriptor limit 256")
         self.assertTrue(self.refused(base))
@@ -1125,7 +1150,7 @@ class ReloadSafetyTests(E2ETestCase):
         up = self.upstream(echo_handler())
         route_a = route_toml("alpha", "127.0.0.1:0", up.address)
         cfg, proxy = self.config_proxy(route_a, threads=2, metrics=False)
-        base = e2e.free_port_range(1024)
+        base = low_port_range(1024)
         wide = route_toml("wide", "127.0.0.1:%d-%d" % (base, base + 1023), up.address)
         pid = proxy.proc.pid
 
@@ -1154,7 +1179,7 @@ class ReloadSafetyTests(E2ETestCase):
         # 200 descriptors, 64 reserved, 40 + 1 listeners: (200 - 64 - 41) / 2 = 47
         # connections for both routes together (each route allowed 68 before).
         up = self.upstream(echo_handler())
-        base = e2e.free_port_range(40)
+        base = low_port_range(40)
         text = (route_toml("alpha", "127.0.0.1:0", up.address)
                 + route_toml("beta", "127.0.0.1:%d-%d" % (base, base + 39), up.address))
         cfg, proxy = self.config_proxy(text, nofile=200)
