@@ -21,19 +21,18 @@ std::string response(const char* status, const std::string& type, const std::str
            (with_body ? body : std::string());
 }
 
-// A scraper sends its request at once: a client that has not within this is cut, so
-// that a slow or silent one holds its slot briefly (it was 10 s).
-constexpr auto head_timeout = 2s;
+// A scrape takes milliseconds: a connection is closed at most this long after it was
+// accepted, answered or not, so that a slow or silent client holds its slot briefly
+// (it was 10 s).
+constexpr auto exchange_timeout = 2s;
 
 // The answer to one request head. HEAD gets the headers of what GET would get.
-std::string answer(const std::string& head, std::function<std::string()>& render) {
+std::string answer(std::string_view head, std::function<std::string()>& render) {
     const bool is_head = head.starts_with("HEAD ");
-    const std::string_view target = std::string_view(head).substr(is_head                    ? 5
-                                                                  : head.starts_with("GET ") ? 4
-                                                                                             : 0);
     if (!is_head && !head.starts_with("GET ")) {
         return response("405 Method Not Allowed", "text/plain", "only GET and HEAD\n", true);
     }
+    const std::string_view target = head.substr(is_head ? 5 : 4);
     if (target.starts_with("/metrics ") || target.starts_with("/metrics?")) {
         return response("200 OK", "text/plain; version=0.0.4; charset=utf-8", render(), !is_head);
     }
@@ -64,7 +63,8 @@ struct metrics_state {
 
 task<void> serve_one_bounded(metrics_state* st, stream conn) {
     // A client that connects and says nothing must not hold a slot for long.
-    (void)co_await with_timeout(*st->loop, serve_one(std::move(conn), &st->render), head_timeout);
+    (void)co_await with_timeout(*st->loop, serve_one(std::move(conn), &st->render),
+                                exchange_timeout);
     --st->open;
 }
 

@@ -9,7 +9,7 @@
 namespace zcio::cli {
 
 // Connections the metrics endpoint serves at once; more are closed at once. Each is
-// answered or cut within 2 s.
+// closed at most 2 s after it was accepted, answered or not.
 inline constexpr std::size_t max_metrics_connections = 8;
 
 // Listens on `at` (on `loop`) and answers GET /metrics with `render()` (HEAD: the same
