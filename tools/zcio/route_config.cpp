@@ -360,11 +360,11 @@ std::string read_config_text(const std::string& path) {
                           " bytes; a config is at most " + std::to_string(max_config_bytes) +
                           " bytes)");
     }
-    std::string text;
-    // One byte more than the limit: a file that grows while it is read is caught too.
-    text.resize(static_cast<std::size_t>(max_config_bytes) + 1);
+    // Sized by fstat, one byte more so that a file that grew since is noticed; grown up
+    // to one byte past the limit (never a 1 MiB buffer for a 1 KiB file).
+    std::string text(static_cast<std::size_t>(st.st_size) + 1, '\0');
     std::size_t got = 0;
-    while (got < text.size()) {
+    while (true) {
         const ssize_t n = ::read(fd, text.data() + got, text.size() - got);
         if (n < 0 && errno == EINTR) {
             continue;
@@ -376,6 +376,12 @@ std::string read_config_text(const std::string& path) {
             break;
         }
         got += static_cast<std::size_t>(n);
+        if (got == text.size()) {
+            if (got > max_config_bytes) {
+                break;
+            }
+            text.resize(std::min<std::size_t>(2 * got, max_config_bytes + 1));
+        }
     }
     if (got > max_config_bytes) {
         throw usage_error(path + ": too large (a config is at most " +
