@@ -12,7 +12,34 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+namespace {
+
+void load_one(const std::uint8_t* data, std::size_t size);
+
+// A short input is also loaded repeated 2,000 times: "a." or "[" or "x={" then nest
+// far past the loader's depth limit (a dotted key of 50,000 segments crashed toml++'s
+// recursion before the limit existed; tests/fuzz/corpus/route_config/deep-*.toml).
+constexpr std::size_t repeat_below = 16;
+constexpr std::size_t repeats = 2000;
+
+} // namespace
+
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+    load_one(data, size);
+    if (size > 0 && size < repeat_below) {
+        std::string many;
+        many.reserve(size * repeats);
+        for (std::size_t i = 0; i < repeats; ++i) {
+            many.append(reinterpret_cast<const char*>(data), size);
+        }
+        load_one(reinterpret_cast<const std::uint8_t*>(many.data()), many.size());
+    }
+    return 0;
+}
+
+namespace {
+
+void load_one(const std::uint8_t* data, std::size_t size) {
     static const int fd = ::memfd_create("zcio-fuzz-routes.toml", MFD_CLOEXEC);
     static const std::string path = "/proc/self/fd/" + std::to_string(fd);
     ZCIO_FUZZ_CHECK(fd >= 0);
@@ -25,7 +52,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     } catch (const zcio::cli::usage_error& e) {
         const std::string_view msg = e.what();
         ZCIO_FUZZ_CHECK(msg.starts_with(path));
-        return 0;
+        return;
     }
     ZCIO_FUZZ_CHECK(!cfg.routes.empty());
     for (const auto& r : cfg.routes) {
@@ -36,5 +63,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (cfg.global.threads) {
         ZCIO_FUZZ_CHECK(*cfg.global.threads >= 1 && *cfg.global.threads <= 1024);
     }
-    return 0;
 }
+
+} // namespace

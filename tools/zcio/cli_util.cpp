@@ -211,17 +211,31 @@ std::vector<endpoint> parse_listen(std::string_view spec) {
     return out;
 }
 
-std::uint64_t default_max_connections() {
-    static const std::uint64_t limit = [] {
+std::optional<std::uint64_t> descriptor_limit() {
+    static const std::optional<std::uint64_t> limit = []() -> std::optional<std::uint64_t> {
         ::rlimit rl{};
         if (::getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) {
-            return std::uint64_t{0};
+            return std::nullopt;
         }
-        constexpr std::uint64_t reserve = 64;
-        const auto fds = static_cast<std::uint64_t>(rl.rlim_cur);
-        return fds > 2 * reserve ? (fds - reserve) / 2 : std::max<std::uint64_t>(1, fds / 4);
+        return static_cast<std::uint64_t>(rl.rlim_cur);
     }();
     return limit;
+}
+
+std::uint64_t open_descriptors() {
+    auto n = sys::count_open_fds();
+    return n ? *n : 0;
+}
+
+std::uint64_t default_max_connections(std::uint64_t listeners) {
+    const auto limit = descriptor_limit();
+    if (!limit) {
+        return 0;
+    }
+    const std::uint64_t fds = *limit;
+    const std::uint64_t taken = descriptor_reserve + listeners;
+    // A limit too small for the reserve still lets a few clients in.
+    return fds > taken + 2 ? (fds - taken) / 2 : std::max<std::uint64_t>(1, fds / 4);
 }
 
 void ensure_port_free(const endpoint& ep) {

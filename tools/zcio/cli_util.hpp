@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -52,11 +53,24 @@ std::vector<endpoint> parse_listen(std::string_view text);
 // SO_REUSEPORT fails with EADDRINUSE in that case.
 void ensure_port_free(const endpoint& ep);
 
-// The connection limit when none is given: half of the soft RLIMIT_NOFILE less a
-// reserve for listeners, pools and logs (a proxied connection holds two descriptors).
+// Descriptors the proxy keeps out of every budget: the metrics endpoint (its listener
+// and at most 8 connections), the loops' epoll, eventfd and timerfd descriptors, the
+// signalfd, logs, the probe socket of ensure_port_free, a config being read.
+inline constexpr std::uint64_t descriptor_reserve = 64;
+
+// The soft RLIMIT_NOFILE, or nullopt when there is none (RLIM_INFINITY). Read once.
+std::optional<std::uint64_t> descriptor_limit();
+
+// Descriptors open in the process now (/proc/self/fd).
+std::uint64_t open_descriptors();
+
+// The connection limit, across all routes, when a route gives none: the descriptors
+// left under the soft RLIMIT_NOFILE after the reserve and the `listeners` the running
+// config holds, halved (a proxied connection holds two descriptors, a client and an
+// upstream; pipes are borrowed only while bytes move and come out of the reserve).
 // Past it a client is refused at once instead of the process running out of
-// descriptors mid-connect. Read once.
-std::uint64_t default_max_connections();
+// descriptors mid-connect. 0: no limit (no RLIMIT_NOFILE).
+std::uint64_t default_max_connections(std::uint64_t listeners);
 
 // "12.3 MiB", "1.00 GiB"...
 std::string human_bytes(double bytes);

@@ -127,6 +127,8 @@ task<int> proxy_main(event_loop* loop, proxy_server* server, proxy_flags flags,
         spdlog::critical("signals: {}", signals.error().message());
         co_return 1;
     }
+    // The file is read on a thread: the loop serves signals and metrics meanwhile.
+    config_reloader reloader(*loop, *server, [flags] { return config_from_flags(flags); });
     while (true) {
         auto sig = co_await signals->next();
         if (!sig) {
@@ -138,15 +140,12 @@ task<int> proxy_main(event_loop* loop, proxy_server* server, proxy_flags flags,
                 spdlog::warn("SIGHUP: nothing to reload (no --config)");
                 continue;
             }
-            try {
-                server->reload(config_from_flags(flags));
-            } catch (const std::exception& e) {
-                spdlog::error("reload failed, keeping the running routes: {}", e.what());
-            }
+            reloader.request();
             continue;
         }
         spdlog::info("{}: draining (up to {:.1f}s)", *sig == SIGINT ? "SIGINT" : "SIGTERM",
                      std::chrono::duration<double>(drain).count());
+        reloader.stop();
         server->drain(drain);
         co_return 0;
     }

@@ -14,10 +14,29 @@ namespace {
 
 using namespace std::chrono_literals;
 
-std::string response(const char* status, const std::string& type, const std::string& body) {
+std::string response(const char* status, const std::string& type, const std::string& body,
+                     bool with_body) {
     return std::string("HTTP/1.1 ") + status + "\r\nContent-Type: " + type +
            "\r\nContent-Length: " + std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" +
-           body;
+           (with_body ? body : std::string());
+}
+
+// A scrape takes milliseconds: a connection is closed at most this long after it was
+// accepted, answered or not, so that a slow or silent client holds its slot briefly
+// (it was 10 s).
+constexpr auto exchange_timeout = 2s;
+
+// The answer to one request head. HEAD gets the headers of what GET would get.
+std::string answer(std::string_view head, std::function<std::string()>& render) {
+    const bool is_head = head.starts_with("HEAD ");
+    if (!is_head && !head.starts_with("GET ")) {
+        return response("405 Method Not Allowed", "text/plain", "only GET and HEAD\n", true);
+    }
+    const std::string_view target = head.substr(is_head ? 5 : 4);
+    if (target.starts_with("/metrics ") || target.starts_with("/metrics?")) {
+        return response("200 OK", "text/plain; version=0.0.4; charset=utf-8", render(), !is_head);
+    }
+    return response("404 Not Found", "text/plain", "not found: try /metrics\n", !is_head);
 }
 
 // Reads one request head (bounded at 8 KiB) and answers it; one request per connection.
@@ -31,24 +50,25 @@ task<void> serve_one(stream conn, std::function<std::string()>* render) {
         }
         head.append(reinterpret_cast<const char*>(buf.data()), *n);
     }
-    std::string reply;
-    if (head.starts_with("GET /metrics ") || head.starts_with("GET /metrics?")) {
-        reply = response("200 OK", "text/plain; version=0.0.4; charset=utf-8", (*render)());
-    } else if (head.starts_with("GET ")) {
-        reply = response("404 Not Found", "text/plain", "not found: try /metrics\n");
-    } else {
-        reply = response("405 Method Not Allowed", "text/plain", "only GET\n");
-    }
+    const std::string reply = answer(head, *render);
     (void)co_await conn.write_all(std::as_bytes(std::span(reply)));
 }
 
-task<void> serve_one_bounded(event_loop* loop, stream conn, std::function<std::string()>* render) {
-    // A client that connects and says nothing must not hold a task forever.
-    (void)co_await with_timeout(*loop, serve_one(std::move(conn), render), 10s);
+// What the accept loop shares with the connections it serves.
+struct metrics_state {
+    event_loop* loop;
+    std::function<std::string()> render;
+    std::size_t open = 0; // connections being served (the loop's own)
+};
+
+task<void> serve_one_bounded(metrics_state* st, stream conn) {
+    // A client that connects and says nothing must not hold a slot for long.
+    (void)co_await with_timeout(*st->loop, serve_one(std::move(conn), &st->render),
+                                exchange_timeout);
+    --st->open;
 }
 
-task<void> metrics_accept_loop(event_loop* loop, std::unique_ptr<tcp_listener> l,
-                               std::unique_ptr<std::function<std::string()>> render) {
+task<void> metrics_accept_loop(std::unique_ptr<tcp_listener> l, std::unique_ptr<metrics_state> st) {
     while (true) {
         auto a = co_await l->accept();
         if (!a) {
@@ -56,10 +76,18 @@ task<void> metrics_accept_loop(event_loop* loop, std::unique_ptr<tcp_listener> l
                 co_return;
             }
             spdlog::error("metrics accept: {}", a.error().message());
-            co_await sleep_for(*loop, 100ms);
+            co_await sleep_for(*st->loop, 100ms);
             continue;
         }
-        loop->spawn(serve_one_bounded(loop, std::move(a->conn), render.get()));
+        // Past the cap a client is closed at once: held metrics connections used to take
+        // the descriptors the routes' clients needed (150 of them under a limit of 128
+        // made 13 of 14 proxied connections time out). The cap is inside the reserve
+        // that the routes' budgets leave (descriptor_reserve).
+        if (st->open >= max_metrics_connections) {
+            continue; // `a` goes out of scope: closed
+        }
+        ++st->open;
+        st->loop->spawn(serve_one_bounded(st.get(), std::move(a->conn)));
     }
 }
 
@@ -73,9 +101,10 @@ endpoint start_metrics_server(event_loop& loop, const endpoint& at,
                               l.error().message());
     }
     endpoint bound = l->local_endpoint();
-    loop.spawn(
-        metrics_accept_loop(&loop, std::make_unique<tcp_listener>(std::move(*l)),
-                            std::make_unique<std::function<std::string()>>(std::move(render))));
+    auto st = std::make_unique<metrics_state>();
+    st->loop = &loop;
+    st->render = std::move(render);
+    loop.spawn(metrics_accept_loop(std::make_unique<tcp_listener>(std::move(*l)), std::move(st)));
     return bound;
 }
 

@@ -8,9 +8,13 @@
 
 namespace zcio::cli {
 
-// Listens on `at` (on `loop`) and answers GET /metrics with `render()`; anything else
-// gets 404 (405 for other methods). Throws runtime_failure when it cannot listen.
-// Returns the address actually bound.
+// Connections the metrics endpoint serves at once; more are closed at once. Each is
+// closed at most 2 s after it was accepted, answered or not.
+inline constexpr std::size_t max_metrics_connections = 8;
+
+// Listens on `at` (on `loop`) and answers GET /metrics with `render()` (HEAD: the same
+// headers, no body); other paths get 404, other methods 405. Throws runtime_failure
+// when it cannot listen. Returns the address actually bound.
 endpoint start_metrics_server(event_loop& loop, const endpoint& at,
                               std::function<std::string()> render);
 

@@ -12,15 +12,19 @@
 
 #include <algorithm>
 #include <cstring>
+#include <deque>
 #include <future>
 #include <sstream>
 #include <thread>
+#include <unordered_map>
 
 namespace zcio::cli {
 
 using namespace std::chrono_literals;
 
-// One listener on one loop. Its route can be swapped by a reload.
+// One listener on one loop. Its route can be swapped by a reload. Owned by the loop's
+// list and by its accept loop: a closed one is freed when its accept loop ends (a
+// reload that removed 1,024 ports used to keep them all until the process ended).
 struct listener_entry {
     std::shared_ptr<route_runtime> rt;
     tcp_listener listener;
@@ -34,9 +38,9 @@ struct loop_ctx {
     // loop are refreshed into their gauges by this loop.
     std::vector<std::shared_ptr<route_stats>> routes;
     cancel_source cancel_all;
-    std::vector<std::unique_ptr<listener_entry>> listeners;
-    std::vector<std::unique_ptr<listener_entry>> closed; // kept until the loop ends
-    std::unique_ptr<relay_set> relays; // open connections; sweeps their idle timeouts
+    std::vector<std::shared_ptr<listener_entry>> listeners;
+    connection_budget* budget = nullptr; // the server's, shared by every loop
+    std::unique_ptr<relay_set> relays;   // open connections; sweeps their idle timeouts
     bool stopping = false;
 };
 
@@ -73,6 +77,12 @@ void abort_on_close(const stream& s) noexcept {
     (void)sys::setsockopt(s.fd(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
 }
 
+// A connection counted by the accept loop has ended (or never reached its upstream).
+void end_connection(connection_budget& budget, route_stats& stats) noexcept {
+    stats.connections_active.fetch_sub(1, std::memory_order_relaxed);
+    budget.open.fetch_sub(1, std::memory_order_relaxed);
+}
+
 // A connection whose upstream answered: a relay plus what its close line needs. It
 // lives in its loop's list (for the shutdown) and deletes itself in on_done().
 // Made with `new` from a slab of its own (slab_allocated): connections opened in a
@@ -83,7 +93,8 @@ public:
     proxied_connection(loop_ctx* ctx, std::shared_ptr<route_runtime> rt, stream client,
                        stream upstream, const bidirectional_options& bo, const endpoint& peer,
                        clock::time_point started)
-        : relay(std::move(client), std::move(upstream), bo), rt_(std::move(rt)), started_(started) {
+        : relay(std::move(client), std::move(upstream), bo), rt_(std::move(rt)),
+          budget_(ctx->budget), started_(started) {
         // Only what the log line needs of the peer: an IP address fits in 28 bytes (a
         // whole endpoint is 132); a Unix client is unnamed or printed by its family.
         peer_len_ = std::min<socklen_t>(peer.size(), sizeof peer_);
@@ -108,7 +119,7 @@ protected:
             abort_on_close(b()); // the upstream
         }
         count_progress(); // t.a_to_b == a_to_b(), t.b_to_a == b_to_a()
-        rt_->stats->connections_active.fetch_sub(1, std::memory_order_relaxed);
+        end_connection(*budget_, *rt_->stats);
         if (spdlog::should_log(spdlog::level::info)) {
             log_close(t); // its arguments are formatted even when the level drops the line
         }
@@ -153,6 +164,7 @@ private:
     }
 
     std::shared_ptr<route_runtime> rt_;
+    connection_budget* budget_;
     std::uint64_t counted_[2] = {0, 0}; // bytes already in the route's counters
     clock::time_point started_;
     sockaddr_in6 peer_{}; // IPv4 addresses fit too
@@ -181,7 +193,7 @@ task<void> handle_connection(loop_ctx* ctx, std::shared_ptr<route_runtime> rt, s
                      peer.to_string(), rt->config.upstream.to_string(),
                      failed.size() > 1 ? to_string(failed) : up.error().message());
         abort_on_close(client);
-        stats.connections_active.fetch_sub(1, std::memory_order_relaxed);
+        end_connection(*ctx->budget, stats);
         co_return;
     }
     if (o.proxy_protocol != proxy_header::none) {
@@ -195,7 +207,7 @@ task<void> handle_connection(loop_ctx* ctx, std::shared_ptr<route_runtime> rt, s
                          peer.to_string(), rt->config.upstream.to_string(), w.error().message());
             abort_on_close(client);
             abort_on_close(*up);
-            stats.connections_active.fetch_sub(1, std::memory_order_relaxed);
+            end_connection(*ctx->budget, stats);
             co_return;
         }
     }
@@ -215,28 +227,52 @@ task<void> handle_connection(loop_ctx* ctx, std::shared_ptr<route_runtime> rt, s
     conn->start();
 }
 
-task<void> accept_loop(loop_ctx* ctx, listener_entry* entry) {
+// Counts a new connection of `rt`, or refuses it: past the route's max_connections,
+// or, for a route without one, past the process's descriptor budget, which every
+// route's connections share (default_max_connections).
+bool admit(loop_ctx& ctx, const route_runtime& rt, const endpoint& peer) {
+    route_stats& stats = *rt.stats;
+    const auto& own = rt.config.options.max_connections;
+    const std::uint64_t limit =
+        own ? *own : ctx.budget->default_limit.load(std::memory_order_relaxed);
+    const std::uint64_t route_active =
+        stats.connections_active.fetch_add(1, std::memory_order_relaxed);
+    const std::uint64_t all_active = ctx.budget->open.fetch_add(1, std::memory_order_relaxed);
+    const std::uint64_t active = own ? route_active : all_active;
+    if (limit == 0 || active < limit) {
+        return true;
+    }
+    end_connection(*ctx.budget, stats);
+    stats.connections_refused.fetch_add(1, std::memory_order_relaxed);
+    if (own) {
+        spdlog::warn("{} refused client {}: --max-connections {} reached", rt.config.name,
+                     peer.to_string(), limit);
+    } else {
+        spdlog::warn("{} refused client {}: {} connections open, all the descriptor limit "
+                     "allows (set max_connections to choose)",
+                     rt.config.name, peer.to_string(), limit);
+    }
+    return false;
+}
+
+// Holds its listener: a listener closed by a reload is freed when this ends.
+task<void> accept_loop(loop_ctx* ctx, std::shared_ptr<listener_entry> entry) {
     while (true) {
         auto a = co_await entry->listener.accept();
         if (!a) {
-            if (a.error() == std::errc::operation_canceled) {
+            if (a.error() == std::errc::operation_canceled || entry->listener.fd() < 0) {
                 co_return; // the listener was closed (drain or reload)
             }
             spdlog::error("accept on {}: {}", entry->key, a.error().message());
             co_await sleep_for(*ctx->loop, 100ms); // do not spin on a persistent error
+            if (entry->listener.fd() < 0) {
+                co_return; // closed while this slept
+            }
             continue;
         }
         auto rt = entry->rt;
         route_stats& stats = *rt->stats;
-        const std::uint64_t limit =
-            rt->config.options.max_connections.value_or(default_max_connections());
-        const std::uint64_t active =
-            stats.connections_active.fetch_add(1, std::memory_order_relaxed);
-        if (limit != 0 && active >= limit) {
-            stats.connections_active.fetch_sub(1, std::memory_order_relaxed);
-            stats.connections_refused.fetch_add(1, std::memory_order_relaxed);
-            spdlog::warn("{} refused client {}: --max-connections {} reached", rt->config.name,
-                         a->peer.to_string(), limit);
+        if (!admit(*ctx, *rt, a->peer)) {
             continue; // `a` goes out of scope: the client is closed at once
         }
         stats.connections_total.fetch_add(1, std::memory_order_relaxed);
@@ -345,7 +381,7 @@ bool listens_on(const loop_ctx& ctx, const endpoint& ep) {
     return ctx.index == 0 || ep.is_ip();
 }
 
-std::unique_ptr<listener_entry> bind_entry(loop_ctx& ctx, std::shared_ptr<route_runtime> rt,
+std::shared_ptr<listener_entry> bind_entry(loop_ctx& ctx, std::shared_ptr<route_runtime> rt,
                                            const endpoint& ep) {
     if (ctx.index == 0) {
         ensure_port_free(ep); // the other loops then share the port with loop 0's listener
@@ -356,11 +392,129 @@ std::unique_ptr<listener_entry> bind_entry(loop_ctx& ctx, std::shared_ptr<route_
     if (!l) {
         throw runtime_failure("cannot listen on " + ep.to_string() + ": " + l.error().message());
     }
-    auto e = std::make_unique<listener_entry>();
+    auto e = std::make_shared<listener_entry>();
     e->rt = std::move(rt);
     e->listener = std::move(*l);
     e->key = ep.to_string();
     return e;
+}
+
+// Runs `fn` on the loop of `ctx` and waits for it (the loop runs; the caller is the
+// main thread). `fn` must not throw.
+void run_on(loop_ctx& ctx, const std::function<void()>& fn) {
+    std::promise<void> done;
+    auto finished = done.get_future();
+    ctx.loop->post([&fn, &done] {
+        fn();
+        done.set_value();
+    });
+    finished.wait();
+}
+
+// The addresses the loop listens on, as configured, with how many listeners each
+// has: several routes may ask for "127.0.0.1:0", each with a port of its own.
+using key_counts = std::unordered_map<std::string, std::size_t>;
+key_counts listener_keys(const loop_ctx& ctx) {
+    key_counts keys;
+    for (const auto& e : ctx.listeners) {
+        ++keys[e->key];
+    }
+    return keys;
+}
+
+// Takes one listener of `key` from `held` if there is one left: a route of the new
+// config keeps it (in the config's order, as a reload always matched them).
+bool take(key_counts& held, const std::string& key) {
+    auto it = held.find(key);
+    if (it == held.end() || it->second == 0) {
+        return false;
+    }
+    --it->second;
+    return true;
+}
+
+// Listening sockets `cfg` needs on every loop: all of them, and the ones no loop holds
+// yet (a reload keeps a listener whose address stays, at no cost). Reads the loops'
+// lists: call before the loops run or from the thread that alone changes them.
+struct listener_count {
+    std::uint64_t total = 0;
+    std::uint64_t fresh = 0;
+};
+listener_count count_listeners(const std::vector<std::unique_ptr<loop_ctx>>& ctxs,
+                               const proxy_config& cfg) {
+    listener_count n;
+    for (const auto& ctx : ctxs) {
+        auto held = listener_keys(*ctx);
+        for (const auto& r : cfg.routes) {
+            for (const auto& ep : r.listen) {
+                if (listens_on(*ctx, ep)) {
+                    ++n.total;
+                    n.fresh += take(held, ep.to_string()) ? 0 : 1;
+                }
+            }
+        }
+    }
+    return n;
+}
+
+// Refuses `fresh` new listening sockets that the descriptor limit cannot hold beside
+// what is open now, the reserve and the eighth of the limit that is always kept for
+// connections: five 4,096-port ranges under a limit of 20,000 used to take every
+// descriptor, and the running routes' clients then timed out.
+void check_descriptors(std::uint64_t fresh) {
+    const auto limit = descriptor_limit();
+    if (!limit || fresh == 0) {
+        return;
+    }
+    const std::uint64_t open = open_descriptors();
+    // Under a tiny limit (tests/stress fd-exhaustion runs with 64) the reserve shrinks
+    // with it, so that a proxy that served before still starts.
+    const std::uint64_t reserve = std::min(descriptor_reserve, *limit / 4);
+    const std::uint64_t for_connections = *limit / 8;
+    const std::uint64_t taken = open + reserve + for_connections;
+    const std::uint64_t room = *limit > taken ? *limit - taken : 0;
+    if (fresh > room) {
+        throw runtime_failure(std::to_string(fresh) +
+                              " new listening socket(s) do not fit: the descriptor limit " +
+                              std::to_string(*limit) + " less " + std::to_string(open) + " open, " +
+                              std::to_string(reserve) + " reserved and " +
+                              std::to_string(for_connections) + " kept for connections leaves " +
+                              std::to_string(room) + " (raise ulimit -n or listen on fewer ports)");
+    }
+}
+
+// Sets the shared limit of the routes without max_connections from the listeners the
+// config holds, and says it when it is new.
+void set_default_limit(connection_budget& budget, const proxy_config& cfg,
+                       std::uint64_t listeners) {
+    const std::uint64_t limit = default_max_connections(listeners);
+    const bool used = std::ranges::any_of(
+        cfg.routes, [](const route& r) { return !r.options.max_connections.has_value(); });
+    if (budget.default_limit.exchange(limit, std::memory_order_relaxed) != limit && used &&
+        limit != 0) {
+        spdlog::info("up to {} connections for the routes without max_connections together "
+                     "(descriptor limit {}, {} listening sockets)",
+                     limit, descriptor_limit().value_or(0), listeners);
+    }
+}
+
+// Process-wide keys a reload cannot apply: said in the log, never silently dropped.
+void warn_restart_only(const global_options& running, const global_options& next) {
+    const auto warn = [](const char* key) {
+        spdlog::warn("reload: {}: change needs a restart (the running value stays)", key);
+    };
+    if (next.threads != running.threads) {
+        warn("threads");
+    }
+    if (next.metrics != running.metrics) {
+        warn("metrics");
+    }
+    if (next.drain_timeout != running.drain_timeout) {
+        warn("drain_timeout");
+    }
+    if (next.busy_poll != running.busy_poll) {
+        warn("busy_poll");
+    }
 }
 
 } // namespace
@@ -371,6 +525,7 @@ proxy_server::proxy_server(proxy_config cfg, std::size_t threads) : cfg_(std::mo
         auto c = std::make_unique<loop_ctx>();
         c->index = i;
         c->loop = &group_->loop(i);
+        c->budget = &budget_;
         c->relays = std::make_unique<relay_set>(*c->loop, idle_tick(cfg_));
         if (cfg_.global.busy_poll) {
             c->loop->set_busy_poll(
@@ -388,9 +543,7 @@ proxy_server::~proxy_server() {
     // bound registered with their loops: close them while the loops still exist.
     for (auto& ctx : ctxs_) {
         for (auto& e : ctx->listeners) {
-            if (e) {
-                e->listener.close();
-            }
+            e->listener.close();
         }
     }
     for (auto& ctx : ctxs_) {
@@ -413,7 +566,6 @@ std::vector<std::shared_ptr<route_runtime>> proxy_server::make_runtimes(const pr
     for (const auto& r : cfg.routes) {
         auto rt = std::make_shared<route_runtime>();
         rt->config = r;
-        rt->stats = stats_for(r.name);
         out.push_back(std::move(rt));
     }
     return out;
@@ -424,8 +576,13 @@ void proxy_server::start() {
     // cleanly. Port 0 is resolved by the first loop; the others reuse that port.
     // "listening on" is logged only once every address is bound, so a failure is the
     // one line on stderr.
+    const auto need = count_listeners(ctxs_, cfg_);
+    check_descriptors(need.fresh);
     std::vector<std::string> ready;
     const auto runtimes = make_runtimes(cfg_);
+    for (const auto& rt : runtimes) {
+        rt->stats = stats_for(rt->config.name);
+    }
     for (auto& ctx : ctxs_) {
         adopt_routes(*ctx, runtimes);
     }
@@ -447,12 +604,13 @@ void proxy_server::start() {
                             rt->config.upstream.to_string());
         }
     }
+    set_default_limit(budget_, cfg_, need.total);
     for (const auto& line : ready) {
         spdlog::info("{}", line);
     }
     for (auto& ctx : ctxs_) {
         for (auto& e : ctx->listeners) {
-            ctx->loop->spawn(accept_loop(ctx.get(), e.get()));
+            ctx->loop->spawn(accept_loop(ctx.get(), e));
         }
         ctx->loop->spawn(refresh_metrics(ctx.get()));
     }
@@ -480,8 +638,7 @@ void proxy_server::drain(std::chrono::nanoseconds timeout) {
         loop_ctx* c = ctx.get();
         c->loop->post([c] {
             for (auto& e : c->listeners) {
-                e->listener.close();
-                c->closed.push_back(std::move(e));
+                e->listener.close(); // its accept loop ends, and frees it
             }
             c->listeners.clear();
         });
@@ -506,64 +663,174 @@ void proxy_server::drain(std::chrono::nanoseconds timeout) {
 }
 
 void proxy_server::reload(proxy_config cfg) {
+    // All or nothing: every new listener is bound first (on its loop, loops one after
+    // the other) while the running routes serve on; only if all of them are bound are
+    // the routes swapped. On any failure the new listeners are closed and nothing of
+    // the new config remains (no route, no metrics series).
+    if (!started_) {
+        throw runtime_failure("the proxy is not running");
+    }
+    const auto need = count_listeners(ctxs_, cfg);
+    check_descriptors(need.fresh);
     auto runtimes = make_runtimes(cfg);
+    std::vector<std::vector<std::shared_ptr<listener_entry>>> fresh(ctxs_.size());
     // New addresses with port 0: the first loop that binds one picks the port and the
-    // others reuse it, as in start(). The loops run one after the other below.
+    // others reuse it, as in start(). By route and address as configured (a file's
+    // addresses are unique but for port 0: load_config_file checks).
     std::map<std::pair<const route_runtime*, std::string>, endpoint> resolved;
-    for (auto& ctx : ctxs_) {
-        loop_ctx* c = ctx.get();
-        std::promise<std::string> done;
-        auto result = done.get_future();
-        c->loop->post([c, &runtimes, &done, &resolved] {
-            adopt_routes(*c, runtimes);
-            std::string errors;
-            std::vector<std::unique_ptr<listener_entry>> next;
-            for (const auto& rt : runtimes) {
-                for (const auto& ep : rt->config.listen) {
-                    if (!listens_on(*c, ep)) {
-                        continue;
-                    }
-                    const std::string key = ep.to_string();
-                    auto it = std::find_if(c->listeners.begin(), c->listeners.end(),
-                                           [&](const auto& e) { return e && e->key == key; });
-                    if (it != c->listeners.end()) {
-                        (*it)->rt = rt; // same address: keep the socket, take the new route
-                        next.push_back(std::move(*it));
-                        continue;
-                    }
-                    try {
+    std::vector<std::string> ready;
+    std::string failure;
+    for (std::size_t i = 0; i < ctxs_.size() && failure.empty(); ++i) {
+        loop_ctx& c = *ctxs_[i];
+        run_on(c, [&] {
+            auto held = listener_keys(c);
+            try {
+                for (const auto& rt : runtimes) {
+                    for (const auto& ep : rt->config.listen) {
+                        const std::string key = ep.to_string();
+                        if (!listens_on(c, ep) || take(held, key)) {
+                            continue;
+                        }
                         const auto known = resolved.find({rt.get(), key});
-                        auto e = bind_entry(*c, rt, known != resolved.end() ? known->second : ep);
+                        auto e = bind_entry(c, rt, known != resolved.end() ? known->second : ep);
                         e->key = key;
                         if (known == resolved.end()) {
-                            resolved.emplace(std::pair{rt.get(), key},
-                                             e->listener.local_endpoint());
-                            spdlog::info("{} listening on {} → {}", rt->config.name,
-                                         e->listener.local_endpoint().to_string(),
-                                         rt->config.upstream.to_string());
+                            const endpoint bound = e->listener.local_endpoint();
+                            resolved.emplace(std::pair{rt.get(), key}, bound);
+                            ready.push_back(rt->config.name + " listening on " + bound.to_string() +
+                                            " → " + rt->config.upstream.to_string());
                         }
-                        c->loop->spawn(accept_loop(c, e.get()));
-                        next.push_back(std::move(e));
-                    } catch (const runtime_failure& f) {
-                        errors += std::string(errors.empty() ? "" : "; ") + f.what();
+                        fresh[i].push_back(std::move(e));
+                    }
+                }
+            } catch (const std::exception& f) {
+                failure = f.what();
+            }
+        });
+    }
+    if (!failure.empty()) {
+        for (std::size_t i = 0; i < ctxs_.size(); ++i) {
+            if (!fresh[i].empty()) {
+                run_on(*ctxs_[i], [&] {
+                    for (auto& e : fresh[i]) {
+                        e->listener.close();
+                    }
+                    fresh[i].clear();
+                });
+            }
+        }
+        throw runtime_failure(failure);
+    }
+    // Commit: nothing below can fail.
+    for (const auto& rt : runtimes) {
+        rt->stats = stats_for(rt->config.name);
+    }
+    set_default_limit(budget_, cfg, need.total);
+    for (std::size_t i = 0; i < ctxs_.size(); ++i) {
+        loop_ctx& c = *ctxs_[i];
+        run_on(c, [&] {
+            adopt_routes(c, runtimes);
+            // Same key: the listeners in the order they were made, as the routes take
+            // them (several port-0 routes keep their own ports, on every loop).
+            std::unordered_map<std::string, std::deque<std::shared_ptr<listener_entry>>> held;
+            for (auto& e : c.listeners) {
+                held[e->key].push_back(std::move(e));
+            }
+            std::vector<std::shared_ptr<listener_entry>> next = std::move(fresh[i]);
+            for (auto& e : next) {
+                c.loop->spawn(accept_loop(&c, e));
+            }
+            for (const auto& rt : runtimes) {
+                for (const auto& ep : rt->config.listen) {
+                    if (!listens_on(c, ep)) {
+                        continue;
+                    }
+                    auto it = held.find(ep.to_string());
+                    if (it != held.end() && !it->second.empty()) {
+                        it->second.front()->rt = rt; // same address: keep the socket
+                        next.push_back(std::move(it->second.front()));
+                        it->second.pop_front();
                     }
                 }
             }
-            for (auto& e : c->listeners) {
-                if (e) {
-                    e->listener.close();
-                    c->closed.push_back(std::move(e));
+            for (auto& [key, left] : held) {
+                for (auto& e : left) {
+                    e->listener.close(); // removed: its accept loop ends, and frees it
                 }
             }
-            c->listeners = std::move(next);
-            done.set_value(errors);
+            c.listeners = std::move(next);
         });
-        if (auto errors = result.get(); !errors.empty()) {
-            spdlog::error("reload: {}", errors);
+    }
+    for (const auto& line : ready) {
+        spdlog::info("{}", line);
+    }
+    warn_restart_only(cfg_.global, cfg.global);
+    cfg_.routes = std::move(cfg.routes); // the process-wide keys stay as started
+    spdlog::info("reloaded: {} route(s)", cfg_.routes.size());
+}
+
+config_reloader::config_reloader(event_loop& loop, proxy_server& server,
+                                 std::function<proxy_config()> load)
+    : loop_(loop), server_(server), load_(std::move(load)) {}
+
+config_reloader::~config_reloader() {
+    stop();
+}
+
+void config_reloader::request() {
+    if (*stopped_) {
+        return;
+    }
+    if (busy_) {
+        again_ = true; // one more read once this one is applied: the file changed again
+        return;
+    }
+    if (thread_.joinable()) {
+        thread_.join(); // it has posted its result: it ends at once
+    }
+    busy_ = true;
+    try {
+        thread_ = std::thread([this, stopped = stopped_] {
+            auto cfg = std::make_shared<proxy_config>();
+            std::string error;
+            try {
+                *cfg = load_();
+            } catch (const std::exception& e) {
+                error = e.what();
+            }
+            loop_.post([this, stopped, cfg, error] {
+                if (!*stopped) {
+                    finish(*cfg, error);
+                }
+            });
+        });
+    } catch (const std::system_error& e) {
+        busy_ = false;
+        spdlog::error("reload refused: cannot start a thread to read the config: {}", e.what());
+    }
+}
+
+void config_reloader::finish(proxy_config& cfg, const std::string& error) {
+    busy_ = false;
+    if (!error.empty()) {
+        spdlog::error("reload refused: {}", error);
+    } else {
+        try {
+            server_.reload(std::move(cfg));
+        } catch (const std::exception& e) {
+            spdlog::error("reload refused: {}", e.what());
         }
     }
-    cfg_ = std::move(cfg);
-    spdlog::info("reloaded: {} route(s)", cfg_.routes.size());
+    if (std::exchange(again_, false)) {
+        request();
+    }
+}
+
+void config_reloader::stop() {
+    *stopped_ = true;
+    if (thread_.joinable()) {
+        thread_.join();
+    }
 }
 
 namespace {

@@ -6,10 +6,12 @@
 #include <zcio/zcio.hpp>
 
 #include <atomic>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace zcio::cli {
@@ -61,6 +63,13 @@ struct route_runtime {
     std::shared_ptr<route_stats> stats;
 };
 
+// Connections of every route against the descriptors of the process: a route without
+// max_connections is refused a client once `open` reaches `default_limit`.
+struct connection_budget {
+    std::atomic<std::uint64_t> open{0};          // proxied connections of all routes
+    std::atomic<std::uint64_t> default_limit{0}; // default_max_connections(); 0: none
+};
+
 struct loop_ctx;
 
 class proxy_server {
@@ -78,9 +87,13 @@ public:
     // closes the rest and stops the loops. Called from the main thread.
     void drain(std::chrono::nanoseconds timeout);
 
-    // Applies a new set of routes: listeners of unchanged addresses stay open (they
-    // take the new options), new addresses are bound, removed ones closed. Open
-    // connections are not touched.
+    // Applies a new set of routes, all or nothing: every new address is bound first;
+    // if one cannot be (in use, or the descriptor limit has no room for it) the ones
+    // bound are closed, the running routes stay and runtime_failure says why. Then
+    // listeners of unchanged addresses stay open (they take the new options) and
+    // removed ones are closed. Open connections are not touched. Process-wide keys
+    // (threads, metrics, drain_timeout, busy_poll) keep their running value; a change
+    // of one is logged ("threads: change needs a restart"). Main thread.
     void reload(proxy_config cfg);
 
     [[nodiscard]] std::uint64_t active_connections() const;
@@ -92,6 +105,7 @@ private:
     std::vector<std::shared_ptr<route_runtime>> make_runtimes(const proxy_config& cfg);
 
     proxy_config cfg_;
+    connection_budget budget_;       // read by every loop: declared before them
     mutable std::mutex stats_mutex_; // guards stats_ (the map, not the counters)
     // Declared before the loops and contexts: the pools in it outlive every lease.
     std::map<std::string, std::shared_ptr<route_stats>> stats_;
@@ -100,6 +114,36 @@ private:
     std::vector<std::unique_ptr<loop_ctx>> ctxs_;
     std::unique_ptr<loop_group> group_;
     bool started_ = false;
+};
+
+// SIGHUP's reload: reads and checks the config on a thread of its own, so a slow or
+// large file never stalls `loop` (it serves the signals and metrics), then applies it
+// on `loop` with proxy_server::reload. A failure anywhere logs one line, "reload
+// refused: REASON", and keeps the running routes. A request during a read is queued
+// (once). Everything but the reading thread is `loop`'s.
+class config_reloader {
+public:
+    config_reloader(event_loop& loop, proxy_server& server, std::function<proxy_config()> load);
+    ~config_reloader();
+    config_reloader(const config_reloader&) = delete;
+    config_reloader& operator=(const config_reloader&) = delete;
+
+    void request();
+    // No more reloads are applied; waits for a read in progress (bounded: the file is a
+    // regular one of at most max_config_bytes).
+    void stop();
+
+private:
+    void finish(proxy_config& cfg, const std::string& error);
+
+    event_loop& loop_;
+    proxy_server& server_;
+    std::function<proxy_config()> load_;
+    std::thread thread_;
+    bool busy_ = false;
+    bool again_ = false;
+    // Shared with the posted result, which may outlive this object in the loop's queue.
+    std::shared_ptr<bool> stopped_ = std::make_shared<bool>(false);
 };
 
 } // namespace zcio::cli

@@ -3,12 +3,18 @@
 
 #include "cli_util.hpp"
 
+#include <fcntl.h>
 #include <netinet/in.h>
+#include <sys/stat.h>
 #include <toml++/toml.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <set>
+#include <vector>
 
 namespace zcio::cli {
 
@@ -70,13 +76,20 @@ public:
                           ": " + msg);
     }
 
-    // Runs a parser that throws usage_error and relocates its message to the node.
+    // Runs a parser that throws usage_error and relocates its message to the node. The
+    // shared parsers start their message with the name they were given (`key`), which
+    // the location already ends with: it is said once ("route[0].pipe_size: ...", not
+    // "route[0].pipe_size: pipe_size: ...").
     template <class F>
     auto wrap(const toml::node& node, std::string_view key, F&& f) const {
         try {
             return f();
         } catch (const usage_error& e) {
-            fail(node, key, e.what());
+            std::string_view msg = e.what();
+            if (!key.empty() && msg.starts_with(key) && msg.substr(key.size()).starts_with(": ")) {
+                msg.remove_prefix(key.size() + 2);
+            }
+            fail(node, key, std::string(msg));
         }
     }
 
@@ -319,10 +332,159 @@ std::optional<endpoint> listen_overlap(const listen_span& a, const listen_span& 
     return at;
 }
 
+namespace {
+
+// Reads the config file without ever blocking: O_NONBLOCK so that opening a FIFO does
+// not wait for a writer (fifo(7); the main thread would hang there, SIGTERM included),
+// then fstat refuses anything but a regular file. Symlinks are followed (no
+// O_NOFOLLOW): a config under /etc is often one. At most max_config_bytes are read.
+std::string read_config_text(const std::string& path) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0) {
+        throw usage_error(path + ": cannot open: " + std::strerror(errno));
+    }
+    // The one raw descriptor of the tool: closed on every path below.
+    struct closer {
+        int fd;
+        ~closer() { ::close(fd); }
+    } guard{fd};
+    struct ::stat st {};
+    if (::fstat(fd, &st) != 0) {
+        throw usage_error(path + ": cannot stat: " + std::strerror(errno));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        throw usage_error(path + ": not a regular file");
+    }
+    if (static_cast<std::uint64_t>(st.st_size) > max_config_bytes) {
+        throw usage_error(path + ": too large (" + std::to_string(st.st_size) +
+                          " bytes; a config is at most " + std::to_string(max_config_bytes) +
+                          " bytes)");
+    }
+    // Sized by fstat, one byte more so that a file that grew since is noticed; grown up
+    // to one byte past the limit (never a 1 MiB buffer for a 1 KiB file).
+    std::string text(static_cast<std::size_t>(st.st_size) + 1, '\0');
+    std::size_t got = 0;
+    while (true) {
+        const ssize_t n = ::read(fd, text.data() + got, text.size() - got);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < 0) {
+            throw usage_error(path + ": cannot read: " + std::strerror(errno));
+        }
+        if (n == 0) {
+            break;
+        }
+        got += static_cast<std::size_t>(n);
+        if (got == text.size()) {
+            if (got > max_config_bytes) {
+                break;
+            }
+            text.resize(std::min<std::size_t>(2 * got, max_config_bytes + 1));
+        }
+    }
+    if (got > max_config_bytes) {
+        throw usage_error(path + ": too large (a config is at most " +
+                          std::to_string(max_config_bytes) + " bytes)");
+    }
+    text.resize(got);
+    return text;
+}
+
+// Where the text of a TOML document nests deeper than max_config_depth, if it does.
+// toml++ parses dotted keys, tables and arrays by recursion, so a key of 50,000
+// segments ("a.a.a...") overflows the stack before any limit of its own applies: the
+// text is scanned first. The depth at a point is the sum, over the open brackets
+// ([ ] of headers and arrays, { } of inline tables), of the key segments before each
+// bracket plus one, plus the segments of the key being read. Dots inside strings
+// and comments do not count; the dot of a float ("1.5") counts as a segment, which
+// only overestimates by one.
+struct nesting_scan {
+    std::string_view text;
+    std::size_t i = 0;
+    std::size_t line = 1;
+
+    // Skips a string starting at i (a quote); multi-line ones count their lines.
+    void skip_string() {
+        const char q = text[i];
+        const bool multi = text.substr(i, 3) == std::string(3, q);
+        i += multi ? 3 : 1;
+        while (i < text.size()) {
+            const char c = text[i];
+            if (c == '\\' && q == '"') {
+                i += 2;
+                continue;
+            }
+            if (c == '\n') {
+                if (!multi) {
+                    return; // toml++ reports the unterminated string
+                }
+                ++line;
+            }
+            if (c == q && (!multi || text.substr(i, 3) == std::string(3, q))) {
+                i += multi ? 3 : 1;
+                return;
+            }
+            ++i;
+        }
+    }
+
+    // The line of the first point deeper than the limit, or 0.
+    std::size_t too_deep_at() {
+        std::vector<std::size_t> open; // what each open bracket adds
+        std::size_t depth = 0;         // the sum of `open`
+        std::size_t segments = 0;      // dots of the key (or value) being read
+        while (i < text.size()) {
+            const char c = text[i];
+            if (c == '"' || c == '\'') {
+                skip_string();
+                continue;
+            }
+            if (c == '#') {
+                while (i < text.size() && text[i] != '\n') {
+                    ++i;
+                }
+                continue;
+            }
+            if (c == '.') {
+                ++segments;
+            } else if (c == '[' || c == '{') {
+                open.push_back(segments + 1);
+                depth += segments + 1;
+                segments = 0;
+            } else if (c == ']' || c == '}') {
+                if (!open.empty()) {
+                    depth -= open.back();
+                    open.pop_back();
+                }
+                segments = 0;
+            } else if (c == '=' || c == ',' || c == '\n') {
+                segments = 0;
+            }
+            if (c == '\n') {
+                ++line;
+            }
+            if (depth + segments > max_config_depth) {
+                return line;
+            }
+            ++i;
+        }
+        return 0;
+    }
+};
+
+} // namespace
+
 proxy_config load_config_file(const std::string& path) {
+    const std::string source = read_config_text(path);
+    if (const std::size_t line = nesting_scan{source}.too_deep_at(); line != 0) {
+        throw usage_error(path + ":" + std::to_string(line) + ": nested too deeply (at most " +
+                          std::to_string(max_config_depth) +
+                          " levels of dotted keys, tables and arrays)");
+    }
     toml::table doc;
     try {
-        doc = toml::parse_file(path);
+        doc = toml::parse(source, path);
     } catch (const toml::parse_error& e) {
         const auto& src = e.source();
         if (src.begin.line == 0) {
