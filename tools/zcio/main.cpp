@@ -245,8 +245,9 @@ int run(int argc, char** argv) {
     proxy
         ->add_option("--max-connections", pf.max_connections,
                      "Open client connections at most; more are accepted and closed at once "
-                     "(0: no limit; default: half the open-file limit, less a reserve, as "
-                     "each connection costs two descriptors)")
+                     "(0: no limit; default: one limit shared by every route without its own, "
+                     "(open-file limit - 64 reserved - listeners) / 2, as each connection "
+                     "costs two descriptors)")
         ->check(whole_number); // CLI11 2.1 reads "-1" into an unsigned as 2^64 - 1
     proxy->add_option("--idle-timeout", pf.idle_timeout,
                       "Close a connection when no byte moved either way for this long (e.g. 30s; "
