@@ -51,6 +51,7 @@ class FlagErrors(E2ETestCase):
         self.check(["--frobnicate", "proxy"], "--frobnicate")
 
     def test_unknown_flag_points_to_the_subcommand_help(self):
+        self.check(["--bogus"], "--bogus", "see zcio --help")  # not "a subcommand is required"
         self.check(["proxy", "--bogus"], "--bogus", "see zcio proxy --help")
         self.check(["copy", "--bogus", "-", "-"], "--bogus", "see zcio copy --help")
         self.check(["udp-echo", "--bogus"], "--bogus", "see zcio udp-echo --help")

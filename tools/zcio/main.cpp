@@ -329,6 +329,14 @@ int run(int argc, char** argv) {
                          rest.front().c_str());
             return 2;
         }
+        // `zcio --bogus`: likewise, name the flag rather than the missing subcommand.
+        if (const auto rest = app.remaining();
+            app.get_subcommands().empty() && !rest.empty() && rest.front().starts_with("-")) {
+            std::fprintf(stderr, "zcio: unknown option \"%s\" (options follow a subcommand; see "
+                                 "zcio --help)\n",
+                         rest.front().c_str());
+            return 2;
+        }
         std::fprintf(stderr, "zcio: %s (see %s)\n", e.what(), help_command(app).c_str());
         return 2;
     }
