@@ -26,6 +26,34 @@ MiB = 1 << 20
 BIG = 64 * MiB
 
 
+# Run inside the namespace of test_port_0_on_two_addresses_picks_again_when_taken:
+# holds 127.0.0.1:40000-40001, then starts `zcio serve --listen zcio-dual:0` six times,
+# printing "started" or "failed" for each.
+PORT_PICK_STARTER = r"""
+import socket, subprocess, sys
+held = []
+for port in (40000, 40001):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError as e:
+        sys.stderr.write("cannot hold %d: %s\\n" % (port, e))
+        sys.exit(3)
+    s.listen()
+    held.append(s)
+for _ in range(6):
+    p = subprocess.Popen([sys.argv[1], "serve", sys.argv[2], "--listen", "zcio-dual:0"],
+                         stderr=subprocess.PIPE, text=True)
+    line = p.stderr.readline()
+    p.kill()
+    rest = p.communicate(timeout=10)[1]
+    ok = "serving" in line
+    print("started" if ok else "failed", flush=True)
+    if not ok:
+        sys.stderr.write(line + rest)
+"""
+
+
 def run_bounded(args, timeout):
     """Runs a client in its own session; its group is killed whatever happens."""
     p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
@@ -761,6 +789,29 @@ class LimitsAndTimeouts(E2ETestCase):
             s = self.connect(addr)
             s.sendall(b"GET /a.txt HTTP/1.1\r\nHost: t\r\n\r\n")
             self.assertEqual(read_response(s)[2], b"a\n", addr)
+
+    def test_port_0_on_two_addresses_picks_again_when_taken(self):
+        """Port 0 on a name with two addresses: the port the kernel picks for the first
+        may be taken on the second (a client socket of another program); serve picks
+        again instead of failing. Made likely here: in a private network namespace the
+        ephemeral range is 4 ports and 2 of them are held on 127.0.0.1 only, so each pick
+        for [::1] collides one time in two; six starts in a row all succeed."""
+        if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("ip") is None:
+            self.skipTest("needs root, unshare and ip for a private network namespace")
+        hosts = self.path("hosts")
+        with open(hosts, "w") as f:
+            f.write("::1 zcio-dual\n127.0.0.1 zcio-dual\n")
+        starter = self.path("starter.py")
+        with open(starter, "w") as f:
+            f.write(PORT_PICK_STARTER)
+        script = ('mount --bind "$0" /etc/hosts && ip link set lo up && '
+                  'echo "40000 40003" > /proc/sys/net/ipv4/ip_local_port_range && exec "$@"')
+        rc, out, err = run_bounded(["unshare", "-mn", "sh", "-c", script, hosts, sys.executable,
+                                    starter, e2e.ZCIO, self.root], 60)
+        if rc == 3:
+            self.skipTest("no private network namespace here: %s" % err.strip())
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(out.decode().split(), ["started"] * 6, err)
 
     def test_fifo_is_403_without_blocking(self):
         """A local user who can write the tree puts a FIFO in it: opening it must not

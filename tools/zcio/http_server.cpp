@@ -839,17 +839,40 @@ std::size_t http_server::threads() const noexcept {
     return loops_.size();
 }
 
-std::vector<endpoint> http_server::start() {
-    // Bind on every loop before any thread runs, so a bad address fails cleanly. Port 0
-    // is resolved by the first bind; every other bind uses the port it got (SO_REUSEPORT
-    // between loops; another address family shares the number, not the socket).
-    std::vector<endpoint> bound;
+namespace {
+
+// The port the kernel chose for the first address is taken on another address: worth
+// another try with a new port, as no port was asked for.
+struct shared_port_taken : runtime_failure {
+    using runtime_failure::runtime_failure;
+};
+
+// How many times start() lets the kernel pick again. A port free on ::1 is taken on
+// 127.0.0.1 (or the reverse) by a socket of another program now and then; sixteen
+// misses in a row would mean something else is wrong.
+constexpr int port_pick_attempts = 16;
+
+} // namespace
+
+std::vector<endpoint> http_server::bind_listeners(std::size_t first) {
+    const auto& wanted = state_->opts.listen;
+    std::vector<endpoint> bound(wanted.size());
     std::uint16_t port = 0;
-    for (endpoint ep : state_->opts.listen) {
-        if (ep.is_ip() && ep.port() == 0 && port != 0) {
+    for (std::size_t i = 0; i < wanted.size(); ++i) {
+        const std::size_t at = (first + i) % wanted.size();
+        endpoint ep = wanted[at];
+        const bool shared = ep.is_ip() && ep.port() == 0 && port != 0;
+        if (shared) {
             ep.set_port(port);
         }
-        ensure_port_free(ep);
+        try {
+            ensure_port_free(ep);
+        } catch (const runtime_failure& e) {
+            if (shared) {
+                throw shared_port_taken(e.what());
+            }
+            throw;
+        }
         for (auto& l : loops_) {
             if (l->index > 0 && !ep.is_ip()) {
                 break; // a Unix socket cannot be shared between loops
@@ -858,8 +881,12 @@ std::vector<endpoint> http_server::start() {
             lo.reuse_port = ep.is_ip();
             auto b = tcp_listener::bind(*l->loop, ep, lo);
             if (!b) {
-                throw runtime_failure("cannot listen on " + ep.to_string() + ": " +
-                                      b.error().message());
+                const std::string what =
+                    "cannot listen on " + ep.to_string() + ": " + b.error().message();
+                if (shared && b.error() == std::errc::address_in_use) {
+                    throw shared_port_taken(what);
+                }
+                throw runtime_failure(what);
             }
             l->listeners.push_back(std::move(*b));
             ep = l->listeners.back().local_endpoint();
@@ -867,7 +894,32 @@ std::vector<endpoint> http_server::start() {
         if (ep.is_ip()) {
             port = ep.port();
         }
-        bound.push_back(ep);
+        bound[at] = ep;
+    }
+    return bound;
+}
+
+std::vector<endpoint> http_server::start() {
+    // Bind on every loop before any thread runs, so a bad address fails cleanly. Port 0
+    // is resolved by the first bind; every other bind uses the port it got (SO_REUSEPORT
+    // between loops; another address family shares the number, not the socket).
+    std::vector<endpoint> bound;
+    for (int attempt = 1;; ++attempt) {
+        try {
+            // Each attempt lets another address pick: the kernel knows which ports
+            // are taken on the address it binds, not on the others (and prefers the
+            // same odd ports for every bind to port 0, so asking again the same way
+            // tends to get the same answer).
+            bound = bind_listeners(static_cast<std::size_t>(attempt - 1));
+            break;
+        } catch (const shared_port_taken&) {
+            for (auto& l : loops_) {
+                l->listeners.clear(); // nothing accepts on them yet
+            }
+            if (attempt == port_pick_attempts) {
+                throw;
+            }
+        }
     }
     for (auto& l : loops_) {
         for (auto& listener : l->listeners) {

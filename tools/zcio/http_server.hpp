@@ -40,7 +40,8 @@ public:
     // Binds one listener per loop and address (SO_REUSEPORT for IP addresses; a Unix
     // socket only on the first loop), starts the threads and returns the addresses
     // actually bound. With port 0 the first address picks the port and the others get
-    // the same one. Throws runtime_failure naming the address.
+    // the same one (picked again, up to 16 times, when another address has it taken).
+    // Throws runtime_failure naming the address.
     std::vector<endpoint> start();
     // Stops the loops; open connections are closed. Idempotent.
     void stop();
@@ -48,6 +49,11 @@ public:
     [[nodiscard]] std::size_t threads() const noexcept;
 
 private:
+    // One attempt at binding every address on every loop, the address at `first` (mod
+    // their number) first, so that it picks the port when port 0 was asked for; start()
+    // retries it. The result is in the order of the options' addresses.
+    std::vector<endpoint> bind_listeners(std::size_t first);
+
     std::unique_ptr<serve_state> state_;
     // Declared before the group: the loops' contexts (pools, listeners) must outlive
     // the destruction of the tasks still suspended on the loops.
