@@ -1358,6 +1358,27 @@ class LocalhostUpstreamTests(E2ETestCase):
             self.assertIsNone(rec.error)
         self.assertEqual(p.count_lines(r"upstream localhost:\d+: "), 0, p.stderr_text())
 
+    def test_a_listen_name_listens_on_every_address(self):
+        """`--listen localhost:PORT` where localhost names ::1 and 127.0.0.1: clients of
+        either family are relayed (before, only the first address was listened on, and
+        a client on 127.0.0.1 was refused)."""
+        prefix = e2e.localhost_v6_first_prefix(self.tmp)
+        if prefix is None:
+            self.skipTest("cannot make localhost resolve to ::1 first here (no unshare?)")
+        up = self.upstream(echo_handler())
+        port = e2e.free_port()
+        p = self.spawn(prefix + [e2e.ZCIO, "proxy", "--listen", "localhost:%d" % port,
+                                 "--upstream", "127.0.0.1:%d" % up.port, "--threads", "1"])
+        listening = {m.group(1) for m in p.wait_for(r"listening on (\S+) → (\S+)", count=2)}
+        self.assertEqual(listening, {"[::1]:%d" % port, "127.0.0.1:%d" % port}, p.stderr_text())
+        for addr in ("127.0.0.1:%d" % port, "[::1]:%d" % port):
+            blob = random_bytes(256 * 1024)
+            c = self.connect(addr)
+            sender = send_in_thread(c, blob)
+            got, _, _ = recv_all(c)
+            join_sender(sender)
+            self.assertEqual(sha(got), sha(blob), addr)
+
     def test_a_name_whose_addresses_all_refuse_is_logged_with_each_one(self):
         prefix = e2e.localhost_v6_first_prefix(self.tmp)
         if prefix is None:

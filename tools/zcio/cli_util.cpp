@@ -170,6 +170,17 @@ std::string with_default_host(std::string_view text) {
     return std::string(text);
 }
 
+// Every address `text` names: one for an address, each that a host name resolves to
+// (so "localhost:8080" listens on [::1] and on 127.0.0.1 where both are listed: a
+// client trying either family is answered).
+std::vector<endpoint> every_address(std::string_view text) {
+    auto all = endpoint_list::resolve(text);
+    if (!all) {
+        throw usage_error(all.error());
+    }
+    return {all->begin(), all->end()};
+}
+
 } // namespace
 
 endpoint parse_listen_endpoint(std::string_view text) {
@@ -184,7 +195,7 @@ std::vector<endpoint> parse_listen(std::string_view spec) {
     const bool range = !text.starts_with("unix:") && colon != std::string_view::npos &&
                        dash != std::string_view::npos && dash > colon;
     if (!range) {
-        return {parse_endpoint(text)};
+        return every_address(text);
     }
     std::string_view from_text = text.substr(colon + 1, dash - colon - 1);
     std::string_view to_text = text.substr(dash + 1);
@@ -201,14 +212,34 @@ std::vector<endpoint> parse_listen(std::string_view spec) {
     if (to - from >= 4096) {
         throw usage_error("port range in " + quoted(text) + " is too large (at most 4096 ports)");
     }
-    endpoint base = parse_endpoint(std::string(text.substr(0, colon)) + ":" + std::to_string(from));
     std::vector<endpoint> out;
-    for (unsigned port = from; port <= to; ++port) {
-        endpoint e = base;
-        e.set_port(static_cast<std::uint16_t>(port));
-        out.push_back(e);
+    for (const endpoint& base :
+         every_address(std::string(text.substr(0, colon)) + ":" + std::to_string(from))) {
+        for (unsigned port = from; port <= to; ++port) {
+            endpoint e = base;
+            e.set_port(static_cast<std::uint16_t>(port));
+            out.push_back(e);
+        }
     }
     return out;
+}
+
+std::vector<std::vector<endpoint>> split_by_address(const std::vector<endpoint>& eps) {
+    std::vector<std::vector<endpoint>> groups;
+    for (const endpoint& e : eps) {
+        endpoint bare = e;
+        bare.set_port(0);
+        endpoint last_bare;
+        if (!groups.empty()) {
+            last_bare = groups.back().front();
+            last_bare.set_port(0);
+        }
+        if (groups.empty() || !(bare == last_bare)) {
+            groups.emplace_back();
+        }
+        groups.back().push_back(e);
+    }
+    return groups;
 }
 
 std::optional<std::uint64_t> descriptor_limit() {

@@ -44,7 +44,11 @@ endpoint parse_listen_endpoint(std::string_view text);
 
 // A listen spec: as parse_listen_endpoint, or an IP endpoint with a port range
 // "HOST:A-B" (or ":A-B", loopback) that expands to every port of it.
+// A host name gives every address it resolves to, each with every port, address by
+// address (split_by_address() groups them).
 std::vector<endpoint> parse_listen(std::string_view text);
+// parse_listen's result, one group per address (each a single port or a port range).
+std::vector<std::vector<endpoint>> split_by_address(const std::vector<endpoint>& eps);
 
 // Throws runtime_failure when an IP address with a fixed port is already in use.
 // SO_REUSEPORT lets any process of the same user bind a port that already has such a

@@ -59,23 +59,27 @@ proxy_config config_from_flags(const proxy_flags& f) {
         route r;
         r.name = "default";
         std::vector<listen_span> spans;
+        std::vector<std::string> span_texts; // the --listen each span came from
         for (const auto& l : f.listen) {
             auto eps = parse_listen(l);
             // Overlapping --listen flags (the same address twice, ranges that share a
             // port, a wildcard and an address under it) would fail only at bind time,
             // as a runtime error: the checks of a config file's routes apply.
-            const listen_span mine = span_of(eps);
-            for (std::size_t i = 0; i < spans.size(); ++i) {
-                if (auto shared = listen_overlap(spans[i], mine)) {
-                    const std::string& earlier = r.listen_text[i];
-                    if (earlier == l) {
-                        throw usage_error("--listen " + l + " is given twice");
+            for (const auto& group : split_by_address(eps)) {
+                const listen_span mine = span_of(group);
+                for (std::size_t i = 0; i < spans.size(); ++i) {
+                    if (auto shared = listen_overlap(spans[i], mine)) {
+                        const std::string& earlier = span_texts[i];
+                        if (earlier == l) {
+                            throw usage_error("--listen " + l + " is given twice");
+                        }
+                        throw usage_error("--listen " + l + ": " + shared->to_string() +
+                                          " is already taken by --listen " + earlier);
                     }
-                    throw usage_error("--listen " + l + ": " + shared->to_string() +
-                                      " is already taken by --listen " + earlier);
                 }
+                spans.push_back(mine);
+                span_texts.push_back(l);
             }
-            spans.push_back(mine);
             r.listen.insert(r.listen.end(), eps.begin(), eps.end());
             r.listen_text.push_back(l);
         }

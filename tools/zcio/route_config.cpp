@@ -269,7 +269,9 @@ route load_route(const located& at, const toml::table& t, std::size_t index,
             for (const auto* item : items) {
                 std::string text = need_string(at, *item, key);
                 auto eps = at.wrap(*item, key, [&] { return parse_listen(text); });
-                registry.claim_listen(at, *item, index, text, eps);
+                for (const auto& group : split_by_address(eps)) {
+                    registry.claim_listen(at, *item, index, text, group);
+                }
                 r.listen.insert(r.listen.end(), eps.begin(), eps.end());
                 r.listen_text.push_back(text);
             }
