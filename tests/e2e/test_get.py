@@ -394,11 +394,13 @@ def header_of(request, name):
     return None
 
 
-def ranged(blob, etag='"v1"', cut_first=None, accept_ranges=True, hold_first=False):
+def ranged(blob, etag='"v1"', cut_first=None, accept_ranges=True, hold_first=False,
+           honour_if_range=True):
     """A handler serving `blob` the way a file server does: ETag, Accept-Ranges, one
     "bytes=N-" Range honoured (206) when If-Range is absent or matches, 416 past the
     end. With `cut_first`, the first connection closes after that many body bytes (or,
-    with `hold_first`, stalls there until the client goes)."""
+    with `hold_first`, stalls there until the client goes). Without `honour_if_range`
+    the Range is served whatever If-Range says (a server RFC 9110 only asks to honour it)."""
     state = {"n": 0}
     lock = threading.Lock()
 
@@ -411,7 +413,7 @@ def ranged(blob, etag='"v1"', cut_first=None, accept_ranges=True, hold_first=Fal
         if_range = header_of(rec.request, "If-Range")
         common = b"ETag: " + etag.encode() + b"\r\n" + (b"Accept-Ranges: bytes\r\n" if accept_ranges else b"")
         start = 0
-        if rng and (if_range is None or if_range == etag):
+        if rng and (if_range is None or if_range == etag or not honour_if_range):
             m = re.fullmatch(r"bytes=(\d+)-", rng)
             start = int(m.group(1))
             if start >= len(blob):
@@ -875,6 +877,64 @@ class Resume(GetCase):
                 self.assertOneLine(err, "206")
                 self.assertEqual(file_sha(out + ".part"), sha(have), "FILE.part was changed")
                 self.assertFalse(os.path.exists(out))
+
+    def test_resume_refuses_a_206_of_another_version(self):
+        # A server that answers the Range whatever If-Range says: its 206 carries the
+        # new version's ETag, and appending it to the old head would make a file that
+        # is neither. Refused; FILE.part is left as it was.
+        old = os.urandom(2 * MiB)
+        new = os.urandom(2 * MiB)
+        out = self.path("version")
+        up = self.upstream(ranged(old, etag='"old"', cut_first=MiB))
+        rc, _, err = self.get(self.url(up), out)
+        self.assertEqual(rc, 1, err)
+        have = file_sha(out + ".part")
+        up2 = self.upstream(ranged(new, etag='"new"', honour_if_range=False))
+        rc, _, err = self.get(self.url(up2), out, "-c")
+        self.assertEqual(rc, 1, err)
+        self.assertOneLine(err, "another version", '"new"', '"old"')
+        self.assertEqual(header_of(up2.records[0].request, "If-Range"), '"old"')
+        self.assertEqual(file_sha(out + ".part"), have, "FILE.part was changed")
+        self.assertFalse(os.path.exists(out))
+        # By date: the validator kept is a Last-Modified, the 206 has another one.
+        with open(out + ".part", "wb") as f:
+            f.write(os.urandom(1000))
+        have = file_sha(out + ".part")
+        os.setxattr(out + ".part", "user.zcio.validator", b"Sun, 06 Nov 1994 08:49:37 GMT")
+        up3 = self.upstream(scripted(
+            b"HTTP/1.1 206 Partial Content\r\nLast-Modified: Mon, 07 Nov 1994 08:49:37 GMT\r\n"
+            b"Content-Range: bytes 1000-1999/2000\r\nContent-Length: 1000\r\n\r\n" + os.urandom(1000)))
+        rc, _, err = self.get(self.url(up3), out, "-c")
+        self.assertEqual(rc, 1, err)
+        self.assertOneLine(err, "another version", "Last-Modified")
+        self.assertEqual(file_sha(out + ".part"), have, "FILE.part was changed")
+        # The same date in another form is the same version: appended.
+        up4 = self.upstream(scripted(
+            b"HTTP/1.1 206 Partial Content\r\nLast-Modified: Sunday, 06-Nov-94 08:49:37 GMT\r\n"
+            b"Content-Range: bytes 1000-1999/2000\r\nContent-Length: 1000\r\n\r\n" + os.urandom(1000)))
+        rc, _, err = self.get(self.url(up4), out, "-c")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(os.path.getsize(out), 2000)
+
+    def test_max_size_keeps_a_part_it_did_not_write(self):
+        # -c --max-size where the file would be too large: refused before a byte is
+        # written, so the FILE.part of an earlier run stays (a larger limit resumes it).
+        blob = os.urandom(4000)
+        out = self.path("limited")
+        for limit in ("1500", "500"):  # the rest too large; FILE.part itself too large
+            with self.subTest(limit=limit):
+                with open(out + ".part", "wb") as f:
+                    f.write(blob[:1000])
+                up = self.upstream(ranged(blob))
+                rc, _, err = self.get(self.url(up), out, "-c", "--max-size", limit)
+                self.assertEqual(rc, 1, err)
+                self.assertOneLine(err, "--max-size", "kept")
+                self.assertEqual(file_sha(out + ".part"), sha(blob[:1000]))
+                self.assertFalse(os.path.exists(out))
+        up = self.upstream(ranged(blob))
+        rc, _, err = self.get(self.url(up), out, "-c", "--max-size", "4000")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(file_sha(out), sha(blob))
 
     def test_resume_against_zcio_serve(self):
         www = self.path("www")

@@ -307,8 +307,39 @@ result<stream> open_output(event_loop& loop, get_state* st, const head_parser& p
     return stream::adopt(loop, std::move(*dup));
 }
 
-// -c against a 206: the range must start where FILE.part ends.
+// Whether a 206 names another version of the file than the one FILE.part was started
+// from: its ETag (when the kept validator is one) or its Last-Modified (when that is)
+// differs. A server only SHOULD honour If-Range (RFC 9110 §13.1.5); one that ignores it
+// answers the Range from the new version, and appending that tail to the old head
+// would make a file that is neither. A 206 without the header cannot be checked.
+bool other_version(const get_state* st, const head_parser& p) {
+    if (st->validator.empty()) {
+        return false;
+    }
+    const std::string_view kept = st->validator;
+    if (kept.starts_with('"') || kept.starts_with("W/")) {
+        const auto etag = p.find("etag");
+        return etag && http::trim(*etag) != kept;
+    }
+    const auto lm = p.find("last-modified");
+    if (!lm) {
+        return false;
+    }
+    const auto theirs = http::parse_date(*lm);
+    const auto ours = http::parse_date(kept);
+    return theirs && ours ? *theirs != *ours : http::trim(*lm) != kept;
+}
+
+// -c against a 206: the range must start where FILE.part ends, of the same version.
 std::string check_partial(const get_state* st, const head_parser& p, const http::url& u) {
+    if (other_version(st, p)) {
+        const bool by_tag = st->validator.starts_with('"') || st->validator.starts_with("W/");
+        return "206 from " + u.text() + " is of another version (" +
+               (by_tag ? "ETag " : "Last-Modified ") +
+               std::string(http::trim(p.find(by_tag ? "etag" : "last-modified").value_or(""))) +
+               ", \"" + st->part + "\" was started from " + st->validator +
+               "): the server ignored If-Range; not appending (remove the .part to start over)";
+    }
     const auto cr = p.find("content-range");
     const auto range = cr ? http::parse_content_range(*cr) : std::nullopt;
     if (!range || !range->satisfied) {
@@ -592,6 +623,9 @@ task<void> download(event_loop* loop, get_state* st, http::url u, get_params prm
         if (prm.max_size) {
             if (base > *prm.max_size ||
                 (parser.content_length() && *parser.content_length() > *prm.max_size - base)) {
+                // Nothing was written: a FILE.part that -c found is left as it was (a
+                // larger --max-size can still resume it).
+                st->keep_part = st->resumed;
                 st->failure =
                     "the body from " + u.text() + " is larger than --max-size (" +
                     std::to_string(*prm.max_size) + " bytes): Content-Length " +
