@@ -916,6 +916,45 @@ class Resume(GetCase):
         self.assertEqual(rc, 0, err)
         self.assertEqual(os.path.getsize(out), 2000)
 
+    def test_416_of_another_version_is_not_complete(self):
+        # 416 "bytes */1000" for a 1000-byte FILE.part means it is complete only if it
+        # is of the same version: with another ETag, FILE.part stays and no FILE.
+        out = self.path("same-size")
+        with open(out + ".part", "wb") as f:
+            f.write(os.urandom(1000))
+        have = file_sha(out + ".part")
+        os.setxattr(out + ".part", "user.zcio.validator", b'"old"')
+        up = self.upstream(scripted(b'HTTP/1.1 416 Range Not Satisfiable\r\nETag: "new"\r\n'
+                                    b"Content-Range: bytes */1000\r\nContent-Length: 0\r\n\r\n"))
+        rc, _, err = self.get(self.url(up), out, "-c")
+        self.assertEqual(rc, 1, err)
+        self.assertOneLine(err, "416")
+        self.assertFalse(os.path.exists(out))
+        self.assertEqual(file_sha(out + ".part"), have)
+        # The same ETag: complete, renamed.
+        up = self.upstream(scripted(b'HTTP/1.1 416 Range Not Satisfiable\r\nETag: "old"\r\n'
+                                    b"Content-Range: bytes */1000\r\nContent-Length: 0\r\n\r\n"))
+        rc, _, err = self.get(self.url(up), out, "-c")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(file_sha(out), have)
+
+    def test_resume_keeps_a_long_etag(self):
+        # A 600-byte ETag (legal; some servers hash long keys into it) is kept on
+        # FILE.part and sent back as If-Range, so a changed file starts over instead of
+        # having its new tail appended to the old head.
+        old = os.urandom(2 * MiB)
+        new = os.urandom(2 * MiB)
+        tag_old = '"' + "o" * 600 + '"'
+        out = self.path("longtag")
+        up = self.upstream(ranged(old, etag=tag_old, cut_first=MiB))
+        rc, _, err = self.get(self.url(up), out)
+        self.assertEqual(rc, 1, err)
+        up2 = self.upstream(ranged(new, etag='"' + "n" * 600 + '"'))
+        rc, _, err = self.get(self.url(up2), out, "-c")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(header_of(up2.records[0].request, "If-Range"), tag_old)
+        self.assertEqual(file_sha(out), sha(new))
+
     def test_max_size_keeps_a_part_it_did_not_write(self):
         # -c --max-size where the file would be too large: refused before a byte is
         # written, so the FILE.part of an earlier run stays (a larger limit resumes it).

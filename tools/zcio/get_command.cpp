@@ -596,7 +596,10 @@ task<void> download(event_loop* loop, get_state* st, http::url u, get_params prm
             // -c with a FILE.part that already holds the whole representation.
             const auto cr = parser.find("content-range");
             const auto range = cr ? http::parse_content_range(*cr) : std::nullopt;
-            if (range && !range->satisfied && range->total == st->offset) {
+            // Of the same version: a server that ignores If-Range answers 416 for a new
+            // file of the same size too, and FILE.part would become FILE unchanged.
+            if (range && !range->satisfied && range->total == st->offset &&
+                !other_version(st, parser)) {
                 st->already_complete = true;
                 ::fremovexattr(st->part_fd.get(), validator_xattr);
                 co_return;
@@ -797,10 +800,14 @@ void open_part_for_resume(get_state* st) {
     if (auto r = sys::set_nonblocking(fd->get(), false); !r) {
         throw runtime_failure("cannot resume " + in_quotes(st->part) + ": " + r.error().message());
     }
-    char v[512];
-    const auto n = ::fgetxattr(fd->get(), validator_xattr, v, sizeof v);
+    // Room for any value a response head (at most head_buffer_size) can have given us:
+    // a smaller buffer fails with ERANGE on a long ETag, and the resume would then go
+    // without If-Range, appending to FILE.part whatever version the server has now.
+    std::string v(head_buffer_size, '\0');
+    const auto n = ::fgetxattr(fd->get(), validator_xattr, v.data(), v.size());
     if (n > 0) {
-        st->validator.assign(v, static_cast<std::size_t>(n));
+        v.resize(static_cast<std::size_t>(n));
+        st->validator = std::move(v);
         // Sent as a header: only a value a server could have sent us.
         if (st->validator.find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos) {
             st->validator.clear();
