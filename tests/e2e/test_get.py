@@ -528,6 +528,23 @@ class OutputSafety(GetCase):
         self.assertOneLine(err, "hard links")
         self.assertEqual(file_sha(victim), sha(secret))
 
+    @unittest.skipUnless(os.geteuid() == 0, "needs root to plant a file of another user")
+    def test_part_of_another_user_refused_by_continue(self):
+        # Someone who can write a shared directory plants FILE.part, a regular file of
+        # theirs made writable for all: -c would make their bytes the head of FILE.
+        body = os.urandom(10000)
+        up = self.upstream(ranged(body))
+        out = self.path("shared")
+        with open(out + ".part", "wb") as f:
+            f.write(b"#!/bin/sh\nrm -rf ~\n")
+        os.chmod(out + ".part", 0o666)
+        os.chown(out + ".part", 65534, 65534)
+        rc, _, err = self.get(self.url(up), out, "-c")
+        self.assertEqual(rc, 1, err)
+        self.assertOneLine(err, "another user")
+        self.assertEqual(up.connections(), 0)
+        self.assertFalse(os.path.exists(out))
+
     def test_terminal_needs_explicit_dash(self):
         body = os.urandom(4096)
         up = self.upstream(scripted(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body), body))

@@ -797,6 +797,13 @@ void open_part_for_resume(get_state* st) {
         throw runtime_failure(in_quotes(st->part) +
                               " has other hard links: not resuming it (remove it)");
     }
+    // In a shared directory (/tmp) another user can plant FILE.part, a regular file of
+    // theirs that they made writable for us: resuming it would make its head, which
+    // they chose, the head of FILE. Only a FILE.part of our own is ours to continue.
+    if (ps.st_uid != ::geteuid()) {
+        throw runtime_failure(in_quotes(st->part) + " belongs to another user (uid " +
+                              std::to_string(ps.st_uid) + "): not resuming it (remove it)");
+    }
     if (auto r = sys::set_nonblocking(fd->get(), false); !r) {
         throw runtime_failure("cannot resume " + in_quotes(st->part) + ": " + r.error().message());
     }
