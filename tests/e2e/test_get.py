@@ -545,6 +545,32 @@ class OutputSafety(GetCase):
         self.assertEqual(up.connections(), 0)
         self.assertFalse(os.path.exists(out))
 
+    def test_descriptor_names_write_the_descriptor(self):
+        # -o /dev/stdout with stdout redirected to a file: the name is a link to a
+        # descriptor, not a file to replace. FILE.part was made next to the link (in
+        # /dev, as root) and renamed over it, replacing the link and leaving the file
+        # empty. The test uses a link of its own, made as /dev/stdout is, so that a zcio
+        # with the bug cannot replace the system's /dev/stdout when the test runs as
+        # root; /proc/self/fd/1 is named directly too.
+        body = os.urandom(300000)
+        up = self.upstream(scripted(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body), body))
+        fakedev = self.path("dev")
+        os.mkdir(fakedev)
+        link = os.path.join(fakedev, "stdout")
+        os.symlink("/proc/self/fd/1", link)
+        for name in (link, "/proc/self/fd/1"):
+            with self.subTest(o=name):
+                dest = self.path("redirected")
+                with open(dest, "wb") as f:
+                    f.write(b"kept\n")
+                with open(dest, "ab") as f:  # `>>`: O_APPEND must be kept
+                    p = subprocess.run([e2e.ZCIO, "get", self.url(up), "-o", name], stdout=f,
+                                       stderr=subprocess.PIPE, timeout=IO_TIMEOUT)
+                self.assertEqual(p.returncode, 0, p.stderr)
+                self.assertTrue(os.path.islink(link), "the link was replaced")
+                self.assertEqual(os.listdir(fakedev), ["stdout"])
+                self.assertEqual(file_sha(dest), sha(b"kept\n" + body))
+
     def test_terminal_needs_explicit_dash(self):
         body = os.urandom(4096)
         up = self.upstream(scripted(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body), body))
