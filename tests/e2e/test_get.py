@@ -394,11 +394,13 @@ def header_of(request, name):
     return None
 
 
-def ranged(blob, etag='"v1"', cut_first=None, accept_ranges=True, hold_first=False):
+def ranged(blob, etag='"v1"', cut_first=None, accept_ranges=True, hold_first=False,
+           honour_if_range=True):
     """A handler serving `blob` the way a file server does: ETag, Accept-Ranges, one
     "bytes=N-" Range honoured (206) when If-Range is absent or matches, 416 past the
     end. With `cut_first`, the first connection closes after that many body bytes (or,
-    with `hold_first`, stalls there until the client goes)."""
+    with `hold_first`, stalls there until the client goes). Without `honour_if_range`
+    the Range is served whatever If-Range says (a server RFC 9110 only asks to honour it)."""
     state = {"n": 0}
     lock = threading.Lock()
 
@@ -411,7 +413,7 @@ def ranged(blob, etag='"v1"', cut_first=None, accept_ranges=True, hold_first=Fal
         if_range = header_of(rec.request, "If-Range")
         common = b"ETag: " + etag.encode() + b"\r\n" + (b"Accept-Ranges: bytes\r\n" if accept_ranges else b"")
         start = 0
-        if rng and (if_range is None or if_range == etag):
+        if rng and (if_range is None or if_range == etag or not honour_if_range):
             m = re.fullmatch(r"bytes=(\d+)-", rng)
             start = int(m.group(1))
             if start >= len(blob):
@@ -525,6 +527,49 @@ class OutputSafety(GetCase):
         self.assertEqual(rc, 1, err)
         self.assertOneLine(err, "hard links")
         self.assertEqual(file_sha(victim), sha(secret))
+
+    @unittest.skipUnless(os.geteuid() == 0, "needs root to plant a file of another user")
+    def test_part_of_another_user_refused_by_continue(self):
+        # Someone who can write a shared directory plants FILE.part, a regular file of
+        # theirs made writable for all: -c would make their bytes the head of FILE.
+        body = os.urandom(10000)
+        up = self.upstream(ranged(body))
+        out = self.path("shared")
+        with open(out + ".part", "wb") as f:
+            f.write(b"#!/bin/sh\nrm -rf ~\n")
+        os.chmod(out + ".part", 0o666)
+        os.chown(out + ".part", 65534, 65534)
+        rc, _, err = self.get(self.url(up), out, "-c")
+        self.assertEqual(rc, 1, err)
+        self.assertOneLine(err, "another user")
+        self.assertEqual(up.connections(), 0)
+        self.assertFalse(os.path.exists(out))
+
+    def test_descriptor_names_write_the_descriptor(self):
+        # -o /dev/stdout with stdout redirected to a file: the name is a link to a
+        # descriptor, not a file to replace. FILE.part was made next to the link (in
+        # /dev, as root) and renamed over it, replacing the link and leaving the file
+        # empty. The test uses a link of its own, made as /dev/stdout is, so that a zcio
+        # with the bug cannot replace the system's /dev/stdout when the test runs as
+        # root; /proc/self/fd/1 is named directly too.
+        body = os.urandom(300000)
+        up = self.upstream(scripted(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body), body))
+        fakedev = self.path("dev")
+        os.mkdir(fakedev)
+        link = os.path.join(fakedev, "stdout")
+        os.symlink("/proc/self/fd/1", link)
+        for name in (link, "/proc/self/fd/1"):
+            with self.subTest(o=name):
+                dest = self.path("redirected")
+                with open(dest, "wb") as f:
+                    f.write(b"kept\n")
+                with open(dest, "ab") as f:  # `>>`: O_APPEND must be kept
+                    p = subprocess.run([e2e.ZCIO, "get", self.url(up), "-o", name], stdout=f,
+                                       stderr=subprocess.PIPE, timeout=IO_TIMEOUT)
+                self.assertEqual(p.returncode, 0, p.stderr)
+                self.assertTrue(os.path.islink(link), "the link was replaced")
+                self.assertEqual(os.listdir(fakedev), ["stdout"])
+                self.assertEqual(file_sha(dest), sha(b"kept\n" + body))
 
     def test_terminal_needs_explicit_dash(self):
         body = os.urandom(4096)
@@ -875,6 +920,103 @@ class Resume(GetCase):
                 self.assertOneLine(err, "206")
                 self.assertEqual(file_sha(out + ".part"), sha(have), "FILE.part was changed")
                 self.assertFalse(os.path.exists(out))
+
+    def test_resume_refuses_a_206_of_another_version(self):
+        # A server that answers the Range whatever If-Range says: its 206 carries the
+        # new version's ETag, and appending it to the old head would make a file that
+        # is neither. Refused; FILE.part is left as it was.
+        old = os.urandom(2 * MiB)
+        new = os.urandom(2 * MiB)
+        out = self.path("version")
+        up = self.upstream(ranged(old, etag='"old"', cut_first=MiB))
+        rc, _, err = self.get(self.url(up), out)
+        self.assertEqual(rc, 1, err)
+        have = file_sha(out + ".part")
+        up2 = self.upstream(ranged(new, etag='"new"', honour_if_range=False))
+        rc, _, err = self.get(self.url(up2), out, "-c")
+        self.assertEqual(rc, 1, err)
+        self.assertOneLine(err, "another version", '"new"', '"old"')
+        self.assertEqual(header_of(up2.records[0].request, "If-Range"), '"old"')
+        self.assertEqual(file_sha(out + ".part"), have, "FILE.part was changed")
+        self.assertFalse(os.path.exists(out))
+        # By date: the validator kept is a Last-Modified, the 206 has another one.
+        with open(out + ".part", "wb") as f:
+            f.write(os.urandom(1000))
+        have = file_sha(out + ".part")
+        os.setxattr(out + ".part", "user.zcio.validator", b"Sun, 06 Nov 1994 08:49:37 GMT")
+        up3 = self.upstream(scripted(
+            b"HTTP/1.1 206 Partial Content\r\nLast-Modified: Mon, 07 Nov 1994 08:49:37 GMT\r\n"
+            b"Content-Range: bytes 1000-1999/2000\r\nContent-Length: 1000\r\n\r\n" + os.urandom(1000)))
+        rc, _, err = self.get(self.url(up3), out, "-c")
+        self.assertEqual(rc, 1, err)
+        self.assertOneLine(err, "another version", "Last-Modified")
+        self.assertEqual(file_sha(out + ".part"), have, "FILE.part was changed")
+        # The same date in another form is the same version: appended.
+        up4 = self.upstream(scripted(
+            b"HTTP/1.1 206 Partial Content\r\nLast-Modified: Sunday, 06-Nov-94 08:49:37 GMT\r\n"
+            b"Content-Range: bytes 1000-1999/2000\r\nContent-Length: 1000\r\n\r\n" + os.urandom(1000)))
+        rc, _, err = self.get(self.url(up4), out, "-c")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(os.path.getsize(out), 2000)
+
+    def test_416_of_another_version_is_not_complete(self):
+        # 416 "bytes */1000" for a 1000-byte FILE.part means it is complete only if it
+        # is of the same version: with another ETag, FILE.part stays and no FILE.
+        out = self.path("same-size")
+        with open(out + ".part", "wb") as f:
+            f.write(os.urandom(1000))
+        have = file_sha(out + ".part")
+        os.setxattr(out + ".part", "user.zcio.validator", b'"old"')
+        up = self.upstream(scripted(b'HTTP/1.1 416 Range Not Satisfiable\r\nETag: "new"\r\n'
+                                    b"Content-Range: bytes */1000\r\nContent-Length: 0\r\n\r\n"))
+        rc, _, err = self.get(self.url(up), out, "-c")
+        self.assertEqual(rc, 1, err)
+        self.assertOneLine(err, "416")
+        self.assertFalse(os.path.exists(out))
+        self.assertEqual(file_sha(out + ".part"), have)
+        # The same ETag: complete, renamed.
+        up = self.upstream(scripted(b'HTTP/1.1 416 Range Not Satisfiable\r\nETag: "old"\r\n'
+                                    b"Content-Range: bytes */1000\r\nContent-Length: 0\r\n\r\n"))
+        rc, _, err = self.get(self.url(up), out, "-c")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(file_sha(out), have)
+
+    def test_resume_keeps_a_long_etag(self):
+        # A 600-byte ETag (legal; some servers hash long keys into it) is kept on
+        # FILE.part and sent back as If-Range, so a changed file starts over instead of
+        # having its new tail appended to the old head.
+        old = os.urandom(2 * MiB)
+        new = os.urandom(2 * MiB)
+        tag_old = '"' + "o" * 600 + '"'
+        out = self.path("longtag")
+        up = self.upstream(ranged(old, etag=tag_old, cut_first=MiB))
+        rc, _, err = self.get(self.url(up), out)
+        self.assertEqual(rc, 1, err)
+        up2 = self.upstream(ranged(new, etag='"' + "n" * 600 + '"'))
+        rc, _, err = self.get(self.url(up2), out, "-c")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(header_of(up2.records[0].request, "If-Range"), tag_old)
+        self.assertEqual(file_sha(out), sha(new))
+
+    def test_max_size_keeps_a_part_it_did_not_write(self):
+        # -c --max-size where the file would be too large: refused before a byte is
+        # written, so the FILE.part of an earlier run stays (a larger limit resumes it).
+        blob = os.urandom(4000)
+        out = self.path("limited")
+        for limit in ("1500", "500"):  # the rest too large; FILE.part itself too large
+            with self.subTest(limit=limit):
+                with open(out + ".part", "wb") as f:
+                    f.write(blob[:1000])
+                up = self.upstream(ranged(blob))
+                rc, _, err = self.get(self.url(up), out, "-c", "--max-size", limit)
+                self.assertEqual(rc, 1, err)
+                self.assertOneLine(err, "--max-size", "kept")
+                self.assertEqual(file_sha(out + ".part"), sha(blob[:1000]))
+                self.assertFalse(os.path.exists(out))
+        up = self.upstream(ranged(blob))
+        rc, _, err = self.get(self.url(up), out, "-c", "--max-size", "4000")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(file_sha(out), sha(blob))
 
     def test_resume_against_zcio_serve(self):
         www = self.path("www")

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <array>
 #include <cctype>
+#include <charconv>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
@@ -67,7 +68,7 @@ struct get_params {
 
 // Where the body goes, decided before connecting.
 enum class target_kind {
-    standard_output, // -o -
+    standard_output, // -o -, or a name of one of our descriptors (-o /dev/stdout)
     in_place,        // an existing FIFO or device: written through, never replaced
     part,            // a regular file: FILE.part, renamed to FILE when complete
 };
@@ -80,6 +81,7 @@ constexpr const char* validator_xattr = "user.zcio.validator";
 // cancellation (watchdog or signal), which destroys the coroutine where it waits.
 struct get_state {
     target_kind kind = target_kind::part;
+    int out_fd = STDOUT_FILENO;    // standard_output: the descriptor written (a dup of it)
     unique_fd in_place;            // the FIFO or device, opened before connecting
     std::string part;              // FILE.part
     unique_fd part_fd;             // FILE.part as -c found it (resume), or as created
@@ -264,7 +266,7 @@ void store_validator(int fd, const std::string& v) {
 // now, or the one -c found: appended to on 206, emptied on 200).
 result<stream> open_output(event_loop& loop, get_state* st, const head_parser& p) {
     if (st->kind == target_kind::standard_output) {
-        auto fd = sys::dup(STDOUT_FILENO);
+        auto fd = sys::dup(st->out_fd);
         if (!fd) {
             return fail(fd.error());
         }
@@ -307,8 +309,39 @@ result<stream> open_output(event_loop& loop, get_state* st, const head_parser& p
     return stream::adopt(loop, std::move(*dup));
 }
 
-// -c against a 206: the range must start where FILE.part ends.
+// Whether a 206 names another version of the file than the one FILE.part was started
+// from: its ETag (when the kept validator is one) or its Last-Modified (when that is)
+// differs. A server only SHOULD honour If-Range (RFC 9110 §13.1.5); one that ignores it
+// answers the Range from the new version, and appending that tail to the old head
+// would make a file that is neither. A 206 without the header cannot be checked.
+bool other_version(const get_state* st, const head_parser& p) {
+    if (st->validator.empty()) {
+        return false;
+    }
+    const std::string_view kept = st->validator;
+    if (kept.starts_with('"') || kept.starts_with("W/")) {
+        const auto etag = p.find("etag");
+        return etag && http::trim(*etag) != kept;
+    }
+    const auto lm = p.find("last-modified");
+    if (!lm) {
+        return false;
+    }
+    const auto theirs = http::parse_date(*lm);
+    const auto ours = http::parse_date(kept);
+    return theirs && ours ? *theirs != *ours : http::trim(*lm) != kept;
+}
+
+// -c against a 206: the range must start where FILE.part ends, of the same version.
 std::string check_partial(const get_state* st, const head_parser& p, const http::url& u) {
+    if (other_version(st, p)) {
+        const bool by_tag = st->validator.starts_with('"') || st->validator.starts_with("W/");
+        return "206 from " + u.text() + " is of another version (" +
+               (by_tag ? "ETag " : "Last-Modified ") +
+               std::string(http::trim(p.find(by_tag ? "etag" : "last-modified").value_or(""))) +
+               ", \"" + st->part + "\" was started from " + st->validator +
+               "): the server ignored If-Range; not appending (remove the .part to start over)";
+    }
     const auto cr = p.find("content-range");
     const auto range = cr ? http::parse_content_range(*cr) : std::nullopt;
     if (!range || !range->satisfied) {
@@ -565,7 +598,10 @@ task<void> download(event_loop* loop, get_state* st, http::url u, get_params prm
             // -c with a FILE.part that already holds the whole representation.
             const auto cr = parser.find("content-range");
             const auto range = cr ? http::parse_content_range(*cr) : std::nullopt;
-            if (range && !range->satisfied && range->total == st->offset) {
+            // Of the same version: a server that ignores If-Range answers 416 for a new
+            // file of the same size too, and FILE.part would become FILE unchanged.
+            if (range && !range->satisfied && range->total == st->offset &&
+                !other_version(st, parser)) {
                 st->already_complete = true;
                 ::fremovexattr(st->part_fd.get(), validator_xattr);
                 co_return;
@@ -592,6 +628,9 @@ task<void> download(event_loop* loop, get_state* st, http::url u, get_params prm
         if (prm.max_size) {
             if (base > *prm.max_size ||
                 (parser.content_length() && *parser.content_length() > *prm.max_size - base)) {
+                // Nothing was written: a FILE.part that -c found is left as it was (a
+                // larger --max-size can still resume it).
+                st->keep_part = st->resumed;
                 st->failure =
                     "the body from " + u.text() + " is larger than --max-size (" +
                     std::to_string(*prm.max_size) + " bytes): Content-Length " +
@@ -695,10 +734,11 @@ task<void> progress_bar(event_loop* loop, get_state* st, std::shared_ptr<http::w
 // Restores standard output's flags (adopt() makes a pipe non-blocking, and the flag is
 // shared with whoever else holds the pipe).
 struct stdout_flags_guard {
+    int fd;
     int flags;
     ~stdout_flags_guard() {
         if (flags >= 0) {
-            ::fcntl(STDOUT_FILENO, F_SETFL, flags);
+            ::fcntl(fd, F_SETFL, flags);
         }
     }
 };
@@ -760,13 +800,24 @@ void open_part_for_resume(get_state* st) {
         throw runtime_failure(in_quotes(st->part) +
                               " has other hard links: not resuming it (remove it)");
     }
+    // In a shared directory (/tmp) another user can plant FILE.part, a regular file of
+    // theirs that they made writable for us: resuming it would make its head, which
+    // they chose, the head of FILE. Only a FILE.part of our own is ours to continue.
+    if (ps.st_uid != ::geteuid()) {
+        throw runtime_failure(in_quotes(st->part) + " belongs to another user (uid " +
+                              std::to_string(ps.st_uid) + "): not resuming it (remove it)");
+    }
     if (auto r = sys::set_nonblocking(fd->get(), false); !r) {
         throw runtime_failure("cannot resume " + in_quotes(st->part) + ": " + r.error().message());
     }
-    char v[512];
-    const auto n = ::fgetxattr(fd->get(), validator_xattr, v, sizeof v);
+    // Room for any value a response head (at most head_buffer_size) can have given us:
+    // a smaller buffer fails with ERANGE on a long ETag, and the resume would then go
+    // without If-Range, appending to FILE.part whatever version the server has now.
+    std::string v(head_buffer_size, '\0');
+    const auto n = ::fgetxattr(fd->get(), validator_xattr, v.data(), v.size());
     if (n > 0) {
-        st->validator.assign(v, static_cast<std::size_t>(n));
+        v.resize(static_cast<std::size_t>(n));
+        st->validator = std::move(v);
         // Sent as a header: only a value a server could have sent us.
         if (st->validator.find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos) {
             st->validator.clear();
@@ -774,6 +825,42 @@ void open_part_for_resume(get_state* st) {
     }
     st->offset = static_cast<std::uint64_t>(ps.st_size);
     st->part_fd = std::move(*fd);
+}
+
+// The descriptor a name like /dev/stdout, /dev/fd/N or /proc/self/fd/N stands for, read
+// from the names themselves (links followed by hand, a few levels). Such a name is not
+// a file to replace: when it leads to a regular file (`-o /dev/stdout > out`), FILE.part
+// would be made next to the link, in /dev as root, and renamed over it, replacing the
+// system's /dev/stdout with the download and leaving `out` empty. It is written
+// through a duplicate of the descriptor instead, as -o - writes standard output (same
+// offset, O_APPEND kept).
+std::optional<int> own_descriptor(std::string path) {
+    for (int level = 0; level < 8; ++level) {
+        for (std::string_view dir : {"/dev/fd/", "/proc/self/fd/", "/proc/thread-self/fd/"}) {
+            if (!path.starts_with(dir) || path.size() == dir.size()) {
+                continue;
+            }
+            const std::string_view digits = std::string_view(path).substr(dir.size());
+            int fd = -1;
+            const auto [end, ec] =
+                std::from_chars(digits.data(), digits.data() + digits.size(), fd);
+            if (ec == std::errc{} && end == digits.data() + digits.size()) {
+                return fd;
+            }
+        }
+        std::array<char, 4096> target{};
+        const ssize_t n = ::readlink(path.c_str(), target.data(), target.size() - 1);
+        if (n <= 0) {
+            return std::nullopt;
+        }
+        std::string next(target.data(), static_cast<std::size_t>(n));
+        if (!next.starts_with('/')) {
+            const auto slash = path.rfind('/');
+            next = (slash == std::string::npos ? std::string() : path.substr(0, slash + 1)) + next;
+        }
+        path = std::move(next);
+    }
+    return std::nullopt;
 }
 
 // Decides where the body goes before anything is sent: -o -, a FIFO or device named
@@ -800,6 +887,22 @@ void plan_output(const get_flags& f, const http::url& u, get_params& prm, get_st
         }
     }
     prm.output = path;
+    if (!prm.derived) {
+        if (auto fd = own_descriptor(path)) {
+            struct stat ds {};
+            if (::fstat(*fd, &ds) != 0) {
+                throw runtime_failure("-o " + in_quotes(path) + ": descriptor " +
+                                      std::to_string(*fd) + " is not open");
+            }
+            if (::isatty(*fd) == 1) {
+                throw usage_error("not writing the body to a terminal (" + path +
+                                  "); use -o - to write it to standard output anyway");
+            }
+            st->kind = target_kind::standard_output;
+            st->out_fd = *fd;
+            return;
+        }
+    }
     struct stat ls {};
     if (::lstat(path.c_str(), &ls) == 0) {
         if (prm.derived) {
@@ -870,14 +973,14 @@ int run_get(const get_flags& f) {
     plan_output(f, *u, prm, &st);
     if (f.resume && st.kind != target_kind::part) {
         throw usage_error(st.kind == target_kind::standard_output
-                              ? "-c resumes a file: it cannot be combined with -o -"
+                              ? "-c resumes a file: it cannot be combined with -o " + prm.output
                               : "-c resumes a file: " + prm.output + " is a FIFO or device");
     }
     if (f.resume) {
         open_part_for_resume(&st);
     }
     const bool to_stdout = st.kind == target_kind::standard_output;
-    stdout_flags_guard out_guard{to_stdout ? ::fcntl(STDOUT_FILENO, F_GETFL) : -1};
+    stdout_flags_guard out_guard{st.out_fd, to_stdout ? ::fcntl(st.out_fd, F_GETFL) : -1};
 
     // SIGINT/SIGTERM end the download through the loop, so FILE.part is removed.
     sigset_t mask;
@@ -966,7 +1069,7 @@ int run_get(const get_flags& f) {
         std::fprintf(stderr, "zcio get: %d %s, %llu bytes (%s) to %s via %s in %.3f s, %s/s\n",
                      st.status, st.reason.c_str(), static_cast<unsigned long long>(w->progress),
                      human_bytes(static_cast<double>(w->progress)).c_str(),
-                     to_stdout ? "standard output" : prm.output.c_str(), st.path.c_str(),
+                     prm.output == "-" ? "standard output" : prm.output.c_str(), st.path.c_str(),
                      st.seconds, human_bytes(rate).c_str());
     }
     return 0;
@@ -981,8 +1084,9 @@ subcommand add_get_command(CLI::App& app) {
     cmd->add_option("URL", f->url, "http://HOST[:PORT]/PATH")->required();
     cmd->add_option("-o,--output", f->output,
                     "File to write (via FILE.part, renamed when complete); an existing FIFO "
-                    "or device is written in place; DIR or DIR/: a file in DIR named from "
-                    "the URL; - for standard output (the only way to write it); default: "
+                    "or device is written in place, /dev/stdout or /dev/fd/N that descriptor; "
+                    "DIR or DIR/: a file in DIR named from the URL; - for standard output "
+                    "(the only way to write a terminal); default: "
                     "the last segment of the URL path, never replacing an existing file");
     cmd->add_flag("-c,--continue", f->resume,
                   "Resume FILE.part: Range from its size, If-Range with the ETag or "
