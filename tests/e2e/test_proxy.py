@@ -1056,6 +1056,22 @@ class ReloadSafetyTests(E2ETestCase):
         self.assertEqual(rc, 2, err)
         self.assertOneLine(err, "big.toml: too large", "1048576")
 
+    def test_quotes_closing_a_multiline_string_do_not_hide_a_deep_key(self):
+        # TOML lets a multi-line string end in one or two quotes of its own ("""a""""
+        # is `a"`). The depth scan closed the string after three quotes and took the
+        # fourth for the start of another string, so the rest of the line went unseen,
+        # and toml++ then recursed once per segment of the key there: SIGSEGV.
+        deep = "a" + ".a" * 500000
+        q3, l3 = '"' * 3, "'" * 3
+        for n, text in enumerate(("x = [%ss%s\", {%s = 1}]\n" % (q3, q3, deep),
+                                  "x = [%ss%s'', {%s = 1}]\n" % (l3, l3, deep),
+                                  "x = {s = %sq%s\", %s = 1}\n" % (q3, q3, deep))):
+            cfg = self.path("quotes%d.toml" % n)
+            write(cfg, text)
+            rc, _, err = e2e.run_zcio(["proxy", "--config", cfg])
+            self.assertEqual(rc, 2, err[-300:])
+            self.assertOneLine(err, "quotes%d.toml:1: nested too deeply" % n)
+
     def test_fifo_as_config_is_refused_and_sigterm_still_works(self):
         # The main thread blocked in open() of a FIFO without a writer: the reload and
         # then SIGTERM hung.

@@ -412,6 +412,9 @@ struct nesting_scan {
         while (i < text.size()) {
             const char c = text[i];
             if (c == '\\' && q == '"') {
+                if (i + 1 < text.size() && text[i + 1] == '\n') {
+                    ++line; // a line-ending backslash
+                }
                 i += 2;
                 continue;
             }
@@ -421,8 +424,21 @@ struct nesting_scan {
                 }
                 ++line;
             }
-            if (c == q && (!multi || text.substr(i, 3) == std::string(3, q))) {
-                i += multi ? 3 : 1;
+            if (c == q && !multi) {
+                ++i;
+                return;
+            }
+            if (c == q && text.substr(i, 3) == std::string(3, q)) {
+                // A multi-line string may end with one or two quotes of its own just
+                // before the closing three (TOML 1.0: """a"""" is `a"`), so a run of up to
+                // five closes it, as toml++ reads it. Stopping after three left a quote
+                // that this scan took for the start of a string hiding the rest of the
+                // line, where toml++ then parsed a key of 500,000 segments: SIGSEGV.
+                std::size_t run = 3;
+                while (run < 5 && i + run < text.size() && text[i + run] == q) {
+                    ++run;
+                }
+                i += run;
                 return;
             }
             ++i;
