@@ -474,7 +474,10 @@ struct nesting_scan {
                     open.pop_back();
                 }
                 segments = 0;
-            } else if (c == '=' || c == ',' || c == '\n') {
+            } else if (c == ',' || c == '\n') {
+                // Not at '=': the key's segments nest the inline table or array that
+                // is its value ("a.b.c = {" opens at depth 3). Reset there, a chain of
+                // inline tables under 31-segment keys nested ~1,000 deep unseen.
                 segments = 0;
             }
             if (c == '\n') {
