@@ -240,7 +240,9 @@ route load_route(const located& at, const toml::table& t, std::size_t index,
     r.name = "route" + std::to_string(index);
     std::size_t name_line = t.source().begin.line; // the table's line for a default name
     bool named = false;
-    static const std::set<std::string, std::less<>> known = {
+    // Never destroyed: a reload's thread that SIGTERM did not wait for (it may sit in
+    // getaddrinfo) can still be reading a config while exit() runs the destructors.
+    static const auto& known = *new std::set<std::string, std::less<>>{
         "name",       "listen",          "upstream",     "engine",
         "pipe_size",  "max_connections", "idle_timeout", "connect_timeout",
         "rate_limit", "proxy_protocol"};
