@@ -771,39 +771,50 @@ void proxy_server::reload(proxy_config cfg) {
 
 config_reloader::config_reloader(event_loop& loop, proxy_server& server,
                                  std::function<proxy_config()> load)
-    : loop_(loop), server_(server), load_(std::move(load)) {}
+    : server_(server), shared_(std::make_shared<shared_state>()) {
+    shared_->loop = &loop;
+    shared_->load = std::move(load);
+}
 
 config_reloader::~config_reloader() {
     stop();
 }
 
+bool config_reloader::stopped(shared_state& sh) {
+    std::lock_guard lock(sh.mutex);
+    return sh.stopped;
+}
+
 void config_reloader::request() {
-    if (*stopped_) {
+    if (stopped(*shared_)) {
         return;
     }
     if (busy_) {
         again_ = true; // one more read once this one is applied: the file changed again
         return;
     }
-    if (thread_.joinable()) {
-        thread_.join(); // it has posted its result: it ends at once
-    }
     busy_ = true;
     try {
-        thread_ = std::thread([this, stopped = stopped_] {
+        // Detached: stop() never waits for it (see there). It touches only `sh` until
+        // it posts, and posts only while the reloader, and so the loop, still runs.
+        std::thread([this, sh = shared_] {
             auto cfg = std::make_shared<proxy_config>();
             std::string error;
             try {
-                *cfg = load_();
+                *cfg = sh->load();
             } catch (const std::exception& e) {
                 error = e.what();
             }
-            loop_.post([this, stopped, cfg, error] {
-                if (!*stopped) {
+            std::lock_guard lock(sh->mutex);
+            if (sh->stopped) {
+                return; // the proxy is draining or gone: nothing to apply it to
+            }
+            sh->loop->post([this, sh, cfg, error] {
+                if (!stopped(*sh)) {
                     finish(*cfg, error);
                 }
             });
-        });
+        }).detach();
     } catch (const std::system_error& e) {
         busy_ = false;
         spdlog::error("reload refused: cannot start a thread to read the config: {}", e.what());
@@ -827,10 +838,8 @@ void config_reloader::finish(proxy_config& cfg, const std::string& error) {
 }
 
 void config_reloader::stop() {
-    *stopped_ = true;
-    if (thread_.joinable()) {
-        thread_.join();
-    }
+    std::lock_guard lock(shared_->mutex);
+    shared_->stopped = true;
 }
 
 namespace {

@@ -129,21 +129,28 @@ public:
     config_reloader& operator=(const config_reloader&) = delete;
 
     void request();
-    // No more reloads are applied; waits for a read in progress (bounded: the file is a
-    // regular one of at most max_config_bytes).
+    // No more reloads are applied. A read in progress is not waited for: it may be
+    // resolving an upstream name (getaddrinfo), which takes as long as the DNS server
+    // lets it (a server that never answers held SIGTERM for timeout x attempts per
+    // name); its thread ends on its own and drops what it read.
     void stop();
 
 private:
-    void finish(proxy_config& cfg, const std::string& error);
+    // What the reading thread shares with the reloader: it may outlive it.
+    struct shared_state {
+        std::mutex mutex;
+        bool stopped = false; // set by stop(); guarded by `mutex`
+        event_loop* loop;
+        std::function<proxy_config()> load;
+    };
 
-    event_loop& loop_;
+    void finish(proxy_config& cfg, const std::string& error);
+    static bool stopped(shared_state& sh);
+
     proxy_server& server_;
-    std::function<proxy_config()> load_;
-    std::thread thread_;
     bool busy_ = false;
     bool again_ = false;
-    // Shared with the posted result, which may outlive this object in the loop's queue.
-    std::shared_ptr<bool> stopped_ = std::make_shared<bool>(false);
+    std::shared_ptr<shared_state> shared_;
 };
 
 } // namespace zcio::cli

@@ -240,7 +240,9 @@ route load_route(const located& at, const toml::table& t, std::size_t index,
     r.name = "route" + std::to_string(index);
     std::size_t name_line = t.source().begin.line; // the table's line for a default name
     bool named = false;
-    static const std::set<std::string, std::less<>> known = {
+    // Never destroyed: a reload's thread that SIGTERM did not wait for (it may sit in
+    // getaddrinfo) can still be reading a config while exit() runs the destructors.
+    static const auto& known = *new std::set<std::string, std::less<>>{
         "name",       "listen",          "upstream",     "engine",
         "pipe_size",  "max_connections", "idle_timeout", "connect_timeout",
         "rate_limit", "proxy_protocol"};
@@ -414,6 +416,9 @@ struct nesting_scan {
         while (i < text.size()) {
             const char c = text[i];
             if (c == '\\' && q == '"') {
+                if (i + 1 < text.size() && text[i + 1] == '\n') {
+                    ++line; // a line-ending backslash
+                }
                 i += 2;
                 continue;
             }
@@ -423,8 +428,21 @@ struct nesting_scan {
                 }
                 ++line;
             }
-            if (c == q && (!multi || text.substr(i, 3) == std::string(3, q))) {
-                i += multi ? 3 : 1;
+            if (c == q && !multi) {
+                ++i;
+                return;
+            }
+            if (c == q && text.substr(i, 3) == std::string(3, q)) {
+                // A multi-line string may end with one or two quotes of its own just
+                // before the closing three (TOML 1.0: """a"""" is `a"`), so a run of up to
+                // five closes it, as toml++ reads it. Stopping after three left a quote
+                // that this scan took for the start of a string hiding the rest of the
+                // line, where toml++ then parsed a key of 500,000 segments: SIGSEGV.
+                std::size_t run = 3;
+                while (run < 5 && i + run < text.size() && text[i + run] == q) {
+                    ++run;
+                }
+                i += run;
                 return;
             }
             ++i;
@@ -460,7 +478,10 @@ struct nesting_scan {
                     open.pop_back();
                 }
                 segments = 0;
-            } else if (c == '=' || c == ',' || c == '\n') {
+            } else if (c == ',' || c == '\n') {
+                // Not at '=': the key's segments nest the inline table or array that
+                // is its value ("a.b.c = {" opens at depth 3). Reset there, a chain of
+                // inline tables under 31-segment keys nested ~1,000 deep unseen.
                 segments = 0;
             }
             if (c == '\n') {
