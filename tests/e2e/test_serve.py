@@ -415,6 +415,13 @@ class NginxLike(ServeFixture):
             status, h, _ = self.get_raw(path)
             self.assertEqual((status, h.get("location")), (301, want), path)
 
+    def test_redirect_escapes_the_query(self):
+        # The query went into Location as sent: a backslash (read as '/' by browsers),
+        # bytes above 0x7f and quotes reached the header raw (found by fuzz_serve_request).
+        s = self.raw(b"GET /sub?a\\b\xc3\xa9\"<x> HTTP/1.1\r\nHost: t\r\n\r\n")
+        status, h, _ = read_response(s)
+        self.assertEqual((status, h.get("location")), (301, "/sub/?a%5Cb%C3%A9%22%3Cx%3E"))
+
     def test_duplicate_host_is_400(self):
         s = self.raw(b"GET /hello.txt HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
         status, h, body = read_response(s)

@@ -24,6 +24,7 @@
 
 #include "fuzz_support.hpp"
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -91,6 +92,12 @@ void check_redirect(std::string_view target) {
     const std::string loc = http::redirect_location(p);
     ZCIO_FUZZ_CHECK(loc.starts_with('/') && !loc.starts_with("//"));
     ZCIO_FUZZ_CHECK(loc.find('\\') == std::string::npos);
+    // Visible ASCII only: a control byte or a raw byte above 0x7f in a Location header
+    // is the client's to interpret.
+    ZCIO_FUZZ_CHECK(std::all_of(loc.begin(), loc.end(), [](char ch) {
+        const auto c = static_cast<unsigned char>(ch);
+        return c > 0x20 && c < 0x7f;
+    }));
     ZCIO_FUZZ_CHECK(http::has_dotfile(p.rel) ==
                     (p.rel.starts_with('.') || p.rel.find("/.") != std::string::npos));
 }
