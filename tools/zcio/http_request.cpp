@@ -67,31 +67,6 @@ int check_head(const head_parser& req) {
     return 0;
 }
 
-namespace {
-
-// The query as a Location may carry it: RFC 3986 query characters (and '%', already an
-// escape) kept, anything else escaped. A backslash, which browsers read as '/', a
-// control byte or a byte above 0x7f never reaches the header as sent.
-std::string escape_query(std::string_view q) {
-    static constexpr char hex[] = "0123456789ABCDEF";
-    static constexpr std::string_view keep = "-._~!$&'()*+,;=:@/?%";
-    std::string out;
-    out.reserve(q.size());
-    for (char ch : q) {
-        const auto c = static_cast<unsigned char>(ch);
-        if ((c < 0x80 && std::isalnum(c) != 0) || keep.find(ch) != std::string_view::npos) {
-            out += ch;
-        } else {
-            out += '%';
-            out += hex[c >> 4];
-            out += hex[c & 15];
-        }
-    }
-    return out;
-}
-
-} // namespace
-
 std::string redirect_location(const request_path& p) {
     std::string loc = "/" + percent_encode_path(p.rel);
     if (!p.rel.empty()) {
@@ -99,7 +74,9 @@ std::string redirect_location(const request_path& p) {
     }
     if (!p.query.empty()) {
         loc += '?';
-        loc += escape_query(p.query);
+        // RFC 3986's query characters (and '%', already an escape) are kept; a
+        // backslash (read as '/' by browsers), a control byte or one above 0x7f is not.
+        loc += percent_encode(p.query, "-._~!$&'()*+,;=:@/?%");
     }
     return loc;
 }

@@ -161,13 +161,13 @@ std::string html_escape(std::string_view s) {
     return out;
 }
 
-std::string percent_encode_path(std::string_view s) {
+std::string percent_encode(std::string_view s, std::string_view keep) {
     static constexpr char hex[] = "0123456789ABCDEF";
     std::string out;
     out.reserve(s.size());
     for (char ch : s) {
         const auto c = static_cast<unsigned char>(ch);
-        if (std::isalnum(c) != 0 || c == '-' || c == '.' || c == '_' || c == '~' || c == '/') {
+        if ((c < 0x80 && std::isalnum(c) != 0) || keep.find(ch) != std::string_view::npos) {
             out += ch;
         } else {
             out += '%';
@@ -176,6 +176,10 @@ std::string percent_encode_path(std::string_view s) {
         }
     }
     return out;
+}
+
+std::string percent_encode_path(std::string_view s) {
+    return percent_encode(s, "-._~/");
 }
 
 namespace {

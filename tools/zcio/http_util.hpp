@@ -32,6 +32,8 @@ std::optional<std::time_t> parse_date(std::string_view text);
 std::string_view media_type(std::string_view path);
 // &, <, >, " and ' as character references.
 std::string html_escape(std::string_view s);
+// Percent-encodes every byte that is neither an ASCII letter or digit nor in `keep`.
+std::string percent_encode(std::string_view s, std::string_view keep);
 // Percent-encodes every byte that is not unreserved (RFC 3986) or '/'.
 std::string percent_encode_path(std::string_view s);
 // Decodes %XX; nullopt for a malformed escape or a decoded NUL.

@@ -336,8 +336,9 @@ int run(int argc, char** argv) {
         // `zcio --bogus`: likewise, name the flag rather than the missing subcommand.
         if (const auto rest = app.remaining();
             app.get_subcommands().empty() && !rest.empty() && rest.front().starts_with("-")) {
-            std::fprintf(stderr, "zcio: unknown option \"%s\" (options follow a subcommand; see "
-                                 "zcio --help)\n",
+            std::fprintf(stderr,
+                         "zcio: unknown option \"%s\" (options follow a subcommand; see "
+                         "zcio --help)\n",
                          rest.front().c_str());
             return 2;
         }
