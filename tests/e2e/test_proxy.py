@@ -33,6 +33,17 @@ ENGINE_PATH = {"auto": "splice", "splice": "splice", "buffer": "buffer"}
 POOL_GAUGES = ("zcio_pipes_leased", "zcio_pipes_idle", "zcio_buffers_leased", "zcio_buffers_idle")
 
 
+def port_refused(port):
+    """Whether a connect to 127.0.0.1:PORT is refused (nothing listens there)."""
+    with socket.socket() as s:
+        s.settimeout(2)
+        try:
+            s.connect(("127.0.0.1", port))
+        except ConnectionRefusedError:
+            return True
+        return False
+
+
 def pool_total(metrics, name, route):
     """A pool gauge of one route, summed over the event loops."""
     return sum(v for (n, labels), v in metrics.items() if n == name and ("route", route) in labels)
@@ -925,13 +936,7 @@ rate_limit = "64M"
         self.assertEqual(sha(got), sha(blob), addr)
 
     def _refused(self, port):
-        with socket.socket() as s:
-            s.settimeout(2)
-            try:
-                s.connect(("127.0.0.1", port))
-            except ConnectionRefusedError:
-                return True
-            return False
+        return port_refused(port)
 
 
 # Run under `unshare -rmn`: lo up, a resolver that never answers, a proxy that reloads a
@@ -1042,13 +1047,7 @@ class ReloadSafetyTests(E2ETestCase):
         self.assertEqual(sha(got), sha(blob), addr)
 
     def refused(self, port):
-        with socket.socket() as s:
-            s.settimeout(2)
-            try:
-                s.connect(("127.0.0.1", port))
-            except ConnectionRefusedError:
-                return True
-            return False
+        return port_refused(port)
 
     def test_deeply_nested_config_is_refused_while_a_connection_relays(self):
         # toml++ recursed once per dotted-key segment: 50,000 of them (100 KB) killed
