@@ -701,6 +701,18 @@ class Hardening(GetCase):
                 self.assertNotIn("Content-Length", line)
                 self.assertNoOutput(out)
 
+    def test_bad_trailer_is_a_trailer_error(self):
+        # http-parser checks trailer fields like the head's: a repeated Content-Length
+        # after the last chunk fails, and the line must blame the trailer, not the head.
+        body = b"5\r\nhello\r\n0\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n"
+        up = self.upstream(scripted(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body))
+        out = self.path("trailer")
+        rc, _, err = self.get(self.url(up), out)
+        self.assertEqual(rc, 1, err)
+        line = self.assertOneLine(err, "trailer")
+        self.assertNotIn("conflicting", line)
+        self.assertNoOutput(out)
+
     def test_max_time_is_an_overall_deadline(self):
         def drip(conn, rec):
             rec.request = read_request(conn)

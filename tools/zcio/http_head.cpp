@@ -40,6 +40,7 @@ void head_parser::reset() {
     body_.clear();
     in_value_ = false;
     head_done_ = false;
+    in_trailer_ = false;
     message_done_ = false;
     too_many_ = false;
     keep_alive_ = false;
@@ -126,10 +127,15 @@ const char* head_parser::error_text() const noexcept {
     case HPE_INVALID_CONTENT_LENGTH:
         // http-parser reports a chunk size that overflows 64 bits with this code too
         // (it keeps the chunk's size in content_length): once the head is done, it is
-        // the chunk size that is wrong.
+        // the chunk size that is wrong, unless the parser is in the trailer.
+        if (in_trailer_) {
+            return "bad trailer field after the chunked body";
+        }
         return head_done_ && chunked_ ? "bad chunk size (too large)" : "bad Content-Length value";
     case HPE_UNEXPECTED_CONTENT_LENGTH:
-        return "conflicting Content-Length (given twice, or with chunked)";
+        // http-parser checks a chunked body's trailer fields as it checks the head's.
+        return in_trailer_ ? "bad trailer field after the chunked body"
+                           : "conflicting Content-Length (given twice, or with chunked)";
     case HPE_INVALID_TRANSFER_ENCODING:
         return "unsupported Transfer-Encoding (chunked must come last)";
     case HPE_INVALID_CHUNK_SIZE:
@@ -159,6 +165,7 @@ int head_parser::on_header_field(http_parser* p, const char* at, std::size_t len
         // A trailer after a chunked body: dropped (RFC 9110 §6.5.1 allows it). Its bytes
         // may sit in a buffer that was read into again since the head (get reuses it
         // for every piece of the body), so it could not be kept as a view anyway.
+        h->in_trailer_ = true;
         return 0;
     }
     if (h->in_value_ || h->headers_.empty()) {

@@ -109,6 +109,7 @@ private:
     std::vector<std::string_view> body_;
     bool in_value_ = false;
     bool head_done_ = false;
+    bool in_trailer_ = false; // a field after a chunked body was seen
     bool message_done_ = false;
     bool too_many_ = false;
     bool keep_alive_ = false;
