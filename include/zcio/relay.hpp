@@ -1,22 +1,22 @@
-// relay: copy_bidirectional() for servers that hold many quiet connections.
+// relay: both directions of a connection as two transfers driven by plain waiters.
 //
-// copy_bidirectional() is a coroutine: while a connection waits for data, its frame, the
-// frames of both copy() directions and the caller's frame stay allocated (several KiB).
-// A relay is an object instead. Each burst of data runs a copy() that returns as soon as
-// its source has nothing more to read; the direction then parks on the source's
-// readiness with a plain waiter inside the relay, and its frames are freed. A quiet
-// connection costs the relay object and its two registered sockets, nothing else: no
-// coroutine frame, no pipe, no buffer, no timer.
+// Each direction is a transfer (transfer.hpp). The relay calls its step() and parks the
+// direction's waiter on whatever it asked for: the source's readability, the
+// destination's writability, or a timer (rate limit). No coroutine frame exists at any
+// point, and a transfer holds a pipe or buffer only while bytes are in hand, so a quiet
+// connection costs the relay object and its two registered sockets, nothing else; a
+// direction stuck on a full destination costs the bytes it holds.
 //
-// Semantics are those of copy_bidirectional(): half-close passed on (SHUT_WR) when a
-// direction reads end of stream, an error or the idle timeout ends both directions, and
-// the counts say what moved until then.
+// Semantics are those of copy_bidirectional() (which is a relay plus a join):
+// half-close passed on (SHUT_WR) when a direction reads end of stream, an error or the
+// idle timeout ends both directions, and the counts say what moved until then.
 #pragma once
 
 #include <zcio/copy.hpp>
 #include <zcio/copy_bidirectional.hpp>
 #include <zcio/event_loop.hpp>
 #include <zcio/stream.hpp>
+#include <zcio/transfer.hpp>
 
 #include <cstddef>
 #include <cstdint>
@@ -30,9 +30,8 @@ class relay_set;
 
 class relay {
 public:
-    // Takes both streams (same loop). Options as for copy_bidirectional(), except the
-    // live progress pointers, which a relay does not use (read a_to_b()/b_to_a()).
-    // The idle timeout is enforced only for a relay in a relay_set (one timer sweeps
+    // Takes both streams (same loop). Options as for copy_bidirectional(); the live
+    // progress pointers, when set, must outlive the relay. The idle timeout is enforced only for a relay in a relay_set (one timer sweeps
     // the whole set instead of one timer per connection).
     relay(stream a, stream b, const bidirectional_options& opts);
     relay(const relay&) = delete;
@@ -41,7 +40,7 @@ public:
     // A relay leaves its set when destroyed.
     virtual ~relay();
 
-    // Starts both directions (runs them until they first have nothing to read).
+    // Starts both directions (runs them until they first must wait).
     void start();
     // Ends both directions with operation_canceled; their counts are kept. Idempotent,
     // and nothing after on_done().
@@ -53,10 +52,16 @@ public:
     void check_idle(clock::duration tick);
 
     // Bytes written so far to b (a_to_b) and to a (b_to_a).
-    [[nodiscard]] std::uint64_t a_to_b() const noexcept { return dirs_[0].bytes; }
-    [[nodiscard]] std::uint64_t b_to_a() const noexcept { return dirs_[1].bytes; }
-    // Directions currently running a copy (0 while the connection is quiet).
-    [[nodiscard]] int running() const noexcept { return running_; }
+    [[nodiscard]] std::uint64_t a_to_b() const noexcept { return dirs_[0].t.result().bytes; }
+    [[nodiscard]] std::uint64_t b_to_a() const noexcept { return dirs_[1].t.result().bytes; }
+    // The path each direction uses now (metrics).
+    [[nodiscard]] copy_path a_to_b_path() const noexcept { return dirs_[0].t.path(); }
+    [[nodiscard]] copy_path b_to_a_path() const noexcept { return dirs_[1].t.path(); }
+    // Directions busy with data: holding bytes for a full destination, throttled or
+    // yielding (0 while the connection is quiet).
+    [[nodiscard]] int running() const noexcept {
+        return (dirs_[0].state == phase::running ? 1 : 0) + (dirs_[1].state == phase::running ? 1 : 0);
+    }
 
     [[nodiscard]] stream& a() noexcept { return a_; }
     [[nodiscard]] stream& b() noexcept { return b_; }
@@ -64,57 +69,71 @@ public:
 protected:
     // Called once, from the loop (never inside a direction's frame), when both
     // directions reached end of stream, one failed, the idle timeout fired or cancel()
-    // was called. The streams are still open; after a failure their registrations are
-    // gone (closing them is the owner's job). It may destroy the relay.
+    // was called. The streams are still open and registered (closing them is the
+    // owner's job). It may destroy the relay.
     virtual void on_done(const traffic& t) = 0;
 
 private:
     friend class relay_set;
-    friend struct relay_burst;
     enum class phase : std::uint8_t { parked, running, done };
 
-    // Parks a direction on its source's readability without a coroutine frame. Once
-    // both directions are done, the first one's waiter also delivers on_done().
+    // Parks a direction on a readiness without a coroutine frame. Once both directions
+    // are done, the first one's waiter also delivers on_done().
     struct park_waiter final : detail::io_waiter {
         relay* owner = nullptr;
         void wake() override;
         void reset_error() noexcept { ec_.clear(); }
-        [[nodiscard]] bool cancelled() const noexcept { return static_cast<bool>(ec_); }
+        [[nodiscard]] std::error_code error() const noexcept { return ec_; }
+        void unpark() noexcept {
+            if (handle_ != nullptr) {
+                handle_->unpark(this);
+            }
+        }
+    };
+    // Wakes a direction that waits for a time (rate limit, a splice pause).
+    struct pace_timer final : detail::timer_node {
+        relay* owner = nullptr;
+        int i = 0;
+        void wake() override { owner->resume(i, {}); }
+        void start(event_loop& loop, clock::time_point at) { arm(loop, at); }
+        void stop() noexcept { disarm(); }
+    };
+    // Only for a relay with a rate limit (or once a direction asks for a time).
+    struct pacing {
+        rate_limiter limits[2];
+        pace_timer timers[2];
     };
 
     struct direction_state {
-        std::uint64_t bytes = 0;
+        direction_state(stream& dst, stream& src, const copy_options& o) : t(dst, src, o) {}
+        transfer t;
         park_waiter waiter;
-        copy_path path = copy_path::automatic;     // sticky: splice once upgraded
-        copy_path reported = copy_path::automatic; // the path that last moved bytes
         phase state = phase::parked;
     };
 
-    void launch(int i);
-    void burst_ended(int i, const copy_result& r);
-    void park(int i);
+    static copy_options options_for(const bidirectional_options& o, int i, pacing* p);
+    void run(int i);
+    void resume(int i, std::error_code ec);
+    void park(int i, transfer::wait w);
+    void pause(int i);
+    void end_of_stream(int i);
     void fail(std::optional<direction> which, std::error_code ec);
     void maybe_finish();
     void check_stuck();
     void deliver();
-    [[nodiscard]] copy_options options_for(int i);
 
     stream a_;
     stream b_;
+    std::unique_ptr<pacing> pacing_;
     direction_state dirs_[2];
-    transfer_pools* pools_;
-    std::unique_ptr<rate_limiter[]> limiters_; // only with a rate limit
     relay_set* set_ = nullptr;
     relay* prev_ = nullptr;
     relay* next_ = nullptr;
     clock::duration idle_timeout_{};
     std::uint64_t total_at_check_ = 0;
     std::error_code error_;
-    std::uint32_t pipe_size_;
     std::uint32_t quiet_ticks_ = 0; // sweeps in a row that saw no byte move
     std::optional<direction> failed_;
-    copy_path engine_;
-    std::int8_t running_ = 0;
     bool started_ = false;
     bool ending_ = false;
     bool finished_ = false;

@@ -1,58 +1,38 @@
-// relay: both directions of a connection, holding coroutine frames only while data moves.
+// relay: two transfers, each parked on whatever its step() asked for.
 #include <zcio/relay.hpp>
 
-#include <algorithm>
 #include <climits>
-#include <coroutine>
 #include <cstdint>
-#include <exception>
 #include <utility>
 
 namespace zcio {
 
 namespace {
-
-// A coroutine that starts at once and frees its own frame when it ends: one burst of
-// one direction. Nobody awaits it; the relay learns of its end through burst_ended().
-struct detached {
-    struct promise_type {
-        // Counted with the tasks' frames, so live_task_frames() sees every frame.
-        promise_type() noexcept {
-            detail::live_task_frames.fetch_add(1, std::memory_order_relaxed);
-        }
-        ~promise_type() { detail::live_task_frames.fetch_sub(1, std::memory_order_relaxed); }
-        promise_type(const promise_type&) = delete;
-        promise_type& operator=(const promise_type&) = delete;
-        detached get_return_object() noexcept { return {}; }
-        std::suspend_never initial_suspend() noexcept { return {}; }
-        std::suspend_never final_suspend() noexcept { return {}; }
-        void return_void() noexcept {}
-        void unhandled_exception() noexcept { std::terminate(); } // copy() does not throw
-    };
-};
-
+direction direction_of(int i) noexcept {
+    return i == 0 ? direction::a_to_b : direction::b_to_a;
+}
 } // namespace
 
-// One burst: copy until the source has nothing more to read (or ends, or fails).
-struct relay_burst {
-    static detached run(relay* r, int i) {
-        stream& from = i == 0 ? r->a_ : r->b_;
-        stream& to = i == 0 ? r->b_ : r->a_;
-        const copy_result res = co_await copy(to, from, r->options_for(i));
-        r->burst_ended(i, res); // never destroys the relay: on_done() runs from the queue
-    }
-};
+copy_options relay::options_for(const bidirectional_options& o, int i, pacing* p) {
+    copy_options c;
+    c.path = o.path;
+    c.pipe_size = o.pipe_size;
+    c.pools = o.pools;
+    c.progress = i == 0 ? o.a_to_b_progress : o.b_to_a_progress;
+    c.limiter = p != nullptr ? &p->limits[i] : nullptr;
+    return c;
+}
 
 relay::relay(stream a, stream b, const bidirectional_options& opts)
-    : a_(std::move(a)), b_(std::move(b)), pools_(opts.pools),
-      pipe_size_(static_cast<std::uint32_t>(std::min<std::size_t>(opts.pipe_size, UINT32_MAX))),
-      engine_(opts.path) {
+    : a_(std::move(a)), b_(std::move(b)),
+      pacing_(opts.rate_limit == 0 ? nullptr
+                                   : new pacing{{rate_limiter(opts.rate_limit),
+                                                 rate_limiter(opts.rate_limit)},
+                                                {}}),
+      dirs_{{b_, a_, options_for(opts, 0, pacing_.get())},
+            {a_, b_, options_for(opts, 1, pacing_.get())}} {
     dirs_[0].waiter.owner = this;
     dirs_[1].waiter.owner = this;
-    if (opts.rate_limit != 0) {
-        limiters_.reset(
-            new rate_limiter[2]{rate_limiter(opts.rate_limit), rate_limiter(opts.rate_limit)});
-    }
     if (opts.idle_timeout) {
         idle_timeout_ = *opts.idle_timeout;
     }
@@ -64,29 +44,15 @@ relay::~relay() {
     }
 }
 
-copy_options relay::options_for(int i) {
-    copy_options o;
-    o.path = engine_ == copy_path::automatic ? dirs_[i].path : engine_;
-    o.pipe_size = pipe_size_;
-    o.pools = pools_;
-    o.progress = &dirs_[i].bytes;
-    o.limiter = limiters_ ? &limiters_[i] : nullptr;
-    o.return_when_idle = true;
-    return o;
-}
-
 void relay::start() {
     if (started_) {
         return;
     }
     started_ = true;
-    launch(0);
-    if (ending_) {
-        dirs_[1].state = phase::done; // the first direction failed at once
-        maybe_finish();
-        return;
+    run(0);
+    if (!ending_) {
+        run(1); // else fail() has queued its waiter, which ends it
     }
-    launch(1);
 }
 
 void relay::cancel() {
@@ -99,7 +65,7 @@ void relay::check_idle(clock::duration tick) {
     if (!started_ || ending_ || finished_ || idle_timeout_.count() <= 0) {
         return;
     }
-    const std::uint64_t total = dirs_[0].bytes + dirs_[1].bytes;
+    const std::uint64_t total = a_to_b() + b_to_a();
     if (total != total_at_check_) {
         total_at_check_ = total;
         quiet_ticks_ = 0;
@@ -118,11 +84,12 @@ void relay::check_idle(clock::duration tick) {
 }
 
 void relay::check_stuck() {
-    // A direction that is running but moved nothing for a whole tick is waiting to
-    // write. Meanwhile nothing waits on its source, so a reset there (the client gone
-    // while the upstream neither reads nor writes) would only end the relay at the
-    // idle timeout. One poll(2) of both sockets finds such a pending error.
-    if (running_ == 0) {
+    // A direction that moved nothing for a whole tick while busy waits to write.
+    // Nothing may wait on its source then (the other direction can be parked on its
+    // own source), so a reset there (the client gone while the upstream neither reads
+    // nor writes) would only end the relay at the idle timeout: the io_handle wakes
+    // only the waiters it has. One poll(2) of both sockets finds such a pending error.
+    if (running() == 0) {
         return;
     }
     const int fds[2] = {a_.fd(), b_.fd()};
@@ -136,61 +103,71 @@ void relay::check_stuck() {
         ec = std::make_error_code(std::errc::connection_reset);
     }
     // Reading from the side that failed is the direction that failed.
-    fail(side == 0 ? direction::a_to_b : direction::b_to_a, name_op("recv", ec));
+    fail(direction_of(side), name_op("recv", ec));
 }
 
-void relay::launch(int i) {
-    dirs_[i].state = phase::running;
-    ++running_;
-    relay_burst::run(this, i);
-}
-
-void relay::burst_ended(int i, const copy_result& r) {
+// Steps direction `i` and parks it on what it waits for. Never destroys the relay:
+// on_done() runs from the queue.
+void relay::run(int i) {
     direction_state& d = dirs_[i];
-    --running_;
-    if (r.path != copy_path::automatic && (r.bytes > 0 || d.reported == copy_path::automatic)) {
-        d.reported = r.path;
+    switch (const transfer::wait w = d.t.step()) {
+    case transfer::wait::readable:
+    case transfer::wait::writable:
+        park(i, w);
+        return;
+    case transfer::wait::until:
+        pause(i);
+        return;
+    case transfer::wait::yield:
+        d.state = phase::running;
+        a_.loop().schedule(d.waiter); // behind everything else that is ready
+        return;
+    case transfer::wait::done:
+        end_of_stream(i);
+        return;
+    case transfer::wait::failed:
+        d.state = phase::done;
+        fail(direction_of(i), d.t.result().error);
+        return;
     }
-    if (r.path == copy_path::splice && r.bytes > 0) {
-        d.path = copy_path::splice; // bulk data went by splice: start there next time
-    }
-    if (ending_) {
+}
+
+// Direction `i` woke (readiness, time, or a cancelled wait): step it again, unless the
+// relay is ending or a registration is gone.
+void relay::resume(int i, std::error_code ec) {
+    direction_state& d = dirs_[i];
+    if (ending_ || ec || d.t.source().handle().forgotten() ||
+        d.t.destination().handle().forgotten()) {
         d.state = phase::done;
         maybe_finish();
         return;
     }
-    if (!r.ok()) {
-        d.state = phase::done;
-        fail(i == 0 ? direction::a_to_b : direction::b_to_a, r.error);
-        return;
-    }
-    if (r.idle) {
-        park(i);
-        return;
-    }
-    // End of stream read and everything written: pass the half-close on. ENOTCONN
-    // means the peer is already gone entirely, which the other direction will see.
-    stream& to = i == 0 ? b_ : a_;
-    d.state = phase::done;
-    if (to.kind() == sys::fd_kind::socket) {
-        if (auto sh = to.shutdown_write(); !sh && errno_of(sh.error()) != ENOTCONN) {
-            fail(i == 0 ? direction::a_to_b : direction::b_to_a, sh.error());
-            return;
-        }
-    }
-    maybe_finish();
+    run(i);
 }
 
-void relay::park(int i) {
+void relay::park(int i, transfer::wait w) {
     direction_state& d = dirs_[i];
-    io_handle& h = (i == 0 ? a_ : b_).handle();
-    d.state = phase::parked;
+    const bool reading = w == transfer::wait::readable;
+    const io_direction dir = reading ? io_direction::read : io_direction::write;
+    io_handle& h = (reading ? d.t.source() : d.t.destination()).handle();
+    d.state = reading && !d.t.holds_lease() ? phase::parked : phase::running;
     d.waiter.reset_error();
-    if (h.ready(io_direction::read) || h.forgotten()) {
-        a_.loop().schedule(d.waiter); // never re-enter a burst from inside one
+    if (h.ready(dir) || h.forgotten()) {
+        a_.loop().schedule(d.waiter); // never step again from inside a step
         return;
     }
-    h.park(io_direction::read, &d.waiter);
+    h.park(dir, &d.waiter);
+}
+
+void relay::pause(int i) {
+    if (!pacing_) {
+        pacing_.reset(new pacing{}); // a direct splice's pause, without a rate limit
+    }
+    pace_timer& t = pacing_->timers[i];
+    t.owner = this;
+    t.i = i;
+    dirs_[i].state = phase::running;
+    t.start(a_.loop(), dirs_[i].t.wake_at());
 }
 
 void relay::park_waiter::wake() {
@@ -199,14 +176,22 @@ void relay::park_waiter::wake() {
         r->deliver(); // both directions are done: this waiter carries on_done()
         return;
     }
-    const int i = this == &r->dirs_[0].waiter ? 0 : 1;
-    io_handle& h = (i == 0 ? r->a_ : r->b_).handle();
-    if (r->ending_ || cancelled() || h.forgotten()) {
-        r->dirs_[i].state = phase::done;
-        r->maybe_finish();
-        return;
+    r->resume(this == &r->dirs_[0].waiter ? 0 : 1, error());
+}
+
+// End of stream read and everything written: pass the half-close on, here and only
+// here. ENOTCONN means the peer is already gone entirely, which the other direction
+// will see.
+void relay::end_of_stream(int i) {
+    dirs_[i].state = phase::done;
+    stream& to = dirs_[i].t.destination();
+    if (to.kind() == sys::fd_kind::socket) {
+        if (auto sh = to.shutdown_write(); !sh && errno_of(sh.error()) != ENOTCONN) {
+            fail(direction_of(i), sh.error());
+            return;
+        }
     }
-    r->launch(i);
+    maybe_finish();
 }
 
 void relay::fail(std::optional<direction> which, std::error_code ec) {
@@ -216,14 +201,16 @@ void relay::fail(std::optional<direction> which, std::error_code ec) {
     ending_ = true;
     failed_ = which;
     error_ = ec;
-    // Forgetting the registrations wakes everything that waits on them: a parked
-    // direction through its waiter, a running one at its next wait (operation_canceled).
-    // The descriptors stay open until the owner closes them.
-    a_.handle().forget();
-    b_.handle().forget();
-    for (auto& d : dirs_) {
-        if (d.state == phase::parked && !d.waiter.queued()) {
-            a_.loop().schedule(d.waiter); // parked on nothing the forget reached
+    // Every direction still waiting is taken off what it waits on and woken: it sees
+    // ending_ and stops. Streams and registrations stay for the owner (and the caller
+    // of copy_bidirectional()) to use or close.
+    for (int i = 0; i < 2; ++i) {
+        dirs_[i].waiter.unpark();
+        if (pacing_) {
+            pacing_->timers[i].stop();
+        }
+        if (dirs_[i].state != phase::done && !dirs_[i].waiter.queued()) {
+            a_.loop().schedule(dirs_[i].waiter);
         }
     }
     maybe_finish();
@@ -241,10 +228,10 @@ void relay::maybe_finish() {
 
 void relay::deliver() {
     traffic t;
-    t.a_to_b = dirs_[0].bytes;
-    t.b_to_a = dirs_[1].bytes;
-    t.a_to_b_path = dirs_[0].reported;
-    t.b_to_a_path = dirs_[1].reported;
+    t.a_to_b = a_to_b();
+    t.b_to_a = b_to_a();
+    t.a_to_b_path = dirs_[0].t.result().path;
+    t.b_to_a_path = dirs_[1].t.result().path;
     t.failed = failed_;
     t.error = error_;
     on_done(t); // may destroy the relay, the waiter that called us with it

@@ -1,0 +1,228 @@
+// transfer: one direction of a copy as a plain object that any driver can run.
+//
+// A transfer owns everything one direction needs between system calls: the path (with
+// the automatic choice, the fall-back and the buffer→splice upgrade), the pipe or
+// buffer lease, the counts, the remaining limit, the rate limiter and the file offsets.
+// step() makes system calls until it must wait and says what for; the driver waits
+// however it likes (copy() with co_await, relay with plain waiters) and calls step()
+// again. No coroutine and no allocation per call: leases come from the pools and are
+// held only while bytes are in hand, so a transfer waiting for its source holds nothing.
+#pragma once
+
+#include <zcio/buffer_pool.hpp>
+#include <zcio/event_loop.hpp>
+#include <zcio/pipe_pool.hpp>
+#include <zcio/stream.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <system_error>
+
+#include <sys/types.h>
+
+namespace zcio {
+
+// The kernel path that moves the bytes.
+enum class copy_path : std::uint8_t {
+    automatic,       // choose by what the two ends are (the default)
+    splice,          // splice(2), directly or through a pooled pipe
+    sendfile,        // sendfile(2) from a regular file
+    copy_file_range, // copy_file_range(2) between regular files
+    buffer,          // read/write through a pooled buffer
+};
+const char* to_string(copy_path p) noexcept;
+
+// The two pools a copy borrows from. One per event loop; never shared across threads.
+struct transfer_pools {
+    pipe_pool pipes;
+    buffer_pool buffers;
+
+    // The calling thread's pools (made on first use with default options).
+    static transfer_pools& for_this_thread();
+};
+
+// Token bucket for rate limits in bytes per second: the next read or splice is cut to
+// what the bucket allows, and the copy sleeps when it is empty. Works with every path.
+class rate_limiter {
+public:
+    // `bytes_per_second` 0 means unlimited. `burst` defaults to a tenth of a second.
+    explicit rate_limiter(std::uint64_t bytes_per_second = 0, std::uint64_t burst = 0) noexcept;
+
+    [[nodiscard]] bool unlimited() const noexcept { return rate_ == 0; }
+    // How many of `want` bytes may move now (0: wait until ready_at()).
+    std::size_t allow(std::size_t want, clock::time_point now) noexcept;
+    // Records `n` bytes that moved.
+    void consume(std::size_t n) noexcept;
+    // When the next quantum (min of the request, the burst and 64 KiB) may move.
+    [[nodiscard]] clock::time_point ready_at(clock::time_point now) const noexcept;
+
+private:
+    void refill(clock::time_point now) noexcept;
+    std::uint64_t rate_;
+    double burst_;
+    double tokens_;
+    clock::time_point last_{};
+};
+
+// copy_options::max_chunk: its default, and the largest length copy() passes to one
+// system call.
+inline constexpr std::size_t default_max_chunk = std::size_t{1} << 20;
+inline constexpr std::size_t max_chunk_limit = std::size_t{1} << 30;
+
+// The length bound copy() really uses for a requested max_chunk: 0 means the default
+// (1 MiB), anything above max_chunk_limit is cut to it.
+constexpr std::size_t effective_max_chunk(std::size_t requested) noexcept {
+    if (requested == 0) {
+        return default_max_chunk;
+    }
+    return requested < max_chunk_limit ? requested : max_chunk_limit;
+}
+
+struct copy_options {
+    // Bytes to copy at most; std::nullopt = until end of stream. 0 copies nothing.
+    std::optional<std::uint64_t> limit;
+    // Force a path (tests, benchmarks). A refused path still falls back to the buffer
+    // path as long as no byte has moved.
+    copy_path path = copy_path::automatic;
+    // Size asked of pooled pipes; 0 = the pool's size.
+    std::size_t pipe_size = 0;
+    // Upper bound for one splice/sendfile/copy_file_range call. Larger values are cut
+    // to max_chunk_limit (1 GiB): some kernels reject huge lengths such as SIZE_MAX
+    // with EINVAL. 0 means the default.
+    std::size_t max_chunk = default_max_chunk;
+    // After this many bytes the copy yields to the loop even if both fds stay ready,
+    // so one busy connection cannot starve the others under edge triggering.
+    std::size_t yield_budget = std::size_t{4} << 20;
+    // Explicit file offsets (pread/pwrite style: the fd's own offset is not moved).
+    // Without them a file is read or written at its current offset, which is left
+    // after the last byte, as read(2)/write(2) would.
+    std::optional<off_t> src_offset;
+    std::optional<off_t> dst_offset;
+    // Optional: bytes are added here as they move (metrics, idle detection). Must
+    // outlive the copy.
+    std::uint64_t* progress = nullptr;
+    // Optional rate limit (must outlive the copy).
+    rate_limiter* limiter = nullptr;
+    // Pools to borrow from; null = transfer_pools::for_this_thread().
+    transfer_pools* pools = nullptr;
+};
+
+struct copy_result {
+    std::uint64_t bytes = 0;               // bytes written to dst, also on error
+    copy_path path = copy_path::automatic; // path that moved the bytes (the last one)
+    std::error_code error;                 // empty on success (end of stream or limit)
+
+    [[nodiscard]] bool ok() const noexcept { return !error; }
+};
+
+// The path copy() would try first for these two fds (automatic selection).
+copy_path choose_path(const stream& dst, const stream& src, const copy_options& opts);
+
+// One direction: `src` to `dst`, by the rules of copy() (see copy.hpp). Both streams,
+// the pools and the limiter must outlive it. Not movable: a driver keeps it in place.
+class transfer {
+public:
+    // What step() stopped for.
+    enum class wait : std::uint8_t {
+        readable, // the source has nothing now: wait for src.handle() readable
+        writable, // the destination is full: wait for dst.handle() writable
+        until,    // the rate limit: call again at wake_at()
+        yield,    // the byte budget is spent: let others run, then call again
+        done,     // end of stream or limit; result() is final
+        failed,   // result().error says why; the counts are kept
+    };
+
+    transfer(stream& dst, stream& src, const copy_options& opts);
+    transfer(const transfer&) = delete;
+    transfer& operator=(const transfer&) = delete;
+    ~transfer();
+
+    // Makes system calls until the transfer must wait, ends or fails (after done or
+    // failed it keeps answering the same).
+    wait step();
+    // The driver's wait for readable/writable failed (the stream was closed or
+    // forgotten): the transfer ends with that error, named after the operation.
+    void wait_failed(std::error_code ec);
+
+    [[nodiscard]] const copy_result& result() const noexcept { return res_; }
+    [[nodiscard]] clock::time_point wake_at() const noexcept { return wake_at_; }
+    // The path in use now (it changes on fall-back and on the upgrade to splice).
+    [[nodiscard]] copy_path path() const noexcept { return path_; }
+    // A pipe or buffer is leased (only while bytes are in hand, or between calls).
+    [[nodiscard]] bool holds_lease() const noexcept { return pipe_.valid() || buf_.valid(); }
+    [[nodiscard]] stream& source() const noexcept { return *src_; }
+    [[nodiscard]] stream& destination() const noexcept { return *dst_; }
+
+private:
+    // What a path's step ends with: a wait, or a change of path, or "go on".
+    enum class next : std::uint8_t { readable, writable, until, yield, done, failed, fallback,
+                                     upgrade, more };
+
+    static bool refuses_path(int err) noexcept;
+    next run_path();
+    void next_path();
+    void begin_path();
+    void end_path();
+    next splice_direct();
+    next splice_eagain();
+    next splice_pipe();
+    next drain();
+    next pump();
+    next sendfile_step();
+    next copy_file_range_step();
+    next buffer_step();
+    next write_pending();
+    next read_chunk();
+    next read_pipe();
+    next wait_on(io_direction d, const char* op) noexcept;
+    next fail(const char* op, int err);
+    next refused_or_failed(const char* op, int err, bool refused);
+    [[nodiscard]] std::size_t want(std::size_t cap) const noexcept;
+    std::size_t throttle(std::size_t len) noexcept;
+    void moved(std::size_t n, copy_path p) noexcept;
+    void skipped(std::size_t n) noexcept;
+    [[nodiscard]] bool budget_spent() const noexcept { return step_bytes_ >= yield_budget_; }
+    [[nodiscard]] bool lease_pipe();
+    [[nodiscard]] bool src_has_bytes_at() const;
+    bool start_skipping_holes();
+    void skip_hole();
+    void stop_skipping_holes();
+    off_t* src_offp() noexcept { return has_src_off_ || holes_ ? &src_off_ : nullptr; }
+    off_t* dst_offp() noexcept { return has_dst_off_ || holes_ ? &dst_off_ : nullptr; }
+
+    stream* dst_;
+    stream* src_;
+    transfer_pools* pools_;
+    std::uint64_t* progress_;
+    rate_limiter* limiter_;
+    std::uint64_t remaining_;
+    std::uint64_t path_bytes_ = 0; // moved by the current path: fall-back only while 0
+    std::size_t step_bytes_ = 0;   // moved in this step() call (the yield budget)
+    std::size_t max_chunk_;
+    std::size_t yield_budget_;
+    std::size_t pipe_size_;
+    copy_result res_;
+    pipe_lease pipe_;
+    buffer_lease buf_;
+    std::size_t buf_pos_ = 0; // buf_ holds [buf_pos_, buf_end_) still to write
+    std::size_t buf_end_ = 0;
+    off_t src_off_;
+    off_t dst_off_;
+    off_t data_end_ = 0;   // hole skipping: the end of the current data extent
+    off_t src_fd_was_ = 0; // hole skipping: the source fd's offset before it began
+    clock::time_point wake_at_{};
+    const char* op_ = "read"; // what the current wait is for (names a failed wait)
+    copy_path path_;
+    bool has_src_off_ : 1;
+    bool has_dst_off_ : 1;
+    bool direct_ : 1;          // one end is a pipe: splice without a pooled pipe
+    bool may_upgrade_ : 1;     // automatic socket→socket: buffer until a read fills it
+    bool upgrade_now_ : 1 = false;
+    bool holes_ : 1 = false;   // copying only the data extents of a sparse source
+    bool begun_ : 1 = false;   // begin_path() ran for path_
+    bool retried_ : 1 = false; // the last direct-splice EAGAIN found both ends ready
+    bool over_ : 1 = false;    // done or failed
+};
+
+} // namespace zcio

@@ -1,0 +1,523 @@
+// transfer: path choice, the step loop, and the splice, sendfile and buffer paths.
+#include <zcio/transfer.hpp>
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <limits>
+
+#include <fcntl.h>
+
+namespace zcio {
+
+const char* to_string(copy_path p) noexcept {
+    switch (p) {
+    case copy_path::automatic:
+        return "auto";
+    case copy_path::splice:
+        return "splice";
+    case copy_path::sendfile:
+        return "sendfile";
+    case copy_path::copy_file_range:
+        return "copy_file_range";
+    case copy_path::buffer:
+        return "buffer";
+    }
+    return "?";
+}
+
+transfer_pools& transfer_pools::for_this_thread() {
+    thread_local transfer_pools pools;
+    return pools;
+}
+
+namespace {
+
+using sys::fd_kind;
+
+} // namespace
+
+// The one table of fall-back: errors that mean "this kernel or this pair of fds does
+// not do that path". Before the path moved a byte they make the next path take over.
+bool transfer::refuses_path(int err) noexcept {
+    switch (err) {
+    case EINVAL:     // fd kinds the call does not support; splice into an O_APPEND file
+    case ENOSYS:     // syscall missing, or a seccomp sandbox that filters it
+    case EXDEV:      // copy_file_range across filesystems before Linux 5.19
+    case EOPNOTSUPP: // filesystem or socket without splice/copy support
+    case EPERM:      // seccomp policies that answer EPERM instead of ENOSYS
+        return true;
+    default:
+        return false;
+    }
+}
+
+namespace {
+
+bool is_regular(const stream& s) noexcept {
+    return s.kind() == fd_kind::regular_file;
+}
+bool is_pipe(const stream& s) noexcept {
+    return s.kind() == fd_kind::pipe;
+}
+bool is_socket(const stream& s) noexcept {
+    return s.kind() == fd_kind::socket;
+}
+
+bool has_append_flag(const stream& s) {
+    auto fl = sys::get_status_flags(s.fd());
+    return fl && (*fl & O_APPEND) != 0;
+}
+
+} // namespace
+
+copy_path choose_path(const stream& dst, const stream& src, const copy_options& opts) {
+    if (opts.path != copy_path::automatic) {
+        return opts.path;
+    }
+    if (is_regular(src) && is_regular(dst)) {
+        return has_append_flag(dst) ? copy_path::sendfile : copy_path::copy_file_range;
+    }
+    if (is_pipe(src) || is_pipe(dst)) {
+        return copy_path::splice;
+    }
+    if (is_regular(src)) {
+        return copy_path::sendfile;
+    }
+    if (is_socket(src)) {
+        // socket→socket starts buffered and moves to splice once reads fill the
+        // buffer (see transfer); socket→file splices through a pipe straight away.
+        return is_socket(dst) ? copy_path::buffer : copy_path::splice;
+    }
+    return copy_path::buffer;
+}
+
+transfer::transfer(stream& dst, stream& src, const copy_options& opts)
+    : dst_(&dst), src_(&src),
+      pools_(opts.pools != nullptr ? opts.pools : &transfer_pools::for_this_thread()),
+      progress_(opts.progress), limiter_(opts.limiter),
+      remaining_(opts.limit ? *opts.limit : std::numeric_limits<std::uint64_t>::max()),
+      // 0 would copy nothing and look fine; huge lengths (SIZE_MAX) are refused with
+      // EINVAL by some kernels, and the kernel moves at most about 2 GiB per call anyway.
+      max_chunk_(effective_max_chunk(opts.max_chunk)),
+      yield_budget_(std::max<std::size_t>(opts.yield_budget, 1)), pipe_size_(opts.pipe_size),
+      src_off_(opts.src_offset.value_or(0)), dst_off_(opts.dst_offset.value_or(0)),
+      path_(choose_path(dst, src, opts)), has_src_off_(opts.src_offset.has_value()),
+      has_dst_off_(opts.dst_offset.has_value()), direct_(is_pipe(src) || is_pipe(dst)),
+      may_upgrade_(opts.path == copy_path::automatic && path_ == copy_path::buffer &&
+                   is_socket(src) && is_socket(dst)) {
+    res_.path = path_;
+}
+
+transfer::~transfer() {
+    end_path(); // a cancelled file→file copy still leaves the fds' offsets right
+}
+
+transfer::wait transfer::step() {
+    step_bytes_ = 0;
+    while (!over_) {
+        const next n = run_path();
+        if (n == next::fallback || n == next::upgrade) {
+            next_path();
+            continue;
+        }
+        if (n == next::done || n == next::failed) {
+            end_path(); // may fail: the ftruncate after a hole-skipping copy
+            over_ = true;
+            break;
+        }
+        return static_cast<wait>(n);
+    }
+    return res_.ok() ? wait::done : wait::failed;
+}
+
+void transfer::wait_failed(std::error_code ec) {
+    res_.error = name_op(op_, ec);
+    end_path();
+    over_ = true;
+}
+
+transfer::next transfer::run_path() {
+    if (remaining_ == 0 && !holds_lease()) {
+        return next::done;
+    }
+    if (!begun_) {
+        begin_path();
+    }
+    switch (path_) {
+    case copy_path::automatic: // not reached: choose_path never answers automatic
+    case copy_path::copy_file_range:
+        return copy_file_range_step();
+    case copy_path::sendfile:
+        return sendfile_step();
+    case copy_path::splice:
+        return direct_ ? splice_direct() : splice_pipe();
+    case copy_path::buffer:
+        return buffer_step();
+    }
+    return next::done;
+}
+
+// Each refusal moves one path down the chain (copy_file_range → sendfile → buffer,
+// splice → buffer); an upgrade moves the buffer path to splice.
+void transfer::next_path() {
+    end_path();
+    if (path_ == copy_path::buffer) {
+        path_ = copy_path::splice; // the upgrade: reads fill the buffer, bulk data
+    } else {
+        may_upgrade_ = may_upgrade_ && path_ != copy_path::splice; // splice was refused
+        path_ = path_ == copy_path::copy_file_range ? copy_path::sendfile : copy_path::buffer;
+    }
+    upgrade_now_ = false;
+    path_bytes_ = 0;
+    res_.path = res_.bytes > 0 ? res_.path : path_;
+}
+
+void transfer::begin_path() {
+    begun_ = true;
+    if (path_ == copy_path::copy_file_range) {
+        holes_ = start_skipping_holes();
+    }
+}
+
+void transfer::end_path() {
+    begun_ = false;
+    if (holes_) {
+        stop_skipping_holes();
+    }
+}
+
+transfer::next transfer::wait_on(io_direction d, const char* op) noexcept {
+    (d == io_direction::read ? src_ : dst_)->handle().clear_ready(d);
+    op_ = op;
+    return d == io_direction::read ? next::readable : next::writable;
+}
+
+transfer::next transfer::fail(const char* op, int err) {
+    res_.error = op_error(op, err);
+    return next::failed;
+}
+
+transfer::next transfer::refused_or_failed(const char* op, int err, bool refused) {
+    return path_bytes_ == 0 && refused ? next::fallback : fail(op, err);
+}
+
+// Length for the next call: the cap, the chunk bound and what the limit leaves.
+std::size_t transfer::want(std::size_t cap) const noexcept {
+    return static_cast<std::size_t>(std::min<std::uint64_t>({cap, max_chunk_, remaining_}));
+}
+
+// Cuts `len` to what the rate limiter allows now; 0 means "wait until wake_at()".
+std::size_t transfer::throttle(std::size_t len) noexcept {
+    if (limiter_ == nullptr) {
+        return len;
+    }
+    const auto now = clock::now();
+    const std::size_t ok = limiter_->allow(len, now);
+    if (ok == 0) {
+        wake_at_ = limiter_->ready_at(now);
+    }
+    return ok;
+}
+
+void transfer::moved(std::size_t n, copy_path p) noexcept {
+    res_.bytes += n;
+    res_.path = p;
+    remaining_ -= n;
+    path_bytes_ += n;
+    step_bytes_ += n;
+    if (progress_ != nullptr) {
+        *progress_ += n;
+    }
+    if (limiter_ != nullptr) {
+        limiter_->consume(n);
+    }
+}
+
+// ---- splice ----
+
+// One end is a pipe: splice straight between them, no pooled pipe needed.
+transfer::next transfer::splice_direct() {
+    while (remaining_ > 0) {
+        if (budget_spent()) {
+            return next::yield;
+        }
+        const std::size_t len = throttle(want(max_chunk_));
+        if (len == 0) {
+            return next::until;
+        }
+        auto n = sys::splice(src_->fd(), src_offp(), dst_->fd(), dst_offp(), len,
+                             SPLICE_F_NONBLOCK);
+        if (n) {
+            if (*n == 0) {
+                return next::done;
+            }
+            retried_ = false;
+            moved(*n, copy_path::splice);
+            continue;
+        }
+        const int e = errno_of(n.error());
+        if (e != EAGAIN) {
+            return refused_or_failed("splice", e, refuses_path(e));
+        }
+        if (const next w = splice_eagain(); w != next::more) {
+            return w;
+        }
+    }
+    return next::done;
+}
+
+// EAGAIN from a direct splice is either end: an empty source or a full destination,
+// and the source's receive queue cannot tell which: a socket whose data all sits in a
+// full pipe and whose FIN has arrived has nothing queued, yet waiting for it to become
+// readable would wait forever (its edge came and went). So poll(2) answers for both
+// ends (it knows every kind of fd, and counts end of stream as readable): a full
+// destination is waited for first, then an empty source. Both ready means the state
+// changed between the calls: retry once at once, then pause briefly rather than spin.
+transfer::next transfer::splice_eagain() {
+    const std::array<int, 2> fds{src_->fd(), dst_->fd()};
+    std::array<sys::poll_state, 2> now{};
+    if (auto p = sys::poll_now(fds, now); !p) {
+        return fail("poll", errno_of(p.error()));
+    }
+    if (!now[1].writable || !now[0].readable) {
+        retried_ = false;
+        return !now[1].writable ? wait_on(io_direction::write, "splice")
+                                : wait_on(io_direction::read, "splice");
+    }
+    if (!retried_) {
+        retried_ = true;
+        return next::more;
+    }
+    retried_ = false;
+    wake_at_ = clock::now() + std::chrono::milliseconds(1);
+    return next::until;
+}
+
+// socket→socket, socket→file and the like: splice into a pooled pipe, then out of it.
+transfer::next transfer::splice_pipe() {
+    while (true) {
+        if (budget_spent()) {
+            return next::yield;
+        }
+        const next n = pipe_.buffered > 0 ? pump() : drain();
+        if (n != next::more) {
+            return n;
+        }
+    }
+}
+
+// Fills the pipe from the source. Invariant: the pipe is empty, so EAGAIN can only
+// mean the source has nothing to read, and every wait here (for the source, or for
+// the rate limit) gives the pipe back first: a waiting transfer holds no pipe.
+transfer::next transfer::drain() {
+    if (remaining_ == 0) {
+        return next::done;
+    }
+    if (!src_->handle().ready(io_direction::read)) {
+        pipe_.reset();
+        return wait_on(io_direction::read, "splice");
+    }
+    const std::size_t allowed = throttle(want(max_chunk_));
+    if (allowed == 0) {
+        pipe_.reset();
+        return next::until;
+    }
+    if (!pipe_ && !lease_pipe()) {
+        return next::fallback; // no pipe to be had: it is empty, buffers lose nothing
+    }
+    auto n = sys::splice(src_->fd(), src_offp(), pipe_.write_fd(), nullptr,
+                         std::min(want(pipe_.capacity()), allowed),
+                         SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+    if (!n) {
+        const int e = errno_of(n.error());
+        if (e == EAGAIN) {
+            src_->handle().clear_ready(io_direction::read);
+            return next::more;
+        }
+        return refused_or_failed("splice(source→pipe)", e, refuses_path(e));
+    }
+    if (*n == 0) {
+        return next::done; // end of stream, pipe empty
+    }
+    pipe_.buffered += *n;
+    return next::more;
+}
+
+// Empties the pipe into the destination. Invariant: the pipe holds bytes, so the
+// source is neither read nor waited for until they are out; no SPLICE_F_MORE (it has
+// caused 200 ms stalls on TCP elsewhere). A destination that refuses splice before
+// any byte reached it falls back to the buffer path, which empties the pipe first.
+transfer::next transfer::pump() {
+    auto m = sys::splice(pipe_.read_fd(), nullptr, dst_->fd(), dst_offp(), pipe_.buffered,
+                         SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+    if (m) {
+        pipe_.buffered -= *m;
+        moved(*m, copy_path::splice);
+        return next::more;
+    }
+    const int e = errno_of(m.error());
+    if (e == EAGAIN) {
+        return wait_on(io_direction::write, "splice(pipe→destination)");
+    }
+    return refused_or_failed("splice(pipe→destination)", e, refuses_path(e));
+}
+
+bool transfer::lease_pipe() {
+    auto l = pools_->pipes.lease();
+    if (!l) {
+        return false; // fd limit, quota, pool bound
+    }
+    pipe_ = std::move(*l);
+    if (pipe_size_ != 0 && pipe_.capacity() < pipe_size_) {
+        (void)pipe_.resize(pipe_size_); // best effort, as in the pool
+    }
+    return true;
+}
+
+// ---- sendfile ----
+
+// Regular file → anything: sendfile(2).
+transfer::next transfer::sendfile_step() {
+    // sendfile(2) has no output offset: it writes at (and moves) dst's file offset, so
+    // it cannot honour an explicit dst_offset; pwrite in the buffer path can.
+    if (has_dst_off_) {
+        return next::fallback;
+    }
+    while (remaining_ > 0) {
+        if (budget_spent()) {
+            return next::yield;
+        }
+        const std::size_t len = throttle(want(max_chunk_));
+        if (len == 0) {
+            return next::until;
+        }
+        auto n = sys::sendfile(dst_->fd(), src_->fd(), src_offp(), len);
+        if (n) {
+            if (*n == 0) {
+                return next::done;
+            }
+            moved(*n, copy_path::sendfile);
+            continue;
+        }
+        const int e = errno_of(n.error());
+        if (e == EAGAIN) {
+            return wait_on(io_direction::write, "sendfile");
+        }
+        return refused_or_failed("sendfile", e, refuses_path(e));
+    }
+    return next::done;
+}
+
+// ---- buffer ----
+
+// Anything → anything: read into a pooled buffer, write it out, give the buffer back.
+// Invariant: a buffer is leased only while it holds bytes not yet written, so waiting
+// for the source or the rate limit holds none. With may_upgrade_, a read that fills
+// the whole buffer moves the transfer to splice once the buffer is written out.
+transfer::next transfer::buffer_step() {
+    while (true) {
+        if (buf_end_ > buf_pos_) {
+            if (const next n = write_pending(); n != next::more) {
+                return n;
+            }
+        }
+        if (upgrade_now_) {
+            return next::upgrade;
+        }
+        if (remaining_ == 0) {
+            return next::done;
+        }
+        if (budget_spent()) {
+            return next::yield;
+        }
+        if (const next n = read_chunk(); n != next::more) {
+            return n;
+        }
+    }
+}
+
+// Writes what the buffer holds, as much as the destination takes now.
+transfer::next transfer::write_pending() {
+    const int fd = dst_->fd();
+    while (buf_pos_ < buf_end_) {
+        const std::byte* p = buf_.data().data() + buf_pos_;
+        const std::size_t len = buf_end_ - buf_pos_;
+        zcio::result<std::size_t> n = has_dst_off_     ? sys::pwrite(fd, p, len, dst_off_)
+                                : is_socket(*dst_) ? sys::send(fd, p, len, MSG_NOSIGNAL)
+                                                   : sys::write(fd, p, len);
+        if (!n) {
+            if (would_block(n)) {
+                return wait_on(io_direction::write, "write");
+            }
+            return fail(is_socket(*dst_) ? "send" : "write", errno_of(n.error()));
+        }
+        dst_off_ += has_dst_off_ ? static_cast<off_t>(*n) : 0;
+        buf_pos_ += *n;
+        moved(*n, copy_path::buffer);
+    }
+    buf_.reset();
+    buf_pos_ = buf_end_ = 0;
+    return next::more;
+}
+
+// Reads the next chunk into a leased buffer. The lease is taken after the readiness
+// check and the rate limit and given back on EAGAIN, so no wait holds a buffer.
+transfer::next transfer::read_chunk() {
+    if (pipe_.buffered > 0) {
+        return read_pipe();
+    }
+    pipe_.reset(); // empty (a fall-back from splice): back to the pool
+    if (!src_->handle().ready(io_direction::read)) {
+        return wait_on(io_direction::read, "read");
+    }
+    const std::size_t len = throttle(want(pools_->buffers.buffer_size()));
+    if (len == 0) {
+        return next::until;
+    }
+    auto chunk = detail::lease_and_read(src_->fd(), pools_->buffers, len, "read",
+                                        has_src_off_ ? &src_off_ : nullptr);
+    if (!chunk) {
+        if (would_block(chunk.error())) {
+            return wait_on(io_direction::read, "read");
+        }
+        res_.error = chunk.error(); // names the read, or the pool's refusal
+        return next::failed;
+    }
+    if (chunk->n == 0) {
+        return next::done;
+    }
+    if (chunk->n < len && (is_socket(*src_) || is_pipe(*src_)) &&
+        !src_->handle().peer_closed()) {
+        // A short read from a stream socket or pipe emptied its queue: the next read
+        // would only say EAGAIN. Wait for the next edge instead (new data, or the
+        // peer's close, each raises one). Not once the peer closed: that edge is
+        // already spent, and the next read must see the end of stream.
+        src_->handle().clear_ready(io_direction::read);
+    }
+    upgrade_now_ = may_upgrade_ && chunk->n == chunk->lease.size();
+    buf_ = std::move(chunk->lease);
+    buf_end_ = chunk->n;
+    return next::more;
+}
+
+// The destination refused splice with bytes already in the pipe (an O_APPEND file, for
+// one): they are read back out of the pipe and written the ordinary way.
+transfer::next transfer::read_pipe() {
+    auto lease = pools_->buffers.lease();
+    if (!lease) {
+        res_.error = lease.error();
+        return next::failed;
+    }
+    auto n = sys::read(pipe_.read_fd(), lease->data().data(),
+                       std::min(pipe_.buffered, lease->size()));
+    if (!n || *n == 0) {
+        return fail("read(pipe)", n ? EIO : errno_of(n.error()));
+    }
+    pipe_.buffered -= *n;
+    buf_ = std::move(*lease);
+    buf_end_ = *n;
+    return next::more;
+}
+
+} // namespace zcio
