@@ -164,6 +164,7 @@ private:
     void next_path();
     void begin_path();
     void end_path();
+    void finish();
     next splice_direct();
     next splice_eagain();
     next splice_pipe();

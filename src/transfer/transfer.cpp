@@ -122,8 +122,7 @@ transfer::wait transfer::step() {
             continue;
         }
         if (n == next::done || n == next::failed) {
-            end_path(); // may fail: the ftruncate after a hole-skipping copy
-            over_ = true;
+            finish();
             break;
         }
         return static_cast<wait>(n);
@@ -133,7 +132,16 @@ transfer::wait transfer::step() {
 
 void transfer::wait_failed(std::error_code ec) {
     res_.error = name_op(op_, ec);
-    end_path();
+    finish();
+}
+
+// Done or failed: nothing is held any more (a pipe still holding bytes after a failure
+// is closed, never pooled).
+void transfer::finish() {
+    end_path(); // may fail: the ftruncate after a hole-skipping copy
+    pipe_.reset();
+    buf_.reset();
+    buf_pos_ = buf_end_ = 0;
     over_ = true;
 }
 
