@@ -1,6 +1,7 @@
 // Tests for buffer_pool and the pooled reads: reuse, bounds, failures, and that a
 // waiting read or copy holds no buffer while bytes still arrive intact.
 #include <zcio/buffer_pool.hpp>
+#include <zcio/copy.hpp>
 
 #include <zcio/event_loop.hpp>
 #include <zcio/result.hpp>
@@ -370,10 +371,16 @@ TEST_F(buffer_pool_test, pooled_read_with_lends_the_bytes_without_copying) {
     EXPECT_EQ(pool.stats().leased, 0u);
 }
 
-// 8 MiB of random data, src pair → pooled_copy → dst pair, checksummed at the far end.
+// The pooled copy is copy() on the buffer path (pooled_copy() was a second loop).
+transfer_pools pools_with_buffers(std::size_t size) {
+    return {pipe_pool(pipe_pool_options{}), buffer_pool(buffer_pool::options{.buffer_size = size})};
+}
+
+// 8 MiB of random data, src pair → pooled copy → dst pair, checksummed at the far end.
 TEST_F(buffer_pool_test, pooled_copy_moves_8_mib_intact_and_returns_its_buffer) {
     event_loop loop;
-    buffer_pool pool(buffer_pool::options{.buffer_size = 32 * 1024});
+    transfer_pools pools = pools_with_buffers(32 * 1024);
+    buffer_pool& pool = pools.buffers;
     auto [src_in, src_out] = make_socketpair(loop);
     auto [dst_in, dst_out] = make_socketpair(loop);
     const auto data = test::random_bytes(8 * 1024 * 1024, 41);
@@ -383,10 +390,11 @@ TEST_F(buffer_pool_test, pooled_copy_moves_8_mib_intact_and_returns_its_buffer) 
     std::uint64_t received = 0;
     std::uint64_t progress = 0;
 
-    auto driver = [](event_loop* l, stream* from, stream* to, buffer_pool* p, std::uint64_t* prog,
-                     const bool* w_done, const bool* r_done) -> task<result<std::uint64_t>> {
-        auto copied = co_await pooled_copy(*from, *to, *p, {.progress = prog});
-        EXPECT_EQ(p->stats().leased, 0u);
+    auto driver = [](event_loop* l, stream* from, stream* to, transfer_pools* p, std::uint64_t* prog,
+                     const bool* w_done, const bool* r_done) -> task<copy_result> {
+        auto copied = co_await copy(*to, *from,
+                                    {.path = copy_path::buffer, .progress = prog, .pools = p});
+        EXPECT_EQ(p->buffers.stats().leased, 0u);
         EXPECT_TRUE(to->shutdown_write().has_value());
         co_await until(*l, w_done);
         co_await until(*l, r_done);
@@ -395,9 +403,9 @@ TEST_F(buffer_pool_test, pooled_copy_moves_8_mib_intact_and_returns_its_buffer) 
     loop.spawn(write_chunks(&src_in, data, 42, &written));
     loop.spawn(read_to_end(&dst_out, &sum, &received, &read_done));
     auto copied =
-        loop.block_on(driver(&loop, &src_out, &dst_in, &pool, &progress, &written, &read_done));
-    ASSERT_TRUE(copied.has_value()) << copied.error().message();
-    EXPECT_EQ(*copied, data.size());
+        loop.block_on(driver(&loop, &src_out, &dst_in, &pools, &progress, &written, &read_done));
+    ASSERT_TRUE(copied.ok()) << copied.error.message();
+    EXPECT_EQ(copied.bytes, data.size());
     EXPECT_EQ(progress, data.size());
     EXPECT_EQ(received, data.size());
     EXPECT_EQ(sum.value(), test::checksum_of(data));
@@ -409,7 +417,8 @@ TEST_F(buffer_pool_test, pooled_copy_moves_8_mib_intact_and_returns_its_buffer) 
 
 TEST_F(buffer_pool_test, pooled_copy_stops_at_its_limit) {
     event_loop loop;
-    buffer_pool pool(buffer_pool::options{.buffer_size = 1000});
+    transfer_pools pools = pools_with_buffers(1000);
+    buffer_pool& pool = pools.buffers;
     auto [src_in, src_out] = make_socketpair(loop);
     auto [dst_in, dst_out] = make_socketpair(loop);
     const auto data = test::random_bytes(10'000, 51);
@@ -417,9 +426,10 @@ TEST_F(buffer_pool_test, pooled_copy_stops_at_its_limit) {
 
     for (std::uint64_t limit : {0u, 1u, 999u, 1000u, 2500u}) {
         SCOPED_TRACE(limit);
-        auto copied = loop.block_on(pooled_copy(src_out, dst_in, pool, {.limit = limit}));
-        ASSERT_TRUE(copied.has_value());
-        EXPECT_EQ(*copied, limit);
+        auto copied = loop.block_on(
+            copy(dst_in, src_out, {.limit = limit, .path = copy_path::buffer, .pools = &pools}));
+        ASSERT_TRUE(copied.ok()) << copied.error.message();
+        EXPECT_EQ(copied.bytes, limit);
     }
     // What arrived is exactly the first 4500 bytes, in order.
     std::vector<std::byte> got(10'000);
@@ -435,21 +445,23 @@ TEST_F(buffer_pool_test, pooled_copy_stops_at_its_limit) {
 // flight); cancelling it gives the buffer back and `progress` tells what moved.
 TEST_F(buffer_pool_test, cancelling_a_blocked_pooled_copy_returns_its_buffer) {
     event_loop loop;
-    buffer_pool pool(buffer_pool::options{.buffer_size = 64 * 1024});
+    transfer_pools pools = pools_with_buffers(64 * 1024);
+    buffer_pool& pool = pools.buffers;
     auto [src_in, src_out] = make_socketpair(loop);
     auto [dst_in, dst_out] = make_socketpair(loop);
     const auto data = test::random_bytes(4 * 1024 * 1024, 61);
     bool written = false;
     std::uint64_t progress = 0;
 
-    auto driver = [](event_loop* l, stream* from, stream* to, buffer_pool* p,
-                     std::uint64_t* prog) -> task<result<std::uint64_t>> {
-        auto r = co_await with_timeout(*l, pooled_copy(*from, *to, *p, {.progress = prog}), 100ms);
-        EXPECT_EQ(p->stats().leased, 0u);
+    auto driver = [](event_loop* l, stream* from, stream* to, transfer_pools* p,
+                     std::uint64_t* prog) -> task<result<copy_result>> {
+        auto r = co_await with_timeout(
+            *l, copy(*to, *from, {.path = copy_path::buffer, .progress = prog, .pools = p}), 100ms);
+        EXPECT_EQ(p->buffers.stats().leased, 0u);
         co_return r;
     };
     loop.spawn(write_chunks(&src_in, data, 62, &written));
-    auto r = loop.block_on(driver(&loop, &src_out, &dst_in, &pool, &progress));
+    auto r = loop.block_on(driver(&loop, &src_out, &dst_in, &pools, &progress));
     ASSERT_FALSE(r.has_value());
     EXPECT_EQ(r.error(), std::errc::timed_out);
     EXPECT_GT(progress, 0u);

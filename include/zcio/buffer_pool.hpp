@@ -1,5 +1,6 @@
 // buffer_pool: bounded, per-loop reuse of I/O buffers, and reads that borrow them only
-// while bytes are in hand (pooled_read, pooled_read_with, pooled_copy).
+// while bytes are in hand (pooled_read, pooled_read_with; copy() on the buffer path is
+// the pooled copy).
 //
 // Why: a connection that waits for data should hold no memory. These operations wait
 // for readiness first, borrow a buffer only for the read (and the write that follows),
@@ -128,8 +129,7 @@ private:
 // call. Do not store the task to await later unless both surely outlive it.
 //
 // Cancellation: destroying a suspended call (with_timeout) holds no buffer while
-// waiting for readability; while writing (pooled_copy) its lease is given back by the
-// frame's destruction. Nothing is read after the frame is gone.
+// waiting for readability. Nothing is read after the frame is gone.
 //
 // Errors: `max` of 0 is EINVAL (a read of 0 bytes would look like end of stream); a
 // closed stream is EBADF; closing it while a call waits ends that call with
@@ -187,23 +187,5 @@ task<result<std::size_t>> pooled_read_with(stream& s, buffer_pool& pool, std::si
     }
     co_return chunk->n; // the buffer goes back as `chunk` dies, before the caller resumes
 }
-
-struct pooled_copy_options {
-    // Bytes to copy at most; absent copies to end of stream.
-    std::optional<std::uint64_t> limit{};
-    // After this many bytes without suspending, yield to the loop: with edge-triggered
-    // readiness a fast pair of fds could otherwise starve every other coroutine.
-    std::size_t yield_after = std::size_t{1} << 20;
-    // When set, bytes are added here as they are written, so a caller still knows how
-    // much moved after an error or a cancellation (the task's result is then lost).
-    std::uint64_t* progress = nullptr;
-};
-
-// Copies from `src` to `dst` through pooled buffers until end of stream (or `limit`):
-// waits for readability holding no buffer, reads into a leased buffer, writes all of
-// it, gives the buffer back. Returns the bytes copied. Does not shut down `dst` at end
-// of stream. On error some bytes may have moved: see `progress`.
-task<result<std::uint64_t>> pooled_copy(stream& src, stream& dst, buffer_pool& pool,
-                                        pooled_copy_options opts = {});
 
 } // namespace zcio

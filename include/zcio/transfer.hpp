@@ -81,7 +81,7 @@ constexpr std::size_t effective_max_chunk(std::size_t requested) noexcept {
 
 struct copy_options {
     // Bytes to copy at most; std::nullopt = until end of stream. 0 copies nothing.
-    std::optional<std::uint64_t> limit;
+    std::optional<std::uint64_t> limit{};
     // Force a path (tests, benchmarks). A refused path still falls back to the buffer
     // path as long as no byte has moved.
     copy_path path = copy_path::automatic;
@@ -97,8 +97,8 @@ struct copy_options {
     // Explicit file offsets (pread/pwrite style: the fd's own offset is not moved).
     // Without them a file is read or written at its current offset, which is left
     // after the last byte, as read(2)/write(2) would.
-    std::optional<off_t> src_offset;
-    std::optional<off_t> dst_offset;
+    std::optional<off_t> src_offset{};
+    std::optional<off_t> dst_offset{};
     // Optional: bytes are added here as they move (metrics, idle detection). Must
     // outlive the copy.
     std::uint64_t* progress = nullptr;

@@ -1,4 +1,4 @@
-// buffer_pool: leasing and taking back buffers, pooled_read and pooled_copy.
+// buffer_pool: leasing and taking back buffers, pooled_read.
 #include <zcio/buffer_pool.hpp>
 
 #include <algorithm>
@@ -150,55 +150,6 @@ task<result<std::vector<std::byte>>> pooled_read(stream& s, buffer_pool& pool, s
         co_return fail(n.error()); // already names the operation that failed
     }
     co_return out;
-}
-
-task<result<std::uint64_t>> pooled_copy(stream& src, stream& dst, buffer_pool& pool,
-                                        pooled_copy_options opts) {
-    if (!src.is_open() || !dst.is_open()) {
-        co_return fail_op("pooled_copy", EBADF);
-    }
-    std::uint64_t copied = 0;
-    std::size_t since_yield = 0;
-    // Invariant: a buffer is held only between a read that returned bytes and the end
-    // of the write of those bytes; every wait for readability holds none (the read
-    // step gives its lease back on EAGAIN before io_op parks).
-    const int src_fd = src.fd();
-    buffer_pool* p = &pool;
-    while (!opts.limit || copied < *opts.limit) {
-        std::size_t want = pool.buffer_size();
-        if (opts.limit) {
-            want = static_cast<std::size_t>(std::min<std::uint64_t>(want, *opts.limit - copied));
-        }
-        auto chunk = co_await io_op<detail::pooled_chunk>(
-            src.handle(), io_direction::read, [src_fd, p, want] {
-                return detail::lease_and_read(src_fd, *p, want, "pooled_copy: read");
-            });
-        if (!chunk) {
-            co_return fail(chunk.error());
-        }
-        if (chunk->n == 0) {
-            break; // end of stream
-        }
-        // write_some rather than write_all so the count is exact after a failed write.
-        for (auto rest = chunk->lease.data().first(chunk->n); !rest.empty();) {
-            auto w = co_await dst.write_some(rest);
-            if (!w) {
-                co_return fail(name_op("pooled_copy: write", w.error()));
-            }
-            rest = rest.subspan(*w);
-            copied += *w;
-            if (opts.progress != nullptr) {
-                *opts.progress += *w;
-            }
-        }
-        since_yield += chunk->n;
-        chunk->lease.reset();
-        if (opts.yield_after != 0 && since_yield >= opts.yield_after) {
-            since_yield = 0;
-            co_await yield(src.loop());
-        }
-    }
-    co_return copied;
 }
 
 } // namespace zcio
