@@ -184,6 +184,7 @@ private:
     void moved(std::size_t n, copy_path p) noexcept;
     void skipped(std::size_t n) noexcept;
     [[nodiscard]] bool budget_spent() const noexcept { return step_bytes_ >= yield_budget_; }
+    static std::uint32_t clamp32(std::size_t n) noexcept { return n < UINT32_MAX ? static_cast<std::uint32_t>(n) : UINT32_MAX; }
     [[nodiscard]] bool lease_pipe();
     [[nodiscard]] bool src_has_bytes_at() const;
     bool start_skipping_holes();
@@ -198,22 +199,21 @@ private:
     std::uint64_t* progress_;
     rate_limiter* limiter_;
     std::uint64_t remaining_;
-    std::uint64_t path_bytes_ = 0; // moved by the current path: fall-back only while 0
-    std::size_t step_bytes_ = 0;   // moved in this step() call (the yield budget)
-    std::size_t max_chunk_;
-    std::size_t yield_budget_;
-    std::size_t pipe_size_;
     copy_result res_;
     pipe_lease pipe_;
     buffer_lease buf_;
-    std::size_t buf_pos_ = 0; // buf_ holds [buf_pos_, buf_end_) still to write
-    std::size_t buf_end_ = 0;
     off_t src_off_;
     off_t dst_off_;
     off_t data_end_ = 0;   // hole skipping: the end of the current data extent
     off_t src_fd_was_ = 0; // hole skipping: the source fd's offset before it began
     clock::time_point wake_at_{};
     const char* op_ = "read"; // what the current wait is for (names a failed wait)
+    std::uint32_t step_bytes_ = 0; // moved in this step() call (the yield budget)
+    std::uint32_t max_chunk_;      // at most max_chunk_limit (1 GiB)
+    std::uint32_t yield_budget_;
+    std::uint32_t pipe_size_;
+    std::uint32_t buf_pos_ = 0; // buf_ holds [buf_pos_, buf_end_) still to write (each
+    std::uint32_t buf_end_ = 0; // read is at most max_chunk_)
     copy_path path_;
     bool has_src_off_ : 1;
     bool has_dst_off_ : 1;
@@ -223,6 +223,7 @@ private:
     bool holes_ : 1 = false;   // copying only the data extents of a sparse source
     bool begun_ : 1 = false;   // begin_path() ran for path_
     bool retried_ : 1 = false; // the last direct-splice EAGAIN found both ends ready
+    bool path_moved_ : 1 = false; // the current path moved bytes: no fall-back now
     bool over_ : 1 = false;    // done or failed
 };
 

@@ -99,10 +99,10 @@ transfer::transfer(stream& dst, stream& src, const copy_options& opts)
       remaining_(opts.limit ? *opts.limit : std::numeric_limits<std::uint64_t>::max()),
       // 0 would copy nothing and look fine; huge lengths (SIZE_MAX) are refused with
       // EINVAL by some kernels, and the kernel moves at most about 2 GiB per call anyway.
-      max_chunk_(effective_max_chunk(opts.max_chunk)),
-      yield_budget_(std::max<std::size_t>(opts.yield_budget, 1)), pipe_size_(opts.pipe_size),
       src_off_(opts.src_offset.value_or(0)), dst_off_(opts.dst_offset.value_or(0)),
-      path_(choose_path(dst, src, opts)), has_src_off_(opts.src_offset.has_value()),
+      max_chunk_(clamp32(effective_max_chunk(opts.max_chunk))),
+      yield_budget_(clamp32(std::max<std::size_t>(opts.yield_budget, 1))),
+      pipe_size_(clamp32(opts.pipe_size)), path_(choose_path(dst, src, opts)), has_src_off_(opts.src_offset.has_value()),
       has_dst_off_(opts.dst_offset.has_value()), direct_(is_pipe(src) || is_pipe(dst)),
       may_upgrade_(opts.path == copy_path::automatic && path_ == copy_path::buffer &&
                    is_socket(src) && is_socket(dst)) {
@@ -177,7 +177,7 @@ void transfer::next_path() {
         path_ = path_ == copy_path::copy_file_range ? copy_path::sendfile : copy_path::buffer;
     }
     upgrade_now_ = false;
-    path_bytes_ = 0;
+    path_moved_ = false;
     res_.path = res_.bytes > 0 ? res_.path : path_;
 }
 
@@ -207,7 +207,7 @@ transfer::next transfer::fail(const char* op, int err) {
 }
 
 transfer::next transfer::refused_or_failed(const char* op, int err, bool refused) {
-    return path_bytes_ == 0 && refused ? next::fallback : fail(op, err);
+    return !path_moved_ && refused ? next::fallback : fail(op, err);
 }
 
 // Length for the next call: the cap, the chunk bound and what the limit leaves.
@@ -232,8 +232,8 @@ void transfer::moved(std::size_t n, copy_path p) noexcept {
     res_.bytes += n;
     res_.path = p;
     remaining_ -= n;
-    path_bytes_ += n;
-    step_bytes_ += n;
+    path_moved_ = true;
+    step_bytes_ = clamp32(std::size_t{step_bytes_} + n);
     if (progress_ != nullptr) {
         *progress_ += n;
     }
@@ -450,7 +450,7 @@ transfer::next transfer::write_pending() {
     const int fd = dst_->fd();
     while (buf_pos_ < buf_end_) {
         const std::byte* p = buf_.data().data() + buf_pos_;
-        const std::size_t len = buf_end_ - buf_pos_;
+        const std::size_t len = std::size_t{buf_end_} - buf_pos_;
         zcio::result<std::size_t> n = has_dst_off_     ? sys::pwrite(fd, p, len, dst_off_)
                                 : is_socket(*dst_) ? sys::send(fd, p, len, MSG_NOSIGNAL)
                                                    : sys::write(fd, p, len);
@@ -461,7 +461,7 @@ transfer::next transfer::write_pending() {
             return fail(is_socket(*dst_) ? "send" : "write", errno_of(n.error()));
         }
         dst_off_ += has_dst_off_ ? static_cast<off_t>(*n) : 0;
-        buf_pos_ += *n;
+        buf_pos_ += static_cast<std::uint32_t>(*n);
         moved(*n, copy_path::buffer);
     }
     buf_.reset();
@@ -505,7 +505,7 @@ transfer::next transfer::read_chunk() {
     }
     upgrade_now_ = may_upgrade_ && chunk->n == chunk->lease.size();
     buf_ = std::move(chunk->lease);
-    buf_end_ = chunk->n;
+    buf_end_ = static_cast<std::uint32_t>(chunk->n); // at most max_chunk_
     return next::more;
 }
 
@@ -518,13 +518,13 @@ transfer::next transfer::read_pipe() {
         return next::failed;
     }
     auto n = sys::read(pipe_.read_fd(), lease->data().data(),
-                       std::min(pipe_.buffered, lease->size()));
+                       std::min({pipe_.buffered, lease->size(), std::size_t{max_chunk_}}));
     if (!n || *n == 0) {
         return fail("read(pipe)", n ? EIO : errno_of(n.error()));
     }
     pipe_.buffered -= *n;
     buf_ = std::move(*lease);
-    buf_end_ = *n;
+    buf_end_ = clamp32(*n);
     return next::more;
 }
 

@@ -50,7 +50,7 @@ transfer::next transfer::copy_file_range_step() {
         if (*n == 0) {
             // 0 before any byte from a file that has bytes: files such as those in
             // /proc and /sys report size 0 to this call; let sendfile try.
-            return path_bytes_ == 0 && src_has_bytes_at() ? next::fallback : next::done;
+            return !path_moved_ && src_has_bytes_at() ? next::fallback : next::done;
         }
         moved(*n, copy_path::copy_file_range);
     }
