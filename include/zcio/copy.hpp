@@ -1,4 +1,6 @@
 // copy(): move bytes from one fd to another by the cheapest path the kernel offers.
+// It is a short coroutine over one transfer (transfer.hpp), which holds the options,
+// paths and counts; drive a transfer yourself to copy without a coroutine.
 //
 // What users must know:
 //  - A file sent with sendfile or splice is referenced from the page cache, not copied:
