@@ -16,6 +16,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <system_error>
 
@@ -183,37 +184,56 @@ private:
     std::size_t throttle(std::size_t len) noexcept;
     void moved(std::size_t n, copy_path p) noexcept;
     void skipped(std::size_t n) noexcept;
-    [[nodiscard]] bool budget_spent() const noexcept { return step_bytes_ >= yield_budget_; }
+    [[nodiscard]] bool budget_spent() const noexcept { return step_bytes_ >= yield_budget(); }
     static std::uint32_t clamp32(std::size_t n) noexcept { return n < UINT32_MAX ? static_cast<std::uint32_t>(n) : UINT32_MAX; }
     [[nodiscard]] bool lease_pipe();
     [[nodiscard]] bool src_has_bytes_at() const;
     bool start_skipping_holes();
     void skip_hole();
     void stop_skipping_holes();
-    off_t* src_offp() noexcept { return has_src_off_ || holes_ ? &src_off_ : nullptr; }
-    off_t* dst_offp() noexcept { return has_dst_off_ || holes_ ? &dst_off_ : nullptr; }
+    off_t* src_offp() noexcept { return has_src_off_ || holes_ ? &ext_->src_off : nullptr; }
+    off_t* dst_offp() noexcept { return has_dst_off_ || holes_ ? &ext_->dst_off : nullptr; }
 
+    // What only some transfers need, allocated once by the constructor when the options
+    // or the fds ask for it (never by step()): a quiet socket relay has none.
+    struct extras {
+        transfer_pools* pools = nullptr; // null: the calling thread's pools
+        std::uint64_t* progress = nullptr;
+        rate_limiter* limiter = nullptr;
+        off_t src_off = 0;
+        off_t dst_off = 0;
+        off_t data_end = 0;   // hole skipping: the end of the current data extent
+        off_t src_fd_was = 0; // hole skipping: the source fd's offset before it began
+        std::uint32_t max_chunk = 0; // at most max_chunk_limit (1 GiB)
+        std::uint32_t yield_budget = 0;
+        std::uint32_t pipe_size = 0;
+    };
+    static bool needs_extras(const stream& dst, const stream& src, const copy_options& o);
+    [[nodiscard]] transfer_pools& pools() const noexcept {
+        return ext_ && ext_->pools != nullptr ? *ext_->pools : transfer_pools::for_this_thread();
+    }
+    [[nodiscard]] std::uint32_t max_chunk() const noexcept {
+        return ext_ ? ext_->max_chunk : static_cast<std::uint32_t>(default_max_chunk);
+    }
+    [[nodiscard]] std::uint32_t yield_budget() const noexcept {
+        return ext_ ? ext_->yield_budget : static_cast<std::uint32_t>(copy_options{}.yield_budget);
+    }
+    [[nodiscard]] rate_limiter* limiter() const noexcept { return ext_ ? ext_->limiter : nullptr; }
+
+    // 152 bytes on x86-64 (216 before the extras block): the two stream pointers, the
+    // counts, the two lease slots, the wake-up time and the packed small fields.
     stream* dst_;
     stream* src_;
-    transfer_pools* pools_;
-    std::uint64_t* progress_;
-    rate_limiter* limiter_;
+    std::unique_ptr<extras> ext_;
     std::uint64_t remaining_;
     copy_result res_;
     pipe_lease pipe_;
     buffer_lease buf_;
-    off_t src_off_;
-    off_t dst_off_;
-    off_t data_end_ = 0;   // hole skipping: the end of the current data extent
-    off_t src_fd_was_ = 0; // hole skipping: the source fd's offset before it began
     clock::time_point wake_at_{};
     const char* op_ = "read"; // what the current wait is for (names a failed wait)
     std::uint32_t step_bytes_ = 0; // moved in this step() call (the yield budget)
-    std::uint32_t max_chunk_;      // at most max_chunk_limit (1 GiB)
-    std::uint32_t yield_budget_;
-    std::uint32_t pipe_size_;
     std::uint32_t buf_pos_ = 0; // buf_ holds [buf_pos_, buf_end_) still to write (each
-    std::uint32_t buf_end_ = 0; // read is at most max_chunk_)
+    std::uint32_t buf_end_ = 0; // read is at most max_chunk())
     copy_path path_;
     bool has_src_off_ : 1;
     bool has_dst_off_ : 1;

@@ -92,21 +92,36 @@ copy_path choose_path(const stream& dst, const stream& src, const copy_options& 
     return copy_path::buffer;
 }
 
+// A socket relay with default options has no extras; files (offsets, holes), explicit
+// offsets, progress, a limiter, own pools or non-default sizes get them, once.
+bool transfer::needs_extras(const stream& dst, const stream& src, const copy_options& o) {
+    return is_regular(dst) || is_regular(src) || o.src_offset || o.dst_offset ||
+           o.progress != nullptr || o.limiter != nullptr || o.pools != nullptr ||
+           o.pipe_size != 0 || effective_max_chunk(o.max_chunk) != default_max_chunk ||
+           o.yield_budget != copy_options{}.yield_budget;
+}
+
 transfer::transfer(stream& dst, stream& src, const copy_options& opts)
     : dst_(&dst), src_(&src),
-      pools_(opts.pools != nullptr ? opts.pools : &transfer_pools::for_this_thread()),
-      progress_(opts.progress), limiter_(opts.limiter),
+      ext_(needs_extras(dst, src, opts) ? std::make_unique<extras>() : nullptr),
       remaining_(opts.limit ? *opts.limit : std::numeric_limits<std::uint64_t>::max()),
-      // 0 would copy nothing and look fine; huge lengths (SIZE_MAX) are refused with
-      // EINVAL by some kernels, and the kernel moves at most about 2 GiB per call anyway.
-      src_off_(opts.src_offset.value_or(0)), dst_off_(opts.dst_offset.value_or(0)),
-      max_chunk_(clamp32(effective_max_chunk(opts.max_chunk))),
-      yield_budget_(clamp32(std::max<std::size_t>(opts.yield_budget, 1))),
-      pipe_size_(clamp32(opts.pipe_size)), path_(choose_path(dst, src, opts)), has_src_off_(opts.src_offset.has_value()),
+      path_(choose_path(dst, src, opts)), has_src_off_(opts.src_offset.has_value()),
       has_dst_off_(opts.dst_offset.has_value()), direct_(is_pipe(src) || is_pipe(dst)),
       may_upgrade_(opts.path == copy_path::automatic && path_ == copy_path::buffer &&
                    is_socket(src) && is_socket(dst)) {
     res_.path = path_;
+    if (ext_) {
+        ext_->pools = opts.pools;
+        ext_->progress = opts.progress;
+        ext_->limiter = opts.limiter;
+        ext_->src_off = opts.src_offset.value_or(0);
+        ext_->dst_off = opts.dst_offset.value_or(0);
+        // 0 would copy nothing and look fine; huge lengths (SIZE_MAX) are refused with
+        // EINVAL by some kernels, and the kernel moves at most about 2 GiB per call.
+        ext_->max_chunk = clamp32(effective_max_chunk(opts.max_chunk));
+        ext_->yield_budget = clamp32(std::max<std::size_t>(opts.yield_budget, 1));
+        ext_->pipe_size = clamp32(opts.pipe_size);
+    }
 }
 
 transfer::~transfer() {
@@ -212,18 +227,19 @@ transfer::next transfer::refused_or_failed(const char* op, int err, bool refused
 
 // Length for the next call: the cap, the chunk bound and what the limit leaves.
 std::size_t transfer::want(std::size_t cap) const noexcept {
-    return static_cast<std::size_t>(std::min<std::uint64_t>({cap, max_chunk_, remaining_}));
+    return static_cast<std::size_t>(std::min<std::uint64_t>({cap, max_chunk(), remaining_}));
 }
 
 // Cuts `len` to what the rate limiter allows now; 0 means "wait until wake_at()".
 std::size_t transfer::throttle(std::size_t len) noexcept {
-    if (limiter_ == nullptr) {
+    rate_limiter* const lim = limiter();
+    if (lim == nullptr) {
         return len;
     }
     const auto now = clock::now();
-    const std::size_t ok = limiter_->allow(len, now);
+    const std::size_t ok = lim->allow(len, now);
     if (ok == 0) {
-        wake_at_ = limiter_->ready_at(now);
+        wake_at_ = lim->ready_at(now);
     }
     return ok;
 }
@@ -234,11 +250,14 @@ void transfer::moved(std::size_t n, copy_path p) noexcept {
     remaining_ -= n;
     path_moved_ = true;
     step_bytes_ = clamp32(std::size_t{step_bytes_} + n);
-    if (progress_ != nullptr) {
-        *progress_ += n;
+    if (!ext_) {
+        return;
     }
-    if (limiter_ != nullptr) {
-        limiter_->consume(n);
+    if (ext_->progress != nullptr) {
+        *ext_->progress += n;
+    }
+    if (ext_->limiter != nullptr) {
+        ext_->limiter->consume(n);
     }
 }
 
@@ -250,7 +269,7 @@ transfer::next transfer::splice_direct() {
         if (budget_spent()) {
             return next::yield;
         }
-        const std::size_t len = throttle(want(max_chunk_));
+        const std::size_t len = throttle(want(max_chunk()));
         if (len == 0) {
             return next::until;
         }
@@ -326,7 +345,7 @@ transfer::next transfer::drain() {
         pipe_.reset();
         return wait_on(io_direction::read, "splice");
     }
-    const std::size_t allowed = throttle(want(max_chunk_));
+    const std::size_t allowed = throttle(want(max_chunk()));
     if (allowed == 0) {
         pipe_.reset();
         return next::until;
@@ -372,13 +391,14 @@ transfer::next transfer::pump() {
 }
 
 bool transfer::lease_pipe() {
-    auto l = pools_->pipes.lease();
+    auto l = pools().pipes.lease();
     if (!l) {
         return false; // fd limit, quota, pool bound
     }
     pipe_ = std::move(*l);
-    if (pipe_size_ != 0 && pipe_.capacity() < pipe_size_) {
-        (void)pipe_.resize(pipe_size_); // best effort, as in the pool
+    const std::uint32_t size = ext_ ? ext_->pipe_size : 0;
+    if (size != 0 && pipe_.capacity() < size) {
+        (void)pipe_.resize(size); // best effort, as in the pool
     }
     return true;
 }
@@ -396,7 +416,7 @@ transfer::next transfer::sendfile_step() {
         if (budget_spent()) {
             return next::yield;
         }
-        const std::size_t len = throttle(want(max_chunk_));
+        const std::size_t len = throttle(want(max_chunk()));
         if (len == 0) {
             return next::until;
         }
@@ -451,7 +471,7 @@ transfer::next transfer::write_pending() {
     while (buf_pos_ < buf_end_) {
         const std::byte* p = buf_.data().data() + buf_pos_;
         const std::size_t len = std::size_t{buf_end_} - buf_pos_;
-        zcio::result<std::size_t> n = has_dst_off_     ? sys::pwrite(fd, p, len, dst_off_)
+        zcio::result<std::size_t> n = has_dst_off_     ? sys::pwrite(fd, p, len, ext_->dst_off)
                                 : is_socket(*dst_) ? sys::send(fd, p, len, MSG_NOSIGNAL)
                                                    : sys::write(fd, p, len);
         if (!n) {
@@ -460,7 +480,9 @@ transfer::next transfer::write_pending() {
             }
             return fail(is_socket(*dst_) ? "send" : "write", errno_of(n.error()));
         }
-        dst_off_ += has_dst_off_ ? static_cast<off_t>(*n) : 0;
+        if (has_dst_off_) {
+            ext_->dst_off += static_cast<off_t>(*n);
+        }
         buf_pos_ += static_cast<std::uint32_t>(*n);
         moved(*n, copy_path::buffer);
     }
@@ -479,12 +501,12 @@ transfer::next transfer::read_chunk() {
     if (!src_->handle().ready(io_direction::read)) {
         return wait_on(io_direction::read, "read");
     }
-    const std::size_t len = throttle(want(pools_->buffers.buffer_size()));
+    const std::size_t len = throttle(want(pools().buffers.buffer_size()));
     if (len == 0) {
         return next::until;
     }
-    auto chunk = detail::lease_and_read(src_->fd(), pools_->buffers, len, "read",
-                                        has_src_off_ ? &src_off_ : nullptr);
+    auto chunk = detail::lease_and_read(src_->fd(), pools().buffers, len, "read",
+                                        has_src_off_ ? &ext_->src_off : nullptr);
     if (!chunk) {
         if (would_block(chunk.error())) {
             return wait_on(io_direction::read, "read");
@@ -505,20 +527,20 @@ transfer::next transfer::read_chunk() {
     }
     upgrade_now_ = may_upgrade_ && chunk->n == chunk->lease.size();
     buf_ = std::move(chunk->lease);
-    buf_end_ = static_cast<std::uint32_t>(chunk->n); // at most max_chunk_
+    buf_end_ = static_cast<std::uint32_t>(chunk->n); // at most max_chunk()
     return next::more;
 }
 
 // The destination refused splice with bytes already in the pipe (an O_APPEND file, for
 // one): they are read back out of the pipe and written the ordinary way.
 transfer::next transfer::read_pipe() {
-    auto lease = pools_->buffers.lease();
+    auto lease = pools().buffers.lease();
     if (!lease) {
         res_.error = lease.error();
         return next::failed;
     }
     auto n = sys::read(pipe_.read_fd(), lease->data().data(),
-                       std::min({pipe_.buffered, lease->size(), std::size_t{max_chunk_}}));
+                       std::min({pipe_.buffered, lease->size(), std::size_t{max_chunk()}}));
     if (!n || *n == 0) {
         return fail("read(pipe)", n ? EIO : errno_of(n.error()));
     }

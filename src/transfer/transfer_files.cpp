@@ -24,7 +24,7 @@ constexpr off_t no_hole_known = std::numeric_limits<off_t>::max();
 // or copy inside the kernel. While skipping holes, only the data extents.
 transfer::next transfer::copy_file_range_step() {
     while (remaining_ > 0) {
-        if (holes_ && src_off_ >= data_end_) {
+        if (holes_ && ext_->src_off >= ext_->data_end) {
             skip_hole();
             if (remaining_ == 0) {
                 break;
@@ -33,10 +33,10 @@ transfer::next transfer::copy_file_range_step() {
         if (budget_spent()) {
             return next::yield;
         }
-        std::size_t len = want(max_chunk_);
-        if (holes_ && data_end_ != no_hole_known) {
+        std::size_t len = want(max_chunk());
+        if (holes_ && ext_->data_end != no_hole_known) {
             len = static_cast<std::size_t>(
-                std::min<std::uint64_t>(len, static_cast<std::uint64_t>(data_end_ - src_off_)));
+                std::min<std::uint64_t>(len, static_cast<std::uint64_t>(ext_->data_end - ext_->src_off)));
         }
         if (len = throttle(len); len == 0) {
             return next::until;
@@ -59,7 +59,7 @@ transfer::next transfer::copy_file_range_step() {
 
 bool transfer::src_has_bytes_at() const {
     struct stat st {};
-    const off_t off = has_src_off_ || holes_ ? src_off_ : sys::tell(src_->fd()).value_or(0);
+    const off_t off = has_src_off_ || holes_ ? ext_->src_off : sys::tell(src_->fd()).value_or(0);
     return ::fstat(src_->fd(), &st) == 0 && st.st_size > off;
 }
 
@@ -70,10 +70,10 @@ void transfer::skipped(std::size_t n) noexcept {
     res_.bytes += n;
     res_.path = copy_path::copy_file_range;
     remaining_ -= n;
-    src_off_ += static_cast<off_t>(n);
-    dst_off_ += static_cast<off_t>(n);
-    if (progress_ != nullptr) {
-        *progress_ += n;
+    ext_->src_off += static_cast<off_t>(n);
+    ext_->dst_off += static_cast<off_t>(n);
+    if (ext_->progress != nullptr) {
+        *ext_->progress += n;
     }
 }
 
@@ -94,14 +94,14 @@ bool transfer::start_skipping_holes() {
         return false;
     }
     auto src_at = sys::tell(src_->fd());
-    auto dst_at = has_dst_off_ ? zcio::result<off_t>(dst_off_) : sys::tell(dst_->fd());
+    auto dst_at = has_dst_off_ ? zcio::result<off_t>(ext_->dst_off) : sys::tell(dst_->fd());
     if (!src_at || !dst_at || dst.st_size > *dst_at) {
         return false;
     }
-    src_fd_was_ = *src_at;
-    data_end_ = 0; // look for data at once
-    src_off_ = has_src_off_ ? src_off_ : *src_at;
-    dst_off_ = *dst_at;
+    ext_->src_fd_was = *src_at;
+    ext_->data_end = 0; // look for data at once
+    ext_->src_off = has_src_off_ ? ext_->src_off : *src_at;
+    ext_->dst_off = *dst_at;
     return true;
 }
 
@@ -110,11 +110,11 @@ bool transfer::start_skipping_holes() {
 // to the end of the file. The jumps count as copied (skipped()).
 void transfer::skip_hole() {
     const int fd = src_->fd();
-    const off_t at = src_off_;
+    const off_t at = ext_->src_off;
     const off_t data = ::lseek(fd, at, SEEK_DATA);
     if (data < 0) {
         struct stat st {};
-        data_end_ = no_hole_known; // copy_file_range finds the end (or data appended)
+        ext_->data_end = no_hole_known; // copy_file_range finds the end (or data appended)
         if (errno == ENXIO && ::fstat(fd, &st) == 0 && st.st_size > at) {
             // ENXIO: nothing but a hole from `at` to the end of the file.
             skipped(static_cast<std::size_t>(
@@ -126,8 +126,8 @@ void transfer::skip_hole() {
         skipped(static_cast<std::size_t>(
             std::min<std::uint64_t>(static_cast<std::uint64_t>(data - at), remaining_)));
     }
-    const off_t hole = remaining_ > 0 ? ::lseek(fd, src_off_, SEEK_HOLE) : -1;
-    data_end_ = hole > src_off_ ? hole : no_hole_known;
+    const off_t hole = remaining_ > 0 ? ::lseek(fd, ext_->src_off, SEEK_HOLE) : -1;
+    ext_->data_end = hole > ext_->src_off ? hole : no_hole_known;
 }
 
 // Ends hole skipping: the destination gets the size the copy reached (a skipped hole
@@ -137,14 +137,14 @@ void transfer::skip_hole() {
 void transfer::stop_skipping_holes() {
     holes_ = false;
     struct stat dst {};
-    if (::fstat(dst_->fd(), &dst) == 0 && dst.st_size < dst_off_) {
-        if (::ftruncate(dst_->fd(), dst_off_) != 0 && res_.ok()) {
+    if (::fstat(dst_->fd(), &dst) == 0 && dst.st_size < ext_->dst_off) {
+        if (::ftruncate(dst_->fd(), ext_->dst_off) != 0 && res_.ok()) {
             res_.error = op_error("ftruncate", errno);
         }
     }
-    (void)sys::seek(src_->fd(), has_src_off_ ? src_fd_was_ : src_off_);
+    (void)sys::seek(src_->fd(), has_src_off_ ? ext_->src_fd_was : ext_->src_off);
     if (!has_dst_off_) {
-        (void)sys::seek(dst_->fd(), dst_off_);
+        (void)sys::seek(dst_->fd(), ext_->dst_off);
     }
 }
 
