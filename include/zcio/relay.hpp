@@ -60,7 +60,7 @@ public:
     // Directions busy with data: holding bytes for a full destination, throttled or
     // yielding (0 while the connection is quiet).
     [[nodiscard]] int running() const noexcept {
-        return (dirs_[0].state == phase::running ? 1 : 0) + (dirs_[1].state == phase::running ? 1 : 0);
+        return (state_[0] == phase::running ? 1 : 0) + (state_[1] == phase::running ? 1 : 0);
     }
 
     [[nodiscard]] stream& a() noexcept { return a_; }
@@ -108,7 +108,6 @@ private:
         direction_state(stream& dst, stream& src, const copy_options& o) : t(dst, src, o) {}
         transfer t;
         park_waiter waiter;
-        phase state = phase::parked;
     };
 
     static copy_options options_for(const bidirectional_options& o, int i, pacing* p);
@@ -134,6 +133,7 @@ private:
     std::error_code error_;
     std::uint32_t quiet_ticks_ = 0; // sweeps in a row that saw no byte move
     std::optional<direction> failed_;
+    phase state_[2] = {phase::parked, phase::parked}; // here, not in dirs_: no padding
     bool started_ = false;
     bool ending_ = false;
     bool finished_ = false;

@@ -177,7 +177,11 @@ private:
     next write_pending();
     next read_chunk();
     next read_pipe();
-    next wait_on(io_direction d, const char* op) noexcept;
+    // What a wait is for, by name (names the error of a failed wait); one byte, not a
+    // pointer.
+    enum class wait_op : std::uint8_t { read, write, splice, splice_out, sendfile };
+    static const char* name_of(wait_op op) noexcept;
+    next wait_on(io_direction d, wait_op op) noexcept;
     next fail(const char* op, int err);
     next refused_or_failed(const char* op, int err, bool refused);
     [[nodiscard]] std::size_t want(std::size_t cap) const noexcept;
@@ -220,7 +224,7 @@ private:
     }
     [[nodiscard]] rate_limiter* limiter() const noexcept { return ext_ ? ext_->limiter : nullptr; }
 
-    // 152 bytes on x86-64 (216 before the extras block): the two stream pointers, the
+    // 144 bytes on x86-64 (216 before the extras block): the two stream pointers, the
     // counts, the two lease slots, the wake-up time and the packed small fields.
     stream* dst_;
     stream* src_;
@@ -230,11 +234,11 @@ private:
     pipe_lease pipe_;
     buffer_lease buf_;
     clock::time_point wake_at_{};
-    const char* op_ = "read"; // what the current wait is for (names a failed wait)
     std::uint32_t step_bytes_ = 0; // moved in this step() call (the yield budget)
     std::uint32_t buf_pos_ = 0; // buf_ holds [buf_pos_, buf_end_) still to write (each
     std::uint32_t buf_end_ = 0; // read is at most max_chunk())
     copy_path path_;
+    wait_op op_ = wait_op::read; // what the current wait is for
     bool has_src_off_ : 1;
     bool has_dst_off_ : 1;
     bool direct_ : 1;          // one end is a pipe: splice without a pooled pipe

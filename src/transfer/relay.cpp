@@ -119,14 +119,14 @@ void relay::run(int i) {
         pause(i);
         return;
     case transfer::wait::yield:
-        d.state = phase::running;
+        state_[i] = phase::running;
         a_.loop().schedule(d.waiter); // behind everything else that is ready
         return;
     case transfer::wait::done:
         end_of_stream(i);
         return;
     case transfer::wait::failed:
-        d.state = phase::done;
+        state_[i] = phase::done;
         fail(direction_of(i), d.t.result().error);
         return;
     }
@@ -138,7 +138,7 @@ void relay::resume(int i, std::error_code ec) {
     direction_state& d = dirs_[i];
     if (ending_ || ec || d.t.source().handle().forgotten() ||
         d.t.destination().handle().forgotten()) {
-        d.state = phase::done;
+        state_[i] = phase::done;
         maybe_finish();
         return;
     }
@@ -150,7 +150,7 @@ void relay::park(int i, transfer::wait w) {
     const bool reading = w == transfer::wait::readable;
     const io_direction dir = reading ? io_direction::read : io_direction::write;
     io_handle& h = (reading ? d.t.source() : d.t.destination()).handle();
-    d.state = reading && !d.t.holds_lease() ? phase::parked : phase::running;
+    state_[i] = reading && !d.t.holds_lease() ? phase::parked : phase::running;
     d.waiter.reset_error();
     if (h.ready(dir) || h.forgotten()) {
         a_.loop().schedule(d.waiter); // never step again from inside a step
@@ -166,7 +166,7 @@ void relay::pause(int i) {
     pace_timer& t = pacing_->timers[i];
     t.owner = this;
     t.i = i;
-    dirs_[i].state = phase::running;
+    state_[i] = phase::running;
     t.start(a_.loop(), dirs_[i].t.wake_at());
 }
 
@@ -183,7 +183,7 @@ void relay::park_waiter::wake() {
 // here. ENOTCONN means the peer is already gone entirely, which the other direction
 // will see.
 void relay::end_of_stream(int i) {
-    dirs_[i].state = phase::done;
+    state_[i] = phase::done;
     stream& to = dirs_[i].t.destination();
     if (to.kind() == sys::fd_kind::socket) {
         if (auto sh = to.shutdown_write(); !sh && errno_of(sh.error()) != ENOTCONN) {
@@ -209,7 +209,7 @@ void relay::fail(std::optional<direction> which, std::error_code ec) {
         if (pacing_) {
             pacing_->timers[i].stop();
         }
-        if (dirs_[i].state != phase::done && !dirs_[i].waiter.queued()) {
+        if (state_[i] != phase::done && !dirs_[i].waiter.queued()) {
             a_.loop().schedule(dirs_[i].waiter);
         }
     }
@@ -217,7 +217,7 @@ void relay::fail(std::optional<direction> which, std::error_code ec) {
 }
 
 void relay::maybe_finish() {
-    if (finished_ || dirs_[0].state != phase::done || dirs_[1].state != phase::done) {
+    if (finished_ || state_[0] != phase::done || state_[1] != phase::done) {
         return;
     }
     // Neither waiter is parked or queued now (a done direction's waiter has run), so

@@ -146,7 +146,7 @@ transfer::wait transfer::step() {
 }
 
 void transfer::wait_failed(std::error_code ec) {
-    res_.error = name_op(op_, ec);
+    res_.error = name_op(name_of(op_), ec);
     finish();
 }
 
@@ -210,7 +210,23 @@ void transfer::end_path() {
     }
 }
 
-transfer::next transfer::wait_on(io_direction d, const char* op) noexcept {
+const char* transfer::name_of(wait_op op) noexcept {
+    switch (op) {
+    case wait_op::read:
+        return "read";
+    case wait_op::write:
+        return "write";
+    case wait_op::splice:
+        return "splice";
+    case wait_op::splice_out:
+        return "splice(pipe→destination)";
+    case wait_op::sendfile:
+        return "sendfile";
+    }
+    return "?";
+}
+
+transfer::next transfer::wait_on(io_direction d, wait_op op) noexcept {
     (d == io_direction::read ? src_ : dst_)->handle().clear_ready(d);
     op_ = op;
     return d == io_direction::read ? next::readable : next::writable;
@@ -309,8 +325,8 @@ transfer::next transfer::splice_eagain() {
     }
     if (!now[1].writable || !now[0].readable) {
         retried_ = false;
-        return !now[1].writable ? wait_on(io_direction::write, "splice")
-                                : wait_on(io_direction::read, "splice");
+        return !now[1].writable ? wait_on(io_direction::write, wait_op::splice)
+                                : wait_on(io_direction::read, wait_op::splice);
     }
     if (!retried_) {
         retried_ = true;
@@ -343,7 +359,7 @@ transfer::next transfer::drain() {
     }
     if (!src_->handle().ready(io_direction::read)) {
         pipe_.reset();
-        return wait_on(io_direction::read, "splice");
+        return wait_on(io_direction::read, wait_op::splice);
     }
     const std::size_t allowed = throttle(want(max_chunk()));
     if (allowed == 0) {
@@ -385,7 +401,7 @@ transfer::next transfer::pump() {
     }
     const int e = errno_of(m.error());
     if (e == EAGAIN) {
-        return wait_on(io_direction::write, "splice(pipe→destination)");
+        return wait_on(io_direction::write, wait_op::splice_out);
     }
     return refused_or_failed("splice(pipe→destination)", e, refuses_path(e));
 }
@@ -430,7 +446,7 @@ transfer::next transfer::sendfile_step() {
         }
         const int e = errno_of(n.error());
         if (e == EAGAIN) {
-            return wait_on(io_direction::write, "sendfile");
+            return wait_on(io_direction::write, wait_op::sendfile);
         }
         return refused_or_failed("sendfile", e, refuses_path(e));
     }
@@ -476,7 +492,7 @@ transfer::next transfer::write_pending() {
                                                    : sys::write(fd, p, len);
         if (!n) {
             if (would_block(n)) {
-                return wait_on(io_direction::write, "write");
+                return wait_on(io_direction::write, wait_op::write);
             }
             return fail(is_socket(*dst_) ? "send" : "write", errno_of(n.error()));
         }
@@ -499,7 +515,7 @@ transfer::next transfer::read_chunk() {
     }
     pipe_.reset(); // empty (a fall-back from splice): back to the pool
     if (!src_->handle().ready(io_direction::read)) {
-        return wait_on(io_direction::read, "read");
+        return wait_on(io_direction::read, wait_op::read);
     }
     const std::size_t len = throttle(want(pools().buffers.buffer_size()));
     if (len == 0) {
@@ -509,7 +525,7 @@ transfer::next transfer::read_chunk() {
                                         has_src_off_ ? &ext_->src_off : nullptr);
     if (!chunk) {
         if (would_block(chunk.error())) {
-            return wait_on(io_direction::read, "read");
+            return wait_on(io_direction::read, wait_op::read);
         }
         res_.error = chunk.error(); // names the read, or the pool's refusal
         return next::failed;
