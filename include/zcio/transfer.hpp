@@ -201,7 +201,6 @@ private:
     // What only some transfers need, allocated once by the constructor when the options
     // or the fds ask for it (never by step()): a quiet socket relay has none.
     struct extras {
-        transfer_pools* pools = nullptr; // null: the calling thread's pools
         std::uint64_t* progress = nullptr;
         rate_limiter* limiter = nullptr;
         off_t src_off = 0;
@@ -213,9 +212,7 @@ private:
         std::uint32_t pipe_size = 0;
     };
     static bool needs_extras(const stream& dst, const stream& src, const copy_options& o);
-    [[nodiscard]] transfer_pools& pools() const noexcept {
-        return ext_ && ext_->pools != nullptr ? *ext_->pools : transfer_pools::for_this_thread();
-    }
+    [[nodiscard]] transfer_pools& pools() const noexcept { return *pools_; }
     [[nodiscard]] std::uint32_t max_chunk() const noexcept {
         return ext_ ? ext_->max_chunk : static_cast<std::uint32_t>(default_max_chunk);
     }
@@ -224,10 +221,11 @@ private:
     }
     [[nodiscard]] rate_limiter* limiter() const noexcept { return ext_ ? ext_->limiter : nullptr; }
 
-    // 144 bytes on x86-64 (216 before the extras block): the two stream pointers, the
-    // counts, the two lease slots, the wake-up time and the packed small fields.
+    // 152 bytes on x86-64 (216 before the extras block): the two stream pointers, the
+    // pools, the counts, the two lease slots, the wake-up time and the packed small fields.
     stream* dst_;
     stream* src_;
+    transfer_pools* pools_; // kept here: the proxy always names its loop's pools
     std::unique_ptr<extras> ext_;
     std::uint64_t remaining_;
     copy_result res_;

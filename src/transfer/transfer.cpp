@@ -93,16 +93,17 @@ copy_path choose_path(const stream& dst, const stream& src, const copy_options& 
 }
 
 // A socket relay with default options has no extras; files (offsets, holes), explicit
-// offsets, progress, a limiter, own pools or non-default sizes get them, once.
+// offsets, progress, a limiter or non-default sizes get them, once.
 bool transfer::needs_extras(const stream& dst, const stream& src, const copy_options& o) {
     return is_regular(dst) || is_regular(src) || o.src_offset || o.dst_offset ||
-           o.progress != nullptr || o.limiter != nullptr || o.pools != nullptr ||
+           o.progress != nullptr || o.limiter != nullptr ||
            o.pipe_size != 0 || effective_max_chunk(o.max_chunk) != default_max_chunk ||
            o.yield_budget != copy_options{}.yield_budget;
 }
 
 transfer::transfer(stream& dst, stream& src, const copy_options& opts)
     : dst_(&dst), src_(&src),
+      pools_(opts.pools != nullptr ? opts.pools : &transfer_pools::for_this_thread()),
       ext_(needs_extras(dst, src, opts) ? std::make_unique<extras>() : nullptr),
       remaining_(opts.limit ? *opts.limit : std::numeric_limits<std::uint64_t>::max()),
       path_(choose_path(dst, src, opts)), has_src_off_(opts.src_offset.has_value()),
@@ -111,7 +112,6 @@ transfer::transfer(stream& dst, stream& src, const copy_options& opts)
                    is_socket(src) && is_socket(dst)) {
     res_.path = path_;
     if (ext_) {
-        ext_->pools = opts.pools;
         ext_->progress = opts.progress;
         ext_->limiter = opts.limiter;
         ext_->src_off = opts.src_offset.value_or(0);
