@@ -4,7 +4,7 @@
 
 #include <zcio/event_loop.hpp>
 #include <zcio/sys.hpp>
-#include <zcio/tcp_listener.hpp>
+#include <zcio/listener.hpp>
 
 #include <dirent.h>
 #include <sys/socket.h>
@@ -124,7 +124,7 @@ result<stream_pair> unix_pair(event_loop& loop) {
 }
 
 task<result<stream_pair>> tcp_pair(event_loop* loop, endpoint at) {
-    auto listener = tcp_listener::bind(*loop, at);
+    auto listener = listener::bind(*loop, at);
     if (!listener) {
         co_return fail(listener.error());
     }

@@ -122,7 +122,7 @@ result<stream_pair> adopt_pair(event_loop& loop, unique_fd a, unique_fd b);
 // An AF_UNIX SOCK_STREAM socketpair, adopted.
 result<stream_pair> unix_pair(event_loop& loop);
 
-// A pair through a tcp_listener bound at `at` (TCP, or a Unix socket path). The connect
+// A pair through a listener bound at `at` (TCP, or a Unix socket path). The connect
 // completes in the kernel's backlog before accept() runs, so the two steps can be
 // sequential. The listener is closed (and a Unix path removed) on return; the pair
 // lives on.

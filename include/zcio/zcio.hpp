@@ -16,7 +16,7 @@
 #include <zcio/stream.hpp>
 #include <zcio/sys.hpp>
 #include <zcio/task.hpp>
-#include <zcio/tcp_listener.hpp>
+#include <zcio/listener.hpp>
 #include <zcio/timeout.hpp>
 #include <zcio/udp_batch.hpp>
 #include <zcio/udp_echo.hpp>

@@ -101,7 +101,7 @@ task<void> echo(stream conn) {
     }
 }
 
-task<void> serve(event_loop* loop, tcp_listener* l, bool echoing) {
+task<void> serve(event_loop* loop, listener* l, bool echoing) {
     while (true) {
         auto a = co_await l->accept();
         if (!a) {
@@ -139,7 +139,7 @@ task<void> relay_one(relay_state* st, event_loop* loop, stream client) {
     }
 }
 
-task<void> relay_accept(relay_state* st, event_loop* loop, tcp_listener* l) {
+task<void> relay_accept(relay_state* st, event_loop* loop, listener* l) {
     while (true) {
         auto a = co_await l->accept();
         if (!a) {
@@ -149,8 +149,8 @@ task<void> relay_accept(relay_state* st, event_loop* loop, tcp_listener* l) {
     }
 }
 
-tcp_listener listen_loopback(event_loop& loop) {
-    auto l = tcp_listener::bind(loop, endpoint::ipv4_loopback(0));
+listener listen_loopback(event_loop& loop) {
+    auto l = listener::bind(loop, endpoint::ipv4_loopback(0));
     if (!l) {
         throw runtime_failure("bench: cannot listen on 127.0.0.1: " + l.error().message());
     }
@@ -161,8 +161,8 @@ tcp_listener listen_loopback(event_loop& loop) {
 // suspended tasks hold pool leases and registrations), then listeners and pools.
 struct relay_rig {
     relay_state state;
-    tcp_listener peer;
-    tcp_listener relay;
+    listener peer;
+    listener relay;
     loop_group peer_group{1};
     loop_group relay_group{1};
 
@@ -372,7 +372,7 @@ task<row> file_to_socket(event_loop* loop, int file_fd, std::uint64_t file_size,
 }
 
 row file_to_socket_row(int file_fd, std::uint64_t file_size, copy_path engine, budget b) {
-    tcp_listener sink;
+    listener sink;
     loop_group sink_group{1};
     sink = listen_loopback(sink_group.loop(0));
     sink_group.loop(0).spawn(serve(&sink_group.loop(0), &sink, false));
@@ -391,7 +391,7 @@ row file_to_socket_row(int file_fd, std::uint64_t file_size, copy_path engine, b
     return r;
 }
 
-task<void> receive_to_file(tcp_listener* l, int file_fd, copy_path engine, row* out) {
+task<void> receive_to_file(listener* l, int file_fd, copy_path engine, row* out) {
     auto a = co_await l->accept();
     auto dupfd = sys::dup(file_fd);
     if (!a || !dupfd) {
@@ -421,7 +421,7 @@ task<void> receive_to_file(tcp_listener* l, int file_fd, copy_path engine, row* 
 
 row socket_to_file_row(copy_path engine, budget b) {
     auto file = temp_file(0);
-    tcp_listener l;
+    listener l;
     loop_group recv_group{1};
     l = listen_loopback(recv_group.loop(0));
     row r;

@@ -143,7 +143,7 @@ task<result<stream>> open_end(event_loop& loop, end_spec* e, bool is_source, boo
         co_return co_await stream::connect(loop, e->address, 10s);
     case end_kind::tcp_listen:
     case end_kind::unix_listen: {
-        auto l = tcp_listener::bind(loop, e->address.front());
+        auto l = listener::bind(loop, e->address.front());
         if (!l) {
             co_return fail(l.error());
         }

@@ -53,7 +53,7 @@ struct serve_loop {
     // while a head is read and given back while the connection waits for the next
     // one: an idle keep-alive connection holds no buffer.
     std::unique_ptr<buffer_pool> heads;
-    std::vector<tcp_listener> listeners; // one per address of --listen
+    std::vector<listener> listeners; // one per address of --listen
     // Refused connections (--max-connections) being closed gracefully right now; at
     // most max_refusing, so a flood beyond the limit holds a bounded set of sockets.
     std::size_t refusing = 0;
@@ -765,7 +765,7 @@ task<void> refuse(serve_loop* L, stream conn) {
     --L->refusing;
 }
 
-task<void> accept_loop(serve_loop* L, tcp_listener* listener) {
+task<void> accept_loop(serve_loop* L, listener* listener) {
     serve_state& s = *L->state;
     while (true) {
         auto a = co_await listener->accept();
@@ -879,7 +879,7 @@ std::vector<endpoint> http_server::bind_listeners(std::size_t first) {
             }
             listen_options lo;
             lo.reuse_port = ep.is_ip();
-            auto b = tcp_listener::bind(*l->loop, ep, lo);
+            auto b = listener::bind(*l->loop, ep, lo);
             if (!b) {
                 const std::string what =
                     "cannot listen on " + ep.to_string() + ": " + b.error().message();

@@ -68,7 +68,7 @@ task<void> serve_one_bounded(metrics_state* st, stream conn) {
     --st->open;
 }
 
-task<void> metrics_accept_loop(std::unique_ptr<tcp_listener> l, std::unique_ptr<metrics_state> st) {
+task<void> metrics_accept_loop(std::unique_ptr<listener> l, std::unique_ptr<metrics_state> st) {
     while (true) {
         auto a = co_await l->accept();
         if (!a) {
@@ -95,7 +95,7 @@ task<void> metrics_accept_loop(std::unique_ptr<tcp_listener> l, std::unique_ptr<
 
 endpoint start_metrics_server(event_loop& loop, const endpoint& at,
                               std::function<std::string()> render) {
-    auto l = tcp_listener::bind(loop, at);
+    auto l = listener::bind(loop, at);
     if (!l) {
         throw runtime_failure("cannot serve metrics on " + at.to_string() + ": " +
                               l.error().message());
@@ -104,7 +104,7 @@ endpoint start_metrics_server(event_loop& loop, const endpoint& at,
     auto st = std::make_unique<metrics_state>();
     st->loop = &loop;
     st->render = std::move(render);
-    loop.spawn(metrics_accept_loop(std::make_unique<tcp_listener>(std::move(*l)), std::move(st)));
+    loop.spawn(metrics_accept_loop(std::make_unique<listener>(std::move(*l)), std::move(st)));
     return bound;
 }
 

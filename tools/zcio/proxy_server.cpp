@@ -27,7 +27,7 @@ using namespace std::chrono_literals;
 // reload that removed 1,024 ports used to keep them all until the process ended).
 struct listener_entry {
     std::shared_ptr<route_runtime> rt;
-    tcp_listener listener;
+    zcio::listener listener;
     std::string key; // the endpoint text, for reload diffs
 };
 
@@ -388,7 +388,7 @@ std::shared_ptr<listener_entry> bind_entry(loop_ctx& ctx, std::shared_ptr<route_
     }
     listen_options lo;
     lo.reuse_port = ep.is_ip();
-    auto l = tcp_listener::bind(*ctx.loop, ep, lo);
+    auto l = listener::bind(*ctx.loop, ep, lo);
     if (!l) {
         throw runtime_failure("cannot listen on " + ep.to_string() + ": " + l.error().message());
     }
