@@ -53,6 +53,8 @@ public:
     // The address actually bound (the real port when port 0 was asked for).
     [[nodiscard]] const endpoint& local_endpoint() const noexcept { return local_; }
     [[nodiscard]] int fd() const noexcept { return fd_.get(); }
+    // The loop it was bound on (bound listeners only).
+    [[nodiscard]] event_loop& loop() const noexcept { return *loop_; }
     [[nodiscard]] std::uint64_t fd_exhausted_count() const noexcept { return fd_exhausted_; }
 
     void close() noexcept;
