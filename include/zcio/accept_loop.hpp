@@ -37,6 +37,11 @@ public:
     [[nodiscard]] std::uint64_t open() const noexcept {
         return open_.load(std::memory_order_relaxed);
     }
+    // The maximum that applies: this one's, else the parent's (0: none).
+    [[nodiscard]] std::uint64_t applied_max() const noexcept {
+        const std::uint64_t own = max();
+        return own != 0 || parent_ == nullptr ? own : parent_->max();
+    }
 
     // One more connection, counted here and in the parent, or none (nothing counted)
     // when the maximum that applies is reached.

@@ -40,7 +40,7 @@ struct serve_state {
     // ZCIO_SERVE_NO_OPENAT2=1 forces the fallback (the e2e tests run the escape cases
     // through both).
     std::atomic<bool> use_openat2{true};
-    std::atomic<std::uint64_t> active{0};
+    connection_limit active; // every loop's connections against --max-connections
 };
 
 // Everything one loop owns. Only its own thread touches it after start().
@@ -54,6 +54,7 @@ struct serve_loop {
     // one: an idle keep-alive connection holds no buffer.
     std::unique_ptr<buffer_pool> heads;
     std::vector<listener> listeners; // one per address of --listen
+    accept_options accepting;        // for every listener of this loop
     // Refused connections (--max-connections) being closed gracefully right now; at
     // most max_refusing, so a flood beyond the limit holds a bounded set of sockets.
     std::size_t refusing = 0;
@@ -713,7 +714,7 @@ task<void> serve_connection(serve_loop* L, stream conn, std::string peer, http::
     }
 }
 
-task<void> connection(serve_loop* L, stream conn, endpoint peer) {
+task<void> connection(serve_loop* L, stream conn, endpoint peer, connection_slot slot) {
     auto w = std::make_shared<http::watch_state>();
     L->loop->spawn(http::watchdog(L->loop, w));
     std::string peer_text = peer.to_string();
@@ -724,7 +725,7 @@ task<void> connection(serve_loop* L, stream conn, endpoint peer) {
     if (!r && w->fired) {
         log_timeout(peer_text, ph);
     }
-    L->state->active.fetch_sub(1, std::memory_order_relaxed);
+    slot.release(); // before the frame goes: the count is the process's
 }
 
 constexpr std::string_view busy_response = "HTTP/1.1 503 Service Unavailable\r\n"
@@ -765,35 +766,26 @@ task<void> refuse(serve_loop* L, stream conn) {
     --L->refusing;
 }
 
-task<void> accept_loop(serve_loop* L, listener* listener) {
-    serve_state& s = *L->state;
-    while (true) {
-        auto a = co_await listener->accept();
-        if (!a) {
-            if (a.error() == std::errc::operation_canceled) {
-                co_return;
-            }
-            spdlog::error("accept: {}", a.error().message());
-            co_await sleep_for(*L->loop, 100ms); // do not spin on a persistent error
-            continue;
-        }
-        const std::uint64_t limit = s.opts.max_connections;
-        const std::uint64_t active = s.active.fetch_add(1, std::memory_order_relaxed);
-        if (limit != 0 && active >= limit) {
-            s.active.fetch_sub(1, std::memory_order_relaxed);
-            // A fresh socket's send buffer is empty: one non-blocking send fits.
-            (void)sys::send(a->conn.fd(), busy_response.data(), busy_response.size(), MSG_NOSIGNAL);
-            spdlog::warn("{}: refused: --max-connections {} reached", a->peer.to_string(), limit);
-            if (L->refusing < max_refusing) {
-                ++L->refusing;
-                L->loop->spawn(refuse(L, std::move(a->conn)));
-            }
-            // Otherwise `a` goes out of scope: closed at once (a client that already
-            // sent its request may then see a reset instead of the 503).
-            continue;
-        }
-        L->loop->spawn(connection(L, std::move(a->conn), a->peer));
+// A connection beyond --max-connections gets a 503 and a graceful close.
+void refuse_busy(serve_loop* L, accepted a) {
+    // A fresh socket's send buffer is empty: one non-blocking send fits.
+    (void)sys::send(a.conn.fd(), busy_response.data(), busy_response.size(), MSG_NOSIGNAL);
+    spdlog::warn("{}: refused: --max-connections {} reached", a.peer.to_string(),
+                 L->state->active.max());
+    if (L->refusing < max_refusing) {
+        ++L->refusing;
+        L->loop->spawn(refuse(L, std::move(a.conn)));
     }
+    // Otherwise `a` goes out of scope: closed at once (a client that already sent its
+    // request may then see a reset instead of the 503).
+}
+
+void set_up_accepting(serve_loop* L) {
+    L->accepting.limit = &L->state->active;
+    L->accepting.refused = [L](accepted a) { refuse_busy(L, std::move(a)); };
+    L->accepting.failed = [](const std::error_code& e) {
+        spdlog::error("accept: {}", e.message());
+    };
 }
 
 } // namespace
@@ -806,6 +798,7 @@ http_server::http_server(serve_options opts) : state_(std::make_unique<serve_sta
                               "\": " + root.error().message());
     }
     state_->root = std::move(*root);
+    state_->active.set_max(state_->opts.max_connections);
     if (const char* e = std::getenv("ZCIO_SERVE_NO_OPENAT2"); e != nullptr && *e == '1') {
         state_->use_openat2 = false;
     }
@@ -819,6 +812,7 @@ http_server::http_server(serve_options opts) : state_(std::make_unique<serve_sta
         bo.buffer_size = state_->opts.max_header_size;
         bo.max_idle = 256;
         l->heads = std::make_unique<buffer_pool>(bo);
+        set_up_accepting(l.get());
         loops_.push_back(std::move(l));
     }
 }
@@ -923,7 +917,11 @@ std::vector<endpoint> http_server::start() {
     }
     for (auto& l : loops_) {
         for (auto& listener : l->listeners) {
-            l->loop->spawn(accept_loop(l.get(), &listener));
+            l->loop->spawn(accept_loop(&listener, &l->accepting,
+                                       [L = l.get()](accepted a, connection_slot slot) {
+                                           L->loop->spawn(connection(L, std::move(a.conn), a.peer,
+                                                                     std::move(slot)));
+                                       }));
         }
     }
     group_->start([](std::size_t i, std::error_code ec) {
