@@ -7,10 +7,13 @@
 
 #include <zcio/zcio.hpp>
 
+#include <CLI/CLI.hpp>
+
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <future>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -623,6 +626,40 @@ int run_bench_command(const bench_command_options& o) {
         print_table(rows, idle, b);
     }
     return 0;
+}
+
+namespace {
+
+// What `zcio bench` reads from its command line, as typed.
+struct bench_flags {
+    bench_command_options bo;
+    std::string bytes;
+};
+
+int run_bench_flags(bench_flags& f) {
+    if (!f.bytes.empty()) {
+        f.bo.bytes = parse_size(f.bytes, "--bytes");
+        if (f.bo.bytes == 0) {
+            throw usage_error("--bytes: must be more than 0");
+        }
+    }
+    return run_bench_command(f.bo);
+}
+
+} // namespace
+
+subcommand add_bench_command(CLI::App& app) {
+    auto f = std::make_shared<bench_flags>();
+    auto* cmd = app.add_subcommand("bench", "Self-contained benchmark on loopback: relay per "
+                                              "engine, file→socket, socket→file, idle cost");
+    cmd->add_option("--seconds", f->bo.seconds, "Seconds per case")->capture_default_str();
+    cmd->add_option("--bytes", f->bytes,
+                      "Move exactly this much per case (e.g. 1G) instead of for --seconds");
+    cmd->add_flag("--json", f->bo.json, "Print the results as JSON");
+    cmd->add_option("--idle", f->bo.idle_connections, "Idle connections to open")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 4000));
+    return {cmd, [f] { return run_bench_flags(*f); }};
 }
 
 } // namespace zcio::cli

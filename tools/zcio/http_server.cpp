@@ -354,6 +354,20 @@ std::optional<std::string> make_listing(int dir_fd, std::string_view url_path, b
     return out;
 }
 
+// The answer `generate` made, then the connection closes (one request each).
+void generated_answer(plan& p, std::string& h, std::string& body, generated_response g) {
+    p.status = g.status;
+    p.keep_alive = false;
+    body = std::move(g.body);
+    start_head(h, g.status);
+    h += "Content-Type: ";
+    h += g.content_type;
+    h += "\r\nContent-Length: ";
+    append_number(h, body.size());
+    h += "\r\n";
+    end_head(h, false, false);
+}
+
 // Decides the answer to one complete request head. Fills `h` (the response head) and
 // `body` (a small body, or empty) and returns the plan; never blocks on the network.
 plan plan_response(serve_state& s, const head_parser& req, std::string& h, std::string& body) {
@@ -376,6 +390,10 @@ plan plan_response(serve_state& s, const head_parser& req, std::string& h, std::
     if (req.has_body()) {
         // GET and HEAD carry no content here; we do not read one (limit: 0 bytes).
         simple_response(p, h, body, 413, false, http10);
+        return p;
+    }
+    if (s.opts.generate) {
+        generated_answer(p, h, body, s.opts.generate(req.target()));
         return p;
     }
 
@@ -515,9 +533,9 @@ auto send_all_op(stream& s, std::string_view data, int flags) {
         });
 }
 
-void log_access(const std::string& peer, const head_parser* req, int status, std::uint64_t bytes,
-                const char* path, clock::time_point started) {
-    if (!spdlog::should_log(spdlog::level::info)) {
+void log_access(const serve_options& o, const std::string& peer, const head_parser* req,
+                int status, std::uint64_t bytes, const char* path, clock::time_point started) {
+    if (!o.access_log || !spdlog::should_log(spdlog::level::info)) {
         return;
     }
     const double ms = std::chrono::duration<double, std::milli>(clock::now() - started).count();
@@ -674,7 +692,7 @@ task<void> serve_connection(serve_loop* L, stream conn, std::string peer, http::
         ph->since = started;
         auto sent = co_await send_all_op(conn, head, file_body ? MSG_MORE : 0);
         if (!sent) {
-            log_access(peer, parsed ? &req : nullptr, p.status, 0, "-", started);
+            log_access(o, peer, parsed ? &req : nullptr, p.status, 0, "-", started);
             co_return;
         }
         std::uint64_t body_bytes = p.head_only ? 0 : body.size();
@@ -696,13 +714,13 @@ task<void> serve_connection(serve_loop* L, stream conn, std::string peer, http::
             if (!r.ok() || r.bytes != p.length) {
                 // The head promised p.length bytes: a short body can only end the
                 // connection (a file that shrank, or a client that went away).
-                log_access(peer, &req, p.status, body_bytes, path, started);
+                log_access(o, peer, &req, p.status, body_bytes, path, started);
                 spdlog::debug("{}: body ended after {} of {} bytes: {}", peer, r.bytes, p.length,
                               r.ok() ? "the file shrank" : r.error.message());
                 co_return;
             }
         }
-        log_access(peer, parsed ? &req : nullptr, p.status, body_bytes, path, started);
+        log_access(o, peer, parsed ? &req : nullptr, p.status, body_bytes, path, started);
 
         if (!p.keep_alive) {
             ph->k = phase_info::kind::closing;
@@ -768,6 +786,9 @@ task<void> refuse(serve_loop* L, stream conn) {
 
 // A connection beyond --max-connections gets a 503 and a graceful close.
 void refuse_busy(serve_loop* L, accepted a) {
+    if (!L->state->opts.refuse_with_503) {
+        return; // `a` goes out of scope: closed at once
+    }
     // A fresh socket's send buffer is empty: one non-blocking send fits.
     (void)sys::send(a.conn.fd(), busy_response.data(), busy_response.size(), MSG_NOSIGNAL);
     spdlog::warn("{}: refused: --max-connections {} reached", a.peer.to_string(),
@@ -792,12 +813,14 @@ void set_up_accepting(serve_loop* L) {
 
 http_server::http_server(serve_options opts) : state_(std::make_unique<serve_state>()) {
     state_->opts = std::move(opts);
-    auto root = sys::open(state_->opts.root.c_str(), O_PATH | O_DIRECTORY);
-    if (!root) {
-        throw runtime_failure("cannot serve \"" + state_->opts.root +
-                              "\": " + root.error().message());
+    if (!state_->opts.generate) {
+        auto root = sys::open(state_->opts.root.c_str(), O_PATH | O_DIRECTORY);
+        if (!root) {
+            throw runtime_failure("cannot serve \"" + state_->opts.root +
+                                  "\": " + root.error().message());
+        }
+        state_->root = std::move(*root);
     }
-    state_->root = std::move(*root);
     state_->active.set_max(state_->opts.max_connections);
     if (const char* e = std::getenv("ZCIO_SERVE_NO_OPENAT2"); e != nullptr && *e == '1') {
         state_->use_openat2 = false;
