@@ -131,6 +131,77 @@ void warn_restart_only(const global_options& running, const global_options& next
     }
 }
 
+namespace {
+
+using runtime_list = std::vector<std::shared_ptr<route_runtime>>;
+using entry_list = std::vector<std::shared_ptr<listener_entry>>;
+
+// What binding a reload's new addresses learns over the loops. New addresses with port
+// 0: the first loop that binds one picks the port and the others reuse it, as in
+// start(). By route and address as configured (a file's addresses are unique but for
+// port 0: load_config_file checks).
+struct bind_round {
+    std::map<std::pair<const route_runtime*, std::string>, endpoint> resolved;
+    std::vector<std::string> ready; // "listening on" lines, logged once all are bound
+};
+
+// On `c`'s loop: binds every address of `runtimes` that the loop does not listen on
+// yet into `out` (kept there when a later bind throws, for the caller to close).
+void bind_fresh(loop_ctx& c, const runtime_list& runtimes, bind_round& round, entry_list& out) {
+    auto held = listener_keys(c);
+    for (const auto& rt : runtimes) {
+        for (const auto& ep : rt->config.listen) {
+            const std::string key = ep.to_string();
+            if (!listens_on(c, ep) || take(held, key)) {
+                continue;
+            }
+            const auto known = round.resolved.find({rt.get(), key});
+            auto e = bind_entry(c, rt, known != round.resolved.end() ? known->second : ep);
+            e->key = key;
+            if (known == round.resolved.end()) {
+                const endpoint bound = e->listener.local_endpoint();
+                round.resolved.emplace(std::pair{rt.get(), key}, bound);
+                round.ready.push_back(rt->config.name + " listening on " + bound.to_string() +
+                                      " → " + rt->config.upstream.to_string());
+            }
+            out.push_back(std::move(e));
+        }
+    }
+}
+
+// On `c`'s loop, once every bind succeeded: the fresh listeners start accepting, the
+// held ones whose address stays take their new route, the others are closed.
+void swap_listeners(loop_ctx& c, const runtime_list& runtimes, entry_list fresh) {
+    // Same key: the listeners in the order they were made, as the routes take them
+    // (several port-0 routes keep their own ports, on every loop).
+    std::unordered_map<std::string, std::deque<std::shared_ptr<listener_entry>>> held;
+    for (auto& e : c.listeners) {
+        held[e->key].push_back(std::move(e));
+    }
+    entry_list next = std::move(fresh);
+    for (auto& e : next) {
+        start_accepting(c, e);
+    }
+    for (const auto& rt : runtimes) {
+        for (const auto& ep : rt->config.listen) {
+            auto it = listens_on(c, ep) ? held.find(ep.to_string()) : held.end();
+            if (it != held.end() && !it->second.empty()) {
+                set_route(*it->second.front(), rt); // same address: keep the socket
+                next.push_back(std::move(it->second.front()));
+                it->second.pop_front();
+            }
+        }
+    }
+    for (auto& [key, left] : held) {
+        for (auto& e : left) {
+            e->listener.close(); // removed: its accept loop ends, and frees it
+        }
+    }
+    c.listeners = std::move(next);
+}
+
+} // namespace
+
 void proxy_server::reload(proxy_config cfg) {
     // All or nothing: every new listener is bound first (on its loop, loops one after
     // the other) while the running routes serve on; only if all of them are bound are
@@ -142,36 +213,13 @@ void proxy_server::reload(proxy_config cfg) {
     const auto need = count_listeners(ctxs_, cfg);
     check_descriptors(need.fresh);
     auto runtimes = make_runtimes(cfg);
-    std::vector<std::vector<std::shared_ptr<listener_entry>>> fresh(ctxs_.size());
-    // New addresses with port 0: the first loop that binds one picks the port and the
-    // others reuse it, as in start(). By route and address as configured (a file's
-    // addresses are unique but for port 0: load_config_file checks).
-    std::map<std::pair<const route_runtime*, std::string>, endpoint> resolved;
-    std::vector<std::string> ready;
+    std::vector<entry_list> fresh(ctxs_.size());
+    bind_round round;
     std::string failure;
     for (std::size_t i = 0; i < ctxs_.size() && failure.empty(); ++i) {
-        loop_ctx& c = *ctxs_[i];
-        run_on(c, [&] {
-            auto held = listener_keys(c);
+        run_on(*ctxs_[i], [&] {
             try {
-                for (const auto& rt : runtimes) {
-                    for (const auto& ep : rt->config.listen) {
-                        const std::string key = ep.to_string();
-                        if (!listens_on(c, ep) || take(held, key)) {
-                            continue;
-                        }
-                        const auto known = resolved.find({rt.get(), key});
-                        auto e = bind_entry(c, rt, known != resolved.end() ? known->second : ep);
-                        e->key = key;
-                        if (known == resolved.end()) {
-                            const endpoint bound = e->listener.local_endpoint();
-                            resolved.emplace(std::pair{rt.get(), key}, bound);
-                            ready.push_back(rt->config.name + " listening on " + bound.to_string() +
-                                            " → " + rt->config.upstream.to_string());
-                        }
-                        fresh[i].push_back(std::move(e));
-                    }
-                }
+                bind_fresh(*ctxs_[i], runtimes, round, fresh[i]);
             } catch (const std::exception& f) {
                 failure = f.what();
             }
@@ -197,48 +245,18 @@ void proxy_server::reload(proxy_config cfg) {
     set_route_limits(runtimes);
     set_default_limit(budget_, cfg, need.total);
     for (std::size_t i = 0; i < ctxs_.size(); ++i) {
-        loop_ctx& c = *ctxs_[i];
-        run_on(c, [&] {
-            adopt_routes(c, runtimes);
-            // Same key: the listeners in the order they were made, as the routes take
-            // them (several port-0 routes keep their own ports, on every loop).
-            std::unordered_map<std::string, std::deque<std::shared_ptr<listener_entry>>> held;
-            for (auto& e : c.listeners) {
-                held[e->key].push_back(std::move(e));
-            }
-            std::vector<std::shared_ptr<listener_entry>> next = std::move(fresh[i]);
-            for (auto& e : next) {
-                start_accepting(c, e);
-            }
-            for (const auto& rt : runtimes) {
-                for (const auto& ep : rt->config.listen) {
-                    if (!listens_on(c, ep)) {
-                        continue;
-                    }
-                    auto it = held.find(ep.to_string());
-                    if (it != held.end() && !it->second.empty()) {
-                        set_route(*it->second.front(), rt); // same address: keep the socket
-                        next.push_back(std::move(it->second.front()));
-                        it->second.pop_front();
-                    }
-                }
-            }
-            for (auto& [key, left] : held) {
-                for (auto& e : left) {
-                    e->listener.close(); // removed: its accept loop ends, and frees it
-                }
-            }
-            c.listeners = std::move(next);
+        run_on(*ctxs_[i], [&] {
+            adopt_routes(*ctxs_[i], runtimes);
+            swap_listeners(*ctxs_[i], runtimes, std::move(fresh[i]));
         });
     }
-    for (const auto& line : ready) {
+    for (const auto& line : round.ready) {
         spdlog::info("{}", line);
     }
     warn_restart_only(cfg_.global, cfg.global);
     cfg_.routes = std::move(cfg.routes); // the process-wide keys stay as started
     spdlog::info("reloaded: {} route(s)", cfg_.routes.size());
 }
-
 
 config_reloader::config_reloader(event_loop& loop, proxy_server& server,
                                  std::function<proxy_config()> load)
