@@ -47,7 +47,7 @@ void start_client(event_loop& loop, stream* c, client_run* run, std::size_t byte
 
 TEST(connection_limit, the_nearest_maximum_applies_and_the_parent_counts_all) {
     connection_limit budget(3);
-    connection_limit own(1, &budget);  // limited by itself only
+    connection_limit own(1, &budget);    // limited by itself only
     connection_limit shared(0, &budget); // limited by the budget
     auto a = own.try_acquire();
     ASSERT_TRUE(a);
@@ -97,7 +97,8 @@ TEST_F(accept_loop_test, handlers_echo_random_data_and_free_their_slots) {
         start_client(loop, &conns.back(), &runs[i], 300'000 + 1'000 * i, 100 + 10 * i);
     }
     ASSERT_TRUE(loop.block_on(test::wait_until(
-        &loop, [&] {
+        &loop,
+        [&] {
             for (auto& r : runs) {
                 if (!r.received.done) {
                     return false;
@@ -153,7 +154,8 @@ TEST_F(accept_loop_test, clients_past_the_limit_are_refused_until_a_slot_frees) 
     loop.spawn(read_to_end(&c1, &ended[0]));
     loop.spawn(read_to_end(&c2, &ended[1]));
     loop.spawn(read_to_end(&c3, &ended[2]));
-    ASSERT_TRUE(loop.block_on(test::wait_until(&loop, [&] { return ended[2]; }, 5s)))
+    ASSERT_TRUE(loop.block_on(test::wait_until(
+        &loop, [&] { return ended[2]; }, 5s)))
         << "the third client was not closed";
     EXPECT_EQ(refused, 1);
     EXPECT_EQ(held.size(), 2u);
@@ -163,10 +165,12 @@ TEST_F(accept_loop_test, clients_past_the_limit_are_refused_until_a_slot_frees) 
     held.pop_front(); // its connection ends: the slot frees
     EXPECT_EQ(limit.open(), 1u);
     stream c4 = connect();
-    ASSERT_TRUE(loop.block_on(test::wait_until(&loop, [&] { return held.size() == 2; }, 5s)));
+    ASSERT_TRUE(loop.block_on(test::wait_until(
+        &loop, [&] { return held.size() == 2; }, 5s)));
     EXPECT_EQ(refused, 1);
     EXPECT_EQ(limit.open(), 2u);
-    ASSERT_TRUE(loop.block_on(test::wait_until(&loop, [&] { return ended[0]; }, 5s)));
+    ASSERT_TRUE(loop.block_on(test::wait_until(
+        &loop, [&] { return ended[0]; }, 5s)));
     held.clear();
     c1.close();
     c2.close();
@@ -241,9 +245,11 @@ TEST_F(accept_loop_test, emfile_backs_off_without_spinning_then_serves) {
     {
         auto w = loop.block_on(stream::connect(loop, l->local_endpoint(), 5s));
         ASSERT_TRUE(w) << w.error().message();
-        ASSERT_TRUE(loop.block_on(test::wait_until(&loop, [&] { return handled == 1; }, 5s)));
+        ASSERT_TRUE(loop.block_on(test::wait_until(
+            &loop, [&] { return handled == 1; }, 5s)));
     }
-    ASSERT_TRUE(loop.block_on(test::wait_until(&loop, [&] { return echoed.done; }, 5s)));
+    ASSERT_TRUE(loop.block_on(test::wait_until(
+        &loop, [&] { return echoed.done; }, 5s)));
     echoed = {};
     auto cfd = sys::socket(AF_INET, SOCK_STREAM);
     ASSERT_TRUE(cfd) << cfd.error().message();

@@ -19,7 +19,8 @@ TEST(copy_path, every_name_parses_back_to_its_path) {
 }
 
 TEST(copy_path, anything_else_is_no_path) {
-    for (const char* bad : {"", "Splice", "auto ", " buffer", "copy-file-range", "?", "automatic"}) {
+    for (const char* bad :
+         {"", "Splice", "auto ", " buffer", "copy-file-range", "?", "automatic"}) {
         EXPECT_FALSE(parse_copy_path(bad)) << '"' << bad << '"';
     }
 }

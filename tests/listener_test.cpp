@@ -126,7 +126,7 @@ const char* to_string(where w) {
 }
 
 class listener_accept_test : public test::fd_leak_check,
-                                 public ::testing::WithParamInterface<where> {};
+                             public ::testing::WithParamInterface<where> {};
 
 TEST_P(listener_accept_test, accepts_a_client_and_echoes_random_data) {
     const where w = GetParam();

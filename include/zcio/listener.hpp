@@ -41,8 +41,7 @@ public:
     ~listener();
 
     // socket + SO_REUSEADDR (+ SO_REUSEPORT) + bind + listen, watched on `loop`.
-    static result<listener> bind(event_loop& loop, const endpoint& at,
-                                     listen_options opts = {});
+    static result<listener> bind(event_loop& loop, const endpoint& at, listen_options opts = {});
 
     // Waits for and accepts one connection. When the process is out of descriptors
     // (EMFILE/ENFILE) the pending client stays in the backlog; accept backs off with

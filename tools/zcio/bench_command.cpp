@@ -651,10 +651,10 @@ int run_bench_flags(bench_flags& f) {
 subcommand add_bench_command(CLI::App& app) {
     auto f = std::make_shared<bench_flags>();
     auto* cmd = app.add_subcommand("bench", "Self-contained benchmark on loopback: relay per "
-                                              "engine, file→socket, socket→file, idle cost");
+                                            "engine, file→socket, socket→file, idle cost");
     cmd->add_option("--seconds", f->bo.seconds, "Seconds per case")->capture_default_str();
     cmd->add_option("--bytes", f->bytes,
-                      "Move exactly this much per case (e.g. 1G) instead of for --seconds");
+                    "Move exactly this much per case (e.g. 1G) instead of for --seconds");
     cmd->add_flag("--json", f->bo.json, "Print the results as JSON");
     cmd->add_option("--idle", f->bo.idle_connections, "Idle connections to open")
         ->capture_default_str()

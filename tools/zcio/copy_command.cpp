@@ -359,24 +359,24 @@ int run_copy_flags(copy_flags& f) {
 subcommand add_copy_command(CLI::App& app) {
     auto f = std::make_shared<copy_flags>();
     auto* cmd = app.add_subcommand("copy", "One-way copy from SRC to DST, like socat, by the "
-                                            "cheapest kernel path");
+                                           "cheapest kernel path");
     cmd->add_option("SRC", f->co.source,
-                     "- (stdin), file:PATH, tcp:HOST:PORT, tcp-listen:HOST:PORT, unix:PATH, "
-                     "unix-listen:PATH")
+                    "- (stdin), file:PATH, tcp:HOST:PORT, tcp-listen:HOST:PORT, unix:PATH, "
+                    "unix-listen:PATH")
         ->required();
     cmd->add_option("DST", f->co.destination,
-                     "- (stdout), file:PATH (created or truncated; a sparse source keeps "
-                     "its holes), file:PATH,append, "
-                     "tcp:HOST:PORT, tcp-listen:HOST:PORT, unix:PATH, unix-listen:PATH")
+                    "- (stdout), file:PATH (created or truncated; a sparse source keeps "
+                    "its holes), file:PATH,append, "
+                    "tcp:HOST:PORT, tcp-listen:HOST:PORT, unix:PATH, unix-listen:PATH")
         ->required();
     cmd->add_option("--limit", f->limit, "Copy at most this many bytes (e.g. 1M)");
     cmd->add_option("--engine", f->engine,
-                     "auto, splice, sendfile, copy_file_range or buffer (forcing one still falls "
-                     "back when the kernel refuses)")
+                    "auto, splice, sendfile, copy_file_range or buffer (forcing one still falls "
+                    "back when the kernel refuses)")
         ->capture_default_str();
     cmd->add_flag("-v,--verbose", f->co.verbose,
-                   "Print bytes, path and rate on stderr at the end, and where a listening "
-                   "end listens (always printed for port 0)");
+                  "Print bytes, path and rate on stderr at the end, and where a listening "
+                  "end listens (always printed for port 0)");
     return {cmd, [f] { return run_copy_flags(*f); }};
 }
 

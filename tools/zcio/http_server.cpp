@@ -533,8 +533,8 @@ auto send_all_op(stream& s, std::string_view data, int flags) {
         });
 }
 
-void log_access(const serve_options& o, const std::string& peer, const head_parser* req,
-                int status, std::uint64_t bytes, const char* path, clock::time_point started) {
+void log_access(const serve_options& o, const std::string& peer, const head_parser* req, int status,
+                std::uint64_t bytes, const char* path, clock::time_point started) {
     if (!o.access_log || !spdlog::should_log(spdlog::level::info)) {
         return;
     }
@@ -940,11 +940,10 @@ std::vector<endpoint> http_server::start() {
     }
     for (auto& l : loops_) {
         for (auto& listener : l->listeners) {
-            l->loop->spawn(accept_loop(&listener, &l->accepting,
-                                       [L = l.get()](accepted a, connection_slot slot) {
-                                           L->loop->spawn(connection(L, std::move(a.conn), a.peer,
-                                                                     std::move(slot)));
-                                       }));
+            l->loop->spawn(accept_loop(
+                &listener, &l->accepting, [L = l.get()](accepted a, connection_slot slot) {
+                    L->loop->spawn(connection(L, std::move(a.conn), a.peer, std::move(slot)));
+                }));
         }
     }
     group_->start([](std::size_t i, std::error_code ec) {

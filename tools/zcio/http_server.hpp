@@ -21,7 +21,7 @@ struct generated_response {
 };
 
 struct serve_options {
-    std::string root; // unused (and not opened) when `generate` is set
+    std::string root;                    // unused (and not opened) when `generate` is set
     std::vector<endpoint> listen;        // one or more; a Unix socket alone
     std::size_t threads = 0;             // 0: one per core
     std::uint64_t max_connections = 0;   // 0: no limit

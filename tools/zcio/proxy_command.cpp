@@ -194,50 +194,46 @@ const CLI::Validator whole_number(
 subcommand add_proxy_command(CLI::App& app) {
     auto f = std::make_shared<proxy_flags>();
     auto* cmd = app.add_subcommand("proxy", "TCP/Unix forwarder: every client connection is "
-                                              "relayed to the upstream (splice where possible)");
-    cmd
-        ->add_option("-l,--listen", f->listen,
-                     "Address to accept clients on; repeatable. HOST:PORT, [::1]:PORT, "
-                     "HOST:FIRST-LAST (every port of the range), unix:/path, unix:@abstract; "
-                     "a bare PORT or :PORT means 127.0.0.1 (0.0.0.0:PORT for every interface)")
+                                            "relayed to the upstream (splice where possible)");
+    cmd->add_option("-l,--listen", f->listen,
+                    "Address to accept clients on; repeatable. HOST:PORT, [::1]:PORT, "
+                    "HOST:FIRST-LAST (every port of the range), unix:/path, unix:@abstract; "
+                    "a bare PORT or :PORT means 127.0.0.1 (0.0.0.0:PORT for every interface)")
         // One address per flag, taken as typed: CLI11 would otherwise read "[::1]" as a
         // list and hand over "::1".
         ->allow_extra_args(false);
     cmd->add_option("-u,--upstream", f->upstream,
-                      "Address to connect each client to (a name: each of its addresses "
-                      "is tried, Happy Eyeballs)");
+                    "Address to connect each client to (a name: each of its addresses "
+                    "is tried, Happy Eyeballs)");
     cmd->add_option("-c,--config", f->config,
-                      "TOML file with [[route]] tables (see docs/proxy.md); "
-                      "SIGHUP reloads it");
+                    "TOML file with [[route]] tables (see docs/proxy.md); "
+                    "SIGHUP reloads it");
     cmd->add_option("-t,--threads", f->threads, "Event loops (threads); default: one per core")
         ->check(CLI::Range(1, 1024));
     cmd->add_option("--engine", f->engine, "auto, splice or buffer")->capture_default_str();
     cmd->add_option("--pipe-size", f->pipe_size, "Size of pooled pipes (e.g. 1M); default 1 MiB");
-    cmd
-        ->add_option("--max-connections", f->max_connections,
-                     "Open client connections at most; more are accepted and closed at once "
-                     "(0: no limit; default: one limit shared by every route without its own, "
-                     "(open-file limit - 64 reserved - listeners) / 2, as each connection "
-                     "costs two descriptors)")
+    cmd->add_option("--max-connections", f->max_connections,
+                    "Open client connections at most; more are accepted and closed at once "
+                    "(0: no limit; default: one limit shared by every route without its own, "
+                    "(open-file limit - 64 reserved - listeners) / 2, as each connection "
+                    "costs two descriptors)")
         ->check(whole_number); // CLI11 2.1 reads "-1" into an unsigned as 2^64 - 1
     cmd->add_option("--idle-timeout", f->idle_timeout,
-                      "Close a connection when no byte moved either way for this long (e.g. 30s; "
-                      "0: never; default 1h)");
+                    "Close a connection when no byte moved either way for this long (e.g. 30s; "
+                    "0: never; default 1h)");
     cmd->add_option("--connect-timeout", f->connect_timeout, "Upstream connect timeout")
         ->capture_default_str();
-    cmd->add_option(
-        "--rate-limit", f->rate_limit,
-        "Bytes per second per connection and direction (e.g. 10M); works with splice");
+    cmd->add_option("--rate-limit", f->rate_limit,
+                    "Bytes per second per connection and direction (e.g. 10M); works with splice");
     cmd->add_option("--proxy-protocol", f->proxy_protocol,
-                      "Send a PROXY protocol header (v1 or v2) to the upstream");
+                    "Send a PROXY protocol header (v1 or v2) to the upstream");
     cmd->add_option("--metrics", f->metrics, "Serve Prometheus metrics at http://ADDR/metrics");
     cmd->add_option("--busy-poll", f->busy_poll,
-                      "After work, poll without sleeping for this long before blocking (e.g. "
-                      "50us, at most 10ms): lower latency on machines slow to wake a core, at "
-                      "the cost of CPU while traffic flows; default off");
-    cmd
-        ->add_option("--drain-timeout", f->drain_timeout,
-                     "On SIGINT/SIGTERM, wait this long for open connections before closing them")
+                    "After work, poll without sleeping for this long before blocking (e.g. "
+                    "50us, at most 10ms): lower latency on machines slow to wake a core, at "
+                    "the cost of CPU while traffic flows; default off");
+    cmd->add_option("--drain-timeout", f->drain_timeout,
+                    "On SIGINT/SIGTERM, wait this long for open connections before closing them")
         ->capture_default_str();
     return {cmd, [f] { return run_proxy(*f); }};
 }

@@ -22,8 +22,8 @@ class proxied_connection;
 struct listener_entry {
     std::shared_ptr<route_runtime> rt;
     zcio::listener listener;
-    std::string key;           // the endpoint text, for reload diffs
-    accept_options accepting;  // its limit is the route's (set_route)
+    std::string key;          // the endpoint text, for reload diffs
+    accept_options accepting; // its limit is the route's (set_route)
 };
 
 struct loop_ctx {
@@ -71,8 +71,7 @@ struct listener_count {
 listener_count count_listeners(const std::vector<std::unique_ptr<loop_ctx>>& ctxs,
                                const proxy_config& cfg);
 void check_descriptors(std::uint64_t fresh);
-void set_default_limit(connection_budget& budget, const proxy_config& cfg,
-                       std::uint64_t listeners);
+void set_default_limit(connection_budget& budget, const proxy_config& cfg, std::uint64_t listeners);
 // Each route's own max_connections into its limit (0 in the config: none at all).
 void set_route_limits(const std::vector<std::shared_ptr<route_runtime>>& runtimes);
 void warn_restart_only(const global_options& running, const global_options& next);

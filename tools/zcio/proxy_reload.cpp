@@ -15,7 +15,6 @@ namespace zcio::cli {
 
 using namespace std::chrono_literals;
 
-
 // The addresses the loop listens on, as configured, with how many listeners each
 // has: several routes may ask for "127.0.0.1:0", each with a port of its own.
 namespace {

@@ -72,5 +72,4 @@ task<void> refresh_metrics(loop_ctx* ctx) {
     }
 }
 
-
 } // namespace zcio::cli
