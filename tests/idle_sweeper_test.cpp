@@ -153,7 +153,7 @@ void chaos_entry::on_tick(clock::duration /*tick*/) {
     if (kill_next_and_self) {
         auto& self = (*all)[static_cast<std::size_t>(id)];
         (*all)[static_cast<std::size_t>(id - 1)].reset(); // next in the sweep
-        self.reset();                                      // destroys this: return at once
+        self.reset();                                     // destroys this: return at once
     }
 }
 

@@ -124,8 +124,8 @@ private:
     }
     static void set_muted(io_handle& h, io_direction d, bool on) noexcept {
         const std::uint8_t bits = backend_bits(h);
-        set_backend_bits(h, static_cast<std::uint8_t>(on ? bits | muted_bit(d)
-                                                          : bits & ~muted_bit(d)));
+        set_backend_bits(
+            h, static_cast<std::uint8_t>(on ? bits | muted_bit(d) : bits & ~muted_bit(d)));
     }
 
     // After a wake-up for nothing: stops watching the directions this batch reported

@@ -78,7 +78,8 @@ enum class target_kind {
 constexpr const char* validator_xattr = "user.zcio.validator";
 
 // Everything the download reports, kept outside the coroutine so that it survives a
-// cancellation (the --timeout deadline, --max-time or a signal), which destroys the coroutine where it waits.
+// cancellation (the --timeout deadline, --max-time or a signal), which destroys the
+// coroutine where it waits.
 struct get_state {
     target_kind kind = target_kind::part;
     int out_fd = STDOUT_FILENO;    // standard_output: the descriptor written (a dup of it)

@@ -535,7 +535,8 @@ void log_access(const std::string& peer, const head_parser* req, int status, std
 // Closes after a final answer without losing it: a close() with unread bytes in the
 // receive queue sends RST, which can destroy the answer in flight. So shut down our
 // side, then read and drop what the client still sends, for a short while.
-task<void> lingering_close(serve_loop* L, stream* conn, buffer_lease* buf, http::deadline_watch* w) {
+task<void> lingering_close(serve_loop* L, stream* conn, buffer_lease* buf,
+                           http::deadline_watch* w) {
     (void)conn->shutdown_write();
     w->slide = {};
     w->deadline = clock::now() + 2s;
