@@ -4,7 +4,7 @@
 // Why: a connection that waits for data should hold no memory. These operations wait
 // for readiness first, borrow a buffer only for the read (and the write that follows),
 // and give it back at once, so an idle connection holds zero buffers (the
-// async_io_bufpool idea; DESIGN.md, "memory follows data").
+// async_io_bufpool idea; docs/ARCHITECTURE.md, "Memory follows data").
 //
 // Threading: one pool per event loop; nothing here is synchronised.
 #pragma once
@@ -193,7 +193,7 @@ struct pooled_copy_options {
     std::optional<std::uint64_t> limit{};
     // After this many bytes without suspending, yield to the loop: with edge-triggered
     // readiness a fast pair of fds could otherwise starve every other coroutine.
-    std::size_t yield_after = std::size_t{1} << 20;
+    std::size_t yield_budget = std::size_t{1} << 20;
     // When set, bytes are added here as they are written, so a caller still knows how
     // much moved after an error or a cancellation (the task's result is then lost).
     std::uint64_t* progress = nullptr;

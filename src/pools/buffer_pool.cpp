@@ -193,7 +193,7 @@ task<result<std::uint64_t>> pooled_copy(stream& src, stream& dst, buffer_pool& p
         }
         since_yield += chunk->n;
         chunk->lease.reset();
-        if (opts.yield_after != 0 && since_yield >= opts.yield_after) {
+        if (opts.yield_budget != 0 && since_yield >= opts.yield_budget) {
             since_yield = 0;
             co_await yield(src.loop());
         }

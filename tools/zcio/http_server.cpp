@@ -61,6 +61,9 @@ struct serve_loop {
     // What refused clients still send is read into this and dropped. One per loop is
     // enough: only this loop's thread reads into it, and nobody looks at the bytes.
     std::array<std::byte, 4096> discard{};
+    // Checks every connection's deadline (http::deadline_watch) once a tick: one timer
+    // per loop instead of a watchdog coroutine per connection.
+    std::unique_ptr<idle_sweeper> sweeper;
 };
 
 namespace {
@@ -551,7 +554,8 @@ void log_access(const serve_options& o, const std::string& peer, const head_pars
 // Closes after a final answer without losing it: a close() with unread bytes in the
 // receive queue sends RST, which can destroy the answer in flight. So shut down our
 // side, then read and drop what the client still sends, for a short while.
-task<void> lingering_close(serve_loop* L, stream* conn, buffer_lease* buf, http::watch_state* w) {
+task<void> lingering_close(serve_loop* L, stream* conn, buffer_lease* buf,
+                           http::deadline_watch* w) {
     (void)conn->shutdown_write();
     w->slide = {};
     w->deadline = clock::now() + 2s;
@@ -600,7 +604,7 @@ void log_timeout(const std::string& peer, const phase_info& ph) {
     }
 }
 
-task<void> serve_connection(serve_loop* L, stream conn, std::string peer, http::watch_state* w,
+task<void> serve_connection(serve_loop* L, stream conn, std::string peer, http::deadline_watch* w,
                             phase_info* ph) {
     serve_state& s = *L->state;
     const serve_options& o = s.opts;
@@ -733,14 +737,13 @@ task<void> serve_connection(serve_loop* L, stream conn, std::string peer, http::
 }
 
 task<void> connection(serve_loop* L, stream conn, endpoint peer, connection_slot slot) {
-    auto w = std::make_shared<http::watch_state>();
-    L->loop->spawn(http::watchdog(L->loop, w));
+    http::deadline_watch w; // in this frame: leaves the sweeper when the frame goes
+    L->sweeper->add(w);
     std::string peer_text = peer.to_string();
     phase_info ph;
     auto r = co_await with_cancel(
-        *L->loop, serve_connection(L, std::move(conn), peer_text, w.get(), &ph), w->cancel);
-    w->done = true;
-    if (!r && w->fired) {
+        *L->loop, serve_connection(L, std::move(conn), peer_text, &w, &ph), w.cancel);
+    if (!r && w.fired) {
         log_timeout(peer_text, ph);
     }
     slot.release(); // before the frame goes: the count is the process's
@@ -776,11 +779,10 @@ task<void> drain_refused(serve_loop* L, stream* conn) {
 // sends (its request, typically) for a short while, so the close does not turn into a
 // reset that destroys the 503 before the client has read it.
 task<void> refuse(serve_loop* L, stream conn) {
-    auto w = std::make_shared<http::watch_state>();
-    w->deadline = clock::now() + refuse_linger;
-    L->loop->spawn(http::watchdog(L->loop, w));
-    (void)co_await with_cancel(*L->loop, drain_refused(L, &conn), w->cancel);
-    w->done = true;
+    http::deadline_watch w;
+    w.deadline = clock::now() + refuse_linger;
+    L->sweeper->add(w);
+    (void)co_await with_cancel(*L->loop, drain_refused(L, &conn), w.cancel);
     --L->refusing;
 }
 
@@ -811,6 +813,15 @@ void set_up_accepting(serve_loop* L) {
 
 } // namespace
 
+namespace {
+// The sweep's tick follows the shortest timeout (http::sweep_tick_for); the fixed
+// lingers of a closing or refused connection (1-2 s) are never shorter than a tick.
+clock::duration sweep_tick(const serve_options& o) {
+    const auto shortest = std::min({o.header_timeout, o.idle_timeout, o.send_timeout});
+    return http::sweep_tick_for(std::chrono::duration_cast<clock::duration>(shortest));
+}
+} // namespace
+
 http_server::http_server(serve_options opts) : state_(std::make_unique<serve_state>()) {
     state_->opts = std::move(opts);
     if (!state_->opts.generate) {
@@ -835,6 +846,7 @@ http_server::http_server(serve_options opts) : state_(std::make_unique<serve_sta
         bo.buffer_size = state_->opts.max_header_size;
         bo.max_idle = 256;
         l->heads = std::make_unique<buffer_pool>(bo);
+        l->sweeper = std::make_unique<idle_sweeper>(*l->loop, sweep_tick(state_->opts));
         set_up_accepting(l.get());
         loops_.push_back(std::move(l));
     }
