@@ -769,7 +769,9 @@ def m_stalled(row, test, args, rundir, uport, port, start_server, start_proxy):
     client = None
     try:
         proxy = start_proxy(["--metrics", f"{HOST}:{mport}"], upstream="unix:" + path)
-        n = args.conns
+        # A stalled spliced connection holds 4 descriptors (2 sockets, a pipe's 2 ends):
+        # at the limit the proxy cannot accept its own /metrics scrape any more.
+        n = min(args.conns, (resource.getrlimit(resource.RLIMIT_NOFILE)[1] - 256) // 4)
         wait_rss_steady(proxy.pid, 0.2)
         before = tree_census(proxy.pid)
         client = stall_peer("stall-clients", ["stall-clients", str(port), "1"], rundir)
