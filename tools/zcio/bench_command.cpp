@@ -1,7 +1,8 @@
-// `zcio bench`: a self-contained benchmark. A sink, a relay per engine and a client
-// run in one process on loopback; it prints rate, CPU and system calls per GiB of the
-// thread that moves the bytes, round trips of a chatty exchange, and, per engine, what
-// idle relayed connections hold.
+// `zcio bench`: a self-contained benchmark. A sink, a relay per engine (zcio::relay in a
+// relay_set, as `zcio proxy` holds its connections) and a client run in one process on
+// loopback; it prints rate, CPU and system calls per GiB of the thread that moves the
+// bytes, round trips of a chatty exchange, and, per engine, what idle relayed
+// connections hold.
 #include "cli_util.hpp"
 #include "commands.hpp"
 
@@ -114,16 +115,40 @@ task<void> serve(event_loop* loop, listener* l, bool echoing) {
     }
 }
 
-// ---- the relay under test ----
+// ---- the relay under test: zcio::relay, the engine `zcio proxy` runs ----
 
 struct relay_state {
     endpoint upstream;
     copy_path engine = copy_path::automatic;
     transfer_pools pools;
+    std::unique_ptr<relay_set> relays; // made on the relay's loop by relay_rig
     copy_path last_path = copy_path::automatic;
     // Connections relayed end to end right now (upstream connected, not yet ended):
     // the idle case reads it with the pools so its count is the relay's, not the client's.
     std::size_t open = 0;
+};
+
+// One relayed connection, as the proxy holds it: a relay object in its loop's set that
+// deletes itself when both directions are done (no coroutine frame while it waits).
+class bench_relay final : public relay {
+public:
+    bench_relay(relay_state* st, stream client, stream upstream, const bidirectional_options& o)
+        : relay(std::move(client), std::move(upstream), o), st_(st) {
+        st_->relays->add(*this);
+        ++st_->open;
+    }
+
+protected:
+    void on_done(const traffic& t) override {
+        --st_->open;
+        if (t.a_to_b > 0) {
+            st_->last_path = t.a_to_b_path;
+        }
+        delete this; // leaves the set
+    }
+
+private:
+    relay_state* st_;
 };
 
 task<void> relay_one(relay_state* st, event_loop* loop, stream client) {
@@ -134,12 +159,8 @@ task<void> relay_one(relay_state* st, event_loop* loop, stream client) {
     bidirectional_options o;
     o.path = st->engine;
     o.pools = &st->pools;
-    ++st->open;
-    traffic t = co_await copy_bidirectional(client, *up, o);
-    --st->open;
-    if (t.a_to_b > 0) {
-        st->last_path = t.a_to_b_path;
-    }
+    auto* r = new bench_relay(st, std::move(client), std::move(*up), o);
+    r->start(); // `r` may be gone once start() returns (its on_done deletes it)
 }
 
 task<void> relay_accept(relay_state* st, event_loop* loop, listener* l) {
@@ -174,6 +195,7 @@ struct relay_rig {
         peer = listen_loopback(peer_group.loop(0));
         relay = listen_loopback(relay_group.loop(0));
         state.upstream = peer.local_endpoint();
+        state.relays = std::make_unique<relay_set>(relay_group.loop(0));
         peer_group.loop(0).spawn(serve(&peer_group.loop(0), &peer, echoing));
         relay_group.loop(0).spawn(relay_accept(&state, &relay_group.loop(0), &relay));
         peer_group.start();
@@ -186,16 +208,32 @@ struct relay_rig {
         });
         on_loop(relay_group.loop(0), [this] {
             relay.close();
+            state.relays->cancel_all();
             return 0;
         });
+        wait_relays_gone();
         relay_group.stop();
         peer_group.stop();
         relay_group.join();
         peer_group.join();
+        state.relays.reset(); // after its relays, before its loop
     }
     relay_rig(const relay_rig&) = delete;
     relay_rig& operator=(const relay_rig&) = delete;
     event_loop& relay_loop() { return relay_group.loop(0); }
+
+private:
+    // Cancelled relays deliver on_done() (and delete themselves) from their loop a few
+    // turns later; the loop must not stop with one left. Bounded: 2 s.
+    void wait_relays_gone() {
+        for (int i = 0; i < 200; ++i) {
+            if (on_loop(relay_group.loop(0), [this] { return state.relays->empty(); })) {
+                return;
+            }
+            std::this_thread::sleep_for(10ms);
+        }
+        std::fprintf(stderr, "zcio bench: relays still open after 2 s; leaving them\n");
+    }
 };
 
 // ---- clients ----
