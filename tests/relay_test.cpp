@@ -36,14 +36,18 @@ const std::vector<std::byte>& data() {
     return d;
 }
 
-// A relay that records how it ended.
+// A relay that records how it ended (and how often it was told).
 class recorded_relay final : public relay {
 public:
     using relay::relay;
     std::optional<traffic> result;
+    int done_calls = 0;
 
 protected:
-    void on_done(const traffic& t) override { result = t; }
+    void on_done(const traffic& t) override {
+        result = t;
+        ++done_calls;
+    }
 };
 
 // A connected pair: the relay gets `first`, the client or server `second`. Over TCP the
@@ -279,6 +283,27 @@ TEST_F(relay_test, a_reset_ends_both_directions_and_keeps_the_counts) {
     g->client.close(); // the producer may still wait on a full socket
     (void)loop.block_on(test::wait_until(
         &loop, [&] { return sent.done; }, 10s));
+}
+
+// The first direction fails inside start() (its destination is already gone): the
+// relay ends once, with that error, and on_done() comes exactly once.
+TEST_F(relay_test, a_direction_that_fails_at_start_ends_the_relay_once) {
+    event_loop loop;
+    bidirectional_options o;
+    o.pools = &pools;
+    auto g = make_rig(loop, false, o);
+    ASSERT_TRUE(g) << g.error().message();
+    const auto msg = std::span(data()).first(1000);
+    ASSERT_EQ(sys::write(g->client.fd(), msg.data(), msg.size()).value_or(0), msg.size());
+    g->server.close(); // a→b now fails with EPIPE at its first send
+    g->r->start();
+    ASSERT_TRUE(loop.block_on(test::wait_until(
+        &loop, [&] { return g->r->result.has_value(); }, 10s)));
+    loop.block_on(test::pause(&loop, 20ms)); // a second on_done() would come by now
+    EXPECT_EQ(g->r->done_calls, 1);
+    ASSERT_TRUE(g->r->result->failed.has_value());
+    EXPECT_EQ(*g->r->result->failed, direction::a_to_b);
+    EXPECT_EQ(g->r->result->error, std::errc::broken_pipe) << g->r->result->error.message();
 }
 
 // The upstream neither reads nor writes; the client fills every buffer on the way, so

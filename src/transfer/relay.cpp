@@ -82,8 +82,8 @@ void relay::start() {
     started_ = true;
     launch(0);
     if (ending_) {
-        dirs_[1].state = phase::done; // the first direction failed at once
-        maybe_finish();
+        // The first direction failed at once: fail() queued the second one's waiter,
+        // which ends that direction and lets on_done() come once.
         return;
     }
     launch(1);
