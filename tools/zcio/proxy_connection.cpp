@@ -63,20 +63,21 @@ public:
                        stream upstream, const bidirectional_options& bo, const endpoint& peer,
                        clock::time_point started, connection_slot slot)
         : relay(std::move(client), std::move(upstream), bo), rt_(std::move(rt)),
-          slot_(std::move(slot)), ctx_(ctx), started_(started) {
+          slot_(std::move(slot)), started_(started) {
         // Only what the log line needs of the peer: an IP address fits in 28 bytes (a
         // whole endpoint is 132); a Unix client is unnamed or printed by its family.
         peer_len_ = std::min<socklen_t>(peer.size(), sizeof peer_);
         std::memcpy(&peer_, peer.data(), peer_len_);
         ctx->relays->add(*this);
-        index_ = static_cast<std::uint32_t>(ctx->connections.size());
-        ctx->connections.push_back(this);
+        join_list(ctx->connections);
     }
 
     // Adds what moved since the last call to the route's byte counters: one relaxed
     // add per direction that moved, called by the loop's refresh tick and at the end.
     // Not after each burst of the relay: a direction that always has data (a rate-
     // limited one, a fast sender) stays in one copy() burst until the stream ends.
+    [[nodiscard]] proxied_connection* next() const noexcept { return next_; }
+
     void count_progress() noexcept {
         route_stats& stats = *rt_->stats;
         add_since(stats.bytes_client_to_upstream, a_to_b(), counted_[0]);
@@ -99,12 +100,22 @@ protected:
     }
 
 private:
-    // Swaps the last connection of the list into this one's place.
+    // The loop's list of its connections is threaded through them (no vector to grow
+    // in a burst of connects): `pprev_` points at whatever points at this one.
+    void join_list(proxied_connection*& head) noexcept {
+        next_ = head;
+        if (next_ != nullptr) {
+            next_->pprev_ = &next_;
+        }
+        pprev_ = &head;
+        head = this;
+    }
+
     void leave_list() noexcept {
-        auto& list = ctx_->connections;
-        list[index_] = list.back();
-        list[index_]->index_ = index_;
-        list.pop_back();
+        *pprev_ = next_;
+        if (next_ != nullptr) {
+            next_->pprev_ = pprev_;
+        }
     }
 
     void log_close(const traffic& t) const {
@@ -144,13 +155,13 @@ private:
     }
 
     std::shared_ptr<route_runtime> rt_;
-    connection_slot slot_; // in the route's limit until the connection ends
-    loop_ctx* ctx_;
+    connection_slot slot_;                 // in the route's limit until the connection ends
+    proxied_connection** pprev_ = nullptr; // in the loop's list (join_list)
+    proxied_connection* next_ = nullptr;
     std::uint64_t counted_[2] = {0, 0}; // bytes already in the route's counters
     clock::time_point started_;
     sockaddr_in6 peer_{}; // IPv4 addresses fit too
     socklen_t peer_len_ = 0;
-    std::uint32_t index_ = 0; // in ctx_->connections
 };
 
 namespace {
@@ -247,7 +258,7 @@ void start_accepting(loop_ctx& ctx, std::shared_ptr<listener_entry> e) {
 }
 
 void count_progress(loop_ctx& ctx) noexcept {
-    for (proxied_connection* c : ctx.connections) {
+    for (proxied_connection* c = ctx.connections; c != nullptr; c = c->next()) {
         c->count_progress();
     }
 }

@@ -36,8 +36,8 @@ struct loop_ctx {
     std::vector<std::shared_ptr<listener_entry>> listeners;
     std::unique_ptr<relay_set> relays; // open connections; sweeps their idle timeouts
     // The same connections as the proxy's own type, for the metrics tick (the set
-    // holds relays); each knows its index and leaves by swapping with the last.
-    std::vector<proxied_connection*> connections;
+    // holds relays): the first of a list threaded through them.
+    proxied_connection* connections = nullptr;
     bool stopping = false;
 };
 
