@@ -16,10 +16,10 @@
 // Usage: echo_demo [MiB]     (default 100)
 #include <zcio/endpoint.hpp>
 #include <zcio/event_loop.hpp>
+#include <zcio/listener.hpp>
 #include <zcio/result.hpp>
 #include <zcio/stream.hpp>
 #include <zcio/task.hpp>
-#include <zcio/listener.hpp>
 
 #include <algorithm>
 #include <bit>

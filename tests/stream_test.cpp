@@ -6,10 +6,10 @@
 
 #include <zcio/endpoint.hpp>
 #include <zcio/event_loop.hpp>
+#include <zcio/listener.hpp>
 #include <zcio/result.hpp>
 #include <zcio/sys.hpp>
 #include <zcio/task.hpp>
-#include <zcio/listener.hpp>
 #include <zcio/timeout.hpp>
 #include <zcio/unique_fd.hpp>
 

@@ -3,8 +3,8 @@
 #include "test_support.hpp"
 
 #include <zcio/event_loop.hpp>
-#include <zcio/sys.hpp>
 #include <zcio/listener.hpp>
+#include <zcio/sys.hpp>
 
 #include <dirent.h>
 #include <sys/socket.h>
