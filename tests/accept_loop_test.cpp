@@ -182,47 +182,6 @@ TEST_F(accept_loop_test, clients_past_the_limit_are_refused_until_a_slot_frees) 
     EXPECT_EQ(limit.open(), 0u);
 }
 
-// The soft RLIMIT_NOFILE lowered to the lowest free descriptor (the next open of any
-// kind fails with EMFILE), restored on destruction.
-class exhausted_descriptors {
-public:
-    exhausted_descriptors() {
-        if (::getrlimit(RLIMIT_NOFILE, &saved_) != 0) {
-            return;
-        }
-        auto probe = sys::eventfd();
-        if (!probe) {
-            return;
-        }
-        rlimit low = saved_;
-        low.rlim_cur = static_cast<rlim_t>(probe->get());
-        probe->reset();
-        lowered_ = ::setrlimit(RLIMIT_NOFILE, &low) == 0;
-    }
-    ~exhausted_descriptors() { restore(); }
-    exhausted_descriptors(const exhausted_descriptors&) = delete;
-    exhausted_descriptors& operator=(const exhausted_descriptors&) = delete;
-    [[nodiscard]] bool lowered() const noexcept { return lowered_; }
-    void restore() noexcept {
-        if (lowered_) {
-            lowered_ = ::setrlimit(RLIMIT_NOFILE, &saved_) != 0;
-        }
-    }
-
-private:
-    rlimit saved_{};
-    bool lowered_ = false;
-};
-
-std::chrono::microseconds cpu_time() {
-    rusage ru{};
-    ::getrusage(RUSAGE_SELF, &ru);
-    auto us = [](const timeval& tv) {
-        return std::chrono::seconds(tv.tv_sec) + std::chrono::microseconds(tv.tv_usec);
-    };
-    return us(ru.ru_utime) + us(ru.ru_stime);
-}
-
 // Out of descriptors, the loop neither spins (CPU well under the wall time, few loop
 // wake-ups) nor gives up, and serves the queued client once descriptors free up.
 TEST_F(accept_loop_test, emfile_backs_off_without_spinning_then_serves) {
@@ -259,15 +218,15 @@ TEST_F(accept_loop_test, emfile_backs_off_without_spinning_then_serves) {
     std::chrono::microseconds cpu{};
     clock::duration wall{};
     {
-        exhausted_descriptors none;
-        ASSERT_TRUE(none.lowered()) << "could not lower RLIMIT_NOFILE";
+        test::fd_limit_guard none;
+        ASSERT_TRUE(none.exhaust()) << "could not lower RLIMIT_NOFILE";
         const endpoint& to = l->local_endpoint();
         auto c = sys::connect(client->fd(), to.data(), to.size());
         ASSERT_TRUE(c || errno_of(c.error()) == EINPROGRESS) << c.error().message();
-        const auto cpu_start = cpu_time();
+        const auto cpu_start = test::cpu_time();
         const auto wall_start = clock::now();
         loop.block_on(test::pause(&loop, 300ms));
-        cpu = cpu_time() - cpu_start;
+        cpu = test::cpu_time() - cpu_start;
         wall = clock::now() - wall_start;
         none.restore();
     }

@@ -489,45 +489,6 @@ TEST_F(listener_test, close_leaves_a_socket_file_that_replaced_ours) {
 
 // ---- running out of descriptors ----
 
-// Lowers RLIMIT_NOFILE's soft limit so that no new descriptor can be made, and puts
-// it back on restore() or destruction, whatever the test does in between.
-class fd_limit_guard {
-public:
-    fd_limit_guard() { ok_ = ::getrlimit(RLIMIT_NOFILE, &saved_) == 0; }
-    ~fd_limit_guard() { restore(); }
-    fd_limit_guard(const fd_limit_guard&) = delete;
-    fd_limit_guard& operator=(const fd_limit_guard&) = delete;
-
-    // The kernel hands out the lowest free number, so every fd below it is in use: with
-    // the soft limit there, the next descriptor of any kind fails with EMFILE.
-    bool exhaust() {
-        if (!ok_) {
-            return false;
-        }
-        auto probe = sys::eventfd();
-        if (!probe) {
-            return false;
-        }
-        const auto lowest_free = static_cast<rlim_t>(probe->get());
-        probe->reset();
-        rlimit low = saved_;
-        low.rlim_cur = lowest_free;
-        lowered_ = ::setrlimit(RLIMIT_NOFILE, &low) == 0;
-        return lowered_;
-    }
-
-    void restore() noexcept {
-        if (lowered_) {
-            lowered_ = ::setrlimit(RLIMIT_NOFILE, &saved_) != 0;
-        }
-    }
-
-private:
-    rlimit saved_{};
-    bool ok_ = false;
-    bool lowered_ = false;
-};
-
 // Runs, while descriptors are still to spare, every kind of waiter the exhausted
 // phase of a test uses: an accept, a spawn, a block_on of a void task, a sleep and an
 // operation-named error.
@@ -546,15 +507,6 @@ void warm_up(event_loop& loop, listener& l) {
     loop.block_on(test::pause(&loop, 1ms));
     // The error a cancelled accept() reports, so its category object exists already.
     EXPECT_EQ(op_error("accept4", ECANCELED), std::errc::operation_canceled);
-}
-
-std::chrono::microseconds cpu_time() {
-    rusage ru{};
-    ::getrusage(RUSAGE_SELF, &ru);
-    auto us = [](const timeval& tv) {
-        return std::chrono::seconds(tv.tv_sec) + std::chrono::microseconds(tv.tv_usec);
-    };
-    return us(ru.ru_utime) + us(ru.ru_stime);
 }
 
 // accept() under EMFILE must leave the client queued, back off instead of spinning
@@ -576,7 +528,7 @@ TEST_F(listener_test, accept_backs_off_when_out_of_descriptors_and_recovers) {
     std::chrono::microseconds cpu{};
     clock::duration wall{};
     {
-        fd_limit_guard limit;
+        test::fd_limit_guard limit;
         ASSERT_TRUE(limit.exhaust()) << "could not lower RLIMIT_NOFILE";
         auto probe = sys::eventfd();
         ASSERT_FALSE(probe) << "descriptors are not exhausted";
@@ -588,10 +540,10 @@ TEST_F(listener_test, accept_backs_off_when_out_of_descriptors_and_recovers) {
         ASSERT_TRUE(c || errno_of(c.error()) == EINPROGRESS) << c.error().message();
 
         loop.spawn(accept_and_echo(&*l, 71, &server));
-        const auto cpu_start = cpu_time();
+        const auto cpu_start = test::cpu_time();
         const auto wall_start = clock::now();
         loop.block_on(test::pause(&loop, 300ms));
-        cpu = cpu_time() - cpu_start;
+        cpu = test::cpu_time() - cpu_start;
         wall = clock::now() - wall_start;
         limit.restore();
     }
@@ -635,7 +587,7 @@ TEST_F(listener_test, close_during_emfile_back_off_cancels_the_accept) {
     ASSERT_TRUE(client) << client.error().message();
     served server;
     {
-        fd_limit_guard limit;
+        test::fd_limit_guard limit;
         ASSERT_TRUE(limit.exhaust()) << "could not lower RLIMIT_NOFILE";
         loop.spawn(accept_and_echo(&*l, 81, &server));
         loop.block_on(test::pause(&loop, 20ms));

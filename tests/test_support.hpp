@@ -12,6 +12,9 @@
 
 #include <gtest/gtest.h>
 
+#include <sys/resource.h>
+
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -42,6 +45,28 @@ std::uint64_t checksum_of(std::span<const std::byte> data) noexcept;
 
 // Number of entries in /proc/self/fd.
 std::size_t open_fd_count();
+
+// Lowers RLIMIT_NOFILE's soft limit to the lowest free descriptor, so that the next
+// descriptor of any kind fails with EMFILE, and puts it back on restore() or
+// destruction, whatever the test does in between.
+class fd_limit_guard {
+public:
+    fd_limit_guard();
+    ~fd_limit_guard() { restore(); }
+    fd_limit_guard(const fd_limit_guard&) = delete;
+    fd_limit_guard& operator=(const fd_limit_guard&) = delete;
+    // Returns whether the limit was lowered.
+    bool exhaust();
+    void restore() noexcept;
+
+private:
+    ::rlimit saved_{};
+    bool ok_ = false;
+    bool lowered_ = false;
+};
+
+// User + system CPU time of this process so far.
+std::chrono::microseconds cpu_time();
 
 // A fixture whose teardown fails the test when descriptors leaked.
 class fd_leak_check : public ::testing::Test {
