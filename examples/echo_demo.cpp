@@ -2,7 +2,7 @@
 // through it, then checks that every byte came back.
 //
 // What it shows:
-//  - a tcp_listener on 127.0.0.1:0: the kernel picks the port, local_endpoint() says
+//  - a listener on 127.0.0.1:0: the kernel picks the port, local_endpoint() says
 //    which;
 //  - spawn() for coroutines that run beside the main one (the server, the writer), all
 //    on one thread: no locks anywhere;
@@ -16,10 +16,10 @@
 // Usage: echo_demo [MiB]     (default 100)
 #include <zcio/endpoint.hpp>
 #include <zcio/event_loop.hpp>
+#include <zcio/listener.hpp>
 #include <zcio/result.hpp>
 #include <zcio/stream.hpp>
 #include <zcio/task.hpp>
-#include <zcio/tcp_listener.hpp>
 
 #include <algorithm>
 #include <bit>
@@ -108,7 +108,7 @@ void report(const char* what, std::error_code ec) {
 // client half-closes, then half-closes too. It owns the accepted stream, so the
 // connection closes when this coroutine ends. `listener` lives in the frame of run(),
 // which outlives this task (run() waits for the end of stream, which comes after).
-task<void> echo_server(zcio::tcp_listener* listener) {
+task<void> echo_server(zcio::listener* listener) {
     auto conn = co_await listener->accept();
     if (!conn) {
         report("accept", conn.error());
@@ -166,7 +166,7 @@ task<void> write_random(stream* s, std::size_t bytes, writer_state* out) {
 
 // Sets everything up, reads the echo to its end and reports. Returns the exit status.
 task<int> run(zcio::event_loop* loop, std::size_t bytes) {
-    auto listener = zcio::tcp_listener::bind(*loop, zcio::endpoint::ipv4_loopback(0));
+    auto listener = zcio::listener::bind(*loop, zcio::endpoint::ipv4_loopback(0));
     if (!listener) {
         report("listen on 127.0.0.1:0", listener.error());
         co_return 1;

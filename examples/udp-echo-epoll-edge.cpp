@@ -2,9 +2,13 @@
 //
 //   udp-echo-epoll-edge [--port 9000] [--queue 64]      (port 0: the kernel picks one)
 //
-// Step three of the progression, and the model zcio's event loop is built on. The
+// Step three of the progression, and the model zcio's event loop starts from. Here the
 // socket is registered once, for EPOLLIN | EPOLLOUT | EPOLLET, and never modified
-// again: no epoll_ctl per state change (compare udp-echo-epoll-level). The price is
+// again: no epoll_ctl per state change (compare udp-echo-epoll-level). zcio's loop goes
+// one step further and does modify a registration, rarely: when a wake-up brings only
+// events that no coroutine waits for, it takes those directions out of the interest
+// set (EPOLL_CTL_MOD, "muting"), and puts one back (MOD again) when a coroutine parks
+// on it after EAGAIN (src/runtime/epoll_backend.cpp, docs/ARCHITECTURE.md). The price is
 // that an edge is reported once: "the socket became readable". If the program reads
 // one datagram and goes back to epoll_wait(), the others sit in the socket until some
 // new datagram arrives and makes a new edge. So it keeps its own readiness flags,

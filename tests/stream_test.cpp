@@ -6,10 +6,10 @@
 
 #include <zcio/endpoint.hpp>
 #include <zcio/event_loop.hpp>
+#include <zcio/listener.hpp>
 #include <zcio/result.hpp>
 #include <zcio/sys.hpp>
 #include <zcio/task.hpp>
-#include <zcio/tcp_listener.hpp>
 #include <zcio/timeout.hpp>
 #include <zcio/unique_fd.hpp>
 
@@ -353,7 +353,7 @@ TEST_F(stream_test, connect_times_out_when_the_listener_backlog_is_full) {
     event_loop loop;
     listen_options opts;
     opts.backlog = 0;
-    auto listener = tcp_listener::bind(loop, endpoint::ipv4_loopback(0), opts);
+    auto listener = listener::bind(loop, endpoint::ipv4_loopback(0), opts);
     ASSERT_TRUE(listener) << listener.error().message();
     std::vector<stream> held;
     const auto started = clock::now();
@@ -400,7 +400,7 @@ refusing_address refuse_on(int family) {
 // accept queue filled (see connect_until_one_hangs). Empty `at` when this kernel
 // cannot be made to hang a loopback connect.
 struct hanging_address {
-    tcp_listener listener;
+    zcio::listener listener;
     std::vector<stream> held; // the connects that filled the queue
     endpoint at;
 };
@@ -409,7 +409,7 @@ hanging_address hang_on(event_loop& loop) {
     hanging_address h;
     listen_options opts;
     opts.backlog = 0;
-    auto l = tcp_listener::bind(loop, endpoint::ipv4_loopback(0), opts);
+    auto l = listener::bind(loop, endpoint::ipv4_loopback(0), opts);
     EXPECT_TRUE(l) << l.error().message();
     if (!l) {
         return h;
@@ -423,7 +423,7 @@ hanging_address hang_on(event_loop& loop) {
 }
 
 // Accepts one connection on `l` and echoes it until end of stream.
-task<void> accept_one_and_echo(tcp_listener* l, test::side* out) {
+task<void> accept_one_and_echo(listener* l, test::side* out) {
     auto a = co_await l->accept();
     if (!a) {
         out->error = a.error();
@@ -454,7 +454,7 @@ TEST_F(stream_test, connect_to_a_list_skips_a_refused_address_and_carries_data) 
     const int dead_family = test::ipv6_loopback_available(SOCK_STREAM) ? AF_INET6 : AF_INET;
     event_loop loop;
     auto dead = refuse_on(dead_family);
-    auto live = tcp_listener::bind(loop, endpoint::ipv4_loopback(0));
+    auto live = listener::bind(loop, endpoint::ipv4_loopback(0));
     ASSERT_TRUE(live) << live.error().message();
     const std::vector<endpoint> to{dead.at, live->local_endpoint()};
 
@@ -506,7 +506,7 @@ TEST_F(stream_test, connect_to_a_list_starts_the_next_attempt_while_the_first_ha
     if (hang.at.family() == AF_UNSPEC) {
         GTEST_SKIP() << "this kernel does not hang a connect to a full accept queue";
     }
-    auto live = tcp_listener::bind(loop, endpoint::ipv4_loopback(0));
+    auto live = listener::bind(loop, endpoint::ipv4_loopback(0));
     ASSERT_TRUE(live) << live.error().message();
     const std::vector<endpoint> to{hang.at, live->local_endpoint()};
     const std::size_t registered_before = loop.registered_count();

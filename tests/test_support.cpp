@@ -3,8 +3,8 @@
 #include "test_support.hpp"
 
 #include <zcio/event_loop.hpp>
+#include <zcio/listener.hpp>
 #include <zcio/sys.hpp>
-#include <zcio/tcp_listener.hpp>
 
 #include <dirent.h>
 #include <sys/socket.h>
@@ -63,6 +63,42 @@ std::size_t open_fd_count() {
     }
     ::closedir(d);
     return n - 1; // the DIR's own descriptor
+}
+
+fd_limit_guard::fd_limit_guard() {
+    ok_ = ::getrlimit(RLIMIT_NOFILE, &saved_) == 0;
+}
+
+// The kernel hands out the lowest free number, so every fd below it is in use: with the
+// soft limit there, the next descriptor of any kind fails with EMFILE.
+bool fd_limit_guard::exhaust() {
+    if (!ok_) {
+        return false;
+    }
+    auto probe = sys::eventfd();
+    if (!probe) {
+        return false;
+    }
+    ::rlimit low = saved_;
+    low.rlim_cur = static_cast<rlim_t>(probe->get());
+    probe->reset();
+    lowered_ = ::setrlimit(RLIMIT_NOFILE, &low) == 0;
+    return lowered_;
+}
+
+void fd_limit_guard::restore() noexcept {
+    if (lowered_) {
+        lowered_ = ::setrlimit(RLIMIT_NOFILE, &saved_) != 0;
+    }
+}
+
+std::chrono::microseconds cpu_time() {
+    ::rusage ru{};
+    ::getrusage(RUSAGE_SELF, &ru);
+    auto us = [](const timeval& tv) {
+        return std::chrono::seconds(tv.tv_sec) + std::chrono::microseconds(tv.tv_usec);
+    };
+    return us(ru.ru_utime) + us(ru.ru_stime);
 }
 
 void fd_leak_check::SetUp() {
@@ -124,7 +160,7 @@ result<stream_pair> unix_pair(event_loop& loop) {
 }
 
 task<result<stream_pair>> tcp_pair(event_loop* loop, endpoint at) {
-    auto listener = tcp_listener::bind(*loop, at);
+    auto listener = listener::bind(*loop, at);
     if (!listener) {
         co_return fail(listener.error());
     }

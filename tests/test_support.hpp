@@ -12,6 +12,9 @@
 
 #include <gtest/gtest.h>
 
+#include <sys/resource.h>
+
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -42,6 +45,28 @@ std::uint64_t checksum_of(std::span<const std::byte> data) noexcept;
 
 // Number of entries in /proc/self/fd.
 std::size_t open_fd_count();
+
+// Lowers RLIMIT_NOFILE's soft limit to the lowest free descriptor, so that the next
+// descriptor of any kind fails with EMFILE, and puts it back on restore() or
+// destruction, whatever the test does in between.
+class fd_limit_guard {
+public:
+    fd_limit_guard();
+    ~fd_limit_guard() { restore(); }
+    fd_limit_guard(const fd_limit_guard&) = delete;
+    fd_limit_guard& operator=(const fd_limit_guard&) = delete;
+    // Returns whether the limit was lowered.
+    bool exhaust();
+    void restore() noexcept;
+
+private:
+    ::rlimit saved_{};
+    bool ok_ = false;
+    bool lowered_ = false;
+};
+
+// User + system CPU time of this process so far.
+std::chrono::microseconds cpu_time();
 
 // A fixture whose teardown fails the test when descriptors leaked.
 class fd_leak_check : public ::testing::Test {
@@ -122,7 +147,7 @@ result<stream_pair> adopt_pair(event_loop& loop, unique_fd a, unique_fd b);
 // An AF_UNIX SOCK_STREAM socketpair, adopted.
 result<stream_pair> unix_pair(event_loop& loop);
 
-// A pair through a tcp_listener bound at `at` (TCP, or a Unix socket path). The connect
+// A pair through a listener bound at `at` (TCP, or a Unix socket path). The connect
 // completes in the kernel's backlog before accept() runs, so the two steps can be
 // sequential. The listener is closed (and a Unix path removed) on return; the pair
 // lives on.

@@ -13,6 +13,8 @@ drift on the machine hits every row alike:
   cps         new connections per second: connect, 64-byte request, 64-byte reply, close
   idle        5,000 idle connections: proxy RSS per connection, pipes held,
               kernel memory per connection
+  stalled     5,000 connections whose upstream stopped reading once the path was
+              full: proxy RSS per connection besides the data it holds
 
 Every proxy is started fresh for each measurement, in its own process group, on new
 ports, and stopped afterwards; all children are stopped at exit and on Ctrl-C.
@@ -54,7 +56,7 @@ DOC = os.path.join(ROOT, "docs", "BENCHMARKS.md")
 IMG = os.path.join(ROOT, "docs", "img")
 HEADING = "## Side by side: make compare"
 BEGIN, END = "<!-- compare:begin -->", "<!-- compare:end -->"
-TESTS = ["cps", "throughput", "latency", "idle"]
+TESTS = ["cps", "throughput", "latency", "idle", "stalled"]
 
 
 def say(msg):
@@ -124,9 +126,10 @@ def pss_kb(pid):
 def tree_census(root):
     """RSS, PSS, fds and pipe fds summed over the proxy's process tree."""
     pids = process_tree(root)
-    c = {"processes": len(pids), "rss": 0, "pss": 0, "fds": 0, "pipe_fds": 0}
+    c = {"processes": len(pids), "rss": 0, "anon": 0, "pss": 0, "fds": 0, "pipe_fds": 0}
     for p in pids:
         c["rss"] += status_kb(p, "VmRSS") * 1024
+        c["anon"] += status_kb(p, "RssAnon") * 1024
         c["pss"] += pss_kb(p) * 1024
         try:
             fds = os.listdir(f"/proc/{p}/fd")
@@ -404,13 +407,15 @@ class Row:
         self.tests = tests
 
     def runs(self, test):
+        if test == "stalled" and self.kind != "zcio":
+            return False  # its Unix socket upstream is in zcio's argv only (m_stalled)
         return self.tests is None or test.split(":")[0] in self.tests
 
     @property
     def direct(self):
         return self.kind == "direct"
 
-    def start(self, lport, uport, rundir):
+    def start(self, lport, uport, rundir, extra=(), upstream=None):
         """Start the proxy (None for `direct`); raises RuntimeError when it does not listen."""
         if self.direct:
             return None
@@ -425,7 +430,8 @@ class Row:
             subs["CONFIG"] = os.path.join(rundir, self.config)
             with open(subs["CONFIG"], "w") as f:
                 f.write(text)
-        argv = [a.format(**subs) for a in self.argv]
+        argv = [upstream if upstream and a == HOST + ":{UPSTREAM_PORT}" else a.format(**subs)
+                for a in self.argv] + list(extra)
         child = Child(self.name, argv, os.path.join(rundir, "proxy.log"), env=self.env)
         if not wait_listening(lport, child, 10):
             rc = child.p.poll()
@@ -497,18 +503,19 @@ def measure(row, test, args, seq):
     uport, lport = free_ports(2)
     servers, proxy = [], None
     try:
-        fn = {"throughput": m_throughput, "latency": m_latency, "cps": m_cps, "idle": m_idle}[test.split(":")[0]]
+        fn = {"throughput": m_throughput, "latency": m_latency, "cps": m_cps, "idle": m_idle,
+              "stalled": m_stalled}[test.split(":")[0]]
 
-        def start_server(name, argv, env=None):
-            s = Child(name, argv, os.path.join(rundir, f"{name}.log"), env=env)
+        def start_server(name, argv, env=None, pipes=False):
+            s = Child(name, argv, os.path.join(rundir, f"{name}.log"), env=env, pipes=pipes)
             servers.append(s)
             if not wait_listening(uport, s, 10):
                 raise Skip(f"{name} did not listen on {uport}")
             return s
 
-        def start_proxy():
+        def start_proxy(extra=(), upstream=None):
             nonlocal proxy
-            proxy = row.start(lport, uport, rundir)
+            proxy = row.start(lport, uport, rundir, extra, upstream)
             return proxy
 
         port = uport if row.direct else lport
@@ -687,6 +694,112 @@ def m_idle(row, test, args, rundir, uport, port, start_server, start_proxy):
     return rec
 
 
+# The stalled case's peers are the stress suite's (tests/stress/stall.py).
+PEERS = os.path.join(ROOT, "tests", "stress", "peers.py")
+BUFFER_BYTES = 64 * 1024  # one zcio pooled buffer (buffer_pool's default buffer_size)
+
+
+def zcio_metrics(mport, tries=5):
+    """{name: value summed over label sets} from a zcio proxy's /metrics; Skip when it
+    cannot be read `tries` times in a row (a busy proxy may close a scrape at 2 s)."""
+    for i in range(tries):
+        try:
+            with socket.create_connection((HOST, mport), timeout=5) as s:
+                s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                data = b""
+                while chunk := s.recv(65536):
+                    data += chunk
+            if b"zcio_connections_active" in data:
+                break
+        except OSError:
+            pass
+        time.sleep(0.5)
+    else:
+        raise Skip(f"the proxy's /metrics on port {mport} could not be read")
+    out = {}
+    for name, value in re.findall(rb"^(zcio_\w+)(?:\{[^}]*\})? (\S+)$", data, re.M):
+        out[name.decode()] = out.get(name.decode(), 0) + float(value)
+    return out
+
+
+def stall_peer(name, argv, rundir, timeout=20):
+    """A peers.py stall role (JSON lines on stdin/stdout) once it said hello."""
+    child = Child(name, [sys.executable, PEERS] + argv, os.path.join(rundir, f"{name}.log"), pipes=True)
+    if child.readline(timeout) is None:
+        child.stop()
+        raise Skip(f"{name} did not start")
+    return child
+
+
+def ask(child, wait, **cmd):
+    child.send(json.dumps(cmd))
+    line = child.readline(wait)
+    if not line:
+        raise Skip(f"{child.name} did not answer {cmd['cmd']}")
+    return json.loads(line)
+
+
+def wait_active(mport, n, timeout):
+    """zcio's active connections once they reach `n` or stop growing for a second."""
+    deadline, last, since = time.monotonic() + timeout, -1, time.monotonic()
+    while time.monotonic() < deadline:
+        k = int(zcio_metrics(mport).get("zcio_connections_active", 0))
+        if k >= n or (k == last and time.monotonic() - since > 1.0):
+            return k
+        if k != last:
+            last, since = k, time.monotonic()
+        time.sleep(0.2)
+    return last
+
+
+STALL_BYTES = 448 * 1024  # per connection: more than a Unix socket's send buffer plus a pipe
+
+
+def m_stalled(row, test, args, rundir, uport, port, start_server, start_proxy):
+    """The upstream (a Unix socket: see tests/stress/stall.py) accepts and never reads;
+    each client sends STALL_BYTES, more than the upstream socket's send buffer (208 KiB)
+    and the relay's pipe or buffer (64 KiB) hold, so every connection's client-to-
+    upstream direction waits on a full destination holding a full pipe or buffer (zcio
+    rows only; the leases are read from its /metrics). Pipe pages are kernel memory,
+    not mapped into the process, so RSS does not include them; a zcio buffer is heap
+    (in RssAnon): user_b_per_conn is RssAnon's growth less buffers leased x 64 KiB."""
+    path = os.path.join(rundir, "upstream.sock")
+    up = stall_peer("stall-upstream", ["stall-upstream", "unix:" + path], rundir)
+    mport = free_ports(1)[0]
+    client = None
+    try:
+        proxy = start_proxy(["--metrics", f"{HOST}:{mport}"], upstream="unix:" + path)
+        # A stalled spliced connection holds 4 descriptors (2 sockets, a pipe's 2 ends):
+        # at the limit the proxy cannot accept its own /metrics scrape any more.
+        n = min(args.conns, (resource.getrlimit(resource.RLIMIT_NOFILE)[1] - 256) // 4)
+        wait_rss_steady(proxy.pid, 0.2)
+        before = tree_census(proxy.pid)
+        client = stall_peer("stall-clients", ["stall-clients", str(port), "1"], rundir)
+        opened = ask(client, args.open_timeout + 15, cmd="connect", n=n)["open"]
+        reached = wait_active(mport, n, 30)
+        fill = ask(client, 150, cmd="fill", stuck_for=0.5, max_bytes=STALL_BYTES, timeout=120)
+        time.sleep(max(args.settle, 0.6))  # zcio's gauges refresh twice a second
+        settled_s = wait_rss_steady(proxy.pid, 0)
+        m = zcio_metrics(mport)
+        reached = min(int(m.get("zcio_connections_active", 0)), opened)
+        if reached == 0:
+            raise Skip("no connection reached the upstream")
+        state = tree_census(proxy.pid)
+        ask(client, 60, cmd="close")
+    finally:
+        for c in (client, up):
+            if c is not None:
+                c.stop()
+    pipes, buffers = int(m.get("zcio_pipes_leased", 0)), int(m.get("zcio_buffers_leased", 0))
+    held = buffers * BUFFER_BYTES
+    return {"conns": n, "opened": opened, "reached": reached, "sent_min": fill["min"], "sent_max": fill["max"],
+            "settled_s": settled_s, "before": before, "stalled": state, "pipes_leased": pipes,
+            "buffers_leased": buffers, "held_per_conn": (pipes + buffers) / reached,
+            "rss_b_per_conn": (state["rss"] - before["rss"]) / reached,
+            "anon_b_per_conn": (state["anon"] - before["anon"]) / reached,
+            "user_b_per_conn": (state["anon"] - before["anon"] - held) / reached,
+            "pipe_fds": state["pipe_fds"], "proxy_alive": proxy.alive()}
+
 # ---------------------------------------------------------------------- summary
 
 def med(xs):
@@ -814,7 +927,30 @@ def targets(summary, rows, kinds):
         add(f"idle: kernel memory per connection ≤ HAProxy's ({best[1]}, {best[0]:,.0f} B)", lambda z: (
             f"{g('idle', z, 'proxy_kernel_b_per_conn'):,.0f} B",
             g("idle", z, "proxy_kernel_b_per_conn") <= best[0]))
+    if "stalled" in summary:
+        add("stalled: ≤ 1 KB user-space RSS per connection besides held buffers", lambda z: (
+            f"{g('stalled', z, 'user_b_per_conn'):,.0f} B", g("stalled", z, "user_b_per_conn") <= 1024))
     return zrows, out
+
+
+def stalled_table(st, a, rows, name):
+    L = [f"**Stalled connections**: {a['conns']:,} connections through the proxy to a Unix socket "
+         f"upstream that accepts and never reads; each client sends {STALL_BYTES // 1024} KiB, more than "
+         "the upstream socket's send buffer and the relay's pipe or buffer hold, so every connection waits "
+         "on a full upstream holding a full pipe or buffer (zcio rows only: the leases come from its "
+         "/metrics). Per connection that reached the upstream: RSS and RssAnon growth of the proxy; "
+         "user: RssAnon growth less buffers leased × 64 KiB (a buffer is heap; pipe pages are kernel "
+         "memory, in neither figure).", "",
+         "| proxy | reached | pipes + buffers held per conn | RSS B/conn | RssAnon B/conn | user B/conn |",
+         "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        s = st.get(r)
+        if not s or "reached" not in s:
+            continue
+        L.append(f"| {name(r)} | {fmt(s.get('reached'), 0)} | {fmt(s.get('held_per_conn'), 2)} | "
+                 f"{fmt(s.get('rss_b_per_conn'), 0)} | {fmt(s.get('anon_b_per_conn'), 0)} | "
+                 f"{fmt(s.get('user_b_per_conn'), 0)} |")
+    return L + [""]
 
 
 def tables(res, part="all"):
@@ -912,6 +1048,8 @@ def tables(res, part="all"):
                   "accept queue; per-connection figures are per connection that reached the upstream, so "
                   "the system-wide kernel figure of that row also carries the waiting clients' sockets."]
         L.append("")
+    if "stalled" in summary:
+        L += stalled_table(summary["stalled"], a, rows, name)
     errors = [(t, r, e) for t in summary for r in rows for e in summary[t].get(r, {}).get("errors", [])]
     if errors:
         L += ["Failed measurements (left out of the medians):", ""]
@@ -1347,7 +1485,8 @@ def main():
     busy = background_busy()
     # cps first and idle last in a round: the TIME_WAIT sockets that cps leaves behind
     # expire (60 s) before the idle figures of the same round are taken.
-    plan_tests = [t for t in ["cps", "throughput:1", "throughput:4", "latency", "idle"] if t.split(":")[0] in tests]
+    plan_tests = [t for t in ["cps", "throughput:1", "throughput:4", "latency", "idle", "stalled"]
+                  if t.split(":")[0] in tests]
     plan = []
     for rnd in range(args.rounds):
         k = (rnd * len(rows)) // max(1, args.rounds)
@@ -1376,6 +1515,9 @@ def main():
                 brief = f"p50 {rec['p50_us']:.1f} µs, p99 {rec['p99_us']:.1f} µs"
             elif test == "cps":
                 brief = f"{rec['conns_per_s']:,.0f} conn/s ({rec['failed']} failed)"
+            elif test == "stalled":
+                brief = (f"{rec['reached']} reached, {rec['held_per_conn']:.2f} pipes + buffers held per conn, "
+                         f"RSS {rec['rss_b_per_conn']:,.0f} B/conn, user {rec['user_b_per_conn']:,.0f} B/conn")
             else:
                 brief = f"{rec['reached']} reached, kernel {rec['kernel_b_per_conn']:,.0f} B/conn" + (
                     f", RSS {rec['rss_b_per_conn']:,.0f} B/conn, {rec['pipe_fds']} pipe fds"

@@ -1,4 +1,5 @@
-// event_loop: one per thread; readiness (epoll, edge-triggered), timers, posts, spawn.
+// event_loop: one per thread; readiness (through a poll backend: epoll, edge-triggered,
+// today), timers, posts, spawn.
 //
 // Threading: everything here is for the loop's own thread, except post() and stop(),
 // which any thread may call. Nothing is shared between loops.
@@ -159,16 +160,17 @@ private:
 
     event_loop* loop_;
     int fd_;
-    // Bit-fields: with the muted bits in the same byte a handle stays 32 bytes, and
+    // Bit-fields: with the backend's bits in the same byte a handle stays 32 bytes, and
     // there are two per proxied connection, idle ones included.
     bool pollable_ : 1;
     bool can_read_ : 1 = true;
     bool can_write_ : 1 = true;
     bool rdhup_ : 1 = false;
-    // The directions the backend took out of the kernel's interest set (poll_backend:
-    // muting); only the backend reads or writes them.
-    bool muted_read_ : 1 = false;
-    bool muted_write_ : 1 = false;
+    // Per-handle state that only the backend interprets (epoll: the directions it
+    // muted; a one-shot backend: its requests in flight). A few bits here rather than
+    // a table in the backend: the hot path reads them on every event, with no lookup,
+    // and a new backend gives them its own meaning without touching this class.
+    std::uint8_t backend_bits_ : 4 = 0;
     detail::io_waiter* reader_ = nullptr;
     detail::io_waiter* writer_ = nullptr;
 };
@@ -195,8 +197,9 @@ public:
     // The loop running on this thread (null outside run()).
     static event_loop* current() noexcept;
 
-    // Registers `fd` once for EPOLLIN|EPOLLOUT|EPOLLRDHUP|EPOLLET. Regular files, which
-    // epoll refuses with EPERM, get an always-ready handle.
+    // Registers `fd` with the backend for both directions and peer half-close (epoll:
+    // once, EPOLLIN|EPOLLOUT|EPOLLRDHUP|EPOLLET). Regular files, which epoll refuses
+    // with EPERM, get an always-ready handle.
     result<io_handle_ptr> watch(int fd);
 
     // Number of fds registered with the kernel right now.

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <zcio/buffer_pool.hpp>
+#include <zcio/copy_path.hpp>
 #include <zcio/event_loop.hpp>
 #include <zcio/pipe_pool.hpp>
 #include <zcio/stream.hpp>
@@ -23,16 +24,6 @@
 #include <sys/types.h>
 
 namespace zcio {
-
-// The kernel path that moves the bytes.
-enum class copy_path : std::uint8_t {
-    automatic,       // choose by what the two ends are (the default)
-    splice,          // splice(2), directly or through a pooled pipe
-    sendfile,        // sendfile(2) from a regular file
-    copy_file_range, // copy_file_range(2) between regular files
-    buffer,          // read/write through a pooled buffer
-};
-const char* to_string(copy_path p) noexcept;
 
 // The two pools a copy borrows from. One per event loop; never shared across threads.
 struct transfer_pools {

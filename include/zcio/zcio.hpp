@@ -1,11 +1,13 @@
 // zcio.hpp: every public zcio header.
 #pragma once
 
+#include <zcio/accept_loop.hpp>
 #include <zcio/buffer_pool.hpp>
 #include <zcio/copy.hpp>
 #include <zcio/copy_bidirectional.hpp>
 #include <zcio/endpoint.hpp>
 #include <zcio/event_loop.hpp>
+#include <zcio/listener.hpp>
 #include <zcio/loop_group.hpp>
 #include <zcio/pipe_pool.hpp>
 #include <zcio/proxy_protocol.hpp>
@@ -16,7 +18,6 @@
 #include <zcio/stream.hpp>
 #include <zcio/sys.hpp>
 #include <zcio/task.hpp>
-#include <zcio/tcp_listener.hpp>
 #include <zcio/timeout.hpp>
 #include <zcio/udp_batch.hpp>
 #include <zcio/udp_echo.hpp>

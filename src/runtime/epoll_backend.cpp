@@ -24,6 +24,14 @@ constexpr std::uint32_t watch_events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
 // re-checks readiness at once (as ADD does), readiness that came meanwhile is
 // reported then: no edge is lost. Short connections pay nothing: only a wake-up that
 // found nothing to do mutes.
+// The muted directions live in the handle's backend bits (poll_backend::backend_bits):
+// one bit each, read on every event without a lookup.
+constexpr std::uint8_t muted_read_bit = 1;
+constexpr std::uint8_t muted_write_bit = 2;
+constexpr std::uint8_t muted_bit(io_direction d) noexcept {
+    return d == io_direction::read ? muted_read_bit : muted_write_bit;
+}
+
 std::uint32_t events_for(bool muted_read, bool muted_write) noexcept {
     std::uint32_t ev = EPOLLRDHUP | EPOLLET; // a peer's close is always wanted
     if (!muted_read) {
@@ -111,6 +119,15 @@ public:
     }
 
 private:
+    static bool muted(const io_handle& h, io_direction d) noexcept {
+        return (backend_bits(h) & muted_bit(d)) != 0;
+    }
+    static void set_muted(io_handle& h, io_direction d, bool on) noexcept {
+        const std::uint8_t bits = backend_bits(h);
+        set_backend_bits(
+            h, static_cast<std::uint8_t>(on ? bits | muted_bit(d) : bits & ~muted_bit(d)));
+    }
+
     // After a wake-up for nothing: stops watching the directions this batch reported
     // (none of them had a waiter, or the batch would have woken one).
     void mute_batch(std::size_t n) noexcept {

@@ -1,5 +1,7 @@
 // poll_backend: the small interface between the loop and the kernel's readiness API.
-// epoll today; an io_uring backend would be another implementation of this class.
+// epoll today; an io_uring backend would be another implementation of this class, with
+// its per-handle state in io_handle's backend bits: nothing here or in io_handle is
+// epoll's.
 #pragma once
 
 #include <zcio/event_loop.hpp>
@@ -18,9 +20,9 @@ public:
     virtual void remove(io_handle& h) noexcept = 0;
     // A coroutine now waits for `h` in direction `d` (it got EAGAIN), or stopped
     // waiting. Edge-triggered epoll watches both directions from add() on and uses
-    // arm() only to watch again a direction it muted; a one-shot backend (io_uring's
-    // poll requests) would submit or cancel its request here. Called only for pollable
-    // handles.
+    // arm() only to watch again a direction it stopped watching; a one-shot backend
+    // (io_uring's poll requests) would submit or cancel its request here. Called only
+    // for pollable handles.
     virtual void arm(io_handle& /*h*/, io_direction /*d*/) noexcept {}
     virtual void disarm(io_handle& /*h*/, io_direction /*d*/) noexcept {}
     // Waits up to `timeout_ms` and delivers events to their handles. Returns true when
@@ -37,15 +39,12 @@ protected:
     }
     static bool has_reader(const io_handle& h) noexcept { return h.reader_ != nullptr; }
     static bool has_writer(const io_handle& h) noexcept { return h.writer_ != nullptr; }
-    static bool muted(const io_handle& h, io_direction d) noexcept {
-        return d == io_direction::read ? h.muted_read_ : h.muted_write_;
-    }
-    static void set_muted(io_handle& h, io_direction d, bool on) noexcept {
-        if (d == io_direction::read) {
-            h.muted_read_ = on;
-        } else {
-            h.muted_write_ = on;
-        }
+    // Bits of io_handle that only the backend interprets (io_handle::backend_bits_):
+    // each backend class defines their meaning; the loop never reads them.
+    static constexpr unsigned backend_bit_count = 4;
+    static std::uint8_t backend_bits(const io_handle& h) noexcept { return h.backend_bits_; }
+    static void set_backend_bits(io_handle& h, std::uint8_t bits) noexcept {
+        h.backend_bits_ = bits & ((1U << backend_bit_count) - 1U) & 0xffU;
     }
 
     std::uint64_t idle_wakeups_ = 0;

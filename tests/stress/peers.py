@@ -16,6 +16,8 @@ Roles:
   churn-clients SEED PORT    opens and closes connections in bursts
   hold-upstream              accepts and holds connections (scale check)
   hold-clients PORT          opens and holds connections (scale check)
+  stall-upstream [PORT|unix:PATH] holds connections and stops reading (stalled check; stall.py)
+  stall-clients PORT SEED    fills the path, later finishes each stream (stall.py)
 
 The traffic protocol: the client first sends a 44-byte header (magic, connection id,
 half-close mode, bytes each way, pace, random seed); then both sides send their
@@ -42,6 +44,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import stall  # noqa: E402
 import support  # noqa: E402
 from support import KiB, MiB, StreamCheck, StreamSource  # noqa: E402
 
@@ -648,6 +651,12 @@ def main():
         serve_sync(h, {"port": h.sock.getsockname()[1]})
     elif role == "hold-clients":
         serve_sync(HoldClients(int(rest[0])), {})
+    elif role == "stall-upstream":
+        u = stall.StallUpstream(rest[0] if rest else "0")
+        name = u.sock.getsockname()
+        serve_sync(u, {"port": name[1]} if isinstance(name, tuple) else {"path": name})
+    elif role == "stall-clients":
+        serve_sync(stall.StallClients(int(rest[0]), int(rest[1])), {})
     else:
         reply({"error": "unknown role %r" % role})
         sys.exit(2)

@@ -1166,6 +1166,95 @@ def check_scale(ctx, n):
         stop_all(cl, proxy, up)
 
 
+# ---- stalled: the upstream stops reading with the path full ----------------------------
+
+BUFFER_BYTES = 64 * KiB  # one pooled buffer (buffer_pool's default buffer_size)
+# Sent per connection before the stall: more than the Unix socket upstream's send buffer
+# (wmem_default, 208 KiB) and the relay's pipe or buffer (64 KiB) hold, so the relay's
+# direction waits on a full destination with a full pipe or buffer; the rest waits in
+# the proxy's TCP receive queue. (Why a Unix upstream: tests/stress/stall.py.)
+STALL_BYTES = 448 * KiB
+
+
+def stalled_figures(proxy, rss0, anon0, n):
+    """Per-connection user-space memory of `n` stalled connections. Pipe pages are
+    kernel memory (never mapped into the process, so not in VmRSS or RssAnon):
+    nothing is subtracted for pipes. A leased buffer is the proxy's own heap, in
+    RssAnon: buffers_leased x 64 KiB is subtracted (the data held, not the relay)."""
+    pools = proxy.pools()
+    rss1 = proxy.rss_kib()
+    anon1 = support.proc_status(proxy.pid, "RssAnon")
+    held = pools["buffers_leased"] * BUFFER_BYTES
+    return {"pools": pools, "rss_kib": rss1, "anon_kib": anon1,
+            "rss_per_conn": ((rss1 - rss0) * 1024 - held) / n,
+            "anon_per_conn": ((anon1 - anon0) * 1024 - held) / n,
+            "held_per_conn": held / n}
+
+
+def stall_connect(cl, up, n):
+    opened, step = 0, 500
+    for _ in range((n + step - 1) // step):
+        k = min(step, n - opened)
+        r = cl.request("connect", n=k, timeout=120)
+        check(r["failed"] == 0, "%d connects failed: %s" % (r["failed"], r["errors"]))
+        opened += k
+    wait_until(lambda: up.request("count")["accepted"] >= n, 30,
+               "%d connections at the upstream" % n, interval=0.1)
+
+
+def stall_resume(cl, up, n):
+    """The upstream reads again; every stream must arrive whole (sha256 per connection)."""
+    up.send("drain", timeout=150)
+    fin = cl.request("finish", tail=64 * KiB, timeout=160)
+    got = up.answer(170, "drain")
+    check(got["eof"] == n and got["errors"] == 0,
+          "upstream read %d of %d streams to their end (%d errors)" % (got["eof"], n, got["errors"]))
+    check(fin["eof"] == n and fin["errors"] == 0 and fin["extra_bytes"] == 0,
+          "clients: %r" % {k: v for k, v in fin.items() if k != "streams"})
+    check(fin["streams"] == got["streams"], "streams differ after the stall: %d of %d hashes match"
+          % (len(set(map(tuple, fin["streams"])) & set(map(tuple, got["streams"]))), n))
+    return sum(k for k, _ in fin["streams"])
+
+
+def check_stalled(ctx, engine, n):
+    """`n` connections whose (Unix socket) upstream stopped reading once the path was full: the
+    proxy's user-space memory per connection besides the data it holds; then the
+    upstream reads again and every stream arrives intact, and nothing is left."""
+    up = proxy = cl = None
+    path = os.path.join(ctx.log_dir, "stall-%s.sock" % engine)
+    try:
+        up = Peer("stall-upstream", "unix:" + path)
+        proxy = ctx.proxy("--listen", "127.0.0.1:0", "--upstream", "unix:" + path, "--engine", engine, nofile=min(65536, support.resource.getrlimit(
+                              support.resource.RLIMIT_NOFILE)[1]))
+        base = proxy.fds()
+        time.sleep(0.5)
+        rss0, anon0 = proxy.rss_kib(), support.proc_status(proxy.pid, "RssAnon")
+        cl = Peer("stall-clients", proxy.port, ctx.seed)
+        stall_connect(cl, up, n)
+        f = cl.request("fill", stuck_for=0.5, max_bytes=STALL_BYTES, timeout=120)
+        time.sleep(1.2)  # a gauge refresh
+        fig = stalled_figures(proxy, rss0, anon0, n)
+        held = fig["pools"]["pipes_leased"] + fig["pools"]["buffers_leased"]
+        check(held >= n, "only %d pipes or buffers held by %d stalled connections: is the path full?"
+              % (held, n))
+        moved = stall_resume(cl, up, n)
+        cl.request("close", timeout=60)
+        proxy.wait_idle(timeout=60)
+        proxy.wait_fds(base, timeout=30)
+        check(proxy.alive() and proxy.stop() == 0, "the proxy did not exit cleanly")
+        ctx.connections += n
+        ctx.bytes += moved
+        return ("%d stalled connections (%s; %.0f-%.0f KiB sent each, at most 448, before the stall): "
+                "%d pipes, %d buffers held; proxy RSS %+.0f B per connection besides held buffers "
+                "(RssAnon %+.0f B; buffers held %.0f B); %.1f MiB then read and checked (sha256), "
+                "idle again, descriptors back"
+                % (n, engine, f["min"] / KiB, f["max"] / KiB, fig["pools"]["pipes_leased"],
+                   fig["pools"]["buffers_leased"], fig["rss_per_conn"], fig["anon_per_conn"],
+                   fig["held_per_conn"], mib(moved)))
+    finally:
+        stop_all(cl, proxy, up)
+
+
 # ---- runner -------------------------------------------------------------------------------
 
 def checks(ctx):
@@ -1187,6 +1276,8 @@ def checks(ctx):
     out.append(("churn", lambda: check_churn(ctx, 30000 if ctx.long else 10000)))
     out.append(("reload-churn", lambda: check_reload_churn(ctx, 200 if ctx.long else 40)))
     out.append(("scale", lambda: check_scale(ctx, 9000 if ctx.long else 2000)))
+    for e in (ENGINES if ctx.long else ("auto",)):
+        out.append(("stalled-" + e, lambda e=e: check_stalled(ctx, e, 5000 if ctx.long else 1000)))
     return out
 
 

@@ -23,6 +23,12 @@ struct subcommand {
     std::function<int()> run;
 };
 
+// Every subcommand: `zcio proxy` (proxy_command.cpp), `zcio copy` (copy_command.cpp),
+// `zcio bench` (bench_command.cpp), ...
+subcommand add_proxy_command(CLI::App& app);
+subcommand add_copy_command(CLI::App& app);
+subcommand add_bench_command(CLI::App& app);
+
 // `zcio serve DIR` (serve_command.cpp) and `zcio get URL` (get_command.cpp).
 subcommand add_serve_command(CLI::App& app);
 subcommand add_get_command(CLI::App& app);

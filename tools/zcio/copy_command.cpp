@@ -4,10 +4,13 @@
 
 #include <zcio/zcio.hpp>
 
+#include <CLI/CLI.hpp>
+
 #include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <memory>
 
 #include <fcntl.h>
 #include <pthread.h>
@@ -143,7 +146,7 @@ task<result<stream>> open_end(event_loop& loop, end_spec* e, bool is_source, boo
         co_return co_await stream::connect(loop, e->address, 10s);
     case end_kind::tcp_listen:
     case end_kind::unix_listen: {
-        auto l = tcp_listener::bind(loop, e->address.front());
+        auto l = listener::bind(loop, e->address.front());
         if (!l) {
             co_return fail(l.error());
         }
@@ -327,6 +330,54 @@ int run_copy_command(const copy_command_options& o) {
                      to_string(out.result.path), out.seconds, human_bytes(rate).c_str());
     }
     return 0;
+}
+
+namespace {
+
+// What `zcio copy` reads from its command line, as typed.
+struct copy_flags {
+    copy_command_options co;
+    std::string limit;
+    std::string engine = "auto";
+};
+
+int run_copy_flags(copy_flags& f) {
+    if (!f.limit.empty()) {
+        f.co.limit = parse_size(f.limit, "--limit");
+    }
+    const auto engine = parse_copy_path(f.engine);
+    if (!engine) {
+        throw usage_error("--engine: \"" + f.engine +
+                          "\" is not an engine (auto, splice, sendfile, copy_file_range, buffer)");
+    }
+    f.co.engine = *engine;
+    return run_copy_command(f.co);
+}
+
+} // namespace
+
+subcommand add_copy_command(CLI::App& app) {
+    auto f = std::make_shared<copy_flags>();
+    auto* cmd = app.add_subcommand("copy", "One-way copy from SRC to DST, like socat, by the "
+                                           "cheapest kernel path");
+    cmd->add_option("SRC", f->co.source,
+                    "- (stdin), file:PATH, tcp:HOST:PORT, tcp-listen:HOST:PORT, unix:PATH, "
+                    "unix-listen:PATH")
+        ->required();
+    cmd->add_option("DST", f->co.destination,
+                    "- (stdout), file:PATH (created or truncated; a sparse source keeps "
+                    "its holes), file:PATH,append, "
+                    "tcp:HOST:PORT, tcp-listen:HOST:PORT, unix:PATH, unix-listen:PATH")
+        ->required();
+    cmd->add_option("--limit", f->limit, "Copy at most this many bytes (e.g. 1M)");
+    cmd->add_option("--engine", f->engine,
+                    "auto, splice, sendfile, copy_file_range or buffer (forcing one still falls "
+                    "back when the kernel refuses)")
+        ->capture_default_str();
+    cmd->add_flag("-v,--verbose", f->co.verbose,
+                  "Print bytes, path and rate on stderr at the end, and where a listening "
+                  "end listens (always printed for port 0)");
+    return {cmd, [f] { return run_copy_flags(*f); }};
 }
 
 } // namespace zcio::cli

@@ -78,7 +78,8 @@ enum class target_kind {
 constexpr const char* validator_xattr = "user.zcio.validator";
 
 // Everything the download reports, kept outside the coroutine so that it survives a
-// cancellation (watchdog or signal), which destroys the coroutine where it waits.
+// cancellation (the --timeout deadline, --max-time or a signal), which destroys the
+// coroutine where it waits.
 struct get_state {
     target_kind kind = target_kind::part;
     int out_fd = STDOUT_FILENO;    // standard_output: the descriptor written (a dup of it)
@@ -373,7 +374,7 @@ task<result<bool>> more_follows(stream* conn) {
 // which awaits the body coroutines, so it outlives them.
 struct body_context {
     get_state* st;
-    http::watch_state* w;
+    http::deadline_watch* w;
     head_parser* parser;
     http::head_buffer* hb;
     std::vector<char>* buf;
@@ -505,7 +506,7 @@ task<bool> delimited_body(body_context c) {
 }
 
 task<void> download(event_loop* loop, get_state* st, http::url u, get_params prm,
-                    http::watch_state* w) {
+                    http::deadline_watch* w) {
     std::vector<char> buf(head_buffer_size);
     head_parser parser(head_parser::kind::response, 256);
     const http::url first_url = u;
@@ -683,14 +684,14 @@ task<void> download(event_loop* loop, get_state* st, http::url u, get_params prm
 }
 
 // --max-time: one deadline for the whole download, redirects included.
-task<void> watch_max_time(event_loop* loop, get_state* st, http::watch_state* w,
+task<void> watch_max_time(event_loop* loop, get_state* st, http::deadline_watch* w,
                           clock::duration limit) {
     co_await sleep_for(*loop, limit);
     st->max_time_fired = true;
     w->cancel.cancel();
 }
 
-task<void> watch_signals(event_loop* loop, get_state* st, http::watch_state* w) {
+task<void> watch_signals(event_loop* loop, get_state* st, http::deadline_watch* w) {
     std::vector<int> signals{SIGINT, SIGTERM}; // not inline: g++ 12 rejects a braced list here
     auto sig = co_await wait_signal(*loop, std::move(signals));
     if (sig) {
@@ -700,7 +701,7 @@ task<void> watch_signals(event_loop* loop, get_state* st, http::watch_state* w) 
 }
 
 task<result<void>> cancellable_download(event_loop* loop, get_state* st, http::url u,
-                                        get_params prm, http::watch_state* w) {
+                                        get_params prm, http::deadline_watch* w) {
     co_return co_await with_cancel(*loop, download(loop, st, std::move(u), std::move(prm), w),
                                    w->cancel);
 }
@@ -721,7 +722,7 @@ void draw_progress(std::uint64_t done, std::optional<std::uint64_t> total, doubl
     }
 }
 
-task<void> progress_bar(event_loop* loop, get_state* st, std::shared_ptr<http::watch_state> w) {
+task<void> progress_bar(event_loop* loop, get_state* st, const http::deadline_watch* w) {
     while (!st->finished) {
         if (st->in_body) {
             draw_progress(w->progress, st->total,
@@ -989,17 +990,19 @@ int run_get(const get_flags& f) {
     sigaddset(&mask, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &mask, nullptr);
 
-    auto w = std::make_shared<http::watch_state>();
-    // Progress is sampled once a tick (see watch_state): a twentieth of --timeout keeps
-    // a 2 s timeout within 0.1 s of 2 s, where the old fixed second made it 3 s.
-    w->tick = std::clamp<clock::duration>(prm.timeout / 20, 10ms, 1s);
+    // Outlives the loop and its tasks, which point to it.
+    http::deadline_watch watch;
+    http::deadline_watch* w = &watch;
     const bool bar = ::isatty(STDERR_FILENO) == 1;
     {
         event_loop loop;
-        loop.spawn(http::watchdog(&loop, w));
-        loop.spawn(watch_signals(&loop, &st, w.get()));
+        // Progress is sampled once a tick (see deadline_watch): a twentieth of --timeout
+        // keeps a 2 s timeout within 0.1 s of 2 s, where a fixed second made it 3 s.
+        idle_sweeper sweeper(loop, http::sweep_tick_for(prm.timeout));
+        sweeper.add(watch);
+        loop.spawn(watch_signals(&loop, &st, w));
         if (max_time) {
-            loop.spawn(watch_max_time(&loop, &st, w.get(), *max_time));
+            loop.spawn(watch_max_time(&loop, &st, w, *max_time));
         }
         if (bar) {
             loop.spawn(progress_bar(&loop, &st, w));
@@ -1009,9 +1012,8 @@ int run_get(const get_flags& f) {
                          static_cast<unsigned long long>(st.offset),
                          st.validator.empty() ? " (no validator kept: no If-Range)" : "");
         }
-        auto r = loop.block_on(cancellable_download(&loop, &st, *u, prm, w.get()));
+        auto r = loop.block_on(cancellable_download(&loop, &st, *u, prm, w));
         st.finished = true;
-        w->done = true;
         if (!r && st.failure.empty()) {
             if (st.signal != 0) {
                 st.failure =

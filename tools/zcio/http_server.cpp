@@ -40,7 +40,7 @@ struct serve_state {
     // ZCIO_SERVE_NO_OPENAT2=1 forces the fallback (the e2e tests run the escape cases
     // through both).
     std::atomic<bool> use_openat2{true};
-    std::atomic<std::uint64_t> active{0};
+    connection_limit active; // every loop's connections against --max-connections
 };
 
 // Everything one loop owns. Only its own thread touches it after start().
@@ -53,13 +53,17 @@ struct serve_loop {
     // while a head is read and given back while the connection waits for the next
     // one: an idle keep-alive connection holds no buffer.
     std::unique_ptr<buffer_pool> heads;
-    std::vector<tcp_listener> listeners; // one per address of --listen
+    std::vector<listener> listeners; // one per address of --listen
+    accept_options accepting;        // for every listener of this loop
     // Refused connections (--max-connections) being closed gracefully right now; at
     // most max_refusing, so a flood beyond the limit holds a bounded set of sockets.
     std::size_t refusing = 0;
     // What refused clients still send is read into this and dropped. One per loop is
     // enough: only this loop's thread reads into it, and nobody looks at the bytes.
     std::array<std::byte, 4096> discard{};
+    // Checks every connection's deadline (http::deadline_watch) once a tick: one timer
+    // per loop instead of a watchdog coroutine per connection.
+    std::unique_ptr<idle_sweeper> sweeper;
 };
 
 namespace {
@@ -353,6 +357,20 @@ std::optional<std::string> make_listing(int dir_fd, std::string_view url_path, b
     return out;
 }
 
+// The answer `generate` made, then the connection closes (one request each).
+void generated_answer(plan& p, std::string& h, std::string& body, generated_response g) {
+    p.status = g.status;
+    p.keep_alive = false;
+    body = std::move(g.body);
+    start_head(h, g.status);
+    h += "Content-Type: ";
+    h += g.content_type;
+    h += "\r\nContent-Length: ";
+    append_number(h, body.size());
+    h += "\r\n";
+    end_head(h, false, false);
+}
+
 // Decides the answer to one complete request head. Fills `h` (the response head) and
 // `body` (a small body, or empty) and returns the plan; never blocks on the network.
 plan plan_response(serve_state& s, const head_parser& req, std::string& h, std::string& body) {
@@ -375,6 +393,10 @@ plan plan_response(serve_state& s, const head_parser& req, std::string& h, std::
     if (req.has_body()) {
         // GET and HEAD carry no content here; we do not read one (limit: 0 bytes).
         simple_response(p, h, body, 413, false, http10);
+        return p;
+    }
+    if (s.opts.generate) {
+        generated_answer(p, h, body, s.opts.generate(req.target()));
         return p;
     }
 
@@ -514,9 +536,9 @@ auto send_all_op(stream& s, std::string_view data, int flags) {
         });
 }
 
-void log_access(const std::string& peer, const head_parser* req, int status, std::uint64_t bytes,
-                const char* path, clock::time_point started) {
-    if (!spdlog::should_log(spdlog::level::info)) {
+void log_access(const serve_options& o, const std::string& peer, const head_parser* req, int status,
+                std::uint64_t bytes, const char* path, clock::time_point started) {
+    if (!o.access_log || !spdlog::should_log(spdlog::level::info)) {
         return;
     }
     const double ms = std::chrono::duration<double, std::milli>(clock::now() - started).count();
@@ -532,7 +554,8 @@ void log_access(const std::string& peer, const head_parser* req, int status, std
 // Closes after a final answer without losing it: a close() with unread bytes in the
 // receive queue sends RST, which can destroy the answer in flight. So shut down our
 // side, then read and drop what the client still sends, for a short while.
-task<void> lingering_close(serve_loop* L, stream* conn, buffer_lease* buf, http::watch_state* w) {
+task<void> lingering_close(serve_loop* L, stream* conn, buffer_lease* buf,
+                           http::deadline_watch* w) {
     (void)conn->shutdown_write();
     w->slide = {};
     w->deadline = clock::now() + 2s;
@@ -581,7 +604,7 @@ void log_timeout(const std::string& peer, const phase_info& ph) {
     }
 }
 
-task<void> serve_connection(serve_loop* L, stream conn, std::string peer, http::watch_state* w,
+task<void> serve_connection(serve_loop* L, stream conn, std::string peer, http::deadline_watch* w,
                             phase_info* ph) {
     serve_state& s = *L->state;
     const serve_options& o = s.opts;
@@ -673,7 +696,7 @@ task<void> serve_connection(serve_loop* L, stream conn, std::string peer, http::
         ph->since = started;
         auto sent = co_await send_all_op(conn, head, file_body ? MSG_MORE : 0);
         if (!sent) {
-            log_access(peer, parsed ? &req : nullptr, p.status, 0, "-", started);
+            log_access(o, peer, parsed ? &req : nullptr, p.status, 0, "-", started);
             co_return;
         }
         std::uint64_t body_bytes = p.head_only ? 0 : body.size();
@@ -695,13 +718,13 @@ task<void> serve_connection(serve_loop* L, stream conn, std::string peer, http::
             if (!r.ok() || r.bytes != p.length) {
                 // The head promised p.length bytes: a short body can only end the
                 // connection (a file that shrank, or a client that went away).
-                log_access(peer, &req, p.status, body_bytes, path, started);
+                log_access(o, peer, &req, p.status, body_bytes, path, started);
                 spdlog::debug("{}: body ended after {} of {} bytes: {}", peer, r.bytes, p.length,
                               r.ok() ? "the file shrank" : r.error.message());
                 co_return;
             }
         }
-        log_access(peer, parsed ? &req : nullptr, p.status, body_bytes, path, started);
+        log_access(o, peer, parsed ? &req : nullptr, p.status, body_bytes, path, started);
 
         if (!p.keep_alive) {
             ph->k = phase_info::kind::closing;
@@ -713,18 +736,17 @@ task<void> serve_connection(serve_loop* L, stream conn, std::string peer, http::
     }
 }
 
-task<void> connection(serve_loop* L, stream conn, endpoint peer) {
-    auto w = std::make_shared<http::watch_state>();
-    L->loop->spawn(http::watchdog(L->loop, w));
+task<void> connection(serve_loop* L, stream conn, endpoint peer, connection_slot slot) {
+    http::deadline_watch w; // in this frame: leaves the sweeper when the frame goes
+    L->sweeper->add(w);
     std::string peer_text = peer.to_string();
     phase_info ph;
     auto r = co_await with_cancel(
-        *L->loop, serve_connection(L, std::move(conn), peer_text, w.get(), &ph), w->cancel);
-    w->done = true;
-    if (!r && w->fired) {
+        *L->loop, serve_connection(L, std::move(conn), peer_text, &w, &ph), w.cancel);
+    if (!r && w.fired) {
         log_timeout(peer_text, ph);
     }
-    L->state->active.fetch_sub(1, std::memory_order_relaxed);
+    slot.release(); // before the frame goes: the count is the process's
 }
 
 constexpr std::string_view busy_response = "HTTP/1.1 503 Service Unavailable\r\n"
@@ -757,55 +779,60 @@ task<void> drain_refused(serve_loop* L, stream* conn) {
 // sends (its request, typically) for a short while, so the close does not turn into a
 // reset that destroys the 503 before the client has read it.
 task<void> refuse(serve_loop* L, stream conn) {
-    auto w = std::make_shared<http::watch_state>();
-    w->deadline = clock::now() + refuse_linger;
-    L->loop->spawn(http::watchdog(L->loop, w));
-    (void)co_await with_cancel(*L->loop, drain_refused(L, &conn), w->cancel);
-    w->done = true;
+    http::deadline_watch w;
+    w.deadline = clock::now() + refuse_linger;
+    L->sweeper->add(w);
+    (void)co_await with_cancel(*L->loop, drain_refused(L, &conn), w.cancel);
     --L->refusing;
 }
 
-task<void> accept_loop(serve_loop* L, tcp_listener* listener) {
-    serve_state& s = *L->state;
-    while (true) {
-        auto a = co_await listener->accept();
-        if (!a) {
-            if (a.error() == std::errc::operation_canceled) {
-                co_return;
-            }
-            spdlog::error("accept: {}", a.error().message());
-            co_await sleep_for(*L->loop, 100ms); // do not spin on a persistent error
-            continue;
-        }
-        const std::uint64_t limit = s.opts.max_connections;
-        const std::uint64_t active = s.active.fetch_add(1, std::memory_order_relaxed);
-        if (limit != 0 && active >= limit) {
-            s.active.fetch_sub(1, std::memory_order_relaxed);
-            // A fresh socket's send buffer is empty: one non-blocking send fits.
-            (void)sys::send(a->conn.fd(), busy_response.data(), busy_response.size(), MSG_NOSIGNAL);
-            spdlog::warn("{}: refused: --max-connections {} reached", a->peer.to_string(), limit);
-            if (L->refusing < max_refusing) {
-                ++L->refusing;
-                L->loop->spawn(refuse(L, std::move(a->conn)));
-            }
-            // Otherwise `a` goes out of scope: closed at once (a client that already
-            // sent its request may then see a reset instead of the 503).
-            continue;
-        }
-        L->loop->spawn(connection(L, std::move(a->conn), a->peer));
+// A connection beyond --max-connections gets a 503 and a graceful close.
+void refuse_busy(serve_loop* L, accepted a) {
+    if (!L->state->opts.refuse_with_503) {
+        return; // `a` goes out of scope: closed at once
     }
+    // A fresh socket's send buffer is empty: one non-blocking send fits.
+    (void)sys::send(a.conn.fd(), busy_response.data(), busy_response.size(), MSG_NOSIGNAL);
+    spdlog::warn("{}: refused: --max-connections {} reached", a.peer.to_string(),
+                 L->state->active.max());
+    if (L->refusing < max_refusing) {
+        ++L->refusing;
+        L->loop->spawn(refuse(L, std::move(a.conn)));
+    }
+    // Otherwise `a` goes out of scope: closed at once (a client that already sent its
+    // request may then see a reset instead of the 503).
+}
+
+void set_up_accepting(serve_loop* L) {
+    L->accepting.limit = &L->state->active;
+    L->accepting.refused = [L](accepted a) { refuse_busy(L, std::move(a)); };
+    L->accepting.failed = [](const std::error_code& e) {
+        spdlog::error("accept: {}", e.message());
+    };
 }
 
 } // namespace
 
+namespace {
+// The sweep's tick follows the shortest timeout (http::sweep_tick_for); the fixed
+// lingers of a closing or refused connection (1-2 s) are never shorter than a tick.
+clock::duration sweep_tick(const serve_options& o) {
+    const auto shortest = std::min({o.header_timeout, o.idle_timeout, o.send_timeout});
+    return http::sweep_tick_for(std::chrono::duration_cast<clock::duration>(shortest));
+}
+} // namespace
+
 http_server::http_server(serve_options opts) : state_(std::make_unique<serve_state>()) {
     state_->opts = std::move(opts);
-    auto root = sys::open(state_->opts.root.c_str(), O_PATH | O_DIRECTORY);
-    if (!root) {
-        throw runtime_failure("cannot serve \"" + state_->opts.root +
-                              "\": " + root.error().message());
+    if (!state_->opts.generate) {
+        auto root = sys::open(state_->opts.root.c_str(), O_PATH | O_DIRECTORY);
+        if (!root) {
+            throw runtime_failure("cannot serve \"" + state_->opts.root +
+                                  "\": " + root.error().message());
+        }
+        state_->root = std::move(*root);
     }
-    state_->root = std::move(*root);
+    state_->active.set_max(state_->opts.max_connections);
     if (const char* e = std::getenv("ZCIO_SERVE_NO_OPENAT2"); e != nullptr && *e == '1') {
         state_->use_openat2 = false;
     }
@@ -819,6 +846,8 @@ http_server::http_server(serve_options opts) : state_(std::make_unique<serve_sta
         bo.buffer_size = state_->opts.max_header_size;
         bo.max_idle = 256;
         l->heads = std::make_unique<buffer_pool>(bo);
+        l->sweeper = std::make_unique<idle_sweeper>(*l->loop, sweep_tick(state_->opts));
+        set_up_accepting(l.get());
         loops_.push_back(std::move(l));
     }
 }
@@ -879,7 +908,7 @@ std::vector<endpoint> http_server::bind_listeners(std::size_t first) {
             }
             listen_options lo;
             lo.reuse_port = ep.is_ip();
-            auto b = tcp_listener::bind(*l->loop, ep, lo);
+            auto b = listener::bind(*l->loop, ep, lo);
             if (!b) {
                 const std::string what =
                     "cannot listen on " + ep.to_string() + ": " + b.error().message();
@@ -923,7 +952,10 @@ std::vector<endpoint> http_server::start() {
     }
     for (auto& l : loops_) {
         for (auto& listener : l->listeners) {
-            l->loop->spawn(accept_loop(l.get(), &listener));
+            l->loop->spawn(accept_loop(
+                &listener, &l->accepting, [L = l.get()](accepted a, connection_slot slot) {
+                    L->loop->spawn(connection(L, std::move(a.conn), a.peer, std::move(slot)));
+                }));
         }
     }
     group_->start([](std::size_t i, std::error_code ec) {

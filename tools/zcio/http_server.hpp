@@ -6,14 +6,22 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 namespace zcio::cli {
 
+// An answer the program makes instead of a file (the proxy's metrics endpoint).
+struct generated_response {
+    int status = 200;
+    std::string content_type;
+    std::string body;
+};
+
 struct serve_options {
-    std::string root;
+    std::string root;                    // unused (and not opened) when `generate` is set
     std::vector<endpoint> listen;        // one or more; a Unix socket alone
     std::size_t threads = 0;             // 0: one per core
     std::uint64_t max_connections = 0;   // 0: no limit
@@ -24,6 +32,13 @@ struct serve_options {
     std::chrono::nanoseconds send_timeout = std::chrono::seconds(60);
     bool listing = true;   // directories without index.html get a listing (else 403)
     bool dotfiles = false; // serve and list names starting with '.' (else 404, unlisted)
+    // Set: every GET and HEAD is answered with what it returns for the request target
+    // (as sent, query included), then the connection is closed; no file is served.
+    // Called on the server's loops.
+    std::function<generated_response(std::string_view target)> generate;
+    // A client past max_connections gets a 503 (else it is closed at once).
+    bool refuse_with_503 = true;
+    bool access_log = true; // one info line per request
 };
 
 struct serve_state;

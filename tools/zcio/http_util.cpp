@@ -553,27 +553,26 @@ std::expected<url, url_error> resolve_reference(const url& base, std::string_vie
     return out;
 }
 
-// ---- watchdog ----
+// ---- a connection's timeout ----
 
-task<void> watchdog(event_loop* loop, std::shared_ptr<watch_state> w) {
-    std::uint64_t seen = w->progress;
-    while (!w->done) {
-        const auto now = clock::now();
-        if (w->progress != seen) {
-            seen = w->progress;
-            if (w->slide.count() > 0) {
-                w->deadline = std::max(w->deadline, now + w->slide);
-            }
+void deadline_watch::on_tick(clock::duration /*tick*/) {
+    const auto now = clock::now();
+    if (progress != seen) {
+        seen = progress;
+        if (slide.count() > 0) {
+            deadline = std::max(deadline, now + slide);
         }
-        if (now >= w->deadline) {
-            w->fired = true;
-            w->cancel.cancel();
-            co_return;
-        }
-        // Wake at least once a tick: the connection may move the deadline earlier
-        // (a new phase) or report progress, and neither wakes us.
-        co_await sleep_until(*loop, std::min(w->deadline, now + w->tick));
     }
+    if (now >= deadline) {
+        fired = true;
+        leave();
+        cancel.cancel(); // only schedules: the connection's frame goes later
+    }
+}
+
+clock::duration sweep_tick_for(clock::duration shortest) {
+    using namespace std::chrono_literals;
+    return std::clamp<clock::duration>(shortest / 20, 10ms, 1s);
 }
 
 } // namespace zcio::cli::http

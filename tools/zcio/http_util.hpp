@@ -1,8 +1,9 @@
 // Small HTTP helpers shared by `zcio serve` and `zcio get`: dates, media types, escaping,
-// byte ranges, URLs, and a watchdog that ends a connection after a period of no progress.
+// byte ranges, URLs, and the deadline that ends a connection after a period of no progress.
 #pragma once
 
 #include <zcio/event_loop.hpp>
+#include <zcio/idle_sweeper.hpp>
 #include <zcio/task.hpp>
 #include <zcio/timeout.hpp>
 
@@ -95,29 +96,33 @@ std::expected<url, url_error> parse_url(std::string_view text);
 // forms servers send: absolute, scheme-relative, absolute-path, relative-path).
 std::expected<url, url_error> resolve_reference(const url& base, std::string_view ref);
 
-// ---- watchdog ----
+// ---- a connection's timeout ----
 
-// A deadline shared by a connection and its watchdog. The connection moves `deadline`
-// as it changes phase; while `slide` is non-zero, every change of `progress` pushes the
-// deadline to now + slide (a transfer that still moves is not idle). When the deadline
-// passes, the watchdog sets `fired` and cancels `cancel`, which ends the with_cancel()
-// that runs the connection. `done` tells the watchdog to stop (it notices within a
-// `tick`). Shared (by shared_ptr) because the watchdog may outlive the connection by
-// that tick.
+// A deadline that the loop's idle_sweeper checks once a tick. The connection moves
+// `deadline` as it changes phase; while `slide` is non-zero, every change of `progress`
+// pushes the deadline to now + slide (a transfer that still moves is not idle). When
+// the deadline passes, the sweep sets `fired` and cancels `cancel`, which ends the
+// with_cancel() that runs the connection, and the watch leaves the sweeper. It lives in
+// the frame of the coroutine that runs the connection: no allocation, no coroutine of
+// its own, and it leaves the sweeper when that frame goes.
 //
-// Progress is sampled once a `tick`, and an idle period is counted from the sample
-// that saw the last change, so the watchdog fires up to one tick after the deadline
-// the bytes earned: a caller with a short `slide` shortens the tick too (get uses a
-// twentieth of its --timeout).
-struct watch_state {
+// Progress is sampled once a tick, and an idle period is counted from the sample that
+// saw the last change, so the timeout fires up to one tick after the deadline the
+// bytes earned: a caller with short timeouts uses a short tick (get: a twentieth of
+// its --timeout).
+struct deadline_watch final : idle_entry {
     clock::time_point deadline = clock::time_point::max();
     clock::duration slide{};
-    clock::duration tick = std::chrono::seconds(1);
     std::uint64_t progress = 0;
-    bool done = false;
+    std::uint64_t seen = 0; // progress at the last tick
     bool fired = false;
     cancel_source cancel;
+
+    void on_tick(clock::duration tick) override;
 };
-task<void> watchdog(event_loop* loop, std::shared_ptr<watch_state> w);
+
+// The tick for a sweeper whose shortest timeout is `shortest`: a twentieth of it
+// (within 10 ms and 1 s), so a timeout fires within 5 % of its value.
+clock::duration sweep_tick_for(clock::duration shortest);
 
 } // namespace zcio::cli::http

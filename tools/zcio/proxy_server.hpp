@@ -40,16 +40,25 @@ struct route_loop_state {
     unsigned quiet_ticks = 0;
 };
 
+// Connections of every route against the descriptors of the process: a route without
+// max_connections is refused a client once `open` reaches its maximum (set from
+// default_max_connections(); 0: none). Each route's own limit counts in it.
+struct connection_budget {
+    connection_limit open; // proxied connections of all routes
+};
+
 // One route (by name), shared by every loop, kept for the life of the process so
 // counters survive reloads and pools outlive the connections that lease from them.
 // The counters are relaxed atomics touched once per connection, or once per loop
 // tick for the byte counts (never per byte or per system call).
 struct route_stats {
-    explicit route_stats(std::size_t loops)
-        : per_loop(std::make_unique<route_loop_state[]>(loops)) {}
+    route_stats(std::size_t loops, connection_budget& budget)
+        : active(0, &budget.open), per_loop(std::make_unique<route_loop_state[]>(loops)) {}
 
     std::atomic<std::uint64_t> connections_total{0};
-    std::atomic<std::uint64_t> connections_active{0};
+    // Open now (zcio_connections_active): the route's max_connections, or the budget's
+    // maximum when it has none.
+    connection_limit active;
     std::atomic<std::uint64_t> connections_refused{0};
     std::atomic<std::uint64_t> bytes_client_to_upstream{0};
     std::atomic<std::uint64_t> bytes_upstream_to_client{0};
@@ -61,13 +70,6 @@ struct route_stats {
 struct route_runtime {
     route config;
     std::shared_ptr<route_stats> stats;
-};
-
-// Connections of every route against the descriptors of the process: a route without
-// max_connections is refused a client once `open` reaches `default_limit`.
-struct connection_budget {
-    std::atomic<std::uint64_t> open{0};          // proxied connections of all routes
-    std::atomic<std::uint64_t> default_limit{0}; // default_max_connections(); 0: none
 };
 
 struct loop_ctx;

@@ -19,14 +19,10 @@
 namespace zcio::cli {
 
 copy_path parse_engine(std::string_view text, std::string_view what) {
-    if (text == "auto") {
-        return copy_path::automatic;
-    }
-    if (text == "splice") {
-        return copy_path::splice;
-    }
-    if (text == "buffer") {
-        return copy_path::buffer;
+    const auto p = parse_copy_path(text);
+    // sendfile and copy_file_range need a file at one end: never two sockets.
+    if (p == copy_path::automatic || p == copy_path::splice || p == copy_path::buffer) {
+        return *p;
     }
     throw usage_error(std::string(what) + ": \"" + std::string(text) +
                       "\" is not an engine (auto, splice or buffer)");

@@ -1,5 +1,5 @@
-// tcp_listener: bind, listen and accept with back-off when descriptors run out.
-#include <zcio/tcp_listener.hpp>
+// listener: bind, listen and accept with back-off when descriptors run out.
+#include <zcio/listener.hpp>
 
 #include <algorithm>
 #include <string>
@@ -50,7 +50,7 @@ void remove_stale_socket(const endpoint& ep) {
 
 } // namespace
 
-tcp_listener& tcp_listener::operator=(tcp_listener&& other) noexcept {
+listener& listener::operator=(listener&& other) noexcept {
     if (this != &other) {
         close();
         loop_ = other.loop_;
@@ -65,11 +65,11 @@ tcp_listener& tcp_listener::operator=(tcp_listener&& other) noexcept {
     return *this;
 }
 
-tcp_listener::~tcp_listener() {
+listener::~listener() {
     close();
 }
 
-result<tcp_listener> tcp_listener::bind(event_loop& loop, const endpoint& at, listen_options opts) {
+result<listener> listener::bind(event_loop& loop, const endpoint& at, listen_options opts) {
     auto fd = sys::socket(at.family(), SOCK_STREAM);
     if (!fd) {
         return fail(name_op("socket", fd.error()));
@@ -91,7 +91,7 @@ result<tcp_listener> tcp_listener::bind(event_loop& loop, const endpoint& at, li
     if (auto r = sys::bind(fd->get(), at.data(), at.size()); !r) {
         return fail(name_op("bind", r.error()));
     }
-    tcp_listener l;
+    listener l;
     if (unix_path && opts.unlink_unix_path) {
         struct stat st {};
         std::string path = unix_path_of(at);
@@ -116,7 +116,7 @@ result<tcp_listener> tcp_listener::bind(event_loop& loop, const endpoint& at, li
     return l;
 }
 
-task<result<accepted>> tcp_listener::accept() {
+task<result<accepted>> listener::accept() {
     auto pause = std::chrono::milliseconds(1);
     while (true) {
         if (!handle_ || handle_->forgotten()) {
@@ -153,7 +153,7 @@ task<result<accepted>> tcp_listener::accept() {
     }
 }
 
-void tcp_listener::close() noexcept {
+void listener::close() noexcept {
     if (handle_) {
         handle_->forget(); // kept (forgotten) so a pending accept() sees the cancel
     }

@@ -1,4 +1,4 @@
-// tcp_listener: a listening TCP or Unix stream socket that accepts streams.
+// listener: a listening TCP or Unix stream socket that accepts streams.
 #pragma once
 
 #include <zcio/endpoint.hpp>
@@ -33,16 +33,15 @@ struct accepted {
     endpoint peer;
 };
 
-class tcp_listener {
+class listener {
 public:
-    tcp_listener() noexcept = default;
-    tcp_listener(tcp_listener&&) noexcept = default;
-    tcp_listener& operator=(tcp_listener&&) noexcept;
-    ~tcp_listener();
+    listener() noexcept = default;
+    listener(listener&&) noexcept = default;
+    listener& operator=(listener&&) noexcept;
+    ~listener();
 
     // socket + SO_REUSEADDR (+ SO_REUSEPORT) + bind + listen, watched on `loop`.
-    static result<tcp_listener> bind(event_loop& loop, const endpoint& at,
-                                     listen_options opts = {});
+    static result<listener> bind(event_loop& loop, const endpoint& at, listen_options opts = {});
 
     // Waits for and accepts one connection. When the process is out of descriptors
     // (EMFILE/ENFILE) the pending client stays in the backlog; accept backs off with
@@ -53,6 +52,8 @@ public:
     // The address actually bound (the real port when port 0 was asked for).
     [[nodiscard]] const endpoint& local_endpoint() const noexcept { return local_; }
     [[nodiscard]] int fd() const noexcept { return fd_.get(); }
+    // The loop it was bound on (bound listeners only).
+    [[nodiscard]] event_loop& loop() const noexcept { return *loop_; }
     [[nodiscard]] std::uint64_t fd_exhausted_count() const noexcept { return fd_exhausted_; }
 
     void close() noexcept;

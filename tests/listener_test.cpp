@@ -1,7 +1,7 @@
-// Tests for tcp_listener: accepting over IPv4, IPv6, Unix paths and abstract names with
+// Tests for listener: accepting over IPv4, IPv6, Unix paths and abstract names with
 // random data echoed back; SO_REUSEPORT; the Unix socket file's life; cancellation by
 // close(); and running out of descriptors (EMFILE) without spinning, then recovering.
-#include <zcio/tcp_listener.hpp>
+#include <zcio/listener.hpp>
 
 #include <zcio/endpoint.hpp>
 #include <zcio/event_loop.hpp>
@@ -76,7 +76,7 @@ struct served {
     test::side echoed;
 };
 
-task<void> accept_and_echo(tcp_listener* l, std::uint64_t seed, served* out) {
+task<void> accept_and_echo(listener* l, std::uint64_t seed, served* out) {
     auto a = co_await l->accept();
     if (!a) {
         out->accept_error = a.error();
@@ -105,7 +105,7 @@ bool path_exists(const std::string& path) {
     return ::lstat(path.c_str(), &st) == 0;
 }
 
-class tcp_listener_test : public test::fd_leak_check {};
+class listener_test : public test::fd_leak_check {};
 
 // ---- accept on every kind of address ----
 
@@ -125,10 +125,10 @@ const char* to_string(where w) {
     return "?";
 }
 
-class tcp_listener_accept_test : public test::fd_leak_check,
-                                 public ::testing::WithParamInterface<where> {};
+class listener_accept_test : public test::fd_leak_check,
+                             public ::testing::WithParamInterface<where> {};
 
-TEST_P(tcp_listener_accept_test, accepts_a_client_and_echoes_random_data) {
+TEST_P(listener_accept_test, accepts_a_client_and_echoes_random_data) {
     const where w = GetParam();
     if (w == where::ipv6 && !test::ipv6_loopback_available(SOCK_STREAM)) {
         GTEST_SKIP() << "no IPv6 loopback (cannot bind [::1]:0 here)";
@@ -151,7 +151,7 @@ TEST_P(tcp_listener_accept_test, accepts_a_client_and_echoes_random_data) {
     }
 
     event_loop loop;
-    auto l = tcp_listener::bind(loop, at);
+    auto l = listener::bind(loop, at);
     ASSERT_TRUE(l) << at.to_string() << ": " << l.error().message();
     const endpoint& bound = l->local_endpoint();
     EXPECT_EQ(bound.family(), at.family());
@@ -198,7 +198,7 @@ TEST_P(tcp_listener_accept_test, accepts_a_client_and_echoes_random_data) {
     EXPECT_EQ(loop.registered_count(), 0u);
 }
 
-INSTANTIATE_TEST_SUITE_P(addresses, tcp_listener_accept_test,
+INSTANTIATE_TEST_SUITE_P(addresses, listener_accept_test,
                          ::testing::Values(where::ipv4, where::ipv6, where::unix_path,
                                            where::unix_abstract),
                          [](const ::testing::TestParamInfo<where>& param_info) {
@@ -208,7 +208,7 @@ INSTANTIATE_TEST_SUITE_P(addresses, tcp_listener_accept_test,
 // ---- SO_REUSEPORT ----
 
 // Accepts until the listener is closed, starting an echo for every connection.
-task<void> accept_loop(event_loop* loop, tcp_listener* l, std::uint64_t seed,
+task<void> accept_loop(event_loop* loop, listener* l, std::uint64_t seed,
                        std::deque<test::side>* echoes, std::error_code* ended) {
     while (true) {
         auto a = co_await l->accept();
@@ -236,20 +236,20 @@ task<void> clients(event_loop* loop, endpoint to, std::size_t n, std::vector<tes
     }
 }
 
-TEST_F(tcp_listener_test, reuse_port_lets_two_listeners_share_a_port_and_both_accept) {
+TEST_F(listener_test, reuse_port_lets_two_listeners_share_a_port_and_both_accept) {
     event_loop loop;
     listen_options shared;
     shared.reuse_port = true;
-    auto a = tcp_listener::bind(loop, endpoint::ipv4_loopback(0), shared);
+    auto a = listener::bind(loop, endpoint::ipv4_loopback(0), shared);
     ASSERT_TRUE(a) << a.error().message();
     const std::uint16_t port = a->local_endpoint().port();
-    auto b = tcp_listener::bind(loop, endpoint::ipv4_loopback(port), shared);
+    auto b = listener::bind(loop, endpoint::ipv4_loopback(port), shared);
     ASSERT_TRUE(b) << "second SO_REUSEPORT listener on port " << port << ": "
                    << b.error().message();
     EXPECT_EQ(b->local_endpoint(), a->local_endpoint());
     {
         // Without SO_REUSEPORT the port is taken.
-        auto c = tcp_listener::bind(loop, endpoint::ipv4_loopback(port));
+        auto c = listener::bind(loop, endpoint::ipv4_loopback(port));
         ASSERT_FALSE(c);
         EXPECT_EQ(c.error(), std::errc::address_in_use) << c.error().message();
     }
@@ -305,10 +305,10 @@ void make_stale_socket_file(const std::string& path) {
     ASSERT_TRUE(path_is_socket(path));
 }
 
-TEST_F(tcp_listener_test, unix_path_is_removed_on_close) {
+TEST_F(listener_test, unix_path_is_removed_on_close) {
     event_loop loop;
     const std::string path = test::temp_path("listener");
-    auto l = tcp_listener::bind(loop, must_parse("unix:" + path));
+    auto l = listener::bind(loop, must_parse("unix:" + path));
     ASSERT_TRUE(l) << l.error().message();
     EXPECT_TRUE(path_is_socket(path));
     l->close();
@@ -317,15 +317,15 @@ TEST_F(tcp_listener_test, unix_path_is_removed_on_close) {
     l->close();
 }
 
-TEST_F(tcp_listener_test, unix_path_follows_a_moved_listener) {
+TEST_F(listener_test, unix_path_follows_a_moved_listener) {
     event_loop loop;
     const std::string path = test::temp_path("listener");
-    auto l = tcp_listener::bind(loop, must_parse("unix:" + path));
+    auto l = listener::bind(loop, must_parse("unix:" + path));
     ASSERT_TRUE(l) << l.error().message();
-    tcp_listener moved = std::move(*l);
+    listener moved = std::move(*l);
     l->close(); // the moved-from listener owns nothing
     EXPECT_TRUE(path_is_socket(path)) << "closing a moved-from listener removed the file";
-    tcp_listener assigned;
+    listener assigned;
     assigned = std::move(moved);
     moved.close();
     EXPECT_TRUE(path_is_socket(path));
@@ -333,23 +333,23 @@ TEST_F(tcp_listener_test, unix_path_follows_a_moved_listener) {
     EXPECT_FALSE(path_exists(path));
 }
 
-TEST_F(tcp_listener_test, stale_unix_socket_file_is_replaced_on_bind) {
+TEST_F(listener_test, stale_unix_socket_file_is_replaced_on_bind) {
     event_loop loop;
     const std::string path = test::temp_path("listener");
     make_stale_socket_file(path);
-    auto l = tcp_listener::bind(loop, must_parse("unix:" + path));
+    auto l = listener::bind(loop, must_parse("unix:" + path));
     ASSERT_TRUE(l) << "bind over a stale socket file: " << l.error().message();
     l->close();
     EXPECT_FALSE(path_exists(path));
 }
 
-TEST_F(tcp_listener_test, unix_path_is_left_alone_when_unlinking_is_off_or_not_a_socket) {
+TEST_F(listener_test, unix_path_is_left_alone_when_unlinking_is_off_or_not_a_socket) {
     event_loop loop;
     const std::string path = test::temp_path("listener");
     make_stale_socket_file(path);
     listen_options keep;
     keep.unlink_unix_path = false;
-    auto l = tcp_listener::bind(loop, must_parse("unix:" + path), keep);
+    auto l = listener::bind(loop, must_parse("unix:" + path), keep);
     ASSERT_FALSE(l);
     EXPECT_EQ(l.error(), std::errc::address_in_use) << l.error().message();
     EXPECT_TRUE(path_is_socket(path));
@@ -360,14 +360,14 @@ TEST_F(tcp_listener_test, unix_path_is_left_alone_when_unlinking_is_off_or_not_a
         auto f = sys::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
         ASSERT_TRUE(f) << f.error().message();
     }
-    auto m = tcp_listener::bind(loop, must_parse("unix:" + path));
+    auto m = listener::bind(loop, must_parse("unix:" + path));
     ASSERT_FALSE(m);
     EXPECT_EQ(m.error(), std::errc::address_in_use) << m.error().message();
     EXPECT_TRUE(path_exists(path)) << "bind removed a regular file";
     ::unlink(path.c_str());
 }
 
-// A socket listening at `path` that is not a tcp_listener (another server): bound and
+// A socket listening at `path` that is not a listener (another server): bound and
 // listening, never accepting unless the test does.
 unique_fd listen_elsewhere(const std::string& path) {
     auto fd = sys::socket(AF_UNIX, SOCK_STREAM);
@@ -401,13 +401,13 @@ void expect_reaches(const std::string& path, int listening_fd) {
 
 // The bug: a live socket was unlinked and taken over, cutting off the server that
 // listened there; now it is "in use" and the file is untouched.
-TEST_F(tcp_listener_test, live_unix_socket_is_in_use_and_left_alone) {
+TEST_F(listener_test, live_unix_socket_is_in_use_and_left_alone) {
     event_loop loop;
     const std::string path = test::temp_path("listener");
     unique_fd other = listen_elsewhere(path);
     ASSERT_TRUE(other.valid());
     const ino_t inode = inode_of(path);
-    auto l = tcp_listener::bind(loop, must_parse("unix:" + path));
+    auto l = listener::bind(loop, must_parse("unix:" + path));
     ASSERT_FALSE(l) << "bound over a live socket";
     EXPECT_EQ(l.error(), std::errc::address_in_use) << l.error().message();
     EXPECT_EQ(inode_of(path), inode) << "the live socket file was replaced";
@@ -424,7 +424,7 @@ TEST_F(tcp_listener_test, live_unix_socket_is_in_use_and_left_alone) {
 }
 
 // A live server whose backlog is full refuses with EAGAIN, not ECONNREFUSED: still live.
-TEST_F(tcp_listener_test, live_unix_socket_with_a_full_backlog_is_in_use) {
+TEST_F(listener_test, live_unix_socket_with_a_full_backlog_is_in_use) {
     event_loop loop;
     const std::string path = test::temp_path("listener");
     unique_fd other = listen_elsewhere(path);
@@ -443,7 +443,7 @@ TEST_F(tcp_listener_test, live_unix_socket_with_a_full_backlog_is_in_use) {
         ::unlink(path.c_str());
         GTEST_SKIP() << "64 connects did not fill a backlog of 8 here";
     }
-    auto l = tcp_listener::bind(loop, at);
+    auto l = listener::bind(loop, at);
     ASSERT_FALSE(l) << "bound over a live socket with a full backlog";
     EXPECT_EQ(l.error(), std::errc::address_in_use) << l.error().message();
     EXPECT_TRUE(path_is_socket(path));
@@ -452,13 +452,13 @@ TEST_F(tcp_listener_test, live_unix_socket_with_a_full_backlog_is_in_use) {
     ::unlink(path.c_str());
 }
 
-TEST_F(tcp_listener_test, symlink_at_the_unix_path_is_never_removed) {
+TEST_F(listener_test, symlink_at_the_unix_path_is_never_removed) {
     event_loop loop;
     const std::string target = test::temp_path("listener-target");
     const std::string path = test::temp_path("listener");
     make_stale_socket_file(target); // stale, but the path itself is a symlink
     ASSERT_EQ(::symlink(target.c_str(), path.c_str()), 0);
-    auto l = tcp_listener::bind(loop, must_parse("unix:" + path));
+    auto l = listener::bind(loop, must_parse("unix:" + path));
     ASSERT_FALSE(l);
     EXPECT_EQ(l.error(), std::errc::address_in_use) << l.error().message();
     struct stat st {};
@@ -471,10 +471,10 @@ TEST_F(tcp_listener_test, symlink_at_the_unix_path_is_never_removed) {
 
 // Someone removed our file and another server bound the path: closing must not remove
 // the new server's socket.
-TEST_F(tcp_listener_test, close_leaves_a_socket_file_that_replaced_ours) {
+TEST_F(listener_test, close_leaves_a_socket_file_that_replaced_ours) {
     event_loop loop;
     const std::string path = test::temp_path("listener");
-    auto l = tcp_listener::bind(loop, must_parse("unix:" + path));
+    auto l = listener::bind(loop, must_parse("unix:" + path));
     ASSERT_TRUE(l) << l.error().message();
     ASSERT_EQ(::unlink(path.c_str()), 0);
     unique_fd other = listen_elsewhere(path);
@@ -489,52 +489,13 @@ TEST_F(tcp_listener_test, close_leaves_a_socket_file_that_replaced_ours) {
 
 // ---- running out of descriptors ----
 
-// Lowers RLIMIT_NOFILE's soft limit so that no new descriptor can be made, and puts
-// it back on restore() or destruction, whatever the test does in between.
-class fd_limit_guard {
-public:
-    fd_limit_guard() { ok_ = ::getrlimit(RLIMIT_NOFILE, &saved_) == 0; }
-    ~fd_limit_guard() { restore(); }
-    fd_limit_guard(const fd_limit_guard&) = delete;
-    fd_limit_guard& operator=(const fd_limit_guard&) = delete;
-
-    // The kernel hands out the lowest free number, so every fd below it is in use: with
-    // the soft limit there, the next descriptor of any kind fails with EMFILE.
-    bool exhaust() {
-        if (!ok_) {
-            return false;
-        }
-        auto probe = sys::eventfd();
-        if (!probe) {
-            return false;
-        }
-        const auto lowest_free = static_cast<rlim_t>(probe->get());
-        probe->reset();
-        rlimit low = saved_;
-        low.rlim_cur = lowest_free;
-        lowered_ = ::setrlimit(RLIMIT_NOFILE, &low) == 0;
-        return lowered_;
-    }
-
-    void restore() noexcept {
-        if (lowered_) {
-            lowered_ = ::setrlimit(RLIMIT_NOFILE, &saved_) != 0;
-        }
-    }
-
-private:
-    rlimit saved_{};
-    bool ok_ = false;
-    bool lowered_ = false;
-};
-
 // Runs, while descriptors are still to spare, every kind of waiter the exhausted
 // phase of a test uses: an accept, a spawn, a block_on of a void task, a sleep and an
 // operation-named error.
 // UBSan's vptr check (-fsanitize=undefined) probes memory through a pipe the first
 // time it meets a polymorphic type (sanitizer_common IsAccessibleMemoryRange), and
 // without a free descriptor that probe fails and reports a false "invalid vptr".
-void warm_up(event_loop& loop, tcp_listener& l) {
+void warm_up(event_loop& loop, listener& l) {
     served warm;
     loop.spawn(accept_and_echo(&l, 1, &warm));
     auto c = loop.block_on(stream::connect(loop, l.local_endpoint(), 5s));
@@ -548,21 +509,12 @@ void warm_up(event_loop& loop, tcp_listener& l) {
     EXPECT_EQ(op_error("accept4", ECANCELED), std::errc::operation_canceled);
 }
 
-std::chrono::microseconds cpu_time() {
-    rusage ru{};
-    ::getrusage(RUSAGE_SELF, &ru);
-    auto us = [](const timeval& tv) {
-        return std::chrono::seconds(tv.tv_sec) + std::chrono::microseconds(tv.tv_usec);
-    };
-    return us(ru.ru_utime) + us(ru.ru_stime);
-}
-
 // accept() under EMFILE must leave the client queued, back off instead of spinning
 // (an edge-triggered listener gets no new edge for a client already queued), and take
 // the client once descriptors are available again.
-TEST_F(tcp_listener_test, accept_backs_off_when_out_of_descriptors_and_recovers) {
+TEST_F(listener_test, accept_backs_off_when_out_of_descriptors_and_recovers) {
     event_loop loop;
-    auto l = tcp_listener::bind(loop, endpoint::ipv4_loopback(0));
+    auto l = listener::bind(loop, endpoint::ipv4_loopback(0));
     ASSERT_TRUE(l) << l.error().message();
     ASSERT_NO_FATAL_FAILURE(warm_up(loop, *l));
     ASSERT_EQ(l->fd_exhausted_count(), 0u);
@@ -576,7 +528,7 @@ TEST_F(tcp_listener_test, accept_backs_off_when_out_of_descriptors_and_recovers)
     std::chrono::microseconds cpu{};
     clock::duration wall{};
     {
-        fd_limit_guard limit;
+        test::fd_limit_guard limit;
         ASSERT_TRUE(limit.exhaust()) << "could not lower RLIMIT_NOFILE";
         auto probe = sys::eventfd();
         ASSERT_FALSE(probe) << "descriptors are not exhausted";
@@ -588,10 +540,10 @@ TEST_F(tcp_listener_test, accept_backs_off_when_out_of_descriptors_and_recovers)
         ASSERT_TRUE(c || errno_of(c.error()) == EINPROGRESS) << c.error().message();
 
         loop.spawn(accept_and_echo(&*l, 71, &server));
-        const auto cpu_start = cpu_time();
+        const auto cpu_start = test::cpu_time();
         const auto wall_start = clock::now();
         loop.block_on(test::pause(&loop, 300ms));
-        cpu = cpu_time() - cpu_start;
+        cpu = test::cpu_time() - cpu_start;
         wall = clock::now() - wall_start;
         limit.restore();
     }
@@ -626,16 +578,16 @@ TEST_F(tcp_listener_test, accept_backs_off_when_out_of_descriptors_and_recovers)
 
 // close() while accept() is backing off from EMFILE ends the accept with
 // operation_canceled instead of touching the closed listener.
-TEST_F(tcp_listener_test, close_during_emfile_back_off_cancels_the_accept) {
+TEST_F(listener_test, close_during_emfile_back_off_cancels_the_accept) {
     event_loop loop;
-    auto l = tcp_listener::bind(loop, endpoint::ipv4_loopback(0));
+    auto l = listener::bind(loop, endpoint::ipv4_loopback(0));
     ASSERT_TRUE(l) << l.error().message();
     ASSERT_NO_FATAL_FAILURE(warm_up(loop, *l));
     auto client = loop.block_on(stream::connect(loop, l->local_endpoint(), 5s));
     ASSERT_TRUE(client) << client.error().message();
     served server;
     {
-        fd_limit_guard limit;
+        test::fd_limit_guard limit;
         ASSERT_TRUE(limit.exhaust()) << "could not lower RLIMIT_NOFILE";
         loop.spawn(accept_and_echo(&*l, 81, &server));
         loop.block_on(test::pause(&loop, 20ms));

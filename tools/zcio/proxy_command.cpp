@@ -1,0 +1,241 @@
+// `zcio proxy`: its flags, the config they make, and the main loop that serves the
+// signals (drain, reload) and the metrics while the proxy_server runs.
+#include "cli_util.hpp"
+#include "commands.hpp"
+#include "metrics.hpp"
+#include "proxy_server.hpp"
+#include "route_config.hpp"
+
+#include <zcio/zcio.hpp>
+
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include <csignal>
+#include <memory>
+#include <optional>
+
+namespace zcio::cli {
+namespace {
+
+struct proxy_flags {
+    std::vector<std::string> listen;
+    std::string upstream;
+    std::string config;
+    std::size_t threads = 0;
+    std::string engine = "auto";
+    std::string pipe_size;
+    std::optional<std::uint64_t> max_connections;
+    std::string idle_timeout;
+    std::string connect_timeout = "10";
+    std::string rate_limit;
+    std::string proxy_protocol;
+    std::string metrics;
+    std::string drain_timeout = "10";
+    std::string busy_poll;
+};
+
+proxy_config config_from_flags(const proxy_flags& f) {
+    proxy_config cfg;
+    if (!f.config.empty()) {
+        if (!f.listen.empty() || !f.upstream.empty()) {
+            throw usage_error("--config cannot be combined with --listen/--upstream (put the "
+                              "routes in the file)");
+        }
+        cfg = load_config_file(f.config);
+    } else {
+        if (f.listen.empty()) {
+            throw usage_error("--listen is required (or give --config FILE)");
+        }
+        if (f.upstream.empty()) {
+            throw usage_error("--upstream is required (or give --config FILE)");
+        }
+        route r;
+        r.name = "default";
+        std::vector<listen_span> spans;
+        std::vector<std::string> span_texts; // the --listen each span came from
+        for (const auto& l : f.listen) {
+            auto eps = parse_listen(l);
+            // Overlapping --listen flags (the same address twice, ranges that share a
+            // port, a wildcard and an address under it) would fail only at bind time,
+            // as a runtime error: the checks of a config file's routes apply.
+            for (const auto& group : split_by_address(eps)) {
+                const listen_span mine = span_of(group);
+                for (std::size_t i = 0; i < spans.size(); ++i) {
+                    if (auto shared = listen_overlap(spans[i], mine)) {
+                        const std::string& earlier = span_texts[i];
+                        if (earlier == l) {
+                            throw usage_error("--listen " + l + " is given twice");
+                        }
+                        throw usage_error("--listen " + l + ": " + shared->to_string() +
+                                          " is already taken by --listen " + earlier);
+                    }
+                }
+                spans.push_back(mine);
+                span_texts.push_back(l);
+            }
+            r.listen.insert(r.listen.end(), eps.begin(), eps.end());
+            r.listen_text.push_back(l);
+        }
+        r.upstream = parse_endpoint_list(f.upstream);
+        r.options.engine = parse_engine(f.engine, "--engine");
+        if (!f.pipe_size.empty()) {
+            r.options.pipe_size = parse_size(f.pipe_size, "--pipe-size");
+        }
+        r.options.max_connections = f.max_connections;
+        if (!f.idle_timeout.empty()) {
+            r.options.idle_timeout = parse_duration(f.idle_timeout, "--idle-timeout");
+        }
+        r.options.connect_timeout = parse_duration(f.connect_timeout, "--connect-timeout");
+        if (!f.rate_limit.empty()) {
+            r.options.rate_limit = parse_size(f.rate_limit, "--rate-limit");
+        }
+        r.options.proxy_protocol = parse_proxy_header(f.proxy_protocol, "--proxy-protocol");
+        cfg.routes.push_back(std::move(r));
+    }
+    if (!f.metrics.empty()) {
+        cfg.global.metrics = parse_listen_endpoint(f.metrics);
+    }
+    if (f.threads != 0) {
+        cfg.global.threads = f.threads;
+    }
+    if (!cfg.global.drain_timeout) {
+        cfg.global.drain_timeout = parse_duration(f.drain_timeout, "--drain-timeout");
+    }
+    if (!f.busy_poll.empty()) {
+        auto d = parse_duration(f.busy_poll, "--busy-poll");
+        if (d > busy_poll_limit) {
+            throw usage_error("--busy-poll: " + f.busy_poll +
+                              " is too long (at most 10ms; e.g. 50us)");
+        }
+        cfg.global.busy_poll = d;
+    }
+    for (const auto& r : cfg.routes) {
+        if (r.upstream.is_ip() && r.upstream.port() == 0) {
+            throw usage_error(r.name + ": upstream " + r.upstream.to_string() + " has port 0");
+        }
+    }
+    return cfg;
+}
+
+task<int> proxy_main(event_loop* loop, proxy_server* server, proxy_flags flags,
+                     std::chrono::nanoseconds drain) {
+    auto signals = signal_set::open(*loop, {SIGINT, SIGTERM, SIGHUP});
+    if (!signals) {
+        spdlog::critical("signals: {}", signals.error().message());
+        co_return 1;
+    }
+    // The file is read on a thread: the loop serves signals and metrics meanwhile.
+    config_reloader reloader(*loop, *server, [flags] { return config_from_flags(flags); });
+    while (true) {
+        auto sig = co_await signals->next();
+        if (!sig) {
+            spdlog::critical("signals: {}", sig.error().message());
+            co_return 1;
+        }
+        if (*sig == SIGHUP) {
+            if (flags.config.empty()) {
+                spdlog::warn("SIGHUP: nothing to reload (no --config)");
+                continue;
+            }
+            reloader.request();
+            continue;
+        }
+        spdlog::info("{}: draining (up to {:.1f}s)", *sig == SIGINT ? "SIGINT" : "SIGTERM",
+                     std::chrono::duration<double>(drain).count());
+        reloader.stop();
+        server->drain(drain);
+        co_return 0;
+    }
+}
+
+int run_proxy(const proxy_flags& flags) {
+    proxy_config cfg = config_from_flags(flags);
+    const std::size_t threads = cfg.global.threads.value_or(0);
+    const auto drain = *cfg.global.drain_timeout;
+    const auto metrics_at = cfg.global.metrics;
+
+    // Block the signals before any thread starts: the loop threads inherit the mask and
+    // only the main loop's signalfd receives them.
+    sigset_t mask;
+    sigemptyset(&mask);
+    for (int s : {SIGINT, SIGTERM, SIGHUP}) {
+        sigaddset(&mask, s);
+    }
+    pthread_sigmask(SIG_BLOCK, &mask, nullptr);
+
+    event_loop main_loop;
+    proxy_server server(std::move(cfg), threads);
+    // Bind the metrics address before the routes' start logs "listening on", so a
+    // failure of either is the only line on stderr. Freed before the server it reads.
+    metrics_endpoint metrics;
+    if (metrics_at) {
+        metrics = start_metrics_server(*metrics_at, [&server] { return server.metrics_text(); });
+    }
+    server.start();
+    if (metrics.server) {
+        spdlog::info("metrics on http://{}/metrics", metrics.bound.to_string());
+    }
+    return main_loop.block_on(proxy_main(&main_loop, &server, flags, drain));
+}
+
+// A count: digits only, so "-1" and "1.5" are refused with a message that says so.
+const CLI::Validator whole_number(
+    [](std::string& text) -> std::string {
+        if (text.empty() || text.find_first_not_of("0123456789") != std::string::npos) {
+            return "\"" + text + "\" is not a whole number (0, 1, 2, ...)";
+        }
+        return {};
+    },
+    "COUNT");
+
+} // namespace
+
+subcommand add_proxy_command(CLI::App& app) {
+    auto f = std::make_shared<proxy_flags>();
+    auto* cmd = app.add_subcommand("proxy", "TCP/Unix forwarder: every client connection is "
+                                            "relayed to the upstream (splice where possible)");
+    cmd->add_option("-l,--listen", f->listen,
+                    "Address to accept clients on; repeatable. HOST:PORT, [::1]:PORT, "
+                    "HOST:FIRST-LAST (every port of the range), unix:/path, unix:@abstract; "
+                    "a bare PORT or :PORT means 127.0.0.1 (0.0.0.0:PORT for every interface)")
+        // One address per flag, taken as typed: CLI11 would otherwise read "[::1]" as a
+        // list and hand over "::1".
+        ->allow_extra_args(false);
+    cmd->add_option("-u,--upstream", f->upstream,
+                    "Address to connect each client to (a name: each of its addresses "
+                    "is tried, Happy Eyeballs)");
+    cmd->add_option("-c,--config", f->config,
+                    "TOML file with [[route]] tables (see docs/proxy.md); "
+                    "SIGHUP reloads it");
+    cmd->add_option("-t,--threads", f->threads, "Event loops (threads); default: one per core")
+        ->check(CLI::Range(1, 1024));
+    cmd->add_option("--engine", f->engine, "auto, splice or buffer")->capture_default_str();
+    cmd->add_option("--pipe-size", f->pipe_size, "Size of pooled pipes (e.g. 1M); default 1 MiB");
+    cmd->add_option("--max-connections", f->max_connections,
+                    "Open client connections at most; more are accepted and closed at once "
+                    "(0: no limit; default: one limit shared by every route without its own, "
+                    "(open-file limit - 64 reserved - listeners) / 2, as each connection "
+                    "costs two descriptors)")
+        ->check(whole_number); // CLI11 2.1 reads "-1" into an unsigned as 2^64 - 1
+    cmd->add_option("--idle-timeout", f->idle_timeout,
+                    "Close a connection when no byte moved either way for this long (e.g. 30s; "
+                    "0: never; default 1h)");
+    cmd->add_option("--connect-timeout", f->connect_timeout, "Upstream connect timeout")
+        ->capture_default_str();
+    cmd->add_option("--rate-limit", f->rate_limit,
+                    "Bytes per second per connection and direction (e.g. 10M); works with splice");
+    cmd->add_option("--proxy-protocol", f->proxy_protocol,
+                    "Send a PROXY protocol header (v1 or v2) to the upstream");
+    cmd->add_option("--metrics", f->metrics, "Serve Prometheus metrics at http://ADDR/metrics");
+    cmd->add_option("--busy-poll", f->busy_poll,
+                    "After work, poll without sleeping for this long before blocking (e.g. "
+                    "50us, at most 10ms): lower latency on machines slow to wake a core, at "
+                    "the cost of CPU while traffic flows; default off");
+    cmd->add_option("--drain-timeout", f->drain_timeout,
+                    "On SIGINT/SIGTERM, wait this long for open connections before closing them")
+        ->capture_default_str();
+    return {cmd, [f] { return run_proxy(*f); }};
+}
+
+} // namespace zcio::cli

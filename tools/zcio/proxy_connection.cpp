@@ -1,0 +1,266 @@
+// The `zcio proxy` connections: accepted against the limits, a task each until the
+// upstream answers, then a relay (no coroutine frame while the connection is quiet).
+#include "proxy_loop.hpp"
+
+#include "cli_util.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cstring>
+
+namespace zcio::cli {
+
+using namespace std::chrono_literals;
+
+namespace {
+
+const char* reason_of(const traffic& t) {
+    if (t.ok()) {
+        return "closed by both sides";
+    }
+    if (t.error == std::errc::timed_out) {
+        return "idle timeout";
+    }
+    if (t.error == std::errc::operation_canceled) {
+        return "shutdown";
+    }
+    return nullptr;
+}
+
+std::string describe_end(const traffic& t) {
+    if (const char* r = reason_of(t)) {
+        return r;
+    }
+    const char* side = t.failed == direction::a_to_b ? "client→upstream" : "upstream→client";
+    return std::string(side) + " " + t.error.message();
+}
+
+// Makes the coming close of `s` send an RST instead of a FIN. Used on every connection
+// that did not end with both sides closing cleanly (a reset or an error on either side,
+// the idle timeout, a drain cut, an upstream that could not be reached): with a FIN the
+// peer would read a clean end of stream and could take a cut transfer for a complete
+// one (tests/stress: fault-*-rst, fault-drain-restart).
+void abort_on_close(const stream& s) noexcept {
+    const ::linger lg{.l_onoff = 1, .l_linger = 0};
+    (void)sys::setsockopt(s.fd(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+}
+
+} // namespace
+
+// A connection whose upstream answered: a relay plus what its close line needs. It
+// lives in its loop's relay set (for the idle sweep and the shutdown) and list (for the
+// metrics tick), holds its slot in the route's limit, and deletes itself in on_done().
+// Made with `new` from a slab of its own (slab_allocated): connections opened in a
+// burst are then packed together instead of between the connect-phase frames, whose
+// pages can go back to the kernel once those frames are freed.
+class proxied_connection final : public relay, public slab_allocated<proxied_connection> {
+public:
+    proxied_connection(loop_ctx* ctx, std::shared_ptr<route_runtime> rt, stream client,
+                       stream upstream, const bidirectional_options& bo, const endpoint& peer,
+                       clock::time_point started, connection_slot slot)
+        : relay(std::move(client), std::move(upstream), bo), rt_(std::move(rt)),
+          slot_(std::move(slot)), started_(started) {
+        // Only what the log line needs of the peer: an IP address fits in 28 bytes (a
+        // whole endpoint is 132); a Unix client is unnamed or printed by its family.
+        peer_len_ = std::min<socklen_t>(peer.size(), sizeof peer_);
+        std::memcpy(&peer_, peer.data(), peer_len_);
+        ctx->relays->add(*this);
+        join_list(ctx->connections);
+    }
+
+    // Adds what moved since the last call to the route's byte counters: one relaxed
+    // add per direction that moved, called by the loop's refresh tick and at the end.
+    // Not after each burst of the relay: a direction that always has data (a rate-
+    // limited one, a fast sender) stays in one copy() burst until the stream ends.
+    [[nodiscard]] proxied_connection* next() const noexcept { return next_; }
+
+    void count_progress() noexcept {
+        route_stats& stats = *rt_->stats;
+        add_since(stats.bytes_client_to_upstream, a_to_b(), counted_[0]);
+        add_since(stats.bytes_upstream_to_client, b_to_a(), counted_[1]);
+    }
+
+protected:
+    void on_done(const traffic& t) override {
+        if (!t.ok()) {
+            abort_on_close(a()); // the client
+            abort_on_close(b()); // the upstream
+        }
+        count_progress(); // t.a_to_b == a_to_b(), t.b_to_a == b_to_a()
+        slot_.release();
+        leave_list();
+        if (spdlog::should_log(spdlog::level::info)) {
+            log_close(t); // its arguments are formatted even when the level drops the line
+        }
+        delete this; // leaves the set
+    }
+
+private:
+    // The loop's list of its connections is threaded through them (no vector to grow
+    // in a burst of connects): `pprev_` points at whatever points at this one.
+    void join_list(proxied_connection*& head) noexcept {
+        next_ = head;
+        if (next_ != nullptr) {
+            next_->pprev_ = &next_;
+        }
+        pprev_ = &head;
+        head = this;
+    }
+
+    void leave_list() noexcept {
+        *pprev_ = next_;
+        if (next_ != nullptr) {
+            next_->pprev_ = pprev_;
+        }
+    }
+
+    void log_close(const traffic& t) const {
+        const double secs = std::chrono::duration<double>(clock::now() - started_).count();
+        spdlog::info("{} closed client {} upstream {} sent {} received {} in {:.3f}s path {}: {}",
+                     rt_->config.name, peer_text(), rt_->config.upstream.to_string(), t.a_to_b,
+                     t.b_to_a, secs, path_text(t), describe_end(t));
+    }
+
+    static void add_since(std::atomic<std::uint64_t>& counter, std::uint64_t now,
+                          std::uint64_t& counted) noexcept {
+        if (now != counted) {
+            counter.fetch_add(now - counted, std::memory_order_relaxed);
+            counted = now;
+        }
+    }
+
+    std::string peer_text() const {
+        if (peer_.sin6_family == AF_UNIX) {
+            return "unix:";
+        }
+        return endpoint::from_sockaddr(reinterpret_cast<const sockaddr*>(&peer_), peer_len_)
+            .to_string();
+    }
+
+    // The path of each direction that moved bytes ("-" when neither did): a direction
+    // that moved nothing only reports the path it would have tried.
+    static std::string path_text(const traffic& t) {
+        std::string path;
+        if (t.a_to_b > 0) {
+            path = to_string(t.a_to_b_path);
+        }
+        if (t.b_to_a > 0 && (t.a_to_b == 0 || t.b_to_a_path != t.a_to_b_path)) {
+            path += (path.empty() ? "" : "/") + std::string(to_string(t.b_to_a_path));
+        }
+        return path.empty() ? "-" : path;
+    }
+
+    std::shared_ptr<route_runtime> rt_;
+    connection_slot slot_;                 // in the route's limit until the connection ends
+    proxied_connection** pprev_ = nullptr; // in the loop's list (join_list)
+    proxied_connection* next_ = nullptr;
+    std::uint64_t counted_[2] = {0, 0}; // bytes already in the route's counters
+    clock::time_point started_;
+    sockaddr_in6 peer_{}; // IPv4 addresses fit too
+    socklen_t peer_len_ = 0;
+};
+
+namespace {
+
+task<void> handle_connection(loop_ctx* ctx, std::shared_ptr<route_runtime> rt, stream client,
+                             endpoint peer, connection_slot slot) {
+    const auto started = clock::now();
+    route_stats& stats = *rt->stats;
+    const route_options& o = rt->config.options;
+
+    std::vector<connect_failure> failed; // each address that failed, for the log line
+    auto up = co_await with_cancel(
+        *ctx->loop,
+        stream::connect(*ctx->loop, rt->config.upstream,
+                        std::chrono::duration_cast<clock::duration>(o.connect_timeout), &failed),
+        ctx->cancel_all);
+    if (!up) {
+        if (up.error() == std::errc::timed_out) {
+            stats.upstream_connect_timeouts.fetch_add(1, std::memory_order_relaxed);
+        } else if (up.error() != std::errc::operation_canceled) {
+            stats.upstream_connect_failures.fetch_add(1, std::memory_order_relaxed);
+        }
+        spdlog::warn("{} client {} upstream {}: {} (client closed)", rt->config.name,
+                     peer.to_string(), rt->config.upstream.to_string(),
+                     failed.size() > 1 ? to_string(failed) : up.error().message());
+        abort_on_close(client);
+        co_return; // the slot goes with the frame
+    }
+    if (o.proxy_protocol != proxy_header::none) {
+        auto local = client.local_endpoint();
+        endpoint dst = local ? *local : endpoint{};
+        std::string header = o.proxy_protocol == proxy_header::v1 ? proxy_header_v1(peer, dst)
+                                                                  : proxy_header_v2(peer, dst);
+        auto w = co_await up->write_all(std::as_bytes(std::span(header)));
+        if (!w) {
+            spdlog::warn("{} client {} upstream {}: sending the PROXY header: {}", rt->config.name,
+                         peer.to_string(), rt->config.upstream.to_string(), w.error().message());
+            abort_on_close(client);
+            abort_on_close(*up);
+            co_return;
+        }
+    }
+
+    bidirectional_options bo;
+    bo.path = o.engine;
+    bo.pipe_size = o.pipe_size;
+    bo.rate_limit = o.rate_limit;
+    if (o.idle_timeout.count() > 0) {
+        bo.idle_timeout = std::chrono::duration_cast<clock::duration>(o.idle_timeout);
+    }
+    bo.pools = &rt->stats->per_loop[ctx->index].pools;
+    // From here on the connection is an object, not this coroutine: a quiet one holds
+    // no frame. It deletes itself when it ends.
+    auto* conn = new proxied_connection(ctx, std::move(rt), std::move(client), std::move(*up), bo,
+                                        peer, started, std::move(slot));
+    conn->start();
+}
+
+// Counts and logs a client refused by the limit of `rt`: the route's max_connections,
+// or, for a route without one, the process's descriptor budget, which every route's
+// connections share (default_max_connections). The client is closed at once.
+void refused(const route_runtime& rt, const endpoint& peer) {
+    rt.stats->connections_refused.fetch_add(1, std::memory_order_relaxed);
+    if (rt.config.options.max_connections) {
+        spdlog::warn("{} refused client {}: --max-connections {} reached", rt.config.name,
+                     peer.to_string(), *rt.config.options.max_connections);
+    } else {
+        spdlog::warn("{} refused client {}: {} connections open, all the descriptor limit "
+                     "allows (set max_connections to choose)",
+                     rt.config.name, peer.to_string(), rt.stats->active.applied_max());
+    }
+}
+
+} // namespace
+
+void set_route(listener_entry& e, std::shared_ptr<route_runtime> rt) {
+    e.accepting.limit = &rt->stats->active;
+    e.rt = std::move(rt);
+}
+
+void start_accepting(loop_ctx& ctx, std::shared_ptr<listener_entry> e) {
+    listener_entry* entry = e.get();
+    set_route(*entry, entry->rt);
+    entry->accepting.refused = [entry](accepted a) { refused(*entry->rt, a.peer); };
+    entry->accepting.failed = [entry](const std::error_code& err) {
+        spdlog::error("accept on {}: {}", entry->key, err.message());
+    };
+    loop_ctx* c = &ctx;
+    auto handler = [c, e](accepted a, connection_slot slot) {
+        e->rt->stats->connections_total.fetch_add(1, std::memory_order_relaxed);
+        c->loop->spawn(handle_connection(c, e->rt, std::move(a.conn), a.peer, std::move(slot)));
+    };
+    ctx.loop->spawn(accept_loop(&entry->listener, &entry->accepting, std::move(handler)));
+}
+
+void count_progress(loop_ctx& ctx) noexcept {
+    for (proxied_connection* c = ctx.connections; c != nullptr; c = c->next()) {
+        c->count_progress();
+    }
+}
+
+} // namespace zcio::cli
