@@ -137,16 +137,21 @@ public:
     // forgotten): the transfer ends with that error, named after the operation.
     void wait_failed(std::error_code ec);
 
-    [[nodiscard]] const copy_result& result() const noexcept { return res_; }
-    [[nodiscard]] clock::time_point wake_at() const noexcept { return wake_at_; }
+    [[nodiscard]] copy_result result() const noexcept {
+        return {bytes_, bytes_ > 0 ? last_path_ : path_, error_};
+    }
+    [[nodiscard]] clock::time_point wake_at() const noexcept {
+        return ext_ ? ext_->wake_at : clock::time_point{};
+    }
     // The path in use now (it changes on fall-back and on the upgrade to splice).
     [[nodiscard]] copy_path path() const noexcept { return path_; }
     // A pipe or buffer is leased (only while bytes are in hand, or between calls).
-    [[nodiscard]] bool holds_lease() const noexcept { return pipe_.valid() || buf_.valid(); }
+    [[nodiscard]] bool holds_lease() const noexcept { return hand_ != nullptr; }
     [[nodiscard]] stream& source() const noexcept { return *src_; }
     [[nodiscard]] stream& destination() const noexcept { return *dst_; }
 
 private:
+    struct in_hand; // see hand_
     // What a path's step ends with: a wait, or a change of path, or "go on".
     enum class next : std::uint8_t { readable, writable, until, yield, done, failed, fallback,
                                      upgrade, more };
@@ -182,6 +187,11 @@ private:
     [[nodiscard]] bool budget_spent() const noexcept { return step_bytes_ >= yield_budget(); }
     static std::uint32_t clamp32(std::size_t n) noexcept { return n < UINT32_MAX ? static_cast<std::uint32_t>(n) : UINT32_MAX; }
     [[nodiscard]] bool lease_pipe();
+    in_hand& hand();
+    void drop_pipe() noexcept;
+    void drop_hand_if_empty() noexcept;
+    [[nodiscard]] std::size_t in_pipe() const noexcept;
+    [[nodiscard]] bool buffered() const noexcept;
     [[nodiscard]] bool src_has_bytes_at() const;
     bool start_skipping_holes();
     void skip_hole();
@@ -198,6 +208,8 @@ private:
         off_t dst_off = 0;
         off_t data_end = 0;   // hole skipping: the end of the current data extent
         off_t src_fd_was = 0; // hole skipping: the source fd's offset before it began
+        std::uint64_t remaining = 0; // what the limit leaves
+        clock::time_point wake_at{}; // with wait::until: when to call step() again
         std::uint32_t max_chunk = 0; // at most max_chunk_limit (1 GiB)
         std::uint32_t yield_budget = 0;
         std::uint32_t pipe_size = 0;
@@ -211,6 +223,9 @@ private:
         return ext_ ? ext_->yield_budget : static_cast<std::uint32_t>(copy_options{}.yield_budget);
     }
     [[nodiscard]] rate_limiter* limiter() const noexcept { return ext_ ? ext_->limiter : nullptr; }
+    [[nodiscard]] std::uint64_t remaining() const noexcept {
+        return ext_ ? ext_->remaining : UINT64_MAX;
+    }
 
     // 152 bytes on x86-64 (216 before the extras block): the two stream pointers, the
     // pools, the counts, the two lease slots, the wake-up time and the packed small fields.
@@ -218,15 +233,15 @@ private:
     stream* src_;
     transfer_pools* pools_; // kept here: the proxy always names its loop's pools
     std::unique_ptr<extras> ext_;
-    std::uint64_t remaining_;
-    copy_result res_;
-    pipe_lease pipe_;
-    buffer_lease buf_;
-    clock::time_point wake_at_{};
+    std::uint64_t bytes_ = 0; // written to the destination, also on error
+    std::error_code error_;
+    // The leases and the bytes still to write, only while bytes are in hand: made with
+    // the first lease and freed with the last (from a slab), so a transfer that waits
+    // for its source spends 8 bytes here instead of 64.
+    std::unique_ptr<in_hand> hand_;
     std::uint32_t step_bytes_ = 0; // moved in this step() call (the yield budget)
-    std::uint32_t buf_pos_ = 0; // buf_ holds [buf_pos_, buf_end_) still to write (each
-    std::uint32_t buf_end_ = 0; // read is at most max_chunk())
     copy_path path_;
+    copy_path last_path_; // the path that moved the last bytes
     wait_op op_ = wait_op::read; // what the current wait is for
     bool has_src_off_ : 1;
     bool has_dst_off_ : 1;

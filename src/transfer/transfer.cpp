@@ -1,4 +1,5 @@
 // transfer: path choice, the step loop, and the splice, sendfile and buffer paths.
+#include <zcio/slab.hpp>
 #include <zcio/transfer.hpp>
 
 #include <algorithm>
@@ -25,6 +26,14 @@ const char* to_string(copy_path p) noexcept {
     }
     return "?";
 }
+
+// What a transfer holds while bytes are in hand (transfer::hand_).
+struct transfer::in_hand final : slab_allocated<in_hand> {
+    pipe_lease pipe;
+    buffer_lease buf;
+    std::uint32_t pos = 0; // buf holds [pos, end) still to write (each read is at most
+    std::uint32_t end = 0; // max_chunk())
+};
 
 transfer_pools& transfer_pools::for_this_thread() {
     thread_local transfer_pools pools;
@@ -92,10 +101,12 @@ copy_path choose_path(const stream& dst, const stream& src, const copy_options& 
     return copy_path::buffer;
 }
 
-// A socket relay with default options has no extras; files (offsets, holes), explicit
-// offsets, progress, a limiter or non-default sizes get them, once.
+// A socket relay with default options has no extras; files (offsets, holes), pipes
+// (the pause of a direct splice), a limit, explicit offsets, progress, a limiter or
+// non-default sizes get them, once.
 bool transfer::needs_extras(const stream& dst, const stream& src, const copy_options& o) {
-    return is_regular(dst) || is_regular(src) || o.src_offset || o.dst_offset ||
+    return is_regular(dst) || is_regular(src) || is_pipe(dst) || is_pipe(src) || o.limit ||
+           o.src_offset || o.dst_offset ||
            o.progress != nullptr || o.limiter != nullptr ||
            o.pipe_size != 0 || effective_max_chunk(o.max_chunk) != default_max_chunk ||
            o.yield_budget != copy_options{}.yield_budget;
@@ -105,13 +116,13 @@ transfer::transfer(stream& dst, stream& src, const copy_options& opts)
     : dst_(&dst), src_(&src),
       pools_(opts.pools != nullptr ? opts.pools : &transfer_pools::for_this_thread()),
       ext_(needs_extras(dst, src, opts) ? std::make_unique<extras>() : nullptr),
-      remaining_(opts.limit ? *opts.limit : std::numeric_limits<std::uint64_t>::max()),
       path_(choose_path(dst, src, opts)), has_src_off_(opts.src_offset.has_value()),
       has_dst_off_(opts.dst_offset.has_value()), direct_(is_pipe(src) || is_pipe(dst)),
       may_upgrade_(opts.path == copy_path::automatic && path_ == copy_path::buffer &&
                    is_socket(src) && is_socket(dst)) {
-    res_.path = path_;
+    last_path_ = path_;
     if (ext_) {
+        ext_->remaining = opts.limit ? *opts.limit : std::numeric_limits<std::uint64_t>::max();
         ext_->progress = opts.progress;
         ext_->limiter = opts.limiter;
         ext_->src_off = opts.src_offset.value_or(0);
@@ -142,11 +153,11 @@ transfer::wait transfer::step() {
         }
         return static_cast<wait>(n);
     }
-    return res_.ok() ? wait::done : wait::failed;
+    return error_ ? wait::failed : wait::done;
 }
 
 void transfer::wait_failed(std::error_code ec) {
-    res_.error = name_op(name_of(op_), ec);
+    error_ = name_op(name_of(op_), ec);
     finish();
 }
 
@@ -154,14 +165,12 @@ void transfer::wait_failed(std::error_code ec) {
 // is closed, never pooled).
 void transfer::finish() {
     end_path(); // may fail: the ftruncate after a hole-skipping copy
-    pipe_.reset();
-    buf_.reset();
-    buf_pos_ = buf_end_ = 0;
+    hand_.reset();
     over_ = true;
 }
 
 transfer::next transfer::run_path() {
-    if (remaining_ == 0 && !holds_lease()) {
+    if (remaining() == 0 && !holds_lease()) {
         return next::done;
     }
     if (!begun_) {
@@ -193,7 +202,6 @@ void transfer::next_path() {
     }
     upgrade_now_ = false;
     path_moved_ = false;
-    res_.path = res_.bytes > 0 ? res_.path : path_;
 }
 
 void transfer::begin_path() {
@@ -233,7 +241,7 @@ transfer::next transfer::wait_on(io_direction d, wait_op op) noexcept {
 }
 
 transfer::next transfer::fail(const char* op, int err) {
-    res_.error = op_error(op, err);
+    error_ = op_error(op, err);
     return next::failed;
 }
 
@@ -243,7 +251,7 @@ transfer::next transfer::refused_or_failed(const char* op, int err, bool refused
 
 // Length for the next call: the cap, the chunk bound and what the limit leaves.
 std::size_t transfer::want(std::size_t cap) const noexcept {
-    return static_cast<std::size_t>(std::min<std::uint64_t>({cap, max_chunk(), remaining_}));
+    return static_cast<std::size_t>(std::min<std::uint64_t>({cap, max_chunk(), remaining()}));
 }
 
 // Cuts `len` to what the rate limiter allows now; 0 means "wait until wake_at()".
@@ -255,20 +263,20 @@ std::size_t transfer::throttle(std::size_t len) noexcept {
     const auto now = clock::now();
     const std::size_t ok = lim->allow(len, now);
     if (ok == 0) {
-        wake_at_ = lim->ready_at(now);
+        ext_->wake_at = lim->ready_at(now);
     }
     return ok;
 }
 
 void transfer::moved(std::size_t n, copy_path p) noexcept {
-    res_.bytes += n;
-    res_.path = p;
-    remaining_ -= n;
+    bytes_ += n;
+    last_path_ = p;
     path_moved_ = true;
     step_bytes_ = clamp32(std::size_t{step_bytes_} + n);
     if (!ext_) {
         return;
     }
+    ext_->remaining -= n;
     if (ext_->progress != nullptr) {
         *ext_->progress += n;
     }
@@ -281,7 +289,7 @@ void transfer::moved(std::size_t n, copy_path p) noexcept {
 
 // One end is a pipe: splice straight between them, no pooled pipe needed.
 transfer::next transfer::splice_direct() {
-    while (remaining_ > 0) {
+    while (remaining() > 0) {
         if (budget_spent()) {
             return next::yield;
         }
@@ -333,7 +341,7 @@ transfer::next transfer::splice_eagain() {
         return next::more;
     }
     retried_ = false;
-    wake_at_ = clock::now() + std::chrono::milliseconds(1);
+    ext_->wake_at = clock::now() + std::chrono::milliseconds(1);
     return next::until;
 }
 
@@ -343,7 +351,7 @@ transfer::next transfer::splice_pipe() {
         if (budget_spent()) {
             return next::yield;
         }
-        const next n = pipe_.buffered > 0 ? pump() : drain();
+        const next n = in_pipe() > 0 ? pump() : drain();
         if (n != next::more) {
             return n;
         }
@@ -354,23 +362,24 @@ transfer::next transfer::splice_pipe() {
 // mean the source has nothing to read, and every wait here (for the source, or for
 // the rate limit) gives the pipe back first: a waiting transfer holds no pipe.
 transfer::next transfer::drain() {
-    if (remaining_ == 0) {
+    if (remaining() == 0) {
         return next::done;
     }
     if (!src_->handle().ready(io_direction::read)) {
-        pipe_.reset();
+        drop_pipe();
         return wait_on(io_direction::read, wait_op::splice);
     }
     const std::size_t allowed = throttle(want(max_chunk()));
     if (allowed == 0) {
-        pipe_.reset();
+        drop_pipe();
         return next::until;
     }
-    if (!pipe_ && !lease_pipe()) {
+    if ((!hand_ || !hand_->pipe.valid()) && !lease_pipe()) {
         return next::fallback; // no pipe to be had: it is empty, buffers lose nothing
     }
-    auto n = sys::splice(src_->fd(), src_offp(), pipe_.write_fd(), nullptr,
-                         std::min(want(pipe_.capacity()), allowed),
+    pipe_lease& pipe = hand_->pipe;
+    auto n = sys::splice(src_->fd(), src_offp(), pipe.write_fd(), nullptr,
+                         std::min(want(pipe.capacity()), allowed),
                          SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
     if (!n) {
         const int e = errno_of(n.error());
@@ -383,7 +392,7 @@ transfer::next transfer::drain() {
     if (*n == 0) {
         return next::done; // end of stream, pipe empty
     }
-    pipe_.buffered += *n;
+    pipe.buffered += *n;
     return next::more;
 }
 
@@ -392,10 +401,11 @@ transfer::next transfer::drain() {
 // caused 200 ms stalls on TCP elsewhere). A destination that refuses splice before
 // any byte reached it falls back to the buffer path, which empties the pipe first.
 transfer::next transfer::pump() {
-    auto m = sys::splice(pipe_.read_fd(), nullptr, dst_->fd(), dst_offp(), pipe_.buffered,
+    pipe_lease& pipe = hand_->pipe;
+    auto m = sys::splice(pipe.read_fd(), nullptr, dst_->fd(), dst_offp(), pipe.buffered,
                          SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
     if (m) {
-        pipe_.buffered -= *m;
+        pipe.buffered -= *m;
         moved(*m, copy_path::splice);
         return next::more;
     }
@@ -411,12 +421,41 @@ bool transfer::lease_pipe() {
     if (!l) {
         return false; // fd limit, quota, pool bound
     }
-    pipe_ = std::move(*l);
+    pipe_lease& pipe = hand().pipe;
+    pipe = std::move(*l);
     const std::uint32_t size = ext_ ? ext_->pipe_size : 0;
-    if (size != 0 && pipe_.capacity() < size) {
-        (void)pipe_.resize(size); // best effort, as in the pool
+    if (size != 0 && pipe.capacity() < size) {
+        (void)pipe.resize(size); // best effort, as in the pool
     }
     return true;
+}
+
+transfer::in_hand& transfer::hand() {
+    if (!hand_) {
+        hand_ = std::make_unique<in_hand>();
+    }
+    return *hand_;
+}
+
+void transfer::drop_pipe() noexcept {
+    if (hand_) {
+        hand_->pipe.reset();
+        drop_hand_if_empty();
+    }
+}
+
+void transfer::drop_hand_if_empty() noexcept {
+    if (!hand_->pipe.valid() && !hand_->buf.valid()) {
+        hand_.reset();
+    }
+}
+
+std::size_t transfer::in_pipe() const noexcept {
+    return hand_ ? hand_->pipe.buffered : 0;
+}
+
+bool transfer::buffered() const noexcept {
+    return hand_ && hand_->end > hand_->pos;
 }
 
 // ---- sendfile ----
@@ -428,7 +467,7 @@ transfer::next transfer::sendfile_step() {
     if (has_dst_off_) {
         return next::fallback;
     }
-    while (remaining_ > 0) {
+    while (remaining() > 0) {
         if (budget_spent()) {
             return next::yield;
         }
@@ -461,7 +500,7 @@ transfer::next transfer::sendfile_step() {
 // the whole buffer moves the transfer to splice once the buffer is written out.
 transfer::next transfer::buffer_step() {
     while (true) {
-        if (buf_end_ > buf_pos_) {
+        if (buffered()) {
             if (const next n = write_pending(); n != next::more) {
                 return n;
             }
@@ -469,7 +508,7 @@ transfer::next transfer::buffer_step() {
         if (upgrade_now_) {
             return next::upgrade;
         }
-        if (remaining_ == 0) {
+        if (remaining() == 0) {
             return next::done;
         }
         if (budget_spent()) {
@@ -484,9 +523,10 @@ transfer::next transfer::buffer_step() {
 // Writes what the buffer holds, as much as the destination takes now.
 transfer::next transfer::write_pending() {
     const int fd = dst_->fd();
-    while (buf_pos_ < buf_end_) {
-        const std::byte* p = buf_.data().data() + buf_pos_;
-        const std::size_t len = std::size_t{buf_end_} - buf_pos_;
+    in_hand& h = *hand_;
+    while (h.pos < h.end) {
+        const std::byte* p = h.buf.data().data() + h.pos;
+        const std::size_t len = std::size_t{h.end} - h.pos;
         zcio::result<std::size_t> n = has_dst_off_     ? sys::pwrite(fd, p, len, ext_->dst_off)
                                 : is_socket(*dst_) ? sys::send(fd, p, len, MSG_NOSIGNAL)
                                                    : sys::write(fd, p, len);
@@ -499,21 +539,22 @@ transfer::next transfer::write_pending() {
         if (has_dst_off_) {
             ext_->dst_off += static_cast<off_t>(*n);
         }
-        buf_pos_ += static_cast<std::uint32_t>(*n);
+        h.pos += static_cast<std::uint32_t>(*n);
         moved(*n, copy_path::buffer);
     }
-    buf_.reset();
-    buf_pos_ = buf_end_ = 0;
+    h.buf.reset();
+    h.pos = h.end = 0;
+    drop_hand_if_empty();
     return next::more;
 }
 
 // Reads the next chunk into a leased buffer. The lease is taken after the readiness
 // check and the rate limit and given back on EAGAIN, so no wait holds a buffer.
 transfer::next transfer::read_chunk() {
-    if (pipe_.buffered > 0) {
+    if (in_pipe() > 0) {
         return read_pipe();
     }
-    pipe_.reset(); // empty (a fall-back from splice): back to the pool
+    drop_pipe(); // empty (a fall-back from splice): back to the pool
     if (!src_->handle().ready(io_direction::read)) {
         return wait_on(io_direction::read, wait_op::read);
     }
@@ -527,7 +568,7 @@ transfer::next transfer::read_chunk() {
         if (would_block(chunk.error())) {
             return wait_on(io_direction::read, wait_op::read);
         }
-        res_.error = chunk.error(); // names the read, or the pool's refusal
+        error_ = chunk.error(); // names the read, or the pool's refusal
         return next::failed;
     }
     if (chunk->n == 0) {
@@ -542,8 +583,10 @@ transfer::next transfer::read_chunk() {
         src_->handle().clear_ready(io_direction::read);
     }
     upgrade_now_ = may_upgrade_ && chunk->n == chunk->lease.size();
-    buf_ = std::move(chunk->lease);
-    buf_end_ = static_cast<std::uint32_t>(chunk->n); // at most max_chunk()
+    in_hand& h = hand();
+    h.buf = std::move(chunk->lease);
+    h.pos = 0;
+    h.end = static_cast<std::uint32_t>(chunk->n); // at most max_chunk()
     return next::more;
 }
 
@@ -552,17 +595,19 @@ transfer::next transfer::read_chunk() {
 transfer::next transfer::read_pipe() {
     auto lease = pools().buffers.lease();
     if (!lease) {
-        res_.error = lease.error();
+        error_ = lease.error();
         return next::failed;
     }
-    auto n = sys::read(pipe_.read_fd(), lease->data().data(),
-                       std::min({pipe_.buffered, lease->size(), std::size_t{max_chunk()}}));
+    in_hand& h = *hand_;
+    auto n = sys::read(h.pipe.read_fd(), lease->data().data(),
+                       std::min({h.pipe.buffered, lease->size(), std::size_t{max_chunk()}}));
     if (!n || *n == 0) {
         return fail("read(pipe)", n ? EIO : errno_of(n.error()));
     }
-    pipe_.buffered -= *n;
-    buf_ = std::move(*lease);
-    buf_end_ = clamp32(*n);
+    h.pipe.buffered -= *n;
+    h.buf = std::move(*lease);
+    h.pos = 0;
+    h.end = clamp32(*n);
     return next::more;
 }
 

@@ -23,10 +23,10 @@ constexpr off_t no_hole_known = std::numeric_limits<off_t>::max();
 // Regular file → regular file: copy_file_range(2), which may share extents (reflink)
 // or copy inside the kernel. While skipping holes, only the data extents.
 transfer::next transfer::copy_file_range_step() {
-    while (remaining_ > 0) {
+    while (remaining() > 0) {
         if (holes_ && ext_->src_off >= ext_->data_end) {
             skip_hole();
-            if (remaining_ == 0) {
+            if (remaining() == 0) {
                 break;
             }
         }
@@ -67,9 +67,9 @@ bool transfer::src_has_bytes_at() const {
 // reads back as the zeros it stands for, so it counts as copied. It costs no I/O, so
 // the rate limiter and the yield budget do not see it, nor the fall-back rule.
 void transfer::skipped(std::size_t n) noexcept {
-    res_.bytes += n;
-    res_.path = copy_path::copy_file_range;
-    remaining_ -= n;
+    bytes_ += n;
+    last_path_ = copy_path::copy_file_range;
+    ext_->remaining -= n;
     ext_->src_off += static_cast<off_t>(n);
     ext_->dst_off += static_cast<off_t>(n);
     if (ext_->progress != nullptr) {
@@ -118,15 +118,15 @@ void transfer::skip_hole() {
         if (errno == ENXIO && ::fstat(fd, &st) == 0 && st.st_size > at) {
             // ENXIO: nothing but a hole from `at` to the end of the file.
             skipped(static_cast<std::size_t>(
-                std::min<std::uint64_t>(static_cast<std::uint64_t>(st.st_size - at), remaining_)));
+                std::min<std::uint64_t>(static_cast<std::uint64_t>(st.st_size - at), remaining())));
         }
         return;
     }
     if (data > at) {
         skipped(static_cast<std::size_t>(
-            std::min<std::uint64_t>(static_cast<std::uint64_t>(data - at), remaining_)));
+            std::min<std::uint64_t>(static_cast<std::uint64_t>(data - at), remaining())));
     }
-    const off_t hole = remaining_ > 0 ? ::lseek(fd, ext_->src_off, SEEK_HOLE) : -1;
+    const off_t hole = remaining() > 0 ? ::lseek(fd, ext_->src_off, SEEK_HOLE) : -1;
     ext_->data_end = hole > ext_->src_off ? hole : no_hole_known;
 }
 
@@ -138,8 +138,8 @@ void transfer::stop_skipping_holes() {
     holes_ = false;
     struct stat dst {};
     if (::fstat(dst_->fd(), &dst) == 0 && dst.st_size < ext_->dst_off) {
-        if (::ftruncate(dst_->fd(), ext_->dst_off) != 0 && res_.ok()) {
-            res_.error = op_error("ftruncate", errno);
+        if (::ftruncate(dst_->fd(), ext_->dst_off) != 0 && !error_) {
+            error_ = op_error("ftruncate", errno);
         }
     }
     (void)sys::seek(src_->fd(), has_src_off_ ? ext_->src_fd_was : ext_->src_off);
