@@ -50,12 +50,9 @@ public:
     virtual ~waiter();
 
     // Called by the loop when this waiter reaches the front of the run queue.
-    virtual void wake() { co_.resume(); }
+    virtual void wake() = 0;
 
     [[nodiscard]] bool queued() const noexcept { return loop_ != nullptr; }
-
-protected:
-    std::coroutine_handle<> co_;
 
 private:
     friend class zcio::event_loop;
@@ -89,16 +86,37 @@ struct timer_order {
     }
 };
 
-// A coroutine parked on one direction of an fd. On wake-up it is either ready (ec_
-// empty) or cancelled because the fd was forgotten (ec_ = operation_canceled).
+// Something parked on one direction of an fd. On wake-up it is either ready (error()
+// empty) or cancelled: the fd was forgotten (operation_canceled) or a second waiter
+// took the direction (device_or_resource_busy).
 class io_waiter : public waiter {
 public:
     ~io_waiter() override;
 
+    [[nodiscard]] std::error_code error() const noexcept {
+        return errno_ == 0 ? std::error_code{} : std::error_code(errno_, std::generic_category());
+    }
+
 protected:
     friend class zcio::io_handle;
+    void cancel(std::errc why) noexcept { errno_ = static_cast<std::uint8_t>(why); }
+    void clear_error() noexcept { errno_ = 0; }
+
     io_handle* handle_ = nullptr; // set while parked
-    std::error_code ec_;
+    // The errno of the cancel, 0 if none: one byte, not an error_code (16), so that a
+    // relay's two waiters are 48 bytes each. Both values it takes are below 256.
+    std::uint8_t errno_ = 0;
+};
+
+// A waiter that resumes a coroutine (most awaitables): the handle is here, not in
+// `waiter`, so that the relay's plain waiters do not carry one.
+template <class Base>
+class coroutine_waiter : public Base {
+public:
+    void wake() override { co_.resume(); }
+
+protected:
+    std::coroutine_handle<> co_;
 };
 
 } // namespace detail
@@ -285,7 +303,7 @@ private:
 
 namespace detail {
 
-struct ready_wait final : io_waiter {
+struct ready_wait final : coroutine_waiter<io_waiter> {
     io_handle* h;
     io_direction dir;
     ready_wait(io_handle* handle, io_direction d) noexcept : h(handle), dir(d) {}
@@ -295,18 +313,18 @@ struct ready_wait final : io_waiter {
         h->park(dir, this);
     }
     result<void> await_resume() noexcept {
-        // ec_ first: after a cancel the handle itself may already be gone.
-        if (!ec_ && h->forgotten()) {
-            ec_ = std::make_error_code(std::errc::operation_canceled);
+        // The error first: after a cancel the handle itself may already be gone.
+        if (!error() && h->forgotten()) {
+            cancel(std::errc::operation_canceled);
         }
-        if (ec_) {
-            return fail(ec_);
+        if (error()) {
+            return fail(error());
         }
         return {};
     }
 };
 
-struct sleep_awaiter final : timer_node {
+struct sleep_awaiter final : coroutine_waiter<timer_node> {
     event_loop* loop;
     clock::time_point deadline;
     sleep_awaiter(event_loop& l, clock::time_point d) noexcept : loop(&l), deadline(d) {}
@@ -318,7 +336,7 @@ struct sleep_awaiter final : timer_node {
     void await_resume() const noexcept {}
 };
 
-struct yield_awaiter final : waiter {
+struct yield_awaiter final : coroutine_waiter<waiter> {
     event_loop* loop;
     explicit yield_awaiter(event_loop& l) noexcept : loop(&l) {}
     bool await_ready() const noexcept { return false; }
@@ -335,7 +353,7 @@ struct yield_awaiter final : waiter {
 // The caller's buffers must stay valid until the co_await completes (or the frame is
 // destroyed, which unparks the operation; no syscall runs after that).
 template <class R, class Op>
-class io_operation final : public io_waiter {
+class io_operation final : public coroutine_waiter<io_waiter> {
 public:
     io_operation(io_handle& h, io_direction d, Op op) : h_(&h), dir_(d), op_(std::move(op)) {}
 
@@ -361,7 +379,7 @@ public:
         h_->park(dir_, this);
     }
     void wake() override {
-        if (!ec_) {
+        if (!error()) {
             res_ = op_();
             if (would_block(res_)) {
                 h_->clear_ready(dir_);
@@ -369,7 +387,7 @@ public:
                 return;
             }
         } else {
-            res_ = fail(ec_);
+            res_ = fail(error());
         }
         co_.resume();
     }
@@ -447,7 +465,7 @@ task<void> run_then_stop(event_loop& loop, task<T> inner, std::optional<block_on
 // The detached coroutine behind spawn(): it owns the user's task, reports how it ended
 // and frees itself. The loop keeps a list of them to destroy what is still suspended
 // when the loop itself goes away.
-struct event_loop::spawned_root final : detail::waiter {
+struct event_loop::spawned_root final : detail::coroutine_waiter<detail::waiter> {
     struct promise_type {
         event_loop* loop;
         spawned_root* root = nullptr;
@@ -510,7 +528,7 @@ T event_loop::block_on(task<T> t) {
     std::optional<detail::block_on_value<T>> out;
     std::exception_ptr error;
     task<void> wrapper = detail::run_then_stop<T>(*this, std::move(t), &out, &error);
-    struct kick final : detail::waiter {
+    struct kick final : detail::coroutine_waiter<detail::waiter> {
         explicit kick(std::coroutine_handle<> h) noexcept { co_ = h; }
     } start{wrapper.handle()};
     schedule(start);

@@ -27,8 +27,35 @@
 namespace zcio {
 
 class relay_set;
+class relay;
 
-class relay {
+namespace detail {
+// Where a relay's direction waits: parked on a readiness, or in the run queue. A base
+// of relay rather than a member: it converts to its relay, so it needs no pointer back
+// (48 bytes: io_waiter plus the index in its tail padding).
+class relay_park : public io_waiter {
+public:
+    void wake() override;
+
+protected:
+    friend class zcio::relay;
+    void unpark() noexcept {
+        if (handle_ != nullptr) {
+            handle_->unpark(this);
+        }
+    }
+    [[nodiscard]] relay& owner() noexcept;
+    std::uint8_t index_ = 0; // 0: a→b, 1: b→a
+};
+// The two bases must be distinct types.
+template <int I>
+class relay_park_at : public relay_park {
+protected:
+    relay_park_at() noexcept { index_ = I; }
+};
+} // namespace detail
+
+class relay : private detail::relay_park_at<0>, private detail::relay_park_at<1> {
 public:
     // Takes both streams (same loop). Options as for copy_bidirectional(); the live
     // progress pointers, when set, must outlive the relay. The idle timeout is enforced only for a relay in a relay_set (one timer sweeps
@@ -52,11 +79,11 @@ public:
     void check_idle(clock::duration tick);
 
     // Bytes written so far to b (a_to_b) and to a (b_to_a).
-    [[nodiscard]] std::uint64_t a_to_b() const noexcept { return dirs_[0].t.result().bytes; }
-    [[nodiscard]] std::uint64_t b_to_a() const noexcept { return dirs_[1].t.result().bytes; }
+    [[nodiscard]] std::uint64_t a_to_b() const noexcept { return dirs_[0].bytes(); }
+    [[nodiscard]] std::uint64_t b_to_a() const noexcept { return dirs_[1].bytes(); }
     // The path each direction uses now (metrics).
-    [[nodiscard]] copy_path a_to_b_path() const noexcept { return dirs_[0].t.path(); }
-    [[nodiscard]] copy_path b_to_a_path() const noexcept { return dirs_[1].t.path(); }
+    [[nodiscard]] copy_path a_to_b_path() const noexcept { return dirs_[0].path(); }
+    [[nodiscard]] copy_path b_to_a_path() const noexcept { return dirs_[1].path(); }
     // Directions busy with data: holding bytes for a full destination, throttled or
     // yielding (0 while the connection is quiet).
     [[nodiscard]] int running() const noexcept {
@@ -75,21 +102,9 @@ protected:
 
 private:
     friend class relay_set;
+    friend class detail::relay_park;
     enum class phase : std::uint8_t { parked, running, done };
 
-    // Parks a direction on a readiness without a coroutine frame. Once both directions
-    // are done, the first one's waiter also delivers on_done().
-    struct park_waiter final : detail::io_waiter {
-        relay* owner = nullptr;
-        void wake() override;
-        void reset_error() noexcept { ec_.clear(); }
-        [[nodiscard]] std::error_code error() const noexcept { return ec_; }
-        void unpark() noexcept {
-            if (handle_ != nullptr) {
-                handle_->unpark(this);
-            }
-        }
-    };
     // Wakes a direction that waits for a time (rate limit, a splice pause).
     struct pace_timer final : detail::timer_node {
         relay* owner = nullptr;
@@ -104,11 +119,11 @@ private:
         pace_timer timers[2];
     };
 
-    struct direction_state {
-        direction_state(stream& dst, stream& src, const copy_options& o) : t(dst, src, o) {}
-        transfer t;
-        park_waiter waiter;
-    };
+    // Direction i's waiter (a base: see detail::relay_park).
+    detail::relay_park& waiter(int i) noexcept {
+        return i == 0 ? static_cast<detail::relay_park&>(static_cast<detail::relay_park_at<0>&>(*this))
+                      : static_cast<detail::relay_park&>(static_cast<detail::relay_park_at<1>&>(*this));
+    }
 
     static copy_options options_for(const bidirectional_options& o, int i, pacing* p);
     void run(int i);
@@ -124,7 +139,7 @@ private:
     stream a_;
     stream b_;
     std::unique_ptr<pacing> pacing_;
-    direction_state dirs_[2];
+    transfer dirs_[2]; // a→b, b→a
     relay_set* set_ = nullptr;
     relay* prev_ = nullptr;
     relay* next_ = nullptr;
@@ -133,7 +148,7 @@ private:
     std::error_code error_;
     std::uint32_t quiet_ticks_ = 0; // sweeps in a row that saw no byte move
     std::optional<direction> failed_;
-    phase state_[2] = {phase::parked, phase::parked}; // here, not in dirs_: no padding
+    phase state_[2] = {phase::parked, phase::parked};
     bool started_ = false;
     bool ending_ = false;
     bool finished_ = false;

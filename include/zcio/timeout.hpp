@@ -33,7 +33,7 @@ struct interrupt_value<void> {
 // Runs a task and, when triggered first (deadline or cancel), destroys it and resumes
 // the awaiting coroutine with `reason`.
 template <class T>
-class interruptible : public timer_node {
+class interruptible : public coroutine_waiter<timer_node> {
 public:
     using value_type = typename interrupt_value<T>::type;
 

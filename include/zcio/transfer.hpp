@@ -145,6 +145,8 @@ public:
     }
     // The path in use now (it changes on fall-back and on the upgrade to splice).
     [[nodiscard]] copy_path path() const noexcept { return path_; }
+    // Bytes written to the destination so far.
+    [[nodiscard]] std::uint64_t bytes() const noexcept { return bytes_; }
     // A pipe or buffer is leased (only while bytes are in hand, or between calls).
     [[nodiscard]] bool holds_lease() const noexcept { return hand_ != nullptr; }
     [[nodiscard]] stream& source() const noexcept { return *src_; }

@@ -72,7 +72,7 @@ void io_handle::park(io_direction d, detail::io_waiter* w) noexcept {
     // first one would never be woken; cancel it rather than lose it silently.
     if (slot != nullptr && slot != w) {
         slot->handle_ = nullptr;
-        slot->ec_ = std::make_error_code(std::errc::device_or_resource_busy);
+        slot->cancel(std::errc::device_or_resource_busy);
         loop_->schedule(*slot);
     }
     slot = w;
@@ -150,7 +150,7 @@ void io_handle::forget() noexcept {
     for (auto* w : {std::exchange(reader_, nullptr), std::exchange(writer_, nullptr)}) {
         if (w != nullptr) {
             w->handle_ = nullptr;
-            w->ec_ = std::make_error_code(std::errc::operation_canceled);
+            w->cancel(std::errc::operation_canceled);
             if (!loop_->destroying_) {
                 loop_->schedule(*w);
             }

@@ -183,7 +183,7 @@ struct attempt {
 // timer; the first to fire resumes the coroutine, and the destructor (run at the end
 // of the co_await, or when the suspended frame is destroyed) unhooks all of them, so
 // no later event can resume a coroutine that has moved on.
-class first_writable final : public detail::timer_node {
+class first_writable final : public detail::coroutine_waiter<detail::timer_node> {
 public:
     first_writable(event_loop& loop, std::span<attempt> attempts, clock::time_point until)
         : loop_(&loop), attempts_(attempts), until_(until) {}

@@ -32,7 +32,7 @@ protected:
 };
 
 // The copy_bidirectional() frame, parked until the relay is done.
-struct join final : detail::waiter {
+struct join final : detail::coroutine_waiter<detail::waiter> {
     joined_relay* r;
     explicit join(joined_relay* relay) noexcept : r(relay) {}
     bool await_ready() const noexcept { return r->result.has_value(); }

@@ -31,8 +31,6 @@ relay::relay(stream a, stream b, const bidirectional_options& opts)
                                                 {}}),
       dirs_{{b_, a_, options_for(opts, 0, pacing_.get())},
             {a_, b_, options_for(opts, 1, pacing_.get())}} {
-    dirs_[0].waiter.owner = this;
-    dirs_[1].waiter.owner = this;
     if (opts.idle_timeout) {
         idle_timeout_ = *opts.idle_timeout;
     }
@@ -109,8 +107,8 @@ void relay::check_stuck() {
 // Steps direction `i` and parks it on what it waits for. Never destroys the relay:
 // on_done() runs from the queue.
 void relay::run(int i) {
-    direction_state& d = dirs_[i];
-    switch (const transfer::wait w = d.t.step()) {
+    transfer& t = dirs_[i];
+    switch (const transfer::wait w = t.step()) {
     case transfer::wait::readable:
     case transfer::wait::writable:
         park(i, w);
@@ -120,14 +118,14 @@ void relay::run(int i) {
         return;
     case transfer::wait::yield:
         state_[i] = phase::running;
-        a_.loop().schedule(d.waiter); // behind everything else that is ready
+        a_.loop().schedule(waiter(i)); // behind everything else that is ready
         return;
     case transfer::wait::done:
         end_of_stream(i);
         return;
     case transfer::wait::failed:
         state_[i] = phase::done;
-        fail(direction_of(i), d.t.result().error);
+        fail(direction_of(i), t.result().error);
         return;
     }
 }
@@ -135,9 +133,9 @@ void relay::run(int i) {
 // Direction `i` woke (readiness, time, or a cancelled wait): step it again, unless the
 // relay is ending or a registration is gone.
 void relay::resume(int i, std::error_code ec) {
-    direction_state& d = dirs_[i];
-    if (ending_ || ec || d.t.source().handle().forgotten() ||
-        d.t.destination().handle().forgotten()) {
+    transfer& t = dirs_[i];
+    if (ending_ || ec || t.source().handle().forgotten() ||
+        t.destination().handle().forgotten()) {
         state_[i] = phase::done;
         maybe_finish();
         return;
@@ -146,17 +144,17 @@ void relay::resume(int i, std::error_code ec) {
 }
 
 void relay::park(int i, transfer::wait w) {
-    direction_state& d = dirs_[i];
+    transfer& t = dirs_[i];
     const bool reading = w == transfer::wait::readable;
     const io_direction dir = reading ? io_direction::read : io_direction::write;
-    io_handle& h = (reading ? d.t.source() : d.t.destination()).handle();
-    state_[i] = reading && !d.t.holds_lease() ? phase::parked : phase::running;
-    d.waiter.reset_error();
+    io_handle& h = (reading ? t.source() : t.destination()).handle();
+    state_[i] = reading && !t.holds_lease() ? phase::parked : phase::running;
+    waiter(i).clear_error();
     if (h.ready(dir) || h.forgotten()) {
-        a_.loop().schedule(d.waiter); // never step again from inside a step
+        a_.loop().schedule(waiter(i)); // never step again from inside a step
         return;
     }
-    h.park(dir, &d.waiter);
+    h.park(dir, &waiter(i));
 }
 
 void relay::pause(int i) {
@@ -167,16 +165,21 @@ void relay::pause(int i) {
     t.owner = this;
     t.i = i;
     state_[i] = phase::running;
-    t.start(a_.loop(), dirs_[i].t.wake_at());
+    t.start(a_.loop(), dirs_[i].wake_at());
 }
 
-void relay::park_waiter::wake() {
-    relay* r = owner;
-    if (r->finished_) {
-        r->deliver(); // both directions are done: this waiter carries on_done()
+relay& detail::relay_park::owner() noexcept {
+    return index_ == 0 ? static_cast<relay&>(static_cast<relay_park_at<0>&>(*this))
+                       : static_cast<relay&>(static_cast<relay_park_at<1>&>(*this));
+}
+
+void detail::relay_park::wake() {
+    relay& r = owner();
+    if (r.finished_) {
+        r.deliver(); // both directions are done: this waiter carries on_done()
         return;
     }
-    r->resume(this == &r->dirs_[0].waiter ? 0 : 1, error());
+    r.resume(index_, error());
 }
 
 // End of stream read and everything written: pass the half-close on, here and only
@@ -184,7 +187,7 @@ void relay::park_waiter::wake() {
 // will see.
 void relay::end_of_stream(int i) {
     state_[i] = phase::done;
-    stream& to = dirs_[i].t.destination();
+    stream& to = dirs_[i].destination();
     if (to.kind() == sys::fd_kind::socket) {
         if (auto sh = to.shutdown_write(); !sh && errno_of(sh.error()) != ENOTCONN) {
             fail(direction_of(i), sh.error());
@@ -205,12 +208,12 @@ void relay::fail(std::optional<direction> which, std::error_code ec) {
     // ending_ and stops. Streams and registrations stay for the owner (and the caller
     // of copy_bidirectional()) to use or close.
     for (int i = 0; i < 2; ++i) {
-        dirs_[i].waiter.unpark();
+        waiter(i).unpark();
         if (pacing_) {
             pacing_->timers[i].stop();
         }
-        if (state_[i] != phase::done && !dirs_[i].waiter.queued()) {
-            a_.loop().schedule(dirs_[i].waiter);
+        if (state_[i] != phase::done && !waiter(i).queued()) {
+            a_.loop().schedule(waiter(i));
         }
     }
     maybe_finish();
@@ -223,15 +226,15 @@ void relay::maybe_finish() {
     // Neither waiter is parked or queued now (a done direction's waiter has run), so
     // the first one is free to carry on_done() through the run queue.
     finished_ = true;
-    a_.loop().schedule(dirs_[0].waiter);
+    a_.loop().schedule(waiter(0));
 }
 
 void relay::deliver() {
     traffic t;
     t.a_to_b = a_to_b();
     t.b_to_a = b_to_a();
-    t.a_to_b_path = dirs_[0].t.result().path;
-    t.b_to_a_path = dirs_[1].t.result().path;
+    t.a_to_b_path = dirs_[0].result().path;
+    t.b_to_a_path = dirs_[1].result().path;
     t.failed = failed_;
     t.error = error_;
     on_done(t); // may destroy the relay, the waiter that called us with it
