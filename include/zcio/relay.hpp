@@ -99,6 +99,9 @@ protected:
     // was called. The streams are still open and registered (closing them is the
     // owner's job). It may destroy the relay.
     virtual void on_done(const traffic& t) = 0;
+    // Called by relay_set::report_all() (an owner's metrics tick): a_to_b() and
+    // b_to_a() say what moved so far. Nothing by default.
+    virtual void report() noexcept {}
 
 private:
     friend class relay_set;
@@ -143,12 +146,12 @@ private:
     relay_set* set_ = nullptr;
     relay* prev_ = nullptr;
     relay* next_ = nullptr;
-    clock::duration idle_timeout_{};
-    std::uint64_t total_at_check_ = 0;
-    std::error_code error_;
+    std::uint32_t idle_timeout_ms_ = 0; // 0: none
+    std::uint32_t total_at_check_ = 0;  // low 32 bits of the bytes moved at the last tick
     std::uint32_t quiet_ticks_ = 0; // sweeps in a row that saw no byte move
     std::optional<direction> failed_;
     phase state_[2] = {phase::parked, phase::parked};
+    std::uint8_t error_in_ = 0; // the transfer whose result holds the relay's error
     bool started_ = false;
     bool ending_ = false;
     bool finished_ = false;
@@ -169,6 +172,8 @@ public:
     void add(relay& r) noexcept;
     // cancel() on every relay in the set.
     void cancel_all();
+    // report() on every relay in the set (it must not destroy relays or add any).
+    void report_all() noexcept;
 
     [[nodiscard]] std::size_t size() const noexcept { return size_; }
     [[nodiscard]] bool empty() const noexcept { return size_ == 0; }

@@ -136,6 +136,10 @@ public:
     // The driver's wait for readable/writable failed (the stream was closed or
     // forgotten): the transfer ends with that error, named after the operation.
     void wait_failed(std::error_code ec);
+    // The driver ends the transfer (a cancel, a timeout, the other direction's error):
+    // leases go back, the counts stay, result().error becomes `ec` unless it already
+    // holds one.
+    void stop(std::error_code ec);
 
     [[nodiscard]] copy_result result() const noexcept {
         return {bytes_, bytes_ > 0 ? last_path_ : path_, error_};

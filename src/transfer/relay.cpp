@@ -1,6 +1,8 @@
 // relay: two transfers, each parked on whatever its step() asked for.
 #include <zcio/relay.hpp>
 
+#include <algorithm>
+#include <chrono>
 #include <climits>
 #include <cstdint>
 #include <utility>
@@ -32,7 +34,9 @@ relay::relay(stream a, stream b, const bidirectional_options& opts)
       dirs_{{b_, a_, options_for(opts, 0, pacing_.get())},
             {a_, b_, options_for(opts, 1, pacing_.get())}} {
     if (opts.idle_timeout) {
-        idle_timeout_ = *opts.idle_timeout;
+        // In milliseconds, at least 1 and at most 49 days (32 bits).
+        const auto ms = std::chrono::ceil<std::chrono::milliseconds>(*opts.idle_timeout).count();
+        idle_timeout_ms_ = ms <= 0 ? 0 : static_cast<std::uint32_t>(std::min<std::int64_t>(ms, UINT32_MAX));
     }
 }
 
@@ -60,10 +64,12 @@ void relay::cancel() {
 }
 
 void relay::check_idle(clock::duration tick) {
-    if (!started_ || ending_ || finished_ || idle_timeout_.count() <= 0) {
+    if (!started_ || ending_ || finished_ || idle_timeout_ms_ == 0) {
         return;
     }
-    const std::uint64_t total = a_to_b() + b_to_a();
+    // The low 32 bits tell a quiet tick from a busy one (exactly 4 GiB in one tick
+    // would look quiet once; the next tick sees it).
+    const auto total = static_cast<std::uint32_t>(a_to_b() + b_to_a());
     if (total != total_at_check_) {
         total_at_check_ = total;
         quiet_ticks_ = 0;
@@ -74,7 +80,7 @@ void relay::check_idle(clock::duration tick) {
     if (quiet_ticks_ < UINT32_MAX) {
         ++quiet_ticks_;
     }
-    if (tick * quiet_ticks_ >= idle_timeout_) {
+    if (tick * quiet_ticks_ >= std::chrono::milliseconds(idle_timeout_ms_)) {
         fail(std::nullopt, op_error("idle timeout", ETIMEDOUT));
         return;
     }
@@ -203,7 +209,10 @@ void relay::fail(std::optional<direction> which, std::error_code ec) {
     }
     ending_ = true;
     failed_ = which;
-    error_ = ec;
+    // The error is kept by the failed direction's transfer (a→b's for a cancel or a
+    // timeout), not in a 16-byte field of its own; one that failed keeps its own.
+    error_in_ = which == direction::b_to_a ? 1 : 0;
+    dirs_[error_in_].stop(ec);
     // Every direction still waiting is taken off what it waits on and woken: it sees
     // ending_ and stops. Streams and registrations stay for the owner (and the caller
     // of copy_bidirectional()) to use or close.
@@ -236,7 +245,7 @@ void relay::deliver() {
     t.a_to_b_path = dirs_[0].result().path;
     t.b_to_a_path = dirs_[1].result().path;
     t.failed = failed_;
-    t.error = error_;
+    t.error = ending_ ? dirs_[error_in_].result().error : std::error_code{};
     on_done(t); // may destroy the relay, the waiter that called us with it
 }
 
@@ -283,6 +292,12 @@ void relay_set::remove(relay& r) noexcept {
 void relay_set::cancel_all() {
     for (relay* r = head_; r != nullptr; r = r->next_) {
         r->cancel(); // never removes a relay: on_done() comes later, from the queue
+    }
+}
+
+void relay_set::report_all() noexcept {
+    for (relay* r = head_; r != nullptr; r = r->next_) {
+        r->report();
     }
 }
 

@@ -161,6 +161,13 @@ void transfer::wait_failed(std::error_code ec) {
     finish();
 }
 
+void transfer::stop(std::error_code ec) {
+    if (!error_) {
+        error_ = ec;
+    }
+    finish();
+}
+
 // Done or failed: nothing is held any more (a pipe still holding bytes after a failure
 // is closed, never pooled).
 void transfer::finish() {

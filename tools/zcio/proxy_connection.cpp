@@ -52,8 +52,8 @@ void abort_on_close(const stream& s) noexcept {
 } // namespace
 
 // A connection whose upstream answered: a relay plus what its close line needs. It
-// lives in its loop's relay set (for the idle sweep and the shutdown) and list (for the
-// metrics tick), holds its slot in the route's limit, and deletes itself in on_done().
+// lives in its loop's relay set (for the idle sweep, the metrics tick and the
+// shutdown), holds its slot in the route's limit, and deletes itself in on_done().
 // Made with `new` from a slab of its own (slab_allocated): connections opened in a
 // burst are then packed together instead of between the connect-phase frames, whose
 // pages can go back to the kernel once those frames are freed.
@@ -69,16 +69,13 @@ public:
         peer_len_ = std::min<socklen_t>(peer.size(), sizeof peer_);
         std::memcpy(&peer_, peer.data(), peer_len_);
         ctx->relays->add(*this);
-        join_list(ctx->connections);
     }
 
     // Adds what moved since the last call to the route's byte counters: one relaxed
-    // add per direction that moved, called by the loop's refresh tick and at the end.
-    // Not after each burst of the relay: a direction that always has data (a rate-
-    // limited one, a fast sender) stays in one copy() burst until the stream ends.
-    [[nodiscard]] proxied_connection* next() const noexcept { return next_; }
-
-    void count_progress() noexcept {
+    // add per direction that moved, called by the loop's refresh tick (through the
+    // relay set) and at the end, not on every step: a busy route's counters are
+    // shared by every loop, so per-step adds would bounce their cache line.
+    void report() noexcept override {
         route_stats& stats = *rt_->stats;
         add_since(stats.bytes_client_to_upstream, a_to_b(), counted_[0]);
         add_since(stats.bytes_upstream_to_client, b_to_a(), counted_[1]);
@@ -90,9 +87,8 @@ protected:
             abort_on_close(a()); // the client
             abort_on_close(b()); // the upstream
         }
-        count_progress(); // t.a_to_b == a_to_b(), t.b_to_a == b_to_a()
+        report(); // t.a_to_b == a_to_b(), t.b_to_a == b_to_a()
         slot_.release();
-        leave_list();
         if (spdlog::should_log(spdlog::level::info)) {
             log_close(t); // its arguments are formatted even when the level drops the line
         }
@@ -100,24 +96,6 @@ protected:
     }
 
 private:
-    // The loop's list of its connections is threaded through them (no vector to grow
-    // in a burst of connects): `pprev_` points at whatever points at this one.
-    void join_list(proxied_connection*& head) noexcept {
-        next_ = head;
-        if (next_ != nullptr) {
-            next_->pprev_ = &next_;
-        }
-        pprev_ = &head;
-        head = this;
-    }
-
-    void leave_list() noexcept {
-        *pprev_ = next_;
-        if (next_ != nullptr) {
-            next_->pprev_ = pprev_;
-        }
-    }
-
     void log_close(const traffic& t) const {
         const double secs = std::chrono::duration<double>(clock::now() - started_).count();
         spdlog::info("{} closed client {} upstream {} sent {} received {} in {:.3f}s path {}: {}",
@@ -156,8 +134,6 @@ private:
 
     std::shared_ptr<route_runtime> rt_;
     connection_slot slot_;                 // in the route's limit until the connection ends
-    proxied_connection** pprev_ = nullptr; // in the loop's list (join_list)
-    proxied_connection* next_ = nullptr;
     std::uint64_t counted_[2] = {0, 0}; // bytes already in the route's counters
     clock::time_point started_;
     sockaddr_in6 peer_{}; // IPv4 addresses fit too
@@ -258,9 +234,7 @@ void start_accepting(loop_ctx& ctx, std::shared_ptr<listener_entry> e) {
 }
 
 void count_progress(loop_ctx& ctx) noexcept {
-    for (proxied_connection* c = ctx.connections; c != nullptr; c = c->next()) {
-        c->count_progress();
-    }
+    ctx.relays->report_all();
 }
 
 } // namespace zcio::cli

@@ -14,7 +14,6 @@
 
 namespace zcio::cli {
 
-class proxied_connection;
 
 // One listener on one loop. Its route can be swapped by a reload (set_route). Owned by
 // the loop's list and by its accept loop: a closed one is freed when its accept loop
@@ -34,10 +33,8 @@ struct loop_ctx {
     std::vector<std::shared_ptr<route_stats>> routes;
     cancel_source cancel_all;
     std::vector<std::shared_ptr<listener_entry>> listeners;
-    std::unique_ptr<relay_set> relays; // open connections; sweeps their idle timeouts
-    // The same connections as the proxy's own type, for the metrics tick (the set
-    // holds relays): the first of a list threaded through them.
-    proxied_connection* connections = nullptr;
+    // Open connections: sweeps their idle timeouts; report_all() counts their bytes.
+    std::unique_ptr<relay_set> relays;
     bool stopping = false;
 };
 
