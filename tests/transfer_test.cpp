@@ -38,10 +38,10 @@ class transfer_test : public test::transfer_pools_fixture {
 protected:
     // Steps `t` until it is done or failed (or `stop_at` is asked for), waiting for
     // each thing it asks for. Every wait is bounded: a stuck transfer fails the test.
-    wait drive(event_loop& loop, transfer& t, drive_log& log,
+    wait drive(event_loop& loop, transfer& t, stream& dst, stream& src, drive_log& log,
                std::optional<wait> stop_at = std::nullopt) {
         for (int turns = 0; turns < 100'000; ++turns) {
-            const wait w = t.step();
+            const wait w = t.step(dst, src);
             log.seen.insert(w);
             if (w == wait::done || w == wait::failed || w == stop_at) {
                 return w;
@@ -50,7 +50,7 @@ protected:
                 pools_->pipes.stats().leased + pools_->buffers.stats().leased > 0) {
                 ++log.leased_while_waiting_for_source;
             }
-            if (!wait_for(loop, t, w)) {
+            if (!wait_for(loop, t, w == wait::readable ? src : dst, w)) {
                 ADD_FAILURE() << "the transfer waited in vain";
                 return wait::failed;
             }
@@ -59,7 +59,8 @@ protected:
         return wait::failed;
     }
 
-    static bool wait_for(event_loop& loop, transfer& t, wait w) {
+    // `end`: the stream the wait is for (the source for readable, else the destination).
+    static bool wait_for(event_loop& loop, transfer& t, stream& end, wait w) {
         if (w == wait::until) {
             EXPECT_GT(t.wake_at(), clock::now() - 1s);
             loop.block_on(sleep_until_task(&loop, t.wake_at()));
@@ -69,7 +70,7 @@ protected:
             loop.block_on(test::pause(&loop, 0ms));
             return true;
         }
-        io_handle& h = (w == wait::readable ? t.source() : t.destination()).handle();
+        io_handle& h = end.handle();
         const io_direction d = w == wait::readable ? io_direction::read : io_direction::write;
         auto r = loop.block_on(bounded_wait(&loop, &h, d));
         if (!r || !*r) {
@@ -107,7 +108,7 @@ TEST_F(transfer_test, socket_to_socket_starts_buffered_and_moves_to_splice) {
     {
         transfer t(out->first, in->first, o);
         EXPECT_EQ(t.path(), copy_path::buffer);
-        ASSERT_EQ(drive(loop, t, log), wait::done) << t.result().error.message();
+        ASSERT_EQ(drive(loop, t, out->first, in->first, log), wait::done) << t.result().error.message();
         EXPECT_EQ(t.result().bytes, data().size());
         EXPECT_EQ(t.result().path, copy_path::splice);
         EXPECT_FALSE(t.holds_lease());
@@ -138,12 +139,12 @@ TEST_F(transfer_test, a_full_destination_asks_for_writable_and_loses_nothing) {
         o.path = forced;
         transfer t(out->first, in->first, o);
         drive_log log;
-        ASSERT_EQ(drive(loop, t, log, wait::writable), wait::writable);
+        ASSERT_EQ(drive(loop, t, out->first, in->first, log, wait::writable), wait::writable);
         EXPECT_GT(t.result().bytes, 0u);
         EXPECT_LT(t.result().bytes, d.size());
         EXPECT_TRUE(t.holds_lease()) << "the bytes read are held until they are written";
         loop.spawn(test::consume(&out->second, 4, 128 << 10, &consumed));
-        ASSERT_EQ(drive(loop, t, log), wait::done) << t.result().error.message();
+        ASSERT_EQ(drive(loop, t, out->first, in->first, log), wait::done) << t.result().error.message();
         EXPECT_EQ(t.result().bytes, d.size());
         EXPECT_EQ(t.result().path, forced);
         (void)out->first.shutdown_write();
@@ -174,10 +175,10 @@ TEST_F(transfer_test, a_rate_limit_asks_for_a_time_holding_nothing) {
         o.limiter = &limiter;
         transfer t(out->first, in->first, o);
         drive_log log;
-        ASSERT_EQ(drive(loop, t, log, wait::until), wait::until);
+        ASSERT_EQ(drive(loop, t, out->first, in->first, log, wait::until), wait::until);
         EXPECT_GT(t.wake_at(), clock::now() - 1ms);
         EXPECT_FALSE(t.holds_lease()) << "a throttled transfer sleeps holding nothing";
-        ASSERT_EQ(drive(loop, t, log), wait::done) << t.result().error.message();
+        ASSERT_EQ(drive(loop, t, out->first, in->first, log), wait::done) << t.result().error.message();
         EXPECT_EQ(t.result().bytes, d.size());
         (void)out->first.shutdown_write();
         ASSERT_TRUE(loop.block_on(test::wait_until(
@@ -212,9 +213,9 @@ TEST_F(transfer_test, a_limit_ends_it_and_the_budget_makes_it_yield) {
     transfer t(out->first, *file, o);
     EXPECT_EQ(t.path(), copy_path::sendfile);
     drive_log log;
-    ASSERT_EQ(drive(loop, t, log), wait::done) << t.result().error.message();
+    ASSERT_EQ(drive(loop, t, out->first, *file, log), wait::done) << t.result().error.message();
     EXPECT_EQ(t.result().bytes, limit);
-    EXPECT_EQ(t.step(), wait::done) << "done stays done";
+    EXPECT_EQ(t.step(out->first, *file), wait::done) << "done stays done";
     EXPECT_TRUE(log.seen.contains(wait::yield));
     (void)out->first.shutdown_write();
     ASSERT_TRUE(loop.block_on(test::wait_until(
@@ -236,14 +237,14 @@ TEST_F(transfer_test, a_vanished_reader_fails_it_and_the_counts_are_kept) {
     o.pools = &pools;
     transfer t(out->first, in->first, o);
     drive_log log;
-    ASSERT_EQ(drive(loop, t, log, wait::writable), wait::writable);
+    ASSERT_EQ(drive(loop, t, out->first, in->first, log, wait::writable), wait::writable);
     ASSERT_TRUE(loop.block_on(test::wait_until(
         &loop, [&] { return consumed.done; }, 10s)));
     out->second.close();
-    ASSERT_EQ(drive(loop, t, log), wait::failed);
+    ASSERT_EQ(drive(loop, t, out->first, in->first, log), wait::failed);
     EXPECT_EQ(t.result().error, std::errc::broken_pipe) << t.result().error.message();
     EXPECT_GE(t.result().bytes, consumed.bytes);
-    EXPECT_EQ(t.step(), wait::failed) << "failed stays failed";
+    EXPECT_EQ(t.step(out->first, in->first), wait::failed) << "failed stays failed";
     in->second.close();
 }
 
@@ -257,9 +258,9 @@ TEST_F(transfer_test, a_failed_wait_ends_it_with_that_error) {
     copy_options o;
     o.pools = &pools;
     transfer t(out->first, in->first, o);
-    ASSERT_EQ(t.step(), wait::readable);
+    ASSERT_EQ(t.step(out->first, in->first), wait::readable);
     t.wait_failed(std::make_error_code(std::errc::operation_canceled));
-    EXPECT_EQ(t.step(), wait::failed);
+    EXPECT_EQ(t.step(out->first, in->first), wait::failed);
     EXPECT_EQ(t.result().error, std::errc::operation_canceled);
     EXPECT_EQ(t.result().bytes, 0u);
 }
@@ -285,7 +286,7 @@ TEST_F(transfer_test, a_refused_splice_falls_back_to_buffers_losing_nothing) {
     drive_log log;
     {
         transfer t(*file, in->first, o);
-        ASSERT_EQ(drive(loop, t, log), wait::done) << t.result().error.message();
+        ASSERT_EQ(drive(loop, t, *file, in->first, log), wait::done) << t.result().error.message();
         EXPECT_EQ(t.result().bytes, d.size());
         EXPECT_EQ(t.result().path, copy_path::buffer);
     }

@@ -122,6 +122,9 @@ private:
         pace_timer timers[2];
     };
 
+    // Direction i reads src_of(i) and writes dst_of(i): 0 is a→b, 1 is b→a.
+    stream& src_of(int i) noexcept { return i == 0 ? a_ : b_; }
+    stream& dst_of(int i) noexcept { return i == 0 ? b_ : a_; }
     // Direction i's waiter (a base: see detail::relay_park).
     detail::relay_park& waiter(int i) noexcept {
         return i == 0 ? static_cast<detail::relay_park&>(static_cast<detail::relay_park_at<0>&>(*this))

@@ -125,14 +125,18 @@ public:
         failed,   // result().error says why; the counts are kept
     };
 
-    transfer(stream& dst, stream& src, const copy_options& opts);
+    // The ends are looked at (their kinds choose the path), not kept.
+    transfer(const stream& dst, const stream& src, const copy_options& opts);
     transfer(const transfer&) = delete;
     transfer& operator=(const transfer&) = delete;
     ~transfer();
 
     // Makes system calls until the transfer must wait, ends or fails (after done or
     // failed it keeps answering the same).
-    wait step();
+    // The same two streams on every call: a transfer does not keep pointers to its
+    // ends (a relay holds them already, and two pointers per direction are 32 bytes
+    // on every idle proxied connection).
+    wait step(stream& dst, stream& src);
     // The driver's wait for readable/writable failed (the stream was closed or
     // forgotten): the transfer ends with that error, named after the operation.
     void wait_failed(std::error_code ec);
@@ -153,8 +157,6 @@ public:
     [[nodiscard]] std::uint64_t bytes() const noexcept { return bytes_; }
     // A pipe or buffer is leased (only while bytes are in hand, or between calls).
     [[nodiscard]] bool holds_lease() const noexcept { return hand_ != nullptr; }
-    [[nodiscard]] stream& source() const noexcept { return *src_; }
-    [[nodiscard]] stream& destination() const noexcept { return *dst_; }
 
 private:
     struct in_hand; // see hand_
@@ -163,27 +165,27 @@ private:
                                      upgrade, more };
 
     static bool refuses_path(int err) noexcept;
-    next run_path();
+    next run_path(stream& dst, stream& src);
     void next_path();
-    void begin_path();
+    void begin_path(stream& dst, stream& src);
     void end_path();
     void finish();
-    next splice_direct();
-    next splice_eagain();
-    next splice_pipe();
-    next drain();
-    next pump();
-    next sendfile_step();
-    next copy_file_range_step();
-    next buffer_step();
-    next write_pending();
-    next read_chunk();
+    next splice_direct(stream& dst, stream& src);
+    next splice_eagain(stream& dst, stream& src);
+    next splice_pipe(stream& dst, stream& src);
+    next drain(stream& src);
+    next pump(stream& dst);
+    next sendfile_step(stream& dst, stream& src);
+    next copy_file_range_step(stream& dst, stream& src);
+    next buffer_step(stream& dst, stream& src);
+    next write_pending(stream& dst);
+    next read_chunk(stream& src);
     next read_pipe();
     // What a wait is for, by name (names the error of a failed wait); one byte, not a
     // pointer.
     enum class wait_op : std::uint8_t { read, write, splice, splice_out, sendfile };
     static const char* name_of(wait_op op) noexcept;
-    next wait_on(io_direction d, wait_op op) noexcept;
+    next wait_on(stream& s, io_direction d, wait_op op) noexcept;
     next fail(const char* op, int err);
     next refused_or_failed(const char* op, int err, bool refused);
     [[nodiscard]] std::size_t want(std::size_t cap) const noexcept;
@@ -198,8 +200,8 @@ private:
     void drop_hand_if_empty() noexcept;
     [[nodiscard]] std::size_t in_pipe() const noexcept;
     [[nodiscard]] bool buffered() const noexcept;
-    [[nodiscard]] bool src_has_bytes_at() const;
-    bool start_skipping_holes();
+    [[nodiscard]] bool src_has_bytes_at(const stream& src) const;
+    bool start_skipping_holes(stream& dst, stream& src);
     void skip_hole();
     void stop_skipping_holes();
     off_t* src_offp() noexcept { return has_src_off_ || holes_ ? &ext_->src_off : nullptr; }
@@ -214,6 +216,8 @@ private:
         off_t dst_off = 0;
         off_t data_end = 0;   // hole skipping: the end of the current data extent
         off_t src_fd_was = 0; // hole skipping: the source fd's offset before it began
+        int src_fd = -1;      // hole skipping: the two fds, for its end (finish() runs
+        int dst_fd = -1;      // from wait_failed() and stop() too, without the ends)
         std::uint64_t remaining = 0; // what the limit leaves
         clock::time_point wake_at{}; // with wait::until: when to call step() again
         std::uint32_t max_chunk = 0; // at most max_chunk_limit (1 GiB)
@@ -235,8 +239,6 @@ private:
 
     // 152 bytes on x86-64 (216 before the extras block): the two stream pointers, the
     // pools, the counts, the two lease slots, the wake-up time and the packed small fields.
-    stream* dst_;
-    stream* src_;
     transfer_pools* pools_; // kept here: the proxy always names its loop's pools
     std::unique_ptr<extras> ext_;
     std::uint64_t bytes_ = 0; // written to the destination, also on error
@@ -255,7 +257,7 @@ private:
     bool may_upgrade_ : 1;     // automatic socket→socket: buffer until a read fills it
     bool upgrade_now_ : 1 = false;
     bool holes_ : 1 = false;   // copying only the data extents of a sparse source
-    bool begun_ : 1 = false;   // begin_path() ran for path_
+    bool begun_ : 1 = false;   // begin_path(dst, src) ran for path_
     bool retried_ : 1 = false; // the last direct-splice EAGAIN found both ends ready
     bool path_moved_ : 1 = false; // the current path moved bytes: no fall-back now
     bool over_ : 1 = false;    // done or failed

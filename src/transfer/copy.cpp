@@ -8,7 +8,7 @@ task<copy_result> copy(stream& dst, stream& src, copy_options opts) {
     using wait = transfer::wait;
     transfer t(dst, src, opts);
     event_loop& loop = src.loop();
-    for (wait w = t.step(); w != wait::done && w != wait::failed; w = t.step()) {
+    for (wait w = t.step(dst, src); w != wait::done && w != wait::failed; w = t.step(dst, src)) {
         if (w == wait::until) {
             co_await sleep_until(loop, t.wake_at());
         } else if (w == wait::yield) {

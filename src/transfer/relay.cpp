@@ -114,7 +114,7 @@ void relay::check_stuck() {
 // on_done() runs from the queue.
 void relay::run(int i) {
     transfer& t = dirs_[i];
-    switch (const transfer::wait w = t.step()) {
+    switch (const transfer::wait w = t.step(dst_of(i), src_of(i))) {
     case transfer::wait::readable:
     case transfer::wait::writable:
         park(i, w);
@@ -139,9 +139,7 @@ void relay::run(int i) {
 // Direction `i` woke (readiness, time, or a cancelled wait): step it again, unless the
 // relay is ending or a registration is gone.
 void relay::resume(int i, std::error_code ec) {
-    transfer& t = dirs_[i];
-    if (ending_ || ec || t.source().handle().forgotten() ||
-        t.destination().handle().forgotten()) {
+    if (ending_ || ec || a_.handle().forgotten() || b_.handle().forgotten()) {
         state_[i] = phase::done;
         maybe_finish();
         return;
@@ -153,7 +151,7 @@ void relay::park(int i, transfer::wait w) {
     transfer& t = dirs_[i];
     const bool reading = w == transfer::wait::readable;
     const io_direction dir = reading ? io_direction::read : io_direction::write;
-    io_handle& h = (reading ? t.source() : t.destination()).handle();
+    io_handle& h = (reading ? src_of(i) : dst_of(i)).handle();
     state_[i] = reading && !t.holds_lease() ? phase::parked : phase::running;
     waiter(i).clear_error();
     if (h.ready(dir) || h.forgotten()) {
@@ -193,7 +191,7 @@ void detail::relay_park::wake() {
 // will see.
 void relay::end_of_stream(int i) {
     state_[i] = phase::done;
-    stream& to = dirs_[i].destination();
+    stream& to = dst_of(i);
     if (to.kind() == sys::fd_kind::socket) {
         if (auto sh = to.shutdown_write(); !sh && errno_of(sh.error()) != ENOTCONN) {
             fail(direction_of(i), sh.error());

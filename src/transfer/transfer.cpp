@@ -112,9 +112,8 @@ bool transfer::needs_extras(const stream& dst, const stream& src, const copy_opt
            o.yield_budget != copy_options{}.yield_budget;
 }
 
-transfer::transfer(stream& dst, stream& src, const copy_options& opts)
-    : dst_(&dst), src_(&src),
-      pools_(opts.pools != nullptr ? opts.pools : &transfer_pools::for_this_thread()),
+transfer::transfer(const stream& dst, const stream& src, const copy_options& opts)
+    : pools_(opts.pools != nullptr ? opts.pools : &transfer_pools::for_this_thread()),
       ext_(needs_extras(dst, src, opts) ? std::make_unique<extras>() : nullptr),
       path_(choose_path(dst, src, opts)), has_src_off_(opts.src_offset.has_value()),
       has_dst_off_(opts.dst_offset.has_value()), direct_(is_pipe(src) || is_pipe(dst)),
@@ -139,10 +138,10 @@ transfer::~transfer() {
     end_path(); // a cancelled file→file copy still leaves the fds' offsets right
 }
 
-transfer::wait transfer::step() {
+transfer::wait transfer::step(stream& dst, stream& src) {
     step_bytes_ = 0;
     while (!over_) {
-        const next n = run_path();
+        const next n = run_path(dst, src);
         if (n == next::fallback || n == next::upgrade) {
             next_path();
             continue;
@@ -176,23 +175,23 @@ void transfer::finish() {
     over_ = true;
 }
 
-transfer::next transfer::run_path() {
+transfer::next transfer::run_path(stream& dst, stream& src) {
     if (remaining() == 0 && !holds_lease()) {
         return next::done;
     }
     if (!begun_) {
-        begin_path();
+        begin_path(dst, src);
     }
     switch (path_) {
     case copy_path::automatic: // not reached: choose_path never answers automatic
     case copy_path::copy_file_range:
-        return copy_file_range_step();
+        return copy_file_range_step(dst, src);
     case copy_path::sendfile:
-        return sendfile_step();
+        return sendfile_step(dst, src);
     case copy_path::splice:
-        return direct_ ? splice_direct() : splice_pipe();
+        return direct_ ? splice_direct(dst, src) : splice_pipe(dst, src);
     case copy_path::buffer:
-        return buffer_step();
+        return buffer_step(dst, src);
     }
     return next::done;
 }
@@ -211,10 +210,10 @@ void transfer::next_path() {
     path_moved_ = false;
 }
 
-void transfer::begin_path() {
+void transfer::begin_path(stream& dst, stream& src) {
     begun_ = true;
     if (path_ == copy_path::copy_file_range) {
-        holes_ = start_skipping_holes();
+        holes_ = start_skipping_holes(dst, src);
     }
 }
 
@@ -241,8 +240,8 @@ const char* transfer::name_of(wait_op op) noexcept {
     return "?";
 }
 
-transfer::next transfer::wait_on(io_direction d, wait_op op) noexcept {
-    (d == io_direction::read ? src_ : dst_)->handle().clear_ready(d);
+transfer::next transfer::wait_on(stream& s, io_direction d, wait_op op) noexcept {
+    s.handle().clear_ready(d);
     op_ = op;
     return d == io_direction::read ? next::readable : next::writable;
 }
@@ -295,7 +294,7 @@ void transfer::moved(std::size_t n, copy_path p) noexcept {
 // ---- splice ----
 
 // One end is a pipe: splice straight between them, no pooled pipe needed.
-transfer::next transfer::splice_direct() {
+transfer::next transfer::splice_direct(stream& dst, stream& src) {
     while (remaining() > 0) {
         if (budget_spent()) {
             return next::yield;
@@ -304,7 +303,7 @@ transfer::next transfer::splice_direct() {
         if (len == 0) {
             return next::until;
         }
-        auto n = sys::splice(src_->fd(), src_offp(), dst_->fd(), dst_offp(), len,
+        auto n = sys::splice(src.fd(), src_offp(), dst.fd(), dst_offp(), len,
                              SPLICE_F_NONBLOCK);
         if (n) {
             if (*n == 0) {
@@ -318,7 +317,7 @@ transfer::next transfer::splice_direct() {
         if (e != EAGAIN) {
             return refused_or_failed("splice", e, refuses_path(e));
         }
-        if (const next w = splice_eagain(); w != next::more) {
+        if (const next w = splice_eagain(dst, src); w != next::more) {
             return w;
         }
     }
@@ -332,16 +331,16 @@ transfer::next transfer::splice_direct() {
 // ends (it knows every kind of fd, and counts end of stream as readable): a full
 // destination is waited for first, then an empty source. Both ready means the state
 // changed between the calls: retry once at once, then pause briefly rather than spin.
-transfer::next transfer::splice_eagain() {
-    const std::array<int, 2> fds{src_->fd(), dst_->fd()};
+transfer::next transfer::splice_eagain(stream& dst, stream& src) {
+    const std::array<int, 2> fds{src.fd(), dst.fd()};
     std::array<sys::poll_state, 2> now{};
     if (auto p = sys::poll_now(fds, now); !p) {
         return fail("poll", errno_of(p.error()));
     }
     if (!now[1].writable || !now[0].readable) {
         retried_ = false;
-        return !now[1].writable ? wait_on(io_direction::write, wait_op::splice)
-                                : wait_on(io_direction::read, wait_op::splice);
+        return !now[1].writable ? wait_on(dst, io_direction::write, wait_op::splice)
+                                : wait_on(src, io_direction::read, wait_op::splice);
     }
     if (!retried_) {
         retried_ = true;
@@ -353,12 +352,12 @@ transfer::next transfer::splice_eagain() {
 }
 
 // socket→socket, socket→file and the like: splice into a pooled pipe, then out of it.
-transfer::next transfer::splice_pipe() {
+transfer::next transfer::splice_pipe(stream& dst, stream& src) {
     while (true) {
         if (budget_spent()) {
             return next::yield;
         }
-        const next n = in_pipe() > 0 ? pump() : drain();
+        const next n = in_pipe() > 0 ? pump(dst) : drain(src);
         if (n != next::more) {
             return n;
         }
@@ -368,13 +367,13 @@ transfer::next transfer::splice_pipe() {
 // Fills the pipe from the source. Invariant: the pipe is empty, so EAGAIN can only
 // mean the source has nothing to read, and every wait here (for the source, or for
 // the rate limit) gives the pipe back first: a waiting transfer holds no pipe.
-transfer::next transfer::drain() {
+transfer::next transfer::drain(stream& src) {
     if (remaining() == 0) {
         return next::done;
     }
-    if (!src_->handle().ready(io_direction::read)) {
+    if (!src.handle().ready(io_direction::read)) {
         drop_pipe();
-        return wait_on(io_direction::read, wait_op::splice);
+        return wait_on(src, io_direction::read, wait_op::splice);
     }
     const std::size_t allowed = throttle(want(max_chunk()));
     if (allowed == 0) {
@@ -385,13 +384,13 @@ transfer::next transfer::drain() {
         return next::fallback; // no pipe to be had: it is empty, buffers lose nothing
     }
     pipe_lease& pipe = hand_->pipe;
-    auto n = sys::splice(src_->fd(), src_offp(), pipe.write_fd(), nullptr,
+    auto n = sys::splice(src.fd(), src_offp(), pipe.write_fd(), nullptr,
                          std::min(want(pipe.capacity()), allowed),
                          SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
     if (!n) {
         const int e = errno_of(n.error());
         if (e == EAGAIN) {
-            src_->handle().clear_ready(io_direction::read);
+            src.handle().clear_ready(io_direction::read);
             return next::more;
         }
         return refused_or_failed("splice(source→pipe)", e, refuses_path(e));
@@ -407,9 +406,9 @@ transfer::next transfer::drain() {
 // source is neither read nor waited for until they are out; no SPLICE_F_MORE (it has
 // caused 200 ms stalls on TCP elsewhere). A destination that refuses splice before
 // any byte reached it falls back to the buffer path, which empties the pipe first.
-transfer::next transfer::pump() {
+transfer::next transfer::pump(stream& dst) {
     pipe_lease& pipe = hand_->pipe;
-    auto m = sys::splice(pipe.read_fd(), nullptr, dst_->fd(), dst_offp(), pipe.buffered,
+    auto m = sys::splice(pipe.read_fd(), nullptr, dst.fd(), dst_offp(), pipe.buffered,
                          SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
     if (m) {
         pipe.buffered -= *m;
@@ -418,7 +417,7 @@ transfer::next transfer::pump() {
     }
     const int e = errno_of(m.error());
     if (e == EAGAIN) {
-        return wait_on(io_direction::write, wait_op::splice_out);
+        return wait_on(dst, io_direction::write, wait_op::splice_out);
     }
     return refused_or_failed("splice(pipe→destination)", e, refuses_path(e));
 }
@@ -468,7 +467,7 @@ bool transfer::buffered() const noexcept {
 // ---- sendfile ----
 
 // Regular file → anything: sendfile(2).
-transfer::next transfer::sendfile_step() {
+transfer::next transfer::sendfile_step(stream& dst, stream& src) {
     // sendfile(2) has no output offset: it writes at (and moves) dst's file offset, so
     // it cannot honour an explicit dst_offset; pwrite in the buffer path can.
     if (has_dst_off_) {
@@ -482,7 +481,7 @@ transfer::next transfer::sendfile_step() {
         if (len == 0) {
             return next::until;
         }
-        auto n = sys::sendfile(dst_->fd(), src_->fd(), src_offp(), len);
+        auto n = sys::sendfile(dst.fd(), src.fd(), src_offp(), len);
         if (n) {
             if (*n == 0) {
                 return next::done;
@@ -492,7 +491,7 @@ transfer::next transfer::sendfile_step() {
         }
         const int e = errno_of(n.error());
         if (e == EAGAIN) {
-            return wait_on(io_direction::write, wait_op::sendfile);
+            return wait_on(dst, io_direction::write, wait_op::sendfile);
         }
         return refused_or_failed("sendfile", e, refuses_path(e));
     }
@@ -505,10 +504,10 @@ transfer::next transfer::sendfile_step() {
 // Invariant: a buffer is leased only while it holds bytes not yet written, so waiting
 // for the source or the rate limit holds none. With may_upgrade_, a read that fills
 // the whole buffer moves the transfer to splice once the buffer is written out.
-transfer::next transfer::buffer_step() {
+transfer::next transfer::buffer_step(stream& dst, stream& src) {
     while (true) {
         if (buffered()) {
-            if (const next n = write_pending(); n != next::more) {
+            if (const next n = write_pending(dst); n != next::more) {
                 return n;
             }
         }
@@ -521,27 +520,27 @@ transfer::next transfer::buffer_step() {
         if (budget_spent()) {
             return next::yield;
         }
-        if (const next n = read_chunk(); n != next::more) {
+        if (const next n = read_chunk(src); n != next::more) {
             return n;
         }
     }
 }
 
 // Writes what the buffer holds, as much as the destination takes now.
-transfer::next transfer::write_pending() {
-    const int fd = dst_->fd();
+transfer::next transfer::write_pending(stream& dst) {
+    const int fd = dst.fd();
     in_hand& h = *hand_;
     while (h.pos < h.end) {
         const std::byte* p = h.buf.data().data() + h.pos;
         const std::size_t len = std::size_t{h.end} - h.pos;
         zcio::result<std::size_t> n = has_dst_off_     ? sys::pwrite(fd, p, len, ext_->dst_off)
-                                : is_socket(*dst_) ? sys::send(fd, p, len, MSG_NOSIGNAL)
+                                : is_socket(dst) ? sys::send(fd, p, len, MSG_NOSIGNAL)
                                                    : sys::write(fd, p, len);
         if (!n) {
             if (would_block(n)) {
-                return wait_on(io_direction::write, wait_op::write);
+                return wait_on(dst, io_direction::write, wait_op::write);
             }
-            return fail(is_socket(*dst_) ? "send" : "write", errno_of(n.error()));
+            return fail(is_socket(dst) ? "send" : "write", errno_of(n.error()));
         }
         if (has_dst_off_) {
             ext_->dst_off += static_cast<off_t>(*n);
@@ -557,23 +556,23 @@ transfer::next transfer::write_pending() {
 
 // Reads the next chunk into a leased buffer. The lease is taken after the readiness
 // check and the rate limit and given back on EAGAIN, so no wait holds a buffer.
-transfer::next transfer::read_chunk() {
+transfer::next transfer::read_chunk(stream& src) {
     if (in_pipe() > 0) {
         return read_pipe();
     }
     drop_pipe(); // empty (a fall-back from splice): back to the pool
-    if (!src_->handle().ready(io_direction::read)) {
-        return wait_on(io_direction::read, wait_op::read);
+    if (!src.handle().ready(io_direction::read)) {
+        return wait_on(src, io_direction::read, wait_op::read);
     }
     const std::size_t len = throttle(want(pools().buffers.buffer_size()));
     if (len == 0) {
         return next::until;
     }
-    auto chunk = detail::lease_and_read(src_->fd(), pools().buffers, len, "read",
+    auto chunk = detail::lease_and_read(src.fd(), pools().buffers, len, "read",
                                         has_src_off_ ? &ext_->src_off : nullptr);
     if (!chunk) {
         if (would_block(chunk.error())) {
-            return wait_on(io_direction::read, wait_op::read);
+            return wait_on(src, io_direction::read, wait_op::read);
         }
         error_ = chunk.error(); // names the read, or the pool's refusal
         return next::failed;
@@ -581,13 +580,13 @@ transfer::next transfer::read_chunk() {
     if (chunk->n == 0) {
         return next::done;
     }
-    if (chunk->n < len && (is_socket(*src_) || is_pipe(*src_)) &&
-        !src_->handle().peer_closed()) {
+    if (chunk->n < len && (is_socket(src) || is_pipe(src)) &&
+        !src.handle().peer_closed()) {
         // A short read from a stream socket or pipe emptied its queue: the next read
         // would only say EAGAIN. Wait for the next edge instead (new data, or the
         // peer's close, each raises one). Not once the peer closed: that edge is
         // already spent, and the next read must see the end of stream.
-        src_->handle().clear_ready(io_direction::read);
+        src.handle().clear_ready(io_direction::read);
     }
     upgrade_now_ = may_upgrade_ && chunk->n == chunk->lease.size();
     in_hand& h = hand();

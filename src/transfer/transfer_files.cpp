@@ -22,7 +22,7 @@ constexpr off_t no_hole_known = std::numeric_limits<off_t>::max();
 
 // Regular file → regular file: copy_file_range(2), which may share extents (reflink)
 // or copy inside the kernel. While skipping holes, only the data extents.
-transfer::next transfer::copy_file_range_step() {
+transfer::next transfer::copy_file_range_step(stream& dst, stream& src) {
     while (remaining() > 0) {
         if (holes_ && ext_->src_off >= ext_->data_end) {
             skip_hole();
@@ -41,7 +41,7 @@ transfer::next transfer::copy_file_range_step() {
         if (len = throttle(len); len == 0) {
             return next::until;
         }
-        auto n = sys::copy_file_range(src_->fd(), src_offp(), dst_->fd(), dst_offp(), len);
+        auto n = sys::copy_file_range(src.fd(), src_offp(), dst.fd(), dst_offp(), len);
         if (!n) {
             // EBADF also comes for an O_APPEND destination, which the other paths handle.
             const int e = errno_of(n.error());
@@ -50,17 +50,17 @@ transfer::next transfer::copy_file_range_step() {
         if (*n == 0) {
             // 0 before any byte from a file that has bytes: files such as those in
             // /proc and /sys report size 0 to this call; let sendfile try.
-            return !path_moved_ && src_has_bytes_at() ? next::fallback : next::done;
+            return !path_moved_ && src_has_bytes_at(src) ? next::fallback : next::done;
         }
         moved(*n, copy_path::copy_file_range);
     }
     return next::done;
 }
 
-bool transfer::src_has_bytes_at() const {
+bool transfer::src_has_bytes_at(const stream& src) const {
     struct stat st {};
-    const off_t off = has_src_off_ || holes_ ? ext_->src_off : sys::tell(src_->fd()).value_or(0);
-    return ::fstat(src_->fd(), &st) == 0 && st.st_size > off;
+    const off_t off = has_src_off_ || holes_ ? ext_->src_off : sys::tell(src.fd()).value_or(0);
+    return ::fstat(src.fd(), &st) == 0 && st.st_size > off;
 }
 
 // A hole of `n` bytes skipped in the source and left as a hole in the destination: it
@@ -82,23 +82,25 @@ void transfer::skipped(std::size_t n) noexcept {
 // and nothing more), and the destination holds nothing from where the copy writes on
 // (a skipped range reads as zeros only past its end of file). From then on the path
 // passes explicit positions to copy_file_range: the caller's offsets, or the fds' own.
-bool transfer::start_skipping_holes() {
-    struct stat src {};
-    struct stat dst {};
-    if (::fstat(src_->fd(), &src) != 0 || ::fstat(dst_->fd(), &dst) != 0 ||
-        !S_ISREG(src.st_mode) || !S_ISREG(dst.st_mode)) {
+bool transfer::start_skipping_holes(stream& dst, stream& src) {
+    struct stat src_st {};
+    struct stat dst_st {};
+    if (::fstat(src.fd(), &src_st) != 0 || ::fstat(dst.fd(), &dst_st) != 0 ||
+        !S_ISREG(src_st.st_mode) || !S_ISREG(dst_st.st_mode)) {
         return false;
     }
     constexpr off_t block = 512; // st_blocks counts 512-byte units (stat(2))
-    if (src.st_blocks * block >= src.st_size) {
+    if (src_st.st_blocks * block >= src_st.st_size) {
         return false;
     }
-    auto src_at = sys::tell(src_->fd());
-    auto dst_at = has_dst_off_ ? zcio::result<off_t>(ext_->dst_off) : sys::tell(dst_->fd());
-    if (!src_at || !dst_at || dst.st_size > *dst_at) {
+    auto src_at = sys::tell(src.fd());
+    auto dst_at = has_dst_off_ ? zcio::result<off_t>(ext_->dst_off) : sys::tell(dst.fd());
+    if (!src_at || !dst_at || dst_st.st_size > *dst_at) {
         return false;
     }
     ext_->src_fd_was = *src_at;
+    ext_->src_fd = src.fd(); // for stop_skipping_holes(), which may run without the ends
+    ext_->dst_fd = dst.fd();
     ext_->data_end = 0; // look for data at once
     ext_->src_off = has_src_off_ ? ext_->src_off : *src_at;
     ext_->dst_off = *dst_at;
@@ -109,7 +111,7 @@ bool transfer::start_skipping_holes() {
 // and notes where it ends. When only a hole is left up to the end of the file, jumps
 // to the end of the file. The jumps count as copied (skipped()).
 void transfer::skip_hole() {
-    const int fd = src_->fd();
+    const int fd = ext_->src_fd;
     const off_t at = ext_->src_off;
     const off_t data = ::lseek(fd, at, SEEK_DATA);
     if (data < 0) {
@@ -136,15 +138,15 @@ void transfer::skip_hole() {
 // caller's again.
 void transfer::stop_skipping_holes() {
     holes_ = false;
-    struct stat dst {};
-    if (::fstat(dst_->fd(), &dst) == 0 && dst.st_size < ext_->dst_off) {
-        if (::ftruncate(dst_->fd(), ext_->dst_off) != 0 && !error_) {
+    struct stat st {};
+    if (::fstat(ext_->dst_fd, &st) == 0 && st.st_size < ext_->dst_off) {
+        if (::ftruncate(ext_->dst_fd, ext_->dst_off) != 0 && !error_) {
             error_ = op_error("ftruncate", errno);
         }
     }
-    (void)sys::seek(src_->fd(), has_src_off_ ? ext_->src_fd_was : ext_->src_off);
+    (void)sys::seek(ext_->src_fd, has_src_off_ ? ext_->src_fd_was : ext_->src_off);
     if (!has_dst_off_) {
-        (void)sys::seek(dst_->fd(), ext_->dst_off);
+        (void)sys::seek(ext_->dst_fd, ext_->dst_off);
     }
 }
 
