@@ -59,7 +59,10 @@ def one_run(cmd, port, seconds, streams):
         cpu1 = cpu_seconds(relay.pid) if relay else 0.0
     finally:
         if relay is not None:
-            os.killpg(relay.pid, signal.SIGKILL)
+            try:
+                os.killpg(relay.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # it exited by itself (the message above says so)
             relay.wait()
         server.kill()
         server.wait()
