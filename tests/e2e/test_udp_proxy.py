@@ -348,6 +348,13 @@ remote-control:
 """
 
 
+def unbound_started(log):
+    if not os.path.exists(log):
+        return None
+    with open(log) as f:
+        return "start of service" in f.read() or None
+
+
 @unittest.skipUnless(shutil.which("unbound") or os.path.exists("/usr/sbin/unbound"),
                      "unbound is not installed (cmake/deps.sh test installs it)")
 @unittest.skipUnless(shutil.which("dig"), "dig is not installed (dnsutils; cmake/deps.sh test)")
@@ -366,13 +373,7 @@ class UnboundTests(UdpTestCase):
                                capture_output=True, text=True, timeout=SHORT)
         self.assertEqual(check.returncode, 0, check.stdout + check.stderr)
         self.spawn([unbound, "-d", "-c", conf])
-
-        def unbound_up():
-            if not os.path.exists(log):
-                return None
-            with open(log) as f:
-                return "start of service" in f.read() or None
-        wait_until(unbound_up, 20, "unbound to start")
+        wait_until(lambda: unbound_started(log), 20, "unbound to start")
         proxy = self.start_proxy("--listen", "udp:127.0.0.1:0", "--upstream", "127.0.0.1:%d" % port,
                                  "--proxy-protocol", "v2", "--responses", "1")
         host, zport = host_port(proxy.addr)
@@ -404,8 +405,7 @@ class UnboundTests(UdpTestCase):
         with open(conf, "w") as f:
             f.write(UNBOUND_CONF.format(log=log, dir=self.tmp, port=port))
         self.spawn([unbound, "-d", "-c", conf])
-        wait_until(lambda: (os.path.exists(log) and "start of service" in open(log).read()) or None,
-                   20, "unbound to start")
+        wait_until(lambda: unbound_started(log), 20, "unbound to start")
         proxy = self.start_proxy("--listen", "udp:127.0.0.1:0", "--upstream", "127.0.0.1:%d" % port,
                                  "--proxy-protocol", "v2", "--accept-proxy")
         to = host_port(proxy.addr)
