@@ -9,9 +9,10 @@
 // UDP_GRO on receive and UDP_SEGMENT (GSO) on send where the kernel has them (detected
 // at run time, as udp_echo does), one datagram per message otherwise.
 //
-// Memory follows data: an idle session holds its socket, its loop registration and an
-// entry of about 250 bytes, no buffer. The buffers belong to two batches per forwarder
-// (one per direction), allocated once and touched only where datagrams land.
+// Memory follows data: an idle session holds its socket, its loop registration and a
+// table entry, 216 bytes of user space together, no buffer. The buffers belong to two
+// batches per forwarder (one per direction), allocated once and touched only where
+// datagrams land.
 //
 // PROXY protocol v2 (HAProxy's specification, section 2.2) has a datagram form: family
 // and transport byte 0x12 (IPv4, DGRAM) or 0x22 (IPv6, DGRAM), a header in front of
