@@ -21,5 +21,6 @@
 #include <zcio/timeout.hpp>
 #include <zcio/udp_batch.hpp>
 #include <zcio/udp_echo.hpp>
+#include <zcio/udp_forward.hpp>
 #include <zcio/udp_socket.hpp>
 #include <zcio/unique_fd.hpp>

@@ -14,6 +14,8 @@
 #include <csignal>
 #include <memory>
 #include <optional>
+#include <span>
+#include <utility>
 
 namespace zcio::cli {
 namespace {
@@ -33,7 +35,65 @@ struct proxy_flags {
     std::string metrics;
     std::string drain_timeout = "10";
     std::string busy_poll;
+    // UDP routes (udp_route.hpp)
+    std::string protocol;
+    std::string session_timeout;
+    std::optional<std::uint64_t> max_sessions;
+    std::optional<std::uint32_t> responses;
+    bool accept_proxy = false;
 };
+
+// The --protocol and UDP flags of the one route flags make: which protocol, and the
+// flags of the other protocol refused by name.
+void udp_from_flags(const proxy_flags& f, bool udp_prefix, route& r) {
+    if (!f.protocol.empty()) {
+        r.protocol = parse_protocol(f.protocol, "--protocol");
+        if (udp_prefix && r.protocol == route_protocol::tcp) {
+            throw usage_error("--protocol tcp: --listen has a udp: address");
+        }
+    }
+    if (udp_prefix) {
+        r.protocol = route_protocol::udp;
+    }
+    const bool udp = r.protocol == route_protocol::udp;
+    const std::pair<const char*, bool> tcp_flags[] = {
+        {"--engine", f.engine != "auto"},
+        {"--pipe-size", !f.pipe_size.empty()},
+        {"--max-connections", f.max_connections.has_value()},
+        {"--idle-timeout", !f.idle_timeout.empty()},
+        {"--connect-timeout", f.connect_timeout != "10"},
+        {"--rate-limit", !f.rate_limit.empty()},
+    };
+    const std::pair<const char*, bool> udp_flags[] = {
+        {"--session-timeout", !f.session_timeout.empty()},
+        {"--max-sessions", f.max_sessions.has_value()},
+        {"--responses", f.responses.has_value()},
+        {"--accept-proxy", f.accept_proxy},
+    };
+    using flag_list = std::span<const std::pair<const char*, bool>>;
+    for (const auto& [name, set] : udp ? flag_list(tcp_flags) : flag_list(udp_flags)) {
+        if (set) {
+            throw usage_error(std::string(name) +
+                              (udp ? " is for TCP routes only (this route is UDP)"
+                                   : " is for UDP routes only (--protocol udp or a udp: listen)"));
+        }
+    }
+    if (!udp) {
+        return;
+    }
+    if (!f.session_timeout.empty()) {
+        r.udp.session_timeout = parse_duration(f.session_timeout, "--session-timeout");
+    }
+    if (f.max_sessions) {
+        if (*f.max_sessions == 0) {
+            throw usage_error("--max-sessions: must be at least 1");
+        }
+        r.udp.max_sessions = f.max_sessions;
+    }
+    r.udp.responses = f.responses.value_or(0);
+    r.udp.accept_proxy = f.accept_proxy;
+    check_udp_route(r, "--");
+}
 
 proxy_config config_from_flags(const proxy_flags& f) {
     proxy_config cfg;
@@ -54,7 +114,16 @@ proxy_config config_from_flags(const proxy_flags& f) {
         r.name = "default";
         std::vector<listen_span> spans;
         std::vector<std::string> span_texts; // the --listen each span came from
-        for (const auto& l : f.listen) {
+        bool udp_prefix = false;
+        for (const auto& text : f.listen) {
+            std::string l = text;
+            const bool prefixed = strip_udp_prefix(l);
+            if (&text != &f.listen.front() && prefixed != udp_prefix) {
+                throw usage_error("--listen " + text +
+                                  ": every --listen has the udp: prefix, or none (one route is "
+                                  "one protocol)");
+            }
+            udp_prefix = prefixed;
             auto eps = parse_listen(l);
             // Overlapping --listen flags (the same address twice, ranges that share a
             // port, a wildcard and an address under it) would fail only at bind time,
@@ -91,6 +160,7 @@ proxy_config config_from_flags(const proxy_flags& f) {
             r.options.rate_limit = parse_size(f.rate_limit, "--rate-limit");
         }
         r.options.proxy_protocol = parse_proxy_header(f.proxy_protocol, "--proxy-protocol");
+        udp_from_flags(f, udp_prefix, r);
         cfg.routes.push_back(std::move(r));
     }
     if (!f.metrics.empty()) {
@@ -194,7 +264,8 @@ const CLI::Validator whole_number(
 subcommand add_proxy_command(CLI::App& app) {
     auto f = std::make_shared<proxy_flags>();
     auto* cmd = app.add_subcommand("proxy", "TCP/Unix forwarder: every client connection is "
-                                            "relayed to the upstream (splice where possible)");
+                                            "relayed to the upstream (splice where possible); "
+                                            "UDP routes: a session per client address");
     cmd->add_option("-l,--listen", f->listen,
                     "Address to accept clients on; repeatable. HOST:PORT, [::1]:PORT, "
                     "HOST:FIRST-LAST (every port of the range), unix:/path, unix:@abstract; "
@@ -232,6 +303,23 @@ subcommand add_proxy_command(CLI::App& app) {
                     "After work, poll without sleeping for this long before blocking (e.g. "
                     "50us, at most 10ms): lower latency on machines slow to wake a core, at "
                     "the cost of CPU while traffic flows; default off");
+    cmd->add_option("--protocol", f->protocol,
+                    "tcp (default) or udp: datagram sessions, one per client address "
+                    "(same as a udp: prefix on --listen, e.g. udp:127.0.0.1:5353)");
+    cmd->add_option("--session-timeout", f->session_timeout,
+                    "UDP: end a session after this long without a datagram either way "
+                    "(default 30s; 0: never)");
+    cmd->add_option("--max-sessions", f->max_sessions,
+                    "UDP: sessions at most (new clients' datagrams are dropped and counted "
+                    "past it); default: what the open-file limit leaves")
+        ->check(whole_number);
+    cmd->add_option("--responses", f->responses,
+                    "UDP: end a session once the upstream sent this many datagrams for each "
+                    "one the client sent (1 for DNS; default 0: unlimited)")
+        ->check(whole_number);
+    cmd->add_flag("--accept-proxy", f->accept_proxy,
+                  "UDP: every datagram from a client starts with a PROXY v2 header (strict: a "
+                  "bad one drops the datagram); it names the original client");
     cmd->add_option("--drain-timeout", f->drain_timeout,
                     "On SIGINT/SIGTERM, wait this long for open connections before closing them")
         ->capture_default_str();

@@ -120,6 +120,7 @@ std::string proxy_server::metrics_text() const {
     std::lock_guard lock(stats_mutex_);
     write_route_series(out, stats_);
     write_pool_series(out, stats_, ctxs_.size());
+    udp_->write_metrics(out);
     return out.str();
 }
 

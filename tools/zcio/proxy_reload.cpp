@@ -50,6 +50,9 @@ listener_count count_listeners(const std::vector<std::unique_ptr<loop_ctx>>& ctx
     for (const auto& ctx : ctxs) {
         auto held = listener_keys(*ctx);
         for (const auto& r : cfg.routes) {
+            if (r.protocol == route_protocol::udp) {
+                continue; // udp_routes binds its own sockets
+            }
             for (const auto& ep : r.listen) {
                 if (listens_on(*ctx, ep)) {
                     ++n.total;
@@ -92,8 +95,9 @@ void check_descriptors(std::uint64_t fresh) {
 void set_default_limit(connection_budget& budget, const proxy_config& cfg,
                        std::uint64_t listeners) {
     const std::uint64_t limit = default_max_connections(listeners);
-    const bool used = std::ranges::any_of(
-        cfg.routes, [](const route& r) { return !r.options.max_connections.has_value(); });
+    const bool used = std::ranges::any_of(cfg.routes, [](const route& r) {
+        return r.protocol == route_protocol::tcp && !r.options.max_connections.has_value();
+    });
     const bool changed = budget.open.max() != limit;
     budget.open.set_max(limit);
     if (changed && used && limit != 0) {
@@ -211,6 +215,8 @@ void proxy_server::reload(proxy_config cfg) {
     }
     const auto need = count_listeners(ctxs_, cfg);
     check_descriptors(need.fresh);
+    // UDP sockets first: a failure there leaves nothing to undo.
+    auto udp_plan = udp_->prepare(cfg.routes, true);
     auto runtimes = make_runtimes(cfg);
     std::vector<entry_list> fresh(ctxs_.size());
     bind_round round;
@@ -235,6 +241,7 @@ void proxy_server::reload(proxy_config cfg) {
                 });
             }
         }
+        udp_->discard(udp_plan, true);
         throw runtime_failure(failure);
     }
     // Commit: nothing below can fail.
@@ -249,6 +256,8 @@ void proxy_server::reload(proxy_config cfg) {
             swap_listeners(*ctxs_[i], runtimes, std::move(fresh[i]));
         });
     }
+    round.ready.insert(round.ready.end(), udp_plan.ready.begin(), udp_plan.ready.end());
+    udp_->commit(std::move(udp_plan), true);
     for (const auto& line : round.ready) {
         spdlog::info("{}", line);
     }

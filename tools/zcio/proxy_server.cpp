@@ -103,6 +103,11 @@ proxy_server::proxy_server(proxy_config cfg, std::size_t threads) : cfg_(std::mo
         }
         ctxs_.push_back(std::move(c));
     }
+    std::vector<loop_ctx*> loops;
+    for (auto& c : ctxs_) {
+        loops.push_back(c.get());
+    }
+    udp_ = std::make_unique<udp_routes>(std::move(loops));
 }
 
 proxy_server::~proxy_server() {
@@ -134,6 +139,9 @@ std::shared_ptr<route_stats> proxy_server::stats_for(const std::string& name) {
 std::vector<std::shared_ptr<route_runtime>> proxy_server::make_runtimes(const proxy_config& cfg) {
     std::vector<std::shared_ptr<route_runtime>> out;
     for (const auto& r : cfg.routes) {
+        if (r.protocol == route_protocol::udp) {
+            continue; // served by udp_routes
+        }
         auto rt = std::make_shared<route_runtime>();
         rt->config = r;
         out.push_back(std::move(rt));
@@ -175,6 +183,9 @@ void proxy_server::start() {
                             rt->config.upstream.to_string());
         }
     }
+    auto udp_plan = udp_->prepare(cfg_.routes, false);
+    ready.insert(ready.end(), udp_plan.ready.begin(), udp_plan.ready.end());
+    udp_->commit(std::move(udp_plan), false);
     set_default_limit(budget_, cfg_, need.total);
     for (const auto& line : ready) {
         spdlog::info("{}", line);
@@ -205,6 +216,7 @@ void proxy_server::drain(std::chrono::nanoseconds timeout) {
         return;
     }
     started_ = false;
+    udp_->stop(); // datagram sessions have nothing to drain
     for (auto& ctx : ctxs_) {
         loop_ctx* c = ctx.get();
         c->loop->post([c] {

@@ -2,6 +2,7 @@
 #pragma once
 
 #include "route_config.hpp"
+#include "udp_route.hpp"
 
 #include <zcio/zcio.hpp>
 
@@ -111,6 +112,8 @@ private:
     mutable std::mutex stats_mutex_; // guards stats_ (the map, not the counters)
     // Declared before the loops and contexts: the pools in it outlive every lease.
     std::map<std::string, std::shared_ptr<route_stats>> stats_;
+    // UDP routes' forwarders; before the loops, whose tasks hold its slots' counters.
+    std::unique_ptr<udp_routes> udp_;
     // Declared before the loops: contexts (and the listeners and pools they own)
     // must outlive the loops' destruction of suspended tasks.
     std::vector<std::unique_ptr<loop_ctx>> ctxs_;

@@ -9,6 +9,7 @@
 #include <toml++/toml.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -181,9 +182,13 @@ public:
     // One listen item of route[`index`]: a single address or a port range (`eps`, as
     // parse_listen returns it). Fails at `item` if it overlaps an earlier item.
     void claim_listen(const located& at, const toml::node& item, std::size_t index,
-                      const std::string& text, const std::vector<endpoint>& eps) {
-        const claim mine{span_of(eps), index, text};
+                      const std::string& text, const std::vector<endpoint>& eps, bool udp) {
+        const claim mine{span_of(eps), index, text, udp};
         for (const auto& other : claims_) {
+            // A UDP and a TCP socket may share an address and port (DNS on 53 does).
+            if (other.udp != udp) {
+                continue;
+            }
             if (auto shared = listen_overlap(other.span, mine.span)) {
                 const std::string addr = shared->to_string();
                 at.fail(item, "listen", addr + " is already used by " + owner(other, index, addr));
@@ -209,6 +214,7 @@ private:
         listen_span span;
         std::size_t index;
         std::string text; // as written in the file
+        bool udp = false;
     };
     struct named {
         std::size_t index;
@@ -239,18 +245,31 @@ route load_route(const located& at, const toml::table& t, std::size_t index,
     // Never destroyed: a reload's thread that SIGTERM did not wait for (it may sit in
     // getaddrinfo) can still be reading a config while exit() runs the destructors.
     static const auto& known = *new std::set<std::string, std::less<>>{
-        "name",       "listen",          "upstream",     "engine",
-        "pipe_size",  "max_connections", "idle_timeout", "connect_timeout",
-        "rate_limit", "proxy_protocol"};
+        "name",         "listen",          "upstream",     "engine",
+        "pipe_size",    "max_connections", "idle_timeout", "connect_timeout",
+        "rate_limit",   "proxy_protocol",  "protocol",     "session_timeout",
+        "max_sessions", "responses",       "accept_proxy"};
     bool has_upstream = false;
+    // Listen items are claimed once the protocol is known (it may come after them).
+    struct listen_item {
+        const toml::node* node;
+        std::string text;
+        std::vector<endpoint> eps;
+        bool udp_prefix;
+    };
+    std::vector<listen_item> listen_items;
+    std::vector<std::pair<std::string_view, const toml::node*>> given;
+    const toml::node* protocol_node = nullptr;
     for (const auto& [k, node] : t) {
         const std::string_view key = k.str();
         if (!known.contains(key)) {
             at.fail(node, key,
                     "unknown key (known: name, listen, upstream, engine, pipe_size, "
                     "max_connections, idle_timeout, connect_timeout, rate_limit, "
-                    "proxy_protocol)");
+                    "proxy_protocol, protocol, session_timeout, max_sessions, responses, "
+                    "accept_proxy)");
         }
+        given.emplace_back(key, &node);
         if (key == "name") {
             r.name = need_string(at, node, key);
             name_line = node.source().begin.line;
@@ -266,12 +285,12 @@ route load_route(const located& at, const toml::table& t, std::size_t index,
             }
             for (const auto* item : items) {
                 std::string text = need_string(at, *item, key);
-                auto eps = at.wrap(*item, key, [&] { return parse_listen(text); });
-                for (const auto& group : split_by_address(eps)) {
-                    registry.claim_listen(at, *item, index, text, group);
-                }
+                std::string addr = text;
+                const bool udp_prefix = strip_udp_prefix(addr);
+                auto eps = at.wrap(*item, key, [&] { return parse_listen(addr); });
                 r.listen.insert(r.listen.end(), eps.begin(), eps.end());
                 r.listen_text.push_back(text);
+                listen_items.push_back({item, text, std::move(eps), udp_prefix});
             }
         } else if (key == "upstream") {
             std::string text = need_string(at, node, key);
@@ -298,6 +317,57 @@ route load_route(const located& at, const toml::table& t, std::size_t index,
             std::string text = need_string(at, node, key);
             r.options.proxy_protocol =
                 at.wrap(node, key, [&] { return parse_proxy_header(text, key); });
+        } else if (key == "protocol") {
+            std::string text = need_string(at, node, key);
+            r.protocol = at.wrap(node, key, [&] { return parse_protocol(text, key); });
+            protocol_node = &node;
+        } else if (key == "session_timeout") {
+            r.udp.session_timeout = duration_value(at, node, key);
+        } else if (key == "max_sessions") {
+            auto v = node.is_integer() ? node.value<std::int64_t>() : std::nullopt;
+            if (!v || *v < 1) {
+                at.fail(node, key, "expected a positive integer");
+            }
+            r.udp.max_sessions = static_cast<std::uint64_t>(*v);
+        } else if (key == "responses") {
+            auto v = node.is_integer() ? node.value<std::int64_t>() : std::nullopt;
+            if (!v || *v < 0 || *v > UINT32_MAX) {
+                at.fail(node, key, "expected an integer from 0 (unlimited) to 4294967295");
+            }
+            r.udp.responses = static_cast<std::uint32_t>(*v);
+        } else if (key == "accept_proxy") {
+            auto v = node.value<bool>();
+            if (!v || !node.is_boolean()) {
+                at.fail(node, key, "expected true or false");
+            }
+            r.udp.accept_proxy = *v;
+        }
+    }
+    const bool any_prefix =
+        std::ranges::any_of(listen_items, [](const auto& i) { return i.udp_prefix; });
+    if (any_prefix) {
+        if (protocol_node != nullptr && r.protocol == route_protocol::tcp) {
+            at.fail(*protocol_node, "protocol", "\"tcp\" but listen has a udp: address");
+        }
+        for (const auto& item : listen_items) {
+            if (!item.udp_prefix) {
+                at.fail(*item.node, "listen",
+                        "\"" + item.text +
+                            "\" has no udp: prefix where another has (a route "
+                            "is one protocol)");
+            }
+        }
+        r.protocol = route_protocol::udp;
+    }
+    for (const auto& [key, node] : given) {
+        if (auto why = misplaced_key(r.protocol, key); !why.empty()) {
+            at.fail(*node, key, why);
+        }
+    }
+    for (const auto& item : listen_items) {
+        for (const auto& group : split_by_address(item.eps)) {
+            registry.claim_listen(at, *item.node, index, item.text, group,
+                                  r.protocol == route_protocol::udp);
         }
     }
     if (r.listen.empty()) {
@@ -307,6 +377,16 @@ route load_route(const located& at, const toml::table& t, std::size_t index,
     if (!has_upstream) {
         at.fail_at(t.source().begin.line, "upstream",
                    "missing (every route needs upstream = \"HOST:PORT\")");
+    }
+    if (r.protocol == route_protocol::udp) {
+        try {
+            check_udp_route(r, "");
+        } catch (const usage_error& e) {
+            // "listen: ..." / "upstream: ..." / "proxy_protocol: ...": at the table.
+            const std::string msg = e.what();
+            const auto colon = msg.find(": ");
+            at.fail_at(t.source().begin.line, msg.substr(0, colon), msg.substr(colon + 2));
+        }
     }
     registry.claim_name(at, name_line, index, r.name, !named);
     return r;

@@ -1,6 +1,8 @@
 // Routes of `zcio proxy`: from command-line flags or a TOML file of [[route]] tables.
 #pragma once
 
+#include "udp_route.hpp"
+
 #include <zcio/copy.hpp>
 #include <zcio/endpoint.hpp>
 
@@ -33,6 +35,9 @@ struct route {
     std::vector<std::string> listen_text;
     endpoint_list upstream; // every address of the name, tried with Happy Eyeballs
     route_options options;
+    // `protocol = "udp"` or a `udp:` listen prefix: datagram sessions (udp_route.hpp).
+    route_protocol protocol = route_protocol::tcp;
+    udp_route_options udp;
 };
 
 // Settings that belong to the whole process rather than one route.
