@@ -433,7 +433,7 @@ constexpr std::size_t session_node_bytes = sizeof(client_key) + sizeof(session) 
 static_assert(session_node_bytes + 32 <= 224, "an idle UDP session must stay small");
 
 void session::wake() {
-    if (ec_) {
+    if (error()) {
         return; // cancelled: only the session's own destructor forgets its handle
     }
     f_->push_ready(this);
