@@ -390,10 +390,11 @@ TEST_F(buffer_pool_test, pooled_copy_moves_8_mib_intact_and_returns_its_buffer) 
     std::uint64_t received = 0;
     std::uint64_t progress = 0;
 
-    auto driver = [](event_loop* l, stream* from, stream* to, transfer_pools* p, std::uint64_t* prog,
-                     const bool* w_done, const bool* r_done) -> task<copy_result> {
-        auto copied = co_await copy(*to, *from,
-                                    {.path = copy_path::buffer, .progress = prog, .pools = p});
+    auto driver = [](event_loop* l, stream* from, stream* to, transfer_pools* p,
+                     std::uint64_t* prog, const bool* w_done,
+                     const bool* r_done) -> task<copy_result> {
+        auto copied =
+            co_await copy(*to, *from, {.path = copy_path::buffer, .progress = prog, .pools = p});
         EXPECT_EQ(p->buffers.stats().leased, 0u);
         EXPECT_TRUE(to->shutdown_write().has_value());
         co_await until(*l, w_done);

@@ -80,8 +80,7 @@ protected:
     }
 
     // The readiness wait (parked on the handle, as any driver would), at most 10 s.
-    static task<result<result<void>>> bounded_wait(event_loop* loop, io_handle* h,
-                                                   io_direction d) {
+    static task<result<result<void>>> bounded_wait(event_loop* loop, io_handle* h, io_direction d) {
         co_return co_await with_timeout(*loop, ready_wait(h, d), 10s);
     }
     static task<result<void>> ready_wait(io_handle* h, io_direction d) {
@@ -108,7 +107,8 @@ TEST_F(transfer_test, socket_to_socket_starts_buffered_and_moves_to_splice) {
     {
         transfer t(out->first, in->first, o);
         EXPECT_EQ(t.path(), copy_path::buffer);
-        ASSERT_EQ(drive(loop, t, out->first, in->first, log), wait::done) << t.result().error.message();
+        ASSERT_EQ(drive(loop, t, out->first, in->first, log), wait::done)
+            << t.result().error.message();
         EXPECT_EQ(t.result().bytes, data().size());
         EXPECT_EQ(t.result().path, copy_path::splice);
         EXPECT_FALSE(t.holds_lease());
@@ -144,7 +144,8 @@ TEST_F(transfer_test, a_full_destination_asks_for_writable_and_loses_nothing) {
         EXPECT_LT(t.result().bytes, d.size());
         EXPECT_TRUE(t.holds_lease()) << "the bytes read are held until they are written";
         loop.spawn(test::consume(&out->second, 4, 128 << 10, &consumed));
-        ASSERT_EQ(drive(loop, t, out->first, in->first, log), wait::done) << t.result().error.message();
+        ASSERT_EQ(drive(loop, t, out->first, in->first, log), wait::done)
+            << t.result().error.message();
         EXPECT_EQ(t.result().bytes, d.size());
         EXPECT_EQ(t.result().path, forced);
         (void)out->first.shutdown_write();
@@ -178,7 +179,8 @@ TEST_F(transfer_test, a_rate_limit_asks_for_a_time_holding_nothing) {
         ASSERT_EQ(drive(loop, t, out->first, in->first, log, wait::until), wait::until);
         EXPECT_GT(t.wake_at(), clock::now() - 1ms);
         EXPECT_FALSE(t.holds_lease()) << "a throttled transfer sleeps holding nothing";
-        ASSERT_EQ(drive(loop, t, out->first, in->first, log), wait::done) << t.result().error.message();
+        ASSERT_EQ(drive(loop, t, out->first, in->first, log), wait::done)
+            << t.result().error.message();
         EXPECT_EQ(t.result().bytes, d.size());
         (void)out->first.shutdown_write();
         ASSERT_TRUE(loop.block_on(test::wait_until(
@@ -274,8 +276,8 @@ TEST_F(transfer_test, a_refused_splice_falls_back_to_buffers_losing_nothing) {
     ASSERT_TRUE(in);
     const std::string path = test::temp_path("transfer-append");
     auto file = stream::adopt(
-        loop, unique_fd(::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC,
-                               0600)));
+        loop,
+        unique_fd(::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600)));
     ASSERT_TRUE(file);
     const auto d = std::span(data()).first(std::size_t{2} << 20);
     test::side produced;

@@ -58,8 +58,8 @@ protected:
 class relay : private detail::relay_park_at<0>, private detail::relay_park_at<1> {
 public:
     // Takes both streams (same loop). Options as for copy_bidirectional(); the live
-    // progress pointers, when set, must outlive the relay. The idle timeout is enforced only for a relay in a relay_set (one timer sweeps
-    // the whole set instead of one timer per connection).
+    // progress pointers, when set, must outlive the relay. The idle timeout is enforced only for a
+    // relay in a relay_set (one timer sweeps the whole set instead of one timer per connection).
     relay(stream a, stream b, const bidirectional_options& opts);
     relay(const relay&) = delete;
     relay& operator=(const relay&) = delete;
@@ -127,8 +127,10 @@ private:
     stream& dst_of(int i) noexcept { return i == 0 ? b_ : a_; }
     // Direction i's waiter (a base: see detail::relay_park).
     detail::relay_park& waiter(int i) noexcept {
-        return i == 0 ? static_cast<detail::relay_park&>(static_cast<detail::relay_park_at<0>&>(*this))
-                      : static_cast<detail::relay_park&>(static_cast<detail::relay_park_at<1>&>(*this));
+        return i == 0
+                   ? static_cast<detail::relay_park&>(static_cast<detail::relay_park_at<0>&>(*this))
+                   : static_cast<detail::relay_park&>(
+                         static_cast<detail::relay_park_at<1>&>(*this));
     }
 
     static copy_options options_for(const bidirectional_options& o, int i, pacing* p);
@@ -151,7 +153,7 @@ private:
     relay* next_ = nullptr;
     std::uint32_t idle_timeout_ms_ = 0; // 0: none
     std::uint32_t total_at_check_ = 0;  // low 32 bits of the bytes moved at the last tick
-    std::uint32_t quiet_ticks_ = 0; // sweeps in a row that saw no byte move
+    std::uint32_t quiet_ticks_ = 0;     // sweeps in a row that saw no byte move
     std::optional<direction> failed_;
     phase state_[2] = {phase::parked, phase::parked};
     std::uint8_t error_in_ = 0; // the transfer whose result holds the relay's error

@@ -161,8 +161,17 @@ public:
 private:
     struct in_hand; // see hand_
     // What a path's step ends with: a wait, or a change of path, or "go on".
-    enum class next : std::uint8_t { readable, writable, until, yield, done, failed, fallback,
-                                     upgrade, more };
+    enum class next : std::uint8_t {
+        readable,
+        writable,
+        until,
+        yield,
+        done,
+        failed,
+        fallback,
+        upgrade,
+        more
+    };
 
     static bool refuses_path(int err) noexcept;
     next run_path(stream& dst, stream& src);
@@ -193,7 +202,9 @@ private:
     void moved(std::size_t n, copy_path p) noexcept;
     void skipped(std::size_t n) noexcept;
     [[nodiscard]] bool budget_spent() const noexcept { return step_bytes_ >= yield_budget(); }
-    static std::uint32_t clamp32(std::size_t n) noexcept { return n < UINT32_MAX ? static_cast<std::uint32_t>(n) : UINT32_MAX; }
+    static std::uint32_t clamp32(std::size_t n) noexcept {
+        return n < UINT32_MAX ? static_cast<std::uint32_t>(n) : UINT32_MAX;
+    }
     [[nodiscard]] bool lease_pipe();
     in_hand& hand();
     void drop_pipe() noexcept;
@@ -214,10 +225,10 @@ private:
         rate_limiter* limiter = nullptr;
         off_t src_off = 0;
         off_t dst_off = 0;
-        off_t data_end = 0;   // hole skipping: the end of the current data extent
-        off_t src_fd_was = 0; // hole skipping: the source fd's offset before it began
-        int src_fd = -1;      // hole skipping: the two fds, for its end (finish() runs
-        int dst_fd = -1;      // from wait_failed() and stop() too, without the ends)
+        off_t data_end = 0;          // hole skipping: the end of the current data extent
+        off_t src_fd_was = 0;        // hole skipping: the source fd's offset before it began
+        int src_fd = -1;             // hole skipping: the two fds, for its end (finish() runs
+        int dst_fd = -1;             // from wait_failed() and stop() too, without the ends)
         std::uint64_t remaining = 0; // what the limit leaves
         clock::time_point wake_at{}; // with wait::until: when to call step() again
         std::uint32_t max_chunk = 0; // at most max_chunk_limit (1 GiB)
@@ -249,18 +260,18 @@ private:
     std::unique_ptr<in_hand> hand_;
     std::uint32_t step_bytes_ = 0; // moved in this step() call (the yield budget)
     copy_path path_;
-    copy_path last_path_; // the path that moved the last bytes
+    copy_path last_path_;        // the path that moved the last bytes
     wait_op op_ = wait_op::read; // what the current wait is for
     bool has_src_off_ : 1;
     bool has_dst_off_ : 1;
-    bool direct_ : 1;          // one end is a pipe: splice without a pooled pipe
-    bool may_upgrade_ : 1;     // automatic socket→socket: buffer until a read fills it
+    bool direct_ : 1;      // one end is a pipe: splice without a pooled pipe
+    bool may_upgrade_ : 1; // automatic socket→socket: buffer until a read fills it
     bool upgrade_now_ : 1 = false;
-    bool holes_ : 1 = false;   // copying only the data extents of a sparse source
-    bool begun_ : 1 = false;   // begin_path(dst, src) ran for path_
-    bool retried_ : 1 = false; // the last direct-splice EAGAIN found both ends ready
+    bool holes_ : 1 = false;      // copying only the data extents of a sparse source
+    bool begun_ : 1 = false;      // begin_path(dst, src) ran for path_
+    bool retried_ : 1 = false;    // the last direct-splice EAGAIN found both ends ready
     bool path_moved_ : 1 = false; // the current path moved bytes: no fall-back now
-    bool over_ : 1 = false;    // done or failed
+    bool over_ : 1 = false;       // done or failed
 };
 
 } // namespace zcio

@@ -13,10 +13,10 @@ task<copy_result> copy(stream& dst, stream& src, copy_options opts) {
             co_await sleep_until(loop, t.wake_at());
         } else if (w == wait::yield) {
             co_await yield(loop);
-        } else if (auto r = co_await (w == wait::readable ? src : dst)
-                                .handle()
-                                .wait(w == wait::readable ? io_direction::read
-                                                          : io_direction::write);
+        } else if (auto r =
+                       co_await (w == wait::readable ? src : dst)
+                           .handle()
+                           .wait(w == wait::readable ? io_direction::read : io_direction::write);
                    !r) {
             t.wait_failed(r.error()); // a closed or forgotten stream
         }

@@ -27,16 +27,16 @@ copy_options relay::options_for(const bidirectional_options& o, int i, pacing* p
 
 relay::relay(stream a, stream b, const bidirectional_options& opts)
     : a_(std::move(a)), b_(std::move(b)),
-      pacing_(opts.rate_limit == 0 ? nullptr
-                                   : new pacing{{rate_limiter(opts.rate_limit),
-                                                 rate_limiter(opts.rate_limit)},
-                                                {}}),
+      pacing_(opts.rate_limit == 0
+                  ? nullptr
+                  : new pacing{{rate_limiter(opts.rate_limit), rate_limiter(opts.rate_limit)}, {}}),
       dirs_{{b_, a_, options_for(opts, 0, pacing_.get())},
             {a_, b_, options_for(opts, 1, pacing_.get())}} {
     if (opts.idle_timeout) {
         // In milliseconds, at least 1 and at most 49 days (32 bits).
         const auto ms = std::chrono::ceil<std::chrono::milliseconds>(*opts.idle_timeout).count();
-        idle_timeout_ms_ = ms <= 0 ? 0 : static_cast<std::uint32_t>(std::min<std::int64_t>(ms, UINT32_MAX));
+        idle_timeout_ms_ =
+            ms <= 0 ? 0 : static_cast<std::uint32_t>(std::min<std::int64_t>(ms, UINT32_MAX));
     }
 }
 

@@ -106,8 +106,7 @@ copy_path choose_path(const stream& dst, const stream& src, const copy_options& 
 // non-default sizes get them, once.
 bool transfer::needs_extras(const stream& dst, const stream& src, const copy_options& o) {
     return is_regular(dst) || is_regular(src) || is_pipe(dst) || is_pipe(src) || o.limit ||
-           o.src_offset || o.dst_offset ||
-           o.progress != nullptr || o.limiter != nullptr ||
+           o.src_offset || o.dst_offset || o.progress != nullptr || o.limiter != nullptr ||
            o.pipe_size != 0 || effective_max_chunk(o.max_chunk) != default_max_chunk ||
            o.yield_budget != copy_options{}.yield_budget;
 }
@@ -303,8 +302,7 @@ transfer::next transfer::splice_direct(stream& dst, stream& src) {
         if (len == 0) {
             return next::until;
         }
-        auto n = sys::splice(src.fd(), src_offp(), dst.fd(), dst_offp(), len,
-                             SPLICE_F_NONBLOCK);
+        auto n = sys::splice(src.fd(), src_offp(), dst.fd(), dst_offp(), len, SPLICE_F_NONBLOCK);
         if (n) {
             if (*n == 0) {
                 return next::done;
@@ -384,9 +382,9 @@ transfer::next transfer::drain(stream& src) {
         return next::fallback; // no pipe to be had: it is empty, buffers lose nothing
     }
     pipe_lease& pipe = hand_->pipe;
-    auto n = sys::splice(src.fd(), src_offp(), pipe.write_fd(), nullptr,
-                         std::min(want(pipe.capacity()), allowed),
-                         SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+    auto n =
+        sys::splice(src.fd(), src_offp(), pipe.write_fd(), nullptr,
+                    std::min(want(pipe.capacity()), allowed), SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
     if (!n) {
         const int e = errno_of(n.error());
         if (e == EAGAIN) {
@@ -534,8 +532,8 @@ transfer::next transfer::write_pending(stream& dst) {
         const std::byte* p = h.buf.data().data() + h.pos;
         const std::size_t len = std::size_t{h.end} - h.pos;
         zcio::result<std::size_t> n = has_dst_off_     ? sys::pwrite(fd, p, len, ext_->dst_off)
-                                : is_socket(dst) ? sys::send(fd, p, len, MSG_NOSIGNAL)
-                                                   : sys::write(fd, p, len);
+                                      : is_socket(dst) ? sys::send(fd, p, len, MSG_NOSIGNAL)
+                                                       : sys::write(fd, p, len);
         if (!n) {
             if (would_block(n)) {
                 return wait_on(dst, io_direction::write, wait_op::write);
@@ -580,8 +578,7 @@ transfer::next transfer::read_chunk(stream& src) {
     if (chunk->n == 0) {
         return next::done;
     }
-    if (chunk->n < len && (is_socket(src) || is_pipe(src)) &&
-        !src.handle().peer_closed()) {
+    if (chunk->n < len && (is_socket(src) || is_pipe(src)) && !src.handle().peer_closed()) {
         // A short read from a stream socket or pipe emptied its queue: the next read
         // would only say EAGAIN. Wait for the next edge instead (new data, or the
         // peer's close, each raises one). Not once the peer closed: that edge is

@@ -35,8 +35,8 @@ transfer::next transfer::copy_file_range_step(stream& dst, stream& src) {
         }
         std::size_t len = want(max_chunk());
         if (holes_ && ext_->data_end != no_hole_known) {
-            len = static_cast<std::size_t>(
-                std::min<std::uint64_t>(len, static_cast<std::uint64_t>(ext_->data_end - ext_->src_off)));
+            len = static_cast<std::size_t>(std::min<std::uint64_t>(
+                len, static_cast<std::uint64_t>(ext_->data_end - ext_->src_off)));
         }
         if (len = throttle(len); len == 0) {
             return next::until;

@@ -133,7 +133,7 @@ private:
     }
 
     std::shared_ptr<route_runtime> rt_;
-    connection_slot slot_;                 // in the route's limit until the connection ends
+    connection_slot slot_;              // in the route's limit until the connection ends
     std::uint64_t counted_[2] = {0, 0}; // bytes already in the route's counters
     clock::time_point started_;
     sockaddr_in6 peer_{}; // IPv4 addresses fit too

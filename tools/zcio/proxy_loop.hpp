@@ -14,7 +14,6 @@
 
 namespace zcio::cli {
 
-
 // One listener on one loop. Its route can be swapped by a reload (set_route). Owned by
 // the loop's list and by its accept loop: a closed one is freed when its accept loop
 // ends (a reload that removed 1,024 ports used to keep them all until the process ended).
