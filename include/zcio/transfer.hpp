@@ -38,8 +38,10 @@ struct transfer_pools {
 // what the bucket allows, and the copy sleeps when it is empty. Works with every path.
 class rate_limiter {
 public:
+    // Unlimited (not explicit, so arrays of limiters can be value-initialized).
+    rate_limiter() noexcept : rate_limiter(0) {}
     // `bytes_per_second` 0 means unlimited. `burst` defaults to a tenth of a second.
-    explicit rate_limiter(std::uint64_t bytes_per_second = 0, std::uint64_t burst = 0) noexcept;
+    explicit rate_limiter(std::uint64_t bytes_per_second, std::uint64_t burst = 0) noexcept;
 
     [[nodiscard]] bool unlimited() const noexcept { return rate_ == 0; }
     // How many of `want` bytes may move now (0: wait until ready_at()).
