@@ -2,6 +2,7 @@
 #pragma once
 
 #include <zcio/accept_loop.hpp>
+#include <zcio/balancer.hpp>
 #include <zcio/buffer_pool.hpp>
 #include <zcio/copy.hpp>
 #include <zcio/copy_bidirectional.hpp>
