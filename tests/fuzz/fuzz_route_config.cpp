@@ -59,6 +59,15 @@ void load_one(const std::uint8_t* data, std::size_t size) {
         ZCIO_FUZZ_CHECK(!r.listen.empty() && !r.listen_text.empty());
         ZCIO_FUZZ_CHECK(!r.upstream.empty() && r.upstream.front().family() != AF_UNSPEC);
         ZCIO_FUZZ_CHECK(r.options.connect_timeout.count() >= 0);
+        // A loaded route has at least one upstream that can take a connection.
+        ZCIO_FUZZ_CHECK(!r.upstreams.empty() && r.upstreams.front().addresses == r.upstream);
+        bool any_weight = false;
+        for (const auto& u : r.upstreams) {
+            ZCIO_FUZZ_CHECK(!u.addresses.empty() && u.weight <= zcio::cli::max_upstream_weight);
+            any_weight = any_weight || u.weight > 0;
+        }
+        ZCIO_FUZZ_CHECK(any_weight);
+        ZCIO_FUZZ_CHECK(r.balance.active.rise >= 1 && r.balance.active.fall >= 1);
     }
     if (cfg.global.threads) {
         ZCIO_FUZZ_CHECK(*cfg.global.threads >= 1 && *cfg.global.threads <= 1024);

@@ -22,8 +22,16 @@ namespace {
 
 struct proxy_flags {
     std::vector<std::string> listen;
-    std::string upstream;
+    std::vector<std::string> upstream;
     std::string config;
+    // Balancing and health (balance_options)
+    std::string balance;
+    std::optional<unsigned> max_fails;
+    std::string fail_timeout;
+    std::optional<unsigned> connect_retries;
+    std::string health_interval;
+    std::optional<unsigned> rise;
+    std::optional<unsigned> fall;
     std::size_t threads = 0;
     std::string engine = "auto";
     std::string pipe_size;
@@ -63,6 +71,13 @@ void udp_from_flags(const proxy_flags& f, bool udp_prefix, route& r) {
         {"--idle-timeout", !f.idle_timeout.empty()},
         {"--connect-timeout", f.connect_timeout != "10"},
         {"--rate-limit", !f.rate_limit.empty()},
+        {"--balance", !f.balance.empty()},
+        {"--max-fails", f.max_fails.has_value()},
+        {"--fail-timeout", !f.fail_timeout.empty()},
+        {"--connect-retries", f.connect_retries.has_value()},
+        {"--health-interval", !f.health_interval.empty()},
+        {"--rise", f.rise.has_value()},
+        {"--fall", f.fall.has_value()},
     };
     const std::pair<const char*, bool> udp_flags[] = {
         {"--session-timeout", !f.session_timeout.empty()},
@@ -93,6 +108,31 @@ void udp_from_flags(const proxy_flags& f, bool udp_prefix, route& r) {
     r.udp.responses = f.responses.value_or(0);
     r.udp.accept_proxy = f.accept_proxy;
     check_udp_route(r, "--");
+}
+
+void balance_from_flags(const proxy_flags& f, balance_options& b) {
+    if (!f.balance.empty()) {
+        b.policy = parse_balance(f.balance, "--balance");
+    }
+    b.passive.max_fails = f.max_fails.value_or(b.passive.max_fails);
+    if (!f.fail_timeout.empty()) {
+        b.passive.fail_timeout = std::chrono::duration_cast<clock::duration>(
+            parse_duration(f.fail_timeout, "--fail-timeout"));
+    }
+    b.connect_retries = f.connect_retries.value_or(b.connect_retries);
+    if (!f.health_interval.empty()) {
+        b.health_interval = parse_duration(f.health_interval, "--health-interval");
+        if (b.health_interval.count() > 0 && b.health_interval < std::chrono::milliseconds(10)) {
+            throw usage_error("--health-interval: " + f.health_interval +
+                              " is too short (at least 10ms; 0: no active checks)");
+        }
+    }
+    b.active.rise = f.rise.value_or(b.active.rise);
+    b.active.fall = f.fall.value_or(b.active.fall);
+    if (b.active.rise == 0 || b.active.fall == 0) {
+        throw usage_error(std::string(b.active.rise == 0 ? "--rise" : "--fall") +
+                          ": must be at least 1");
+    }
 }
 
 proxy_config config_from_flags(const proxy_flags& f) {
@@ -146,7 +186,12 @@ proxy_config config_from_flags(const proxy_flags& f) {
             r.listen.insert(r.listen.end(), eps.begin(), eps.end());
             r.listen_text.push_back(l);
         }
-        r.upstream = parse_endpoint_list(f.upstream);
+        for (const auto& text : f.upstream) {
+            r.upstreams.push_back(parse_upstream_flag(text));
+        }
+        check_upstreams(r.upstreams, "--upstream");
+        r.upstream = r.upstreams.front().addresses;
+        balance_from_flags(f, r.balance);
         r.options.engine = parse_engine(f.engine, "--engine");
         if (!f.pipe_size.empty()) {
             r.options.pipe_size = parse_size(f.pipe_size, "--pipe-size");
@@ -274,8 +319,30 @@ subcommand add_proxy_command(CLI::App& app) {
         // list and hand over "::1".
         ->allow_extra_args(false);
     cmd->add_option("-u,--upstream", f->upstream,
-                    "Address to connect each client to (a name: each of its addresses "
-                    "is tried, Happy Eyeballs)");
+                    "Server to connect each client to; repeatable: the clients are balanced "
+                    "over them (--balance). ADDR or ADDR,weight=N,backup,drain; a name "
+                    "gives one server per address")
+        ->allow_extra_args(false);
+    cmd->add_option("--balance", f->balance,
+                    "round-robin (default, weighted), least-connections, client-hash "
+                    "(a client address sticks to its server) or random-two");
+    cmd->add_option("--max-fails", f->max_fails,
+                    "Failed connects within --fail-timeout that take a server out for "
+                    "--fail-timeout (default 1; 0: never)")
+        ->check(whole_number);
+    cmd->add_option("--fail-timeout", f->fail_timeout,
+                    "Window of --max-fails and how long a failed server is out (default 10s)");
+    cmd->add_option("--connect-retries", f->connect_retries,
+                    "Other servers tried when a connect fails, before any byte is relayed "
+                    "(default 2)")
+        ->check(whole_number);
+    cmd->add_option("--health-interval", f->health_interval,
+                    "Active health checks: a TCP connect to every server this often (e.g. "
+                    "2s; default 0: none)");
+    cmd->add_option("--rise", f->rise, "Passed checks that bring a down server back (default 2)")
+        ->check(whole_number);
+    cmd->add_option("--fall", f->fall, "Failed checks that take an up server out (default 3)")
+        ->check(whole_number);
     cmd->add_option("-c,--config", f->config,
                     "TOML file with [[route]] tables (see docs/proxy.md); "
                     "SIGHUP reloads it");

@@ -236,6 +236,99 @@ private:
     std::map<std::string, named, std::less<>> names_;
 };
 
+// A whole number from `low` to `high`.
+unsigned count_value(const located& at, const toml::node& n, std::string_view key, unsigned low,
+                     unsigned high) {
+    auto v = n.is_integer() ? n.value<std::int64_t>() : std::nullopt;
+    if (!v || *v < std::int64_t{low} || *v > std::int64_t{high}) {
+        at.fail(n, key,
+                "expected an integer from " + std::to_string(low) + " to " + std::to_string(high));
+    }
+    return static_cast<unsigned>(*v);
+}
+
+bool bool_value(const located& at, const toml::node& n, std::string_view key) {
+    auto v = n.value<bool>();
+    if (!v || !n.is_boolean()) {
+        at.fail(n, key, "expected true or false");
+    }
+    return *v;
+}
+
+// One item of `upstream`: "HOST:PORT" or { address = "HOST:PORT", weight = 3,
+// backup = true, drain = false }.
+upstream_entry upstream_item(const located& at, const toml::node& n) {
+    upstream_entry u;
+    const toml::node* address = &n;
+    if (const auto* t = n.as_table()) {
+        address = nullptr;
+        for (const auto& [k, v] : *t) {
+            const std::string_view key = k.str();
+            if (key == "address") {
+                address = &v;
+            } else if (key == "weight") {
+                u.weight = count_value(at, v, "upstream.weight", 0, max_upstream_weight);
+            } else if (key == "backup") {
+                u.backup = bool_value(at, v, "upstream.backup");
+            } else if (key == "drain") {
+                u.drain = bool_value(at, v, "upstream.drain");
+            } else {
+                at.fail(v, "upstream." + std::string(key),
+                        "unknown key (known: address, weight, backup, drain)");
+            }
+        }
+        if (address == nullptr) {
+            at.fail(n, "upstream", "a table without address (e.g. { address = \"HOST:PORT\" })");
+        }
+    } else if (!n.is_string()) {
+        at.fail(n, "upstream", "expected \"HOST:PORT\", a table { address = ... } or a list");
+    }
+    u.text = need_string(at, *address, "upstream");
+    u.addresses = at.wrap(*address, "upstream", [&] { return parse_endpoint_list(u.text); });
+    return u;
+}
+
+std::vector<upstream_entry> upstream_list(const located& at, const toml::node& node) {
+    std::vector<upstream_entry> list;
+    if (const auto* arr = node.as_array()) {
+        for (const auto& item : *arr) {
+            list.push_back(upstream_item(at, item));
+        }
+    } else {
+        list.push_back(upstream_item(at, node));
+    }
+    at.wrap(node, "upstream", [&] { check_upstreams(list, "upstream"); });
+    return list;
+}
+
+// The balancing and health keys of a route; false for any other key.
+bool load_balance_key(const located& at, std::string_view key, const toml::node& node,
+                      balance_options& b) {
+    if (key == "balance") {
+        std::string text = need_string(at, node, key);
+        b.policy = at.wrap(node, key, [&] { return parse_balance(text, key); });
+    } else if (key == "max_fails") {
+        b.passive.max_fails = count_value(at, node, key, 0, 1000);
+    } else if (key == "fail_timeout") {
+        b.passive.fail_timeout =
+            std::chrono::duration_cast<clock::duration>(duration_value(at, node, key));
+    } else if (key == "connect_retries") {
+        b.connect_retries = count_value(at, node, key, 0, 100);
+    } else if (key == "health_interval") {
+        b.health_interval = duration_value(at, node, key);
+        if (b.health_interval.count() > 0 && b.health_interval < std::chrono::milliseconds(10)) {
+            at.fail(node, key, "is too short (at least 10ms; 0: no active checks)");
+        }
+    } else if (key == "rise") {
+        b.active.rise = count_value(at, node, key, 1, 1000);
+    } else if (key == "fall") {
+        b.active.fall = count_value(at, node, key, 1, 1000);
+    } else {
+        return false;
+    }
+    return true;
+}
+
 route load_route(const located& at, const toml::table& t, std::size_t index,
                  route_registry& registry) {
     route r;
@@ -244,11 +337,28 @@ route load_route(const located& at, const toml::table& t, std::size_t index,
     bool named = false;
     // Never destroyed: a reload's thread that SIGTERM did not wait for (it may sit in
     // getaddrinfo) can still be reading a config while exit() runs the destructors.
-    static const auto& known = *new std::set<std::string, std::less<>>{
-        "name",         "listen",          "upstream",     "engine",
-        "pipe_size",    "max_connections", "idle_timeout", "connect_timeout",
-        "rate_limit",   "proxy_protocol",  "protocol",     "session_timeout",
-        "max_sessions", "responses",       "accept_proxy"};
+    static const auto& known = *new std::set<std::string, std::less<>>{"name",
+                                                                       "listen",
+                                                                       "upstream",
+                                                                       "engine",
+                                                                       "pipe_size",
+                                                                       "max_connections",
+                                                                       "idle_timeout",
+                                                                       "connect_timeout",
+                                                                       "rate_limit",
+                                                                       "proxy_protocol",
+                                                                       "protocol",
+                                                                       "session_timeout",
+                                                                       "max_sessions",
+                                                                       "responses",
+                                                                       "accept_proxy",
+                                                                       "balance",
+                                                                       "max_fails",
+                                                                       "fail_timeout",
+                                                                       "connect_retries",
+                                                                       "health_interval",
+                                                                       "rise",
+                                                                       "fall"};
     bool has_upstream = false;
     // Listen items are claimed once the protocol is known (it may come after them).
     struct listen_item {
@@ -267,7 +377,8 @@ route load_route(const located& at, const toml::table& t, std::size_t index,
                     "unknown key (known: name, listen, upstream, engine, pipe_size, "
                     "max_connections, idle_timeout, connect_timeout, rate_limit, "
                     "proxy_protocol, protocol, session_timeout, max_sessions, responses, "
-                    "accept_proxy)");
+                    "accept_proxy, balance, max_fails, fail_timeout, connect_retries, "
+                    "health_interval, rise, fall)");
         }
         given.emplace_back(key, &node);
         if (key == "name") {
@@ -293,9 +404,11 @@ route load_route(const located& at, const toml::table& t, std::size_t index,
                 listen_items.push_back({item, text, std::move(eps), udp_prefix});
             }
         } else if (key == "upstream") {
-            std::string text = need_string(at, node, key);
-            r.upstream = at.wrap(node, key, [&] { return parse_endpoint_list(text); });
+            r.upstreams = upstream_list(at, node);
+            r.upstream = r.upstreams.front().addresses;
             has_upstream = true;
+        } else if (load_balance_key(at, key, node, r.balance)) {
+            // balance, max_fails, fail_timeout, connect_retries, health_interval, rise, fall
         } else if (key == "engine") {
             std::string text = need_string(at, node, key);
             r.options.engine = at.wrap(node, key, [&] { return parse_engine(text, key); });

@@ -3,6 +3,7 @@
 
 #include "udp_route.hpp"
 
+#include <zcio/balancer.hpp>
 #include <zcio/copy.hpp>
 #include <zcio/endpoint.hpp>
 
@@ -29,11 +30,38 @@ struct route_options {
     proxy_header proxy_protocol = proxy_header::none;
 };
 
+// One `upstream` item: an address or a name (every address of it, tried with Happy
+// Eyeballs) and its weight, backup and drain (see upstream_server).
+struct upstream_entry {
+    std::string text;        // as written, for logs
+    endpoint_list addresses; // every address it resolved to
+    unsigned weight = 1;
+    bool backup = false;
+    bool drain = false;
+};
+
+// How a route spreads its clients over its upstreams and watches their health.
+struct balance_options {
+    balance_policy policy = balance_policy::round_robin;
+    passive_health passive;       // max_fails, fail_timeout
+    unsigned connect_retries = 2; // further servers tried after a failed connect
+    // Active checks: a TCP connect to every server this often; 0: none.
+    std::chrono::nanoseconds health_interval{0};
+    active_health active; // rise, fall
+};
+
+// Weights above this are refused (HAProxy's bound).
+inline constexpr unsigned max_upstream_weight = 256;
+
 struct route {
     std::string name;             // for logs and metrics
     std::vector<endpoint> listen; // every port of every --listen
     std::vector<std::string> listen_text;
-    endpoint_list upstream; // every address of the name, tried with Happy Eyeballs
+    // The first upstream item's addresses (a UDP route has only it; a TCP route
+    // balances over `upstreams`).
+    endpoint_list upstream;
+    std::vector<upstream_entry> upstreams;
+    balance_options balance;
     route_options options;
     // `protocol = "udp"` or a `udp:` listen prefix: datagram sessions (udp_route.hpp).
     route_protocol protocol = route_protocol::tcp;
@@ -85,6 +113,20 @@ listen_span span_of(const std::vector<endpoint>& eps); // as parse_listen return
 // shared port. Port 0 (the kernel picks a free port) never overlaps; Unix addresses
 // overlap when equal. IPv4 against IPv6 is left to the bind (net.ipv6.bindv6only).
 std::optional<endpoint> listen_overlap(const listen_span& a, const listen_span& b);
+
+// Every server of `r`'s upstreams, one per item (a name's addresses are one server),
+// in the order written.
+std::vector<upstream_server> servers_of(const route& r);
+// "a:1, b:2 (backup)" for the "listening on" line.
+std::string upstreams_text(const route& r);
+
+// One --upstream flag: "ADDR" or "ADDR,weight=N,backup,drain". Throws usage_error.
+upstream_entry parse_upstream_flag(std::string_view text);
+// Refuses what no route can run with: no upstream, every weight 0, port 0.
+// `where` prefixes the message ("route[0].upstream" or "--upstream").
+void check_upstreams(const std::vector<upstream_entry>& list, std::string_view where);
+// A --balance value or a balance key; throws usage_error naming `what`.
+balance_policy parse_balance(std::string_view text, std::string_view what);
 
 // Shared with the flag parser: throw usage_error naming `what`.
 copy_path parse_engine(std::string_view text, std::string_view what);

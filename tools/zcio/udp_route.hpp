@@ -36,7 +36,9 @@ struct udp_route_options {
 inline constexpr std::string_view udp_only_keys[] = {"session_timeout", "max_sessions", "responses",
                                                      "accept_proxy"};
 inline constexpr std::string_view tcp_only_keys[] = {
-    "engine", "pipe_size", "max_connections", "idle_timeout", "connect_timeout", "rate_limit"};
+    "engine",  "pipe_size", "max_connections", "idle_timeout",    "connect_timeout", "rate_limit",
+    "balance", "max_fails", "fail_timeout",    "connect_retries", "health_interval", "rise",
+    "fall"};
 
 // "udp:ADDR" becomes "ADDR" (returns true); anything else is left alone.
 bool strip_udp_prefix(std::string& text);

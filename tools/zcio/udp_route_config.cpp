@@ -56,6 +56,10 @@ void check_udp_route(const route& r, std::string_view where) {
                               ": a UDP route listens on IP addresses only");
         }
     }
+    if (r.upstreams.size() > 1) {
+        throw usage_error(key("upstream") +
+                          ": a UDP route has one upstream (balancing is for TCP routes)");
+    }
     if (!r.upstream.is_ip()) {
         throw usage_error(key("upstream") + ": " + r.upstream.to_string() +
                           ": a UDP route forwards to an IP address only");
