@@ -92,10 +92,18 @@ upstream_set::upstream_set(std::vector<upstream_server> servers, balance_policy 
 }
 
 // Each server with weight > 0 and not drained gets weight x ring_points_per_weight
-// points, placed by the hash of its address and the point's number: a server's points
-// depend on nothing else, so removing one server moves only its own clients.
+// points (fewer when the ring would pass ring_points_max), placed by the hash of its address and
+// the point's number: a server's points depend on nothing else, so removing one server moves only
+// its own clients.
 void upstream_set::build_ring() {
     ring_.clear();
+    std::uint64_t total_weight = 0;
+    for (const auto& e : servers_) {
+        total_weight += e.config.drain ? 0 : e.config.weight;
+    }
+    // At most ring_points_max points in all: many heavy servers get fewer per weight.
+    const std::uint64_t per_weight = std::clamp<std::uint64_t>(
+        ring_points_max / std::max<std::uint64_t>(total_weight, 1), 1, ring_points_per_weight);
     for (std::size_t i = 0; i < servers_.size(); ++i) {
         const auto& c = servers_[i].config;
         if (c.weight == 0 || c.drain) {
@@ -103,7 +111,7 @@ void upstream_set::build_ring() {
         }
         const std::string key = c.address.to_string();
         const std::uint64_t base = hash_bytes(key.data(), key.size());
-        const std::uint64_t points = std::uint64_t{c.weight} * ring_points_per_weight;
+        const std::uint64_t points = std::uint64_t{c.weight} * per_weight;
         for (std::uint64_t p = 0; p < points; ++p) {
             ring_.push_back({hash_bytes(&p, sizeof p, base), static_cast<std::uint32_t>(i)});
         }
