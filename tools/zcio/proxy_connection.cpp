@@ -60,9 +60,10 @@ void abort_on_close(const stream& s) noexcept {
 class proxied_connection final : public relay, public slab_allocated<proxied_connection> {
 public:
     proxied_connection(loop_ctx* ctx, std::shared_ptr<route_runtime> rt, stream client,
-                       stream upstream, const bidirectional_options& bo, const endpoint& peer,
-                       clock::time_point started, connection_slot slot)
-        : relay(std::move(client), std::move(upstream), bo), rt_(std::move(rt)),
+                       upstream_link upstream, const bidirectional_options& bo,
+                       const endpoint& peer, clock::time_point started, connection_slot slot)
+        : relay(std::move(client), std::move(upstream.conn), bo), rt_(std::move(rt)),
+          server_(std::move(upstream.server)), server_label_(std::move(upstream.label)),
           slot_(std::move(slot)), started_(started) {
         // Only what the log line needs of the peer: an IP address fits in 28 bytes (a
         // whole endpoint is 132); a Unix client is unnamed or printed by its family.
@@ -77,8 +78,16 @@ public:
     // shared by every loop, so per-step adds would bounce their cache line.
     void report() noexcept override {
         route_stats& stats = *rt_->stats;
-        add_since(stats.bytes_client_to_upstream, a_to_b(), counted_[0]);
-        add_since(stats.bytes_upstream_to_client, b_to_a(), counted_[1]);
+        const std::uint64_t up = a_to_b();
+        const std::uint64_t down = b_to_a();
+        if (up != counted_[0]) {
+            server_->bytes_to_server.fetch_add(up - counted_[0], std::memory_order_relaxed);
+        }
+        if (down != counted_[1]) {
+            server_->bytes_from_server.fetch_add(down - counted_[1], std::memory_order_relaxed);
+        }
+        add_since(stats.bytes_client_to_upstream, up, counted_[0]);
+        add_since(stats.bytes_upstream_to_client, down, counted_[1]);
     }
 
 protected:
@@ -88,6 +97,7 @@ protected:
             abort_on_close(b()); // the upstream
         }
         report(); // t.a_to_b == a_to_b(), t.b_to_a == b_to_a()
+        server_->active.fetch_sub(1, std::memory_order_relaxed);
         slot_.release();
         if (spdlog::should_log(spdlog::level::info)) {
             log_close(t); // its arguments are formatted even when the level drops the line
@@ -99,8 +109,8 @@ private:
     void log_close(const traffic& t) const {
         const double secs = std::chrono::duration<double>(clock::now() - started_).count();
         spdlog::info("{} closed client {} upstream {} sent {} received {} in {:.3f}s path {}: {}",
-                     rt_->config.name, peer_text(), rt_->config.upstream.to_string(), t.a_to_b,
-                     t.b_to_a, secs, path_text(t), describe_end(t));
+                     rt_->config.name, peer_text(), server_label_, t.a_to_b, t.b_to_a, secs,
+                     path_text(t), describe_end(t));
     }
 
     static void add_since(std::atomic<std::uint64_t>& counter, std::uint64_t now,
@@ -133,6 +143,8 @@ private:
     }
 
     std::shared_ptr<route_runtime> rt_;
+    std::shared_ptr<upstream_state> server_; // its `active` counts this connection
+    std::string server_label_;
     connection_slot slot_;              // in the route's limit until the connection ends
     std::uint64_t counted_[2] = {0, 0}; // bytes already in the route's counters
     clock::time_point started_;
@@ -145,38 +157,26 @@ namespace {
 task<void> handle_connection(loop_ctx* ctx, std::shared_ptr<route_runtime> rt, stream client,
                              endpoint peer, connection_slot slot) {
     const auto started = clock::now();
-    route_stats& stats = *rt->stats;
     const route_options& o = rt->config.options;
 
-    std::vector<connect_failure> failed; // each address that failed, for the log line
-    auto up = co_await with_cancel(
-        *ctx->loop,
-        stream::connect(*ctx->loop, rt->config.upstream,
-                        std::chrono::duration_cast<clock::duration>(o.connect_timeout), &failed),
-        ctx->cancel_all);
+    auto connecting = connect_upstream(ctx, rt.get(), peer);
+    auto up = co_await std::move(connecting);
     if (!up) {
-        if (up.error() == std::errc::timed_out) {
-            stats.upstream_connect_timeouts.fetch_add(1, std::memory_order_relaxed);
-        } else if (up.error() != std::errc::operation_canceled) {
-            stats.upstream_connect_failures.fetch_add(1, std::memory_order_relaxed);
-        }
-        spdlog::warn("{} client {} upstream {}: {} (client closed)", rt->config.name,
-                     peer.to_string(), rt->config.upstream.to_string(),
-                     failed.size() > 1 ? to_string(failed) : up.error().message());
-        abort_on_close(client);
-        co_return; // the slot goes with the frame
+        abort_on_close(client); // connect_upstream counted and logged it
+        co_return;              // the slot goes with the frame
     }
     if (o.proxy_protocol != proxy_header::none) {
         auto local = client.local_endpoint();
         endpoint dst = local ? *local : endpoint{};
         std::string header = o.proxy_protocol == proxy_header::v1 ? proxy_header_v1(peer, dst)
                                                                   : proxy_header_v2(peer, dst);
-        auto w = co_await up->write_all(std::as_bytes(std::span(header)));
+        auto w = co_await up->conn.write_all(std::as_bytes(std::span(header)));
         if (!w) {
             spdlog::warn("{} client {} upstream {}: sending the PROXY header: {}", rt->config.name,
-                         peer.to_string(), rt->config.upstream.to_string(), w.error().message());
+                         peer.to_string(), up->label, w.error().message());
             abort_on_close(client);
-            abort_on_close(*up);
+            abort_on_close(up->conn);
+            up->server->active.fetch_sub(1, std::memory_order_relaxed);
             co_return;
         }
     }

@@ -46,6 +46,25 @@ void start_accepting(loop_ctx& ctx, std::shared_ptr<listener_entry> e);
 // Adds what every open connection of the loop moved to its route's byte counters.
 void count_progress(loop_ctx& ctx) noexcept;
 
+// ---- proxy_upstream.cpp ----
+// Gives `rt` (its stats set) a new server group that inherits the health of the
+// previous one of its route, which retires. Main thread, on start and reload commit.
+void attach_upstreams(route_runtime& rt);
+// On loop 0: the route's active health checks, if it has any, until the group retires
+// or the loop stops.
+void start_health_checks(loop_ctx& ctx, const std::shared_ptr<route_runtime>& rt);
+
+// A connected upstream: the stream and the server it went to.
+struct upstream_link {
+    stream conn;
+    std::shared_ptr<upstream_state> server;
+    std::string label;
+};
+// Connects to a server `rt` balances to, trying others after a failure (up to
+// connect_retries). Nothing when none could be reached: counted and logged here.
+task<std::optional<upstream_link>> connect_upstream(loop_ctx* ctx, route_runtime* rt,
+                                                    const endpoint& peer);
+
 // ---- proxy_trim.cpp ----
 // Twice a second until the loop stops: byte counters, pool gauges, memory back.
 task<void> refresh_metrics(loop_ctx* ctx);

@@ -10,6 +10,7 @@
 #include <memory>
 #include <sstream>
 #include <string_view>
+#include <vector>
 
 namespace zcio::cli {
 
@@ -73,6 +74,9 @@ const metric_family route_families[] = {
      counter<&route_stats::upstream_connect_failures>},
     {"zcio_upstream_connect_timeouts_total", "counter", "Upstream connects that timed out",
      counter<&route_stats::upstream_connect_timeouts>},
+    {"zcio_upstream_unavailable_total", "counter",
+     "Clients closed at once because no upstream server could be reached",
+     counter<&route_stats::upstream_unavailable>},
 };
 
 void write_route_series(std::ostringstream& out, const stats_map& stats) {
@@ -113,6 +117,55 @@ void write_pool_series(std::ostringstream& out, const stats_map& stats, std::siz
     }
 }
 
+// Each server of each route's current group, labelled route and server.
+struct server_family {
+    const char* name;
+    const char* type;
+    const char* help;
+    std::atomic<std::uint64_t> upstream_state::*field; // nullptr: zcio_upstream_up
+};
+const server_family server_families[] = {
+    {"zcio_upstream_up", "gauge",
+     "1 while the server takes new connections by its health (passive and active checks)", nullptr},
+    {"zcio_upstream_active", "gauge", "Connections open to the server now",
+     &upstream_state::active},
+    {"zcio_upstream_connects_total", "counter", "Connects to the server that succeeded",
+     &upstream_state::connects},
+    {"zcio_upstream_server_connect_failures_total", "counter",
+     "Connects to the server that failed or timed out", &upstream_state::connect_failures},
+    {"zcio_upstream_bytes_to_server_total", "counter",
+     "Bytes relayed from clients to the server (at most 0.5 s late)",
+     &upstream_state::bytes_to_server},
+    {"zcio_upstream_bytes_from_server_total", "counter",
+     "Bytes relayed from the server to clients (at most 0.5 s late)",
+     &upstream_state::bytes_from_server},
+};
+
+void write_server_series(std::ostringstream& out, const stats_map& stats) {
+    std::vector<std::pair<std::string, std::shared_ptr<upstream_group>>> groups;
+    for (const auto& [name, s] : stats) {
+        if (auto g = s->current_upstreams(); g && !g->retired.load(std::memory_order_relaxed)) {
+            groups.emplace_back(label_value(name), std::move(g));
+        }
+    }
+    for (const auto& f : server_families) {
+        family_head(out, f.name, f.type, f.help);
+        for (const auto& [route, g] : groups) {
+            for (std::size_t i = 0; i < g->set.size(); ++i) {
+                std::uint64_t v = 0;
+                if (f.field == nullptr) {
+                    std::lock_guard lock(g->mutex);
+                    v = g->set.is_up(i) ? 1 : 0;
+                } else {
+                    v = (g->set.state(i).*(f.field)).load(std::memory_order_relaxed);
+                }
+                out << f.name << "{route=\"" << route << "\",server=\"" << label_value(g->labels[i])
+                    << "\"} " << v << '\n';
+            }
+        }
+    }
+}
+
 } // namespace
 
 std::string proxy_server::metrics_text() const {
@@ -120,6 +173,7 @@ std::string proxy_server::metrics_text() const {
     std::lock_guard lock(stats_mutex_);
     write_route_series(out, stats_);
     write_pool_series(out, stats_, ctxs_.size());
+    write_server_series(out, stats_);
     udp_->write_metrics(out);
     return out.str();
 }

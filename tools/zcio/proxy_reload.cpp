@@ -6,6 +6,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <deque>
 #include <map>
 #include <thread>
@@ -165,7 +166,7 @@ void bind_fresh(loop_ctx& c, const runtime_list& runtimes, bind_round& round, en
                 const endpoint bound = e->listener.local_endpoint();
                 round.resolved.emplace(std::pair{rt.get(), key}, bound);
                 round.ready.push_back(rt->config.name + " listening on " + bound.to_string() +
-                                      " → " + rt->config.upstream.to_string());
+                                      " → " + upstreams_text(rt->config));
             }
             out.push_back(std::move(e));
         }
@@ -204,6 +205,20 @@ void swap_listeners(loop_ctx& c, const runtime_list& runtimes, entry_list fresh)
 }
 
 } // namespace
+
+// The server groups of routes a reload removed stop their health checks (a route
+// that comes back inherits their state).
+void proxy_server::retire_removed(const std::vector<std::shared_ptr<route_runtime>>& runtimes) {
+    std::lock_guard lock(stats_mutex_);
+    for (const auto& [name, s] : stats_) {
+        const bool kept =
+            std::ranges::any_of(runtimes, [&](const auto& rt) { return rt->stats == s; });
+        auto g = s->current_upstreams();
+        if (!kept && g) {
+            g->retired.store(true, std::memory_order_relaxed);
+        }
+    }
+}
 
 void proxy_server::reload(proxy_config cfg) {
     // All or nothing: every new listener is bound first (on its loop, loops one after
@@ -247,7 +262,9 @@ void proxy_server::reload(proxy_config cfg) {
     // Commit: nothing below can fail.
     for (const auto& rt : runtimes) {
         rt->stats = stats_for(rt->config.name);
+        attach_upstreams(*rt);
     }
+    retire_removed(runtimes);
     set_route_limits(runtimes);
     set_default_limit(budget_, cfg, need.total);
     for (std::size_t i = 0; i < ctxs_.size(); ++i) {
@@ -256,6 +273,11 @@ void proxy_server::reload(proxy_config cfg) {
             swap_listeners(*ctxs_[i], runtimes, std::move(fresh[i]));
         });
     }
+    run_on(*ctxs_.front(), [&] {
+        for (const auto& rt : runtimes) {
+            start_health_checks(*ctxs_.front(), rt);
+        }
+    });
     round.ready.insert(round.ready.end(), udp_plan.ready.begin(), udp_plan.ready.end());
     udp_->commit(std::move(udp_plan), true);
     for (const auto& line : round.ready) {

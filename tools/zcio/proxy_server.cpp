@@ -160,6 +160,7 @@ void proxy_server::start() {
     const auto runtimes = make_runtimes(cfg_);
     for (const auto& rt : runtimes) {
         rt->stats = stats_for(rt->config.name);
+        attach_upstreams(*rt);
     }
     set_route_limits(runtimes);
     for (auto& ctx : ctxs_) {
@@ -180,7 +181,7 @@ void proxy_server::start() {
                 ctx->listeners.push_back(std::move(e));
             }
             ready.push_back(rt->config.name + " listening on " + ep.to_string() + " → " +
-                            rt->config.upstream.to_string());
+                            upstreams_text(rt->config));
         }
     }
     auto udp_plan = udp_->prepare(cfg_.routes, false);
@@ -195,6 +196,9 @@ void proxy_server::start() {
             start_accepting(*ctx, e);
         }
         ctx->loop->spawn(refresh_metrics(ctx.get()));
+    }
+    for (const auto& rt : runtimes) {
+        start_health_checks(*ctxs_.front(), rt);
     }
     group_->start([](std::size_t i, std::error_code ec) {
         spdlog::critical("event loop {} failed: {}", i, ec.message());

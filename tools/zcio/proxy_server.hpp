@@ -48,6 +48,8 @@ struct connection_budget {
     connection_limit open; // proxied connections of all routes
 };
 
+struct upstream_group;
+
 // One route (by name), shared by every loop, kept for the life of the process so
 // counters survive reloads and pools outlive the connections that lease from them.
 // The counters are relaxed atomics touched once per connection, or once per loop
@@ -65,12 +67,49 @@ struct route_stats {
     std::atomic<std::uint64_t> bytes_upstream_to_client{0};
     std::atomic<std::uint64_t> upstream_connect_failures{0};
     std::atomic<std::uint64_t> upstream_connect_timeouts{0};
+    // Clients closed at once because no server could be reached (all down or failed).
+    std::atomic<std::uint64_t> upstream_unavailable{0};
+    // The route's servers now (metrics read them; a reload replaces them).
+    std::shared_ptr<upstream_group> current_upstreams() const {
+        std::lock_guard lock(upstreams_mutex);
+        return upstreams;
+    }
+    void set_upstreams(std::shared_ptr<upstream_group> g) {
+        std::lock_guard lock(upstreams_mutex);
+        upstreams = std::move(g);
+    }
+    mutable std::mutex upstreams_mutex;
+    std::mutex health_mutex;                      // every upstream_group of the route
+    std::shared_ptr<upstream_group> upstreams;    // guarded by upstreams_mutex
     std::unique_ptr<route_loop_state[]> per_loop; // indexed by loop
+};
+
+// A route's servers and their balancer, shared by every loop (under `mutex`: a choice
+// is a few dozen nanoseconds, once per connection). A reload makes a new group that
+// inherits the state of the servers that stay; `retired` then stops the old group's
+// health checks.
+struct upstream_group {
+    upstream_group(std::vector<upstream_server> servers, const balance_options& o,
+                   std::mutex& route_mutex)
+        : mutex(route_mutex), set(std::move(servers), o.policy, o.passive), options(o) {
+        for (std::size_t i = 0; i < set.size(); ++i) {
+            labels.push_back(set.server(i).address.to_string());
+        }
+    }
+
+    // The route's (route_stats::health_mutex): the groups before and after a reload
+    // share the servers that stay, and so their lock.
+    std::mutex& mutex;
+    upstream_set set; // guarded by `mutex`
+    const balance_options options;
+    std::vector<std::string> labels; // each server's address, for logs and metrics
+    std::atomic<bool> retired{false};
 };
 
 struct route_runtime {
     route config;
     std::shared_ptr<route_stats> stats;
+    std::shared_ptr<upstream_group> upstreams; // set with `stats`, on commit
 };
 
 struct loop_ctx;
@@ -105,6 +144,7 @@ public:
 
 private:
     std::shared_ptr<route_stats> stats_for(const std::string& name);
+    void retire_removed(const std::vector<std::shared_ptr<route_runtime>>& runtimes);
     std::vector<std::shared_ptr<route_runtime>> make_runtimes(const proxy_config& cfg);
 
     proxy_config cfg_;
