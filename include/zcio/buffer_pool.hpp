@@ -7,7 +7,8 @@
 // and give it back at once, so an idle connection holds zero buffers (the
 // async_io_bufpool idea; DESIGN.md, "memory follows data").
 //
-// Threading: one pool per event loop; nothing here is synchronised.
+// Threading: one pool per event loop; nothing here is synchronised unless
+// options::synchronized asks for a mutex.
 #pragma once
 
 #include <zcio/event_loop.hpp>
@@ -21,6 +22,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <utility>
@@ -41,6 +43,10 @@ struct buffer_pool_options {
     // empty means std::make_unique_for_overwrite<std::byte[]>(n) (bad_alloc → ENOMEM).
     // (The `{}` lets `options{.buffer_size = n}` pass -Wmissing-field-initializers.)
     std::function<result<std::unique_ptr<std::byte[]>>(std::size_t)> allocate{};
+    // Lock a mutex in lease(), in give-backs and in stats(), so that leases may be
+    // taken and returned on any thread (transfer_pools::shared(), for drivers whose
+    // steps move between threads). Off: one pool per loop, nothing synchronised.
+    bool synchronized = false;
 };
 
 // Counters, for tests and metrics. Every buffer ever created is, at any moment, exactly
@@ -116,7 +122,11 @@ private:
     friend class buffer_lease;
     void give_back(std::unique_ptr<std::byte[]> buf) noexcept;
 
+    // Held when opts_.synchronized, else an empty lock.
+    [[nodiscard]] std::unique_lock<std::mutex> guard() const noexcept;
+
     options opts_;
+    mutable std::mutex mutex_;
     std::vector<std::unique_ptr<std::byte[]>> idle_; // LIFO: the warmest buffer first
     stats_type stats_;
 };

@@ -155,6 +155,20 @@ public:
         }
     }
 
+    // A handle that no loop watches, for an fd that another poller owns (an Asio
+    // socket: stream_view). Its readiness is what clear_ready() and mark_ready() say;
+    // nothing may park on it, and loop() must not be called.
+    static std::unique_ptr<io_handle> unwatched(int fd, bool pollable);
+    // Records that the owner's own poller saw the fd ready in direction `d`.
+    void mark_ready(io_direction d) noexcept {
+        if (d == io_direction::read) {
+            can_read_ = true;
+        } else {
+            can_write_ = true;
+        }
+    }
+    [[nodiscard]] bool watched() const noexcept { return loop_ != nullptr; }
+
     // Removes the fd from the loop and cancels its waiters. Idempotent.
     void forget() noexcept;
 
@@ -170,8 +184,8 @@ public:
 private:
     friend class event_loop;
     friend class detail::poll_backend;
-    io_handle(event_loop& loop, int fd, bool pollable) noexcept
-        : loop_(&loop), fd_(fd), pollable_(pollable) {}
+    io_handle(event_loop* loop, int fd, bool pollable) noexcept
+        : loop_(loop), fd_(fd), pollable_(pollable) {}
 
     // Called by the backend for an event on this fd. Returns whether it woke a waiter.
     bool on_event(bool readable, bool writable, bool rdhup, bool error) noexcept;
@@ -201,6 +215,10 @@ using io_handle_ptr = std::unique_ptr<io_handle>;
 
 // io_handles alive in the process (all loops): for leak checks in tests.
 std::size_t io_handles_alive() noexcept;
+
+// Sets SIGPIPE to SIG_IGN once per process if it is still at its default (every
+// event_loop does; so does a stream_view, for drivers without a loop).
+void ignore_sigpipe_once() noexcept;
 
 class event_loop {
 public:

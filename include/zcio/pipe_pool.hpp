@@ -6,7 +6,8 @@
 // empty, so bytes of one transfer can never leak into another (Go `putPipe`, HAProxy
 // `put_pipe` in src/pipe.c).
 //
-// Threading: one pool per event loop; nothing here is synchronised.
+// Threading: one pool per event loop; nothing here is synchronised unless
+// options::synchronized asks for a mutex.
 #pragma once
 
 #include <zcio/result.hpp>
@@ -16,6 +17,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <mutex>
 #include <vector>
 
 namespace zcio {
@@ -33,6 +35,10 @@ struct pipe_pool_options {
     std::size_t max_total = SIZE_MAX;
     // How a pipe is made. Tests replace it to make creation fail; empty means sys::pipe.
     std::function<result<sys::pipe_pair>()> make_pipe = sys::pipe;
+    // Lock a mutex in lease(), in give-backs and in stats(), so that leases may be
+    // taken and returned on any thread (transfer_pools::shared(), for drivers whose
+    // steps move between threads). Off: one pool per loop, nothing synchronised.
+    bool synchronized = false;
 };
 
 // Counters, for tests and metrics. Every pipe ever created is, at any moment, exactly
@@ -140,7 +146,11 @@ private:
     // Called by a lease that ends; `dirty` when the pipe may hold bytes.
     void give_back(sys::pipe_pair pipe, std::size_t capacity, bool dirty) noexcept;
 
+    // Held when opts_.synchronized, else an empty lock.
+    [[nodiscard]] std::unique_lock<std::mutex> guard() const noexcept;
+
     options opts_;
+    mutable std::mutex mutex_;
     std::vector<idle_pipe> idle_; // LIFO: the warmest pipe is reused first
     stats_type stats_;
 };

@@ -141,6 +141,7 @@ public:
     [[nodiscard]] result<endpoint> peer_endpoint() const { return peer_endpoint_of(fd()); }
 
 private:
+    friend class stream_view; // makes unwatched streams over borrowed fds
     stream(unique_fd fd, io_handle_ptr h, sys::fd_kind kind) noexcept
         : handle_(std::move(h)), fd_(std::move(fd)), kind_(kind) {}
 

@@ -32,6 +32,11 @@ struct transfer_pools {
 
     // The calling thread's pools (made on first use with default options).
     static transfer_pools& for_this_thread();
+    // One process-wide pair of synchronized pools (default sizes), never destroyed:
+    // for drivers whose steps may run on any thread, such as zcio/asio.hpp on an
+    // io_context that several threads run. A lease may end on another thread than the
+    // one that took it.
+    static transfer_pools& shared();
 };
 
 // Token bucket for rate limits in bytes per second: the next read or splice is cut to

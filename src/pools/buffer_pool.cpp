@@ -36,12 +36,18 @@ void buffer_lease::reset() noexcept {
 
 buffer_pool::buffer_pool(options opts) : opts_(std::move(opts)) {}
 
+std::unique_lock<std::mutex> buffer_pool::guard() const noexcept {
+    return opts_.synchronized ? std::unique_lock<std::mutex>(mutex_)
+                              : std::unique_lock<std::mutex>();
+}
+
 buffer_pool::~buffer_pool() {
     // A lease that outlives its pool would give its buffer back to freed memory.
     assert(stats_.leased == 0 && "zcio::buffer_pool destroyed while buffers are leased");
 }
 
 result<buffer_lease> buffer_pool::lease() {
+    const auto lock = guard();
     // Reserve room now for every buffer that could come back, so give_back (which runs
     // in destructors and must not throw) never allocates.
     std::size_t could_return = std::min(opts_.max_idle, stats_.leased + idle_.size() + 1);
@@ -89,6 +95,7 @@ result<buffer_lease> buffer_pool::lease() {
 }
 
 void buffer_pool::give_back(std::unique_ptr<std::byte[]> buf) noexcept {
+    const auto lock = guard();
     assert(stats_.leased > 0);
     --stats_.leased;
     if (idle_.size() >= opts_.max_idle) {
@@ -101,12 +108,14 @@ void buffer_pool::give_back(std::unique_ptr<std::byte[]> buf) noexcept {
 }
 
 buffer_pool::stats_type buffer_pool::stats() const noexcept {
+    const auto lock = guard();
     stats_type s = stats_;
     s.idle = idle_.size();
     return s;
 }
 
 void buffer_pool::clear_idle() noexcept {
+    const auto lock = guard();
     stats_.discarded += idle_.size();
     idle_.clear();
 }

@@ -61,12 +61,18 @@ pipe_pool::pipe_pool(options opts) : opts_(std::move(opts)) {
     }
 }
 
+std::unique_lock<std::mutex> pipe_pool::guard() const noexcept {
+    return opts_.synchronized ? std::unique_lock<std::mutex>(mutex_)
+                              : std::unique_lock<std::mutex>();
+}
+
 pipe_pool::~pipe_pool() {
     // A lease that outlives its pool would give its pipe back to freed memory.
     assert(stats_.leased == 0 && "zcio::pipe_pool destroyed while pipes are leased");
 }
 
 result<pipe_lease> pipe_pool::lease() {
+    const auto lock = guard();
     // Reserve room now for every pipe that could come back, so give_back (which runs in
     // destructors and must not throw) never allocates.
     std::size_t could_return = std::min(opts_.max_idle, stats_.leased + idle_.size() + 1);
@@ -127,6 +133,7 @@ result<pipe_lease> pipe_pool::lease() {
 }
 
 void pipe_pool::give_back(sys::pipe_pair pipe, std::size_t capacity, bool dirty) noexcept {
+    const auto lock = guard();
     assert(stats_.leased > 0);
     --stats_.leased;
     if (dirty) {
@@ -144,12 +151,14 @@ void pipe_pool::give_back(sys::pipe_pair pipe, std::size_t capacity, bool dirty)
 }
 
 pipe_pool::stats_type pipe_pool::stats() const noexcept {
+    const auto lock = guard();
     stats_type s = stats_;
     s.idle = idle_.size();
     return s;
 }
 
 void pipe_pool::clear_idle() noexcept {
+    const auto lock = guard();
     stats_.trimmed += idle_.size();
     idle_.clear();
 }

@@ -142,6 +142,10 @@ void io_handle::forget() noexcept {
     if (fd_ < 0) {
         return;
     }
+    if (loop_ == nullptr) { // unwatched(): no registration, and nothing parks on it
+        fd_ = -1;
+        return;
+    }
     if (pollable_) {
         loop_->backend_->remove(*this);
         --loop_->registered_;
@@ -176,7 +180,6 @@ struct event_loop::post_queue {
     }
 };
 
-namespace {
 // Writing to a socket whose peer has gone raises SIGPIPE, which kills the process by
 // default; splice and sendfile have no MSG_NOSIGNAL to avoid it. A process that runs
 // a loop gets EPIPE as an error value instead. A handler the program installed itself
@@ -193,7 +196,6 @@ void ignore_sigpipe_once() noexcept {
     }();
     (void)done;
 }
-} // namespace
 
 event_loop::event_loop() : posts_(std::make_unique<post_queue>()) {
     ignore_sigpipe_once();
@@ -233,8 +235,12 @@ std::size_t io_handles_alive() noexcept {
     return io_handle::alive();
 }
 
+io_handle_ptr io_handle::unwatched(int fd, bool pollable) {
+    return io_handle_ptr(new io_handle(nullptr, fd, pollable));
+}
+
 result<io_handle_ptr> event_loop::watch(int fd) {
-    io_handle_ptr h(new io_handle(*this, fd, true));
+    io_handle_ptr h(new io_handle(this, fd, true));
     auto added = backend_->add(*h);
     if (!added) {
         h->fd_ = -1; // not registered: nothing to remove

@@ -6,6 +6,7 @@
 #include <array>
 #include <chrono>
 #include <limits>
+#include <utility>
 
 #include <fcntl.h>
 
@@ -38,6 +39,19 @@ struct transfer::in_hand final : slab_allocated<in_hand> {
 transfer_pools& transfer_pools::for_this_thread() {
     thread_local transfer_pools pools;
     return pools;
+}
+
+transfer_pools& transfer_pools::shared() {
+    // Leaked on purpose: a lease still out at exit (a detached thread's transfer) must
+    // not give its pipe back to a destroyed pool.
+    static transfer_pools* const pools = [] {
+        pipe_pool_options p;
+        p.synchronized = true;
+        buffer_pool_options b;
+        b.synchronized = true;
+        return new transfer_pools{pipe_pool(std::move(p)), buffer_pool(std::move(b))};
+    }();
+    return *pools;
 }
 
 namespace {
