@@ -43,6 +43,11 @@ public:
     // socket + SO_REUSEADDR (+ SO_REUSEPORT) + bind + listen, watched on `loop`.
     static result<listener> bind(event_loop& loop, const endpoint& at, listen_options opts = {});
 
+    // A socket that already listens (handed over by another process, or by systemd),
+    // made non-blocking and watched on `loop`. A Unix path socket's file is removed on
+    // close like a bound one's when `own_unix_path` (it is still that socket's file).
+    static result<listener> adopt(event_loop& loop, unique_fd fd, bool own_unix_path = true);
+
     // Waits for and accepts one connection. When the process is out of descriptors
     // (EMFILE/ENFILE) the pending client stays in the backlog; accept backs off with
     // a growing pause (1 ms to 1 s) instead of spinning, counts it, and retries, so
@@ -57,6 +62,8 @@ public:
     [[nodiscard]] std::uint64_t fd_exhausted_count() const noexcept { return fd_exhausted_; }
 
     void close() noexcept;
+    // close() will leave the socket file alone: another process serves it now.
+    void keep_unix_path() noexcept { owns_unix_path_ = false; }
 
 private:
     event_loop* loop_ = nullptr;

@@ -40,6 +40,9 @@ public:
     // socket(SOCK_DGRAM) bound to `at` (port 0: the kernel picks one), optionally
     // with SO_REUSEPORT.
     static result<udp_socket> bind(event_loop& loop, const endpoint& at, bool reuse_port = false);
+    // A bound datagram socket from elsewhere (another process, systemd), made
+    // non-blocking and watched on `loop`.
+    static result<udp_socket> adopt(event_loop& loop, unique_fd fd);
 
     // co_await u.recv_from(buf): one datagram and its sender.
     auto recv_from(std::span<std::byte> buf) {

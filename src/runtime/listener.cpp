@@ -116,6 +116,32 @@ result<listener> listener::bind(event_loop& loop, const endpoint& at, listen_opt
     return l;
 }
 
+result<listener> listener::adopt(event_loop& loop, unique_fd fd, bool own_unix_path) {
+    if (auto r = sys::set_nonblocking(fd.get(), true); !r) {
+        return fail(name_op("fcntl(O_NONBLOCK)", r.error()));
+    }
+    auto local = local_endpoint_of(fd.get());
+    if (!local) {
+        return fail(local.error());
+    }
+    listener l;
+    l.local_ = *local;
+    if (local->is_unix() && !local->is_abstract() && own_unix_path) {
+        struct stat st {};
+        l.owns_unix_path_ = ::lstat(unix_path_of(*local).c_str(), &st) == 0 && S_ISSOCK(st.st_mode);
+        l.unix_dev_ = static_cast<std::uint64_t>(st.st_dev);
+        l.unix_ino_ = static_cast<std::uint64_t>(st.st_ino);
+    }
+    l.fd_ = std::move(fd);
+    auto h = loop.watch(l.fd_.get());
+    if (!h) {
+        return fail(h.error());
+    }
+    l.loop_ = &loop;
+    l.handle_ = std::move(*h);
+    return l;
+}
+
 task<result<accepted>> listener::accept() {
     auto pause = std::chrono::milliseconds(1);
     while (true) {

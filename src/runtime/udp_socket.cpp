@@ -25,6 +25,17 @@ result<udp_socket> udp_socket::bind(event_loop& loop, const endpoint& at, bool r
     return udp_socket(std::move(*fd), std::move(*h));
 }
 
+result<udp_socket> udp_socket::adopt(event_loop& loop, unique_fd fd) {
+    if (auto r = sys::set_nonblocking(fd.get(), true); !r) {
+        return fail(name_op("fcntl(O_NONBLOCK)", r.error()));
+    }
+    auto h = loop.watch(fd.get());
+    if (!h) {
+        return fail(h.error());
+    }
+    return udp_socket(std::move(fd), std::move(*h));
+}
+
 result<datagram_info> udp_socket::receive(int fd, std::span<std::byte> buf) {
     datagram_info info;
     iovec iov{buf.data(), buf.size()};

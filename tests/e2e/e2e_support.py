@@ -231,10 +231,11 @@ def wait_unix_listening(path, timeout=START_TIMEOUT, proc=None):
 class Proc:
     """A child in its own session (process group); stderr collected line by line."""
 
-    def __init__(self, args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, cwd=None, env=None):
+    def __init__(self, args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, cwd=None, env=None,
+                 pass_fds=()):
         self.args = [str(a) for a in args]
         self.popen = subprocess.Popen(self.args, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE,
-                                      cwd=cwd, env=env, start_new_session=True)
+                                      cwd=cwd, env=env, start_new_session=True, pass_fds=pass_fds)
         self._lines = []
         self._eof = False
         self._cond = threading.Condition()

@@ -895,7 +895,9 @@ std::vector<endpoint> http_server::bind_listeners(std::size_t first) {
             ep.set_port(port);
         }
         try {
-            ensure_port_free(ep);
+            if (!state_->opts.share_port) {
+                ensure_port_free(ep);
+            }
         } catch (const runtime_failure& e) {
             if (shared) {
                 throw shared_port_taken(e.what());

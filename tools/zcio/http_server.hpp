@@ -21,10 +21,13 @@ struct generated_response {
 };
 
 struct serve_options {
-    std::string root;                    // unused (and not opened) when `generate` is set
-    std::vector<endpoint> listen;        // one or more; a Unix socket alone
-    std::size_t threads = 0;             // 0: one per core
-    std::uint64_t max_connections = 0;   // 0: no limit
+    std::string root;                  // unused (and not opened) when `generate` is set
+    std::vector<endpoint> listen;      // one or more; a Unix socket alone
+    std::size_t threads = 0;           // 0: one per core
+    std::uint64_t max_connections = 0; // 0: no limit
+    // Bind beside a process that holds the port (SO_REUSEPORT, same user): the metrics
+    // of a proxy that takes over from one still running.
+    bool share_port = false;
     std::size_t max_header_size = 16384; // request line + header fields, in bytes
     std::size_t max_headers = 100;       // header fields per request
     std::chrono::nanoseconds header_timeout = std::chrono::seconds(10);

@@ -46,9 +46,12 @@ serve_options metrics_options(const endpoint& at, std::function<std::string()> r
 
 } // namespace
 
-metrics_endpoint start_metrics_server(const endpoint& at, std::function<std::string()> render) {
+metrics_endpoint start_metrics_server(const endpoint& at, std::function<std::string()> render,
+                                      bool share_port) {
     metrics_endpoint m;
-    m.server = std::make_unique<http_server>(metrics_options(at, std::move(render)));
+    auto opts = metrics_options(at, std::move(render));
+    opts.share_port = share_port;
+    m.server = std::make_unique<http_server>(std::move(opts));
     try {
         m.bound = m.server->start().front();
     } catch (const runtime_failure& e) {

@@ -24,6 +24,8 @@ struct metrics_endpoint {
 // Listens on `at` and answers GET /metrics with `render()` (called on the endpoint's
 // thread; HEAD: the same headers, no body); other paths get 404, other methods 405.
 // Throws runtime_failure when it cannot listen.
-metrics_endpoint start_metrics_server(const endpoint& at, std::function<std::string()> render);
+// `share_port`: beside the process this one takes over from (serve_options).
+metrics_endpoint start_metrics_server(const endpoint& at, std::function<std::string()> render,
+                                      bool share_port = false);
 
 } // namespace zcio::cli

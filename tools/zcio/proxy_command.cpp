@@ -5,6 +5,7 @@
 #include "metrics.hpp"
 #include "proxy_server.hpp"
 #include "route_config.hpp"
+#include "takeover.hpp"
 
 #include <zcio/zcio.hpp>
 
@@ -49,6 +50,9 @@ struct proxy_flags {
     std::optional<std::uint64_t> max_sessions;
     std::optional<std::uint32_t> responses;
     bool accept_proxy = false;
+    // Restart without loss (takeover.hpp)
+    std::string control;
+    std::string take_over;
 };
 
 // The --protocol and UDP flags of the one route flags make: which protocol, and the
@@ -233,9 +237,25 @@ proxy_config config_from_flags(const proxy_flags& f) {
     return cfg;
 }
 
+// SIGUSR2 is raised by the take-over thread once the new process accepts: this one
+// stops accepting (the sockets stay open in the new one) and drains.
+bool handed_over(proxy_server* server, takeover_server* control, std::chrono::nanoseconds drain) {
+    if (control == nullptr || !control->handed_over()) {
+        spdlog::warn("SIGUSR2: ignored (no take-over in progress)");
+        return false;
+    }
+    spdlog::info("take-over: pid {} accepts now; stopping accepting, draining (up to {:.1f}s)",
+                 control->new_pid(), std::chrono::duration<double>(drain).count());
+    server->stop_accepting();
+    control->stopped_accepting();
+    server->drain(drain);
+    spdlog::info("take-over: drained, exiting");
+    return true;
+}
+
 task<int> proxy_main(event_loop* loop, proxy_server* server, proxy_flags flags,
-                     std::chrono::nanoseconds drain) {
-    auto signals = signal_set::open(*loop, {SIGINT, SIGTERM, SIGHUP});
+                     std::chrono::nanoseconds drain, takeover_server* control) {
+    auto signals = signal_set::open(*loop, {SIGINT, SIGTERM, SIGHUP, SIGUSR2});
     if (!signals) {
         spdlog::critical("signals: {}", signals.error().message());
         co_return 1;
@@ -247,6 +267,15 @@ task<int> proxy_main(event_loop* loop, proxy_server* server, proxy_flags flags,
         if (!sig) {
             spdlog::critical("signals: {}", sig.error().message());
             co_return 1;
+        }
+        if (*sig == SIGUSR2) {
+            if (control != nullptr && control->handed_over()) {
+                reloader.stop();
+            }
+            if (handed_over(server, control, drain)) {
+                co_return 0;
+            }
+            continue;
         }
         if (*sig == SIGHUP) {
             if (flags.config.empty()) {
@@ -274,24 +303,38 @@ int run_proxy(const proxy_flags& flags) {
     // only the main loop's signalfd receives them.
     sigset_t mask;
     sigemptyset(&mask);
-    for (int s : {SIGINT, SIGTERM, SIGHUP}) {
+    for (int s : {SIGINT, SIGTERM, SIGHUP, SIGUSR2}) {
         sigaddset(&mask, s);
     }
     pthread_sigmask(SIG_BLOCK, &mask, nullptr);
 
+    // The running process's sockets first: its binds then find them (takeover.hpp).
+    std::unique_ptr<takeover_client> from;
+    if (!flags.take_over.empty()) {
+        from = std::make_unique<takeover_client>(flags.take_over);
+    }
     event_loop main_loop;
     proxy_server server(std::move(cfg), threads);
     // Bind the metrics address before the routes' start logs "listening on", so a
     // failure of either is the only line on stderr. Freed before the server it reads.
     metrics_endpoint metrics;
     if (metrics_at) {
-        metrics = start_metrics_server(*metrics_at, [&server] { return server.metrics_text(); });
+        metrics = start_metrics_server(
+            *metrics_at, [&server] { return server.metrics_text(); }, from != nullptr);
     }
     server.start();
     if (metrics.server) {
         spdlog::info("metrics on http://{}/metrics", metrics.bound.to_string());
     }
-    return main_loop.block_on(proxy_main(&main_loop, &server, flags, drain));
+    if (from) {
+        from->started(); // returns once the old process stopped accepting
+        from.reset();
+    }
+    std::unique_ptr<takeover_server> control; // freed before the server it reads
+    if (!flags.control.empty()) {
+        control = std::make_unique<takeover_server>(flags.control, main_loop, server);
+    }
+    return main_loop.block_on(proxy_main(&main_loop, &server, flags, drain, control.get()));
 }
 
 // A count: digits only, so "-1" and "1.5" are refused with a message that says so.
@@ -387,6 +430,13 @@ subcommand add_proxy_command(CLI::App& app) {
     cmd->add_flag("--accept-proxy", f->accept_proxy,
                   "UDP: every datagram from a client starts with a PROXY v2 header (strict: a "
                   "bad one drops the datagram); it names the original client");
+    cmd->add_option("--control", f->control,
+                    "Unix socket (e.g. /run/zcio.sock, mode 0600) on which a new zcio proxy "
+                    "started with --take-over receives the listening sockets");
+    cmd->add_option("--take-over", f->take_over,
+                    "Take the listening sockets of the zcio proxy whose --control socket this "
+                    "is, start accepting on them, then let it drain and exit (restart without "
+                    "loss, e.g. --take-over /run/zcio.sock --control /run/zcio.sock)");
     cmd->add_option("--drain-timeout", f->drain_timeout,
                     "On SIGINT/SIGTERM, wait this long for open connections before closing them")
         ->capture_default_str();

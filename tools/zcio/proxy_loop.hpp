@@ -78,6 +78,13 @@ std::shared_ptr<listener_entry> bind_entry(loop_ctx& ctx, std::shared_ptr<route_
 void run_on(loop_ctx& ctx, const std::function<void()>& fn);
 void adopt_routes(loop_ctx& ctx, const std::vector<std::shared_ptr<route_runtime>>& runtimes);
 
+// ---- proxy_handover.cpp ----
+// Handed-over sockets of `bound` beyond one per loop (the old process had more loops):
+// listeners on the loops round-robin, so their queues are served too.
+void adopt_extra_sockets(const std::vector<std::unique_ptr<loop_ctx>>& ctxs,
+                         const std::shared_ptr<route_runtime>& rt, const endpoint& wanted,
+                         const endpoint& bound);
+
 // ---- proxy_reload.cpp ----
 struct listener_count {
     std::uint64_t total = 0;

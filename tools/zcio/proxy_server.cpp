@@ -3,6 +3,7 @@
 #include "proxy_loop.hpp"
 
 #include "cli_util.hpp"
+#include "socket_inventory.hpp"
 
 #include <spdlog/spdlog.h>
 
@@ -34,12 +35,15 @@ bool listens_on(const loop_ctx& ctx, const endpoint& ep) {
 
 std::shared_ptr<listener_entry> bind_entry(loop_ctx& ctx, std::shared_ptr<route_runtime> rt,
                                            const endpoint& ep) {
-    if (ctx.index == 0) {
+    // A socket handed over or passed by systemd (takeover.hpp) is served as it is.
+    auto inherited = socket_inventory::instance().claim(socket_kind::stream, ep, ctx.index);
+    if (ctx.index == 0 && !inherited) {
         ensure_port_free(ep); // the other loops then share the port with loop 0's listener
     }
     listen_options lo;
     lo.reuse_port = ep.is_ip();
-    auto l = listener::bind(*ctx.loop, ep, lo);
+    auto l = inherited ? listener::adopt(*ctx.loop, std::move(*inherited))
+                       : listener::bind(*ctx.loop, ep, lo);
     if (!l) {
         throw runtime_failure("cannot listen on " + ep.to_string() + ": " + l.error().message());
     }
@@ -180,6 +184,7 @@ void proxy_server::start() {
                 ep = e->listener.local_endpoint();
                 ctx->listeners.push_back(std::move(e));
             }
+            adopt_extra_sockets(ctxs_, rt, wanted, ep);
             ready.push_back(rt->config.name + " listening on " + ep.to_string() + " → " +
                             upstreams_text(rt->config));
         }

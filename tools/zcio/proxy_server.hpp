@@ -114,6 +114,12 @@ struct route_runtime {
 
 struct loop_ctx;
 
+// One listening socket for a take-over (takeover.hpp): a dup, and its address.
+struct handed_socket {
+    std::string name;
+    unique_fd fd;
+};
+
 class proxy_server {
 public:
     proxy_server(proxy_config cfg, std::size_t threads);
@@ -137,6 +143,13 @@ public:
     // (threads, metrics, drain_timeout, busy_poll) keep their running value; a change
     // of one is logged ("threads: change needs a restart"). Main thread.
     void reload(proxy_config cfg);
+
+    // Take-over (proxy_handover.cpp). A dup of every listening socket, TCP, Unix and
+    // UDP, of every loop. Main thread (no reload runs meanwhile).
+    std::vector<handed_socket> listening_sockets();
+    // Stops accepting: closes every listener (a Unix socket file stays, the new process
+    // serves it) and stops the UDP forwarders. drain() then waits for the connections.
+    void stop_accepting();
 
     [[nodiscard]] std::uint64_t active_connections() const;
     // The Prometheus text exposition of every route, with its pools on every loop.

@@ -5,6 +5,7 @@
 #include "cli_util.hpp"
 #include "proxy_loop.hpp"
 #include "route_config.hpp"
+#include "socket_inventory.hpp"
 
 #include <spdlog/spdlog.h>
 
@@ -93,13 +94,16 @@ void udp_routes::bind_instance(udp_instance& inst, bool running) {
     for (std::size_t i = 0; i < loops_.size(); ++i) {
         std::string error;
         on_loop(*loops_[i], running, [&] {
-            if (i == 0 && !ours) {
+            // A socket handed over or passed by systemd (takeover.hpp) is ours already.
+            auto inherited = socket_inventory::instance().claim(socket_kind::datagram, at, i);
+            if (i == 0 && !ours && !inherited) {
                 error = udp_port_in_use(at);
                 if (!error.empty()) {
                     return;
                 }
             }
-            auto s = udp_socket::bind(*loops_[i]->loop, at, true);
+            auto s = inherited ? udp_socket::adopt(*loops_[i]->loop, std::move(*inherited))
+                               : udp_socket::bind(*loops_[i]->loop, at, true);
             if (!s) {
                 error = "cannot listen on udp:" + at.to_string() + ": " + s.error().message();
                 return;
@@ -184,6 +188,7 @@ void udp_routes::commit(plan p, bool running) {
                 by_route_[inst->route_name].push_back(slot);
             }
             loop_ctx* ctx = loops_[i];
+            inst->fds.push_back(inst->pending[i]->fd());
             on_loop(*ctx, running, [&] {
                 ctx->loop->spawn(serve_udp(ctx->loop, std::move(*inst->pending[i]), inst->options,
                                            slot, inst->route_name));
@@ -200,6 +205,16 @@ void udp_routes::commit(plan p, bool running) {
         }
     }
     running_ = std::move(p.next);
+}
+
+std::vector<std::pair<std::string, int>> udp_routes::socket_fds() const {
+    std::vector<std::pair<std::string, int>> out;
+    for (const auto& inst : running_) {
+        for (int fd : inst->fds) {
+            out.emplace_back("udp:" + inst->bound.to_string(), fd);
+        }
+    }
+    return out;
 }
 
 void udp_routes::stop() {

@@ -69,6 +69,7 @@ struct udp_instance {
     endpoint bound;
     udp_forward_options options;
     std::vector<std::shared_ptr<udp_forwarder_slot>> slots; // by loop
+    std::vector<int> fds; // the forwarders' sockets, by loop (valid while running)
     // Bound but not started yet (a reload that may still fail), by loop.
     std::vector<std::unique_ptr<udp_socket>> pending;
 };
@@ -96,6 +97,9 @@ public:
     void stop();
 
     void write_metrics(std::ostringstream& out) const;
+    // The running forwarders' sockets ("udp:ADDR", descriptor): main thread, which
+    // alone commits and stops them (a socket closes only after its slot is cancelled).
+    std::vector<std::pair<std::string, int>> socket_fds() const;
 
 private:
     void bind_instance(udp_instance& inst, bool running);
