@@ -8,8 +8,9 @@ set -euo pipefail
 
 declare -A group=(
     # Compilers, CMake, Ninja, pkg-config, and the zcio tool's libraries (http-parser
-    # for serve/get: Debian 12 packages no C llhttp, only node-llhttp).
-    [build]="g++ cmake ninja-build pkg-config libcli11-dev libtomlplusplus-dev libspdlog-dev libhttp-parser-dev"
+    # for serve/get: Debian 12 packages no C llhttp, only node-llhttp; libsystemd for
+    # socket activation and sd_notify in `zcio proxy`).
+    [build]="g++ cmake ninja-build pkg-config libcli11-dev libtomlplusplus-dev libspdlog-dev libhttp-parser-dev libsystemd-dev"
     # GoogleTest, and the peers the end-to-end tests drive.
     # libasio-dev: zcio/asio.hpp's tests, example and bench (the library never needs it).
     [test]="libgtest-dev libgmock-dev libasio-dev curl iperf3 python3 nginx wget unbound dnsutils"

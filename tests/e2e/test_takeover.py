@@ -13,7 +13,7 @@ Fixed ports of the ops range (27100-27199): a take-over keeps the port, so port 
 would not do.
 """
 
-import array
+import fcntl
 import json
 import os
 import signal
@@ -34,6 +34,12 @@ LOAD_SECONDS = 12
 LOAD_RATE = 700  # asked; the launcher reaches a little less on a loaded machine
 LONG_TRANSFERS = 20
 LONG_BYTES = 4 * 1024 * 1024
+
+
+# Makes argv[1] descriptor 3 (SD_LISTEN_FDS_START), sets LISTEN_PID to its own pid and
+# execs the rest: what systemd does for a socket-activated service.
+EXEC_WITH_LISTEN_FDS = ("import os, sys; fd = int(sys.argv[1]); os.dup2(fd, 3); os.close(fd); "
+                        "os.environ['LISTEN_PID'] = str(os.getpid()); os.execv(sys.argv[2], sys.argv[2:])")
 
 
 def write_config(path, ports):
@@ -142,16 +148,16 @@ class TakeOver(e2e.E2ETestCase):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(("127.0.0.1", PORT))
         sock.listen(1024)
-        fd = sock.fileno()
+        fd = fcntl.fcntl(sock.fileno(), fcntl.F_DUPFD, 10)  # never 3 itself
+        self._closers.append(lambda: os.close(fd))
         env = dict(os.environ, LISTEN_FDS="1", LISTEN_FDNAMES="web")
-        # LISTEN_PID must be the exec'd zcio's pid: set by a shell that execs it.
         cfg = self.path("second.toml")
         with open(cfg, "w") as f:
             f.write('[[route]]\nname = "a"\nlisten = ["systemd:web"]\nupstream = "127.0.0.1:%d"\n'
                     % ECHO_PORT)
-        p = self.spawn(["/bin/sh", "-c", 'exec 3<&%d %d<&-; LISTEN_PID=$$ exec "$@"' % (fd, fd), "sh",
-                        e2e.ZCIO, "proxy", "--config", cfg, "--threads", "2",
-                        "--drain-timeout", "60"], env=env, pass_fds=(fd,))
+        p = self.spawn([sys.executable, "-c", EXEC_WITH_LISTEN_FDS, str(fd), e2e.ZCIO, "proxy",
+                        "--config", cfg, "--threads", "2", "--drain-timeout", "60"],
+                       env=env, pass_fds=(fd,))
         sock.close()
         p.wait_for("listening on")
         return p

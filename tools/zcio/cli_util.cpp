@@ -187,7 +187,22 @@ endpoint parse_listen_endpoint(std::string_view text) {
     return parse_endpoint(with_default_host(text));
 }
 
+namespace {
+named_listen_resolver listen_resolver = nullptr; // set once, before any config is read
+} // namespace
+
+void set_named_listen_resolver(named_listen_resolver resolver) {
+    listen_resolver = resolver;
+}
+
 std::vector<endpoint> parse_listen(std::string_view spec) {
+    if (spec.starts_with("systemd:")) {
+        if (listen_resolver == nullptr) {
+            throw usage_error(std::string(spec) +
+                              ": no sockets were passed by systemd (LISTEN_FDS is not set)");
+        }
+        return {listen_resolver(spec.substr(8))};
+    }
     const std::string full = with_default_host(spec);
     const std::string_view text = full;
     const auto colon = text.rfind(':');

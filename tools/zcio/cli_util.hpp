@@ -47,6 +47,11 @@ endpoint parse_listen_endpoint(std::string_view text);
 // A host name gives every address it resolves to, each with every port, address by
 // address (split_by_address() groups them).
 std::vector<endpoint> parse_listen(std::string_view text);
+// "systemd:NAME" listen addresses: the resolver gives the address of the socket systemd
+// passed under NAME, or throws usage_error (systemd_activation.cpp installs it). Without
+// one, such an address is refused.
+using named_listen_resolver = endpoint (*)(std::string_view name);
+void set_named_listen_resolver(named_listen_resolver resolver);
 // parse_listen's result, one group per address (each a single port or a port range).
 std::vector<std::vector<endpoint>> split_by_address(const std::vector<endpoint>& eps);
 

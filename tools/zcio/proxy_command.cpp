@@ -5,6 +5,7 @@
 #include "metrics.hpp"
 #include "proxy_server.hpp"
 #include "route_config.hpp"
+#include "systemd.hpp"
 #include "takeover.hpp"
 
 #include <zcio/zcio.hpp>
@@ -246,6 +247,7 @@ bool handed_over(proxy_server* server, takeover_server* control, std::chrono::na
     }
     spdlog::info("take-over: pid {} accepts now; stopping accepting, draining (up to {:.1f}s)",
                  control->new_pid(), std::chrono::duration<double>(drain).count());
+    notify_stopping();
     server->stop_accepting();
     control->stopped_accepting();
     server->drain(drain);
@@ -282,18 +284,21 @@ task<int> proxy_main(event_loop* loop, proxy_server* server, proxy_flags flags,
                 spdlog::warn("SIGHUP: nothing to reload (no --config)");
                 continue;
             }
+            notify_reloading(); // READY=1 again once applied or refused (config_reloader)
             reloader.request();
             continue;
         }
         spdlog::info("{}: draining (up to {:.1f}s)", *sig == SIGINT ? "SIGINT" : "SIGTERM",
                      std::chrono::duration<double>(drain).count());
         reloader.stop();
+        notify_stopping();
         server->drain(drain);
         co_return 0;
     }
 }
 
 int run_proxy(const proxy_flags& flags) {
+    adopt_systemd_sockets(); // before the config: its "systemd:NAME" addresses need them
     proxy_config cfg = config_from_flags(flags);
     const std::size_t threads = cfg.global.threads.value_or(0);
     const auto drain = *cfg.global.drain_timeout;
@@ -334,6 +339,8 @@ int run_proxy(const proxy_flags& flags) {
     if (!flags.control.empty()) {
         control = std::make_unique<takeover_server>(flags.control, main_loop, server);
     }
+    notify_ready();
+    main_loop.spawn(feed_watchdog(&main_loop));
     return main_loop.block_on(proxy_main(&main_loop, &server, flags, drain, control.get()));
 }
 

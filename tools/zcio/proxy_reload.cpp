@@ -3,6 +3,7 @@
 #include "proxy_loop.hpp"
 
 #include "cli_util.hpp"
+#include "systemd.hpp"
 
 #include <spdlog/spdlog.h>
 
@@ -353,6 +354,8 @@ void config_reloader::finish(proxy_config& cfg, const std::string& error) {
     }
     if (std::exchange(again_, false)) {
         request();
+    } else {
+        notify_ready(); // after systemctl reload's RELOADING=1, applied or refused
     }
 }
 
