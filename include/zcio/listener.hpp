@@ -66,6 +66,7 @@ public:
     void keep_unix_path() noexcept { owns_unix_path_ = false; }
 
 private:
+    result<void> watch_on(event_loop& loop);
     event_loop* loop_ = nullptr;
     unique_fd fd_;
     io_handle_ptr handle_;

@@ -107,13 +107,21 @@ result<listener> listener::bind(event_loop& loop, const endpoint& at, listen_opt
     if (auto local = local_endpoint_of(l.fd_.get())) {
         l.local_ = *local;
     }
-    auto h = loop.watch(l.fd_.get());
+    if (auto r = l.watch_on(loop); !r) {
+        return fail(r.error());
+    }
+    return l;
+}
+
+// Registers the listening fd with `loop` (the last step of bind and adopt).
+result<void> listener::watch_on(event_loop& loop) {
+    auto h = loop.watch(fd_.get());
     if (!h) {
         return fail(h.error());
     }
-    l.loop_ = &loop;
-    l.handle_ = std::move(*h);
-    return l;
+    loop_ = &loop;
+    handle_ = std::move(*h);
+    return {};
 }
 
 result<listener> listener::adopt(event_loop& loop, unique_fd fd, bool own_unix_path) {
@@ -133,12 +141,9 @@ result<listener> listener::adopt(event_loop& loop, unique_fd fd, bool own_unix_p
         l.unix_ino_ = static_cast<std::uint64_t>(st.st_ino);
     }
     l.fd_ = std::move(fd);
-    auto h = loop.watch(l.fd_.get());
-    if (!h) {
-        return fail(h.error());
+    if (auto r = l.watch_on(loop); !r) {
+        return fail(r.error());
     }
-    l.loop_ = &loop;
-    l.handle_ = std::move(*h);
     return l;
 }
 
