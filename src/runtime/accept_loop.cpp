@@ -42,7 +42,12 @@ std::optional<connection_slot> admit(const accept_options& opts) {
 } // namespace
 
 task<void> accept_loop(listener* l, const accept_options* opts, connection_handler handler) {
+    unsigned in_a_row = 0;
     while (true) {
+        if (opts->batch != 0 && ++in_a_row > opts->batch) {
+            in_a_row = 0;
+            co_await yield(l->loop()); // the clients just handed over start their work
+        }
         auto a = co_await l->accept();
         if (!a) {
             if (a.error() == std::errc::operation_canceled || l->fd() < 0) {
