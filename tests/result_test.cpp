@@ -122,4 +122,50 @@ TEST_F(result_test, a_full_table_falls_back_to_system_category) {
         ::testing::ExitedWithCode(0), "");
 }
 
+// A category of someone else's (as a library user's own errors would be).
+class test_category final : public std::error_category {
+public:
+    const char* name() const noexcept override { return "test"; }
+    std::string message(int ev) const override { return "test error " + std::to_string(ev); }
+};
+
+std::error_code round_trip(std::error_code ec) {
+    return {ec.value(), detail::category_at(detail::category_index(ec.category()))};
+}
+
+TEST_F(result_test, a_category_index_gives_back_the_same_category) {
+    static const test_category mine;
+    const std::error_code codes[] = {
+        errno_error(ECONNRESET),
+        std::make_error_code(std::errc::operation_canceled),
+        op_error("splice(test)", EPIPE),
+        {7, mine},
+    };
+    for (const auto& ec : codes) {
+        const std::error_code back = round_trip(ec);
+        EXPECT_EQ(back, ec) << ec.category().name();
+        EXPECT_EQ(&back.category(), &ec.category()) << ec.category().name();
+        EXPECT_EQ(back.message(), ec.message());
+    }
+    EXPECT_EQ(detail::category_index(mine), detail::category_index(mine)) << "interned once";
+}
+
+TEST_F(result_test, a_full_foreign_table_keeps_the_value_as_system_category) {
+    EXPECT_EXIT(
+        {
+            static std::vector<test_category> many(100);
+            bool ok = true;
+            for (const auto& c : many) {
+                const std::error_code back = round_trip({EIO, c});
+                ok = ok && back.value() == EIO &&
+                     (&back.category() == &c || back.category() == std::system_category());
+            }
+            // The first ones got slots; the last one did not.
+            ok = ok && &round_trip({EIO, many.front()}).category() == &many.front() &&
+                 round_trip({EIO, many.back()}).category() == std::system_category();
+            std::exit(ok ? 0 : 1);
+        },
+        ::testing::ExitedWithCode(0), "");
+}
+
 } // namespace

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cerrno>
+#include <cstdint>
 #include <expected>
 #include <string>
 #include <system_error>
@@ -24,6 +25,16 @@ std::error_code name_op(const char* op, std::error_code ec) noexcept;
 
 // The errno value of an error_code: 0 when it is not an errno-style error.
 int errno_of(std::error_code ec) noexcept;
+
+namespace detail {
+// An error_code's category as one byte, for objects kept by the thousand: a transfer
+// stores its error as the value plus this index (5 bytes that pack with its other
+// small fields) rather than an error_code (16). Covers system and generic, every
+// op_error() category and 64 others; past those a category is stored as
+// system_category (the value is kept, the name is lost).
+std::uint8_t category_index(const std::error_category& cat) noexcept;
+const std::error_category& category_at(std::uint8_t index) noexcept;
+} // namespace detail
 
 inline std::error_code errno_error(int err) noexcept {
     return {err, std::system_category()};

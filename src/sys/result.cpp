@@ -6,6 +6,7 @@
 #include <cstring>
 #include <mutex>
 #include <new>
+#include <optional>
 
 namespace zcio {
 namespace {
@@ -98,5 +99,77 @@ std::error_code name_op(const char* op, std::error_code ec) noexcept {
 int errno_of(std::error_code ec) noexcept {
     return is_errno_category(ec.category()) ? ec.value() : 0;
 }
+
+namespace detail {
+namespace {
+
+// Index layout: 0 system, 1 generic, then the foreign categories, then the op slots.
+constexpr std::size_t foreign_first = 2;
+constexpr std::size_t max_foreign = 64;
+constexpr std::size_t op_first = foreign_first + max_foreign;
+std::array<std::atomic<const std::error_category*>, max_foreign> foreign{};
+std::mutex foreign_mutex;
+
+std::optional<std::uint8_t> foreign_index(const std::error_category& cat) noexcept {
+    for (std::size_t i = 0; i < max_foreign; ++i) {
+        const std::error_category* c = foreign[i].load(std::memory_order_acquire);
+        if (c == nullptr) {
+            return std::nullopt;
+        }
+        if (c == &cat) {
+            return static_cast<std::uint8_t>(foreign_first + i);
+        }
+    }
+    return std::nullopt;
+}
+
+} // namespace
+
+std::uint8_t category_index(const std::error_category& cat) noexcept {
+    if (cat == std::system_category()) {
+        return 0;
+    }
+    if (cat == std::generic_category()) {
+        return 1;
+    }
+    for (std::size_t i = 0; i + op_first <= UINT8_MAX && i < max_ops; ++i) {
+        const op_category* c = categories[i].load(std::memory_order_acquire);
+        if (c == nullptr) {
+            break;
+        }
+        if (c == &cat) {
+            return static_cast<std::uint8_t>(op_first + i);
+        }
+    }
+    if (auto i = foreign_index(cat)) {
+        return *i;
+    }
+    std::lock_guard lock(foreign_mutex);
+    if (auto i = foreign_index(cat)) {
+        return *i;
+    }
+    for (std::size_t i = 0; i < max_foreign; ++i) {
+        if (foreign[i].load(std::memory_order_relaxed) == nullptr) {
+            foreign[i].store(&cat, std::memory_order_release);
+            return static_cast<std::uint8_t>(foreign_first + i);
+        }
+    }
+    return 0; // full: system_category, the value kept
+}
+
+const std::error_category& category_at(std::uint8_t index) noexcept {
+    const std::error_category* c = nullptr;
+    if (index == 1) {
+        return std::generic_category();
+    }
+    if (index >= op_first) {
+        c = categories[index - op_first].load(std::memory_order_acquire);
+    } else if (index >= foreign_first) {
+        c = foreign[index - foreign_first].load(std::memory_order_acquire);
+    }
+    return c != nullptr ? *c : std::system_category();
+}
+
+} // namespace detail
 
 } // namespace zcio

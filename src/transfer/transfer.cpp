@@ -125,6 +125,9 @@ bool transfer::needs_extras(const stream& dst, const stream& src, const copy_opt
            o.yield_budget != copy_options{}.yield_budget;
 }
 
+// Two per proxied connection, idle or not: a field that makes it grow costs every one.
+static_assert(sizeof(transfer) <= 48, "transfer grew: pack new state with its small fields");
+
 transfer::transfer(const stream& dst, const stream& src, const copy_options& opts)
     : pools_(opts.pools != nullptr ? opts.pools : &transfer_pools::for_this_thread()),
       ext_(needs_extras(dst, src, opts) ? std::make_unique<extras>() : nullptr),
@@ -165,17 +168,17 @@ transfer::wait transfer::step(stream& dst, stream& src) {
         }
         return static_cast<wait>(n);
     }
-    return error_ ? wait::failed : wait::done;
+    return error() ? wait::failed : wait::done;
 }
 
 void transfer::wait_failed(std::error_code ec) {
-    error_ = name_op(name_of(op_), ec);
+    set_error(name_op(name_of(op_), ec));
     finish();
 }
 
 void transfer::stop(std::error_code ec) {
-    if (!error_) {
-        error_ = ec;
+    if (!error()) {
+        set_error(ec);
     }
     finish();
 }
@@ -260,7 +263,7 @@ transfer::next transfer::wait_on(stream& s, io_direction d, wait_op op) noexcept
 }
 
 transfer::next transfer::fail(const char* op, int err) {
-    error_ = op_error(op, err);
+    set_error(op_error(op, err));
     return next::failed;
 }
 
@@ -586,7 +589,7 @@ transfer::next transfer::read_chunk(stream& src) {
         if (would_block(chunk.error())) {
             return wait_on(src, io_direction::read, wait_op::read);
         }
-        error_ = chunk.error(); // names the read, or the pool's refusal
+        set_error(chunk.error()); // names the read, or the pool's refusal
         return next::failed;
     }
     if (chunk->n == 0) {
@@ -612,7 +615,7 @@ transfer::next transfer::read_chunk(stream& src) {
 transfer::next transfer::read_pipe() {
     auto lease = pools().buffers.lease();
     if (!lease) {
-        error_ = lease.error();
+        set_error(lease.error());
         return next::failed;
     }
     in_hand& h = *hand_;

@@ -140,8 +140,8 @@ void transfer::stop_skipping_holes() {
     holes_ = false;
     struct stat st {};
     if (::fstat(ext_->dst_fd, &st) == 0 && st.st_size < ext_->dst_off) {
-        if (::ftruncate(ext_->dst_fd, ext_->dst_off) != 0 && !error_) {
-            error_ = op_error("ftruncate", errno);
+        if (::ftruncate(ext_->dst_fd, ext_->dst_off) != 0 && !error()) {
+            set_error(op_error("ftruncate", errno));
         }
     }
     (void)sys::seek(ext_->src_fd, has_src_off_ ? ext_->src_fd_was : ext_->src_off);
