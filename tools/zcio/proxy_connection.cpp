@@ -3,6 +3,7 @@
 #include "proxy_loop.hpp"
 
 #include "cli_util.hpp"
+#include "compact_peer.hpp"
 
 #include <spdlog/spdlog.h>
 
@@ -63,12 +64,11 @@ public:
                        upstream_link upstream, const bidirectional_options& bo,
                        const endpoint& peer, clock::time_point started, connection_slot slot)
         : relay(std::move(client), std::move(upstream.conn), bo), rt_(std::move(rt)),
-          server_(std::move(upstream.server)), server_label_(std::move(upstream.label)),
-          slot_(std::move(slot)), started_(started) {
-        // Only what the log line needs of the peer: an IP address fits in 28 bytes (a
-        // whole endpoint is 132); a Unix client is unnamed or printed by its family.
-        peer_len_ = std::min<socklen_t>(peer.size(), sizeof peer_);
-        std::memcpy(&peer_, peer.data(), peer_len_);
+          slot_(std::move(slot)), started_(started), peer_(compact_peer::of(peer)),
+          server_(upstream.index) {
+        // The server's state and label live in rt_'s upstream group, which the
+        // connection keeps alive: an index here, not a shared_ptr and a string (48
+        // bytes on every idle connection).
         ctx->relays->add(*this);
     }
 
@@ -78,13 +78,14 @@ public:
     // shared by every loop, so per-step adds would bounce their cache line.
     void report() noexcept override {
         route_stats& stats = *rt_->stats;
+        upstream_state& server = this->server();
         const std::uint64_t up = a_to_b();
         const std::uint64_t down = b_to_a();
         if (up != counted_[0]) {
-            server_->bytes_to_server.fetch_add(up - counted_[0], std::memory_order_relaxed);
+            server.bytes_to_server.fetch_add(up - counted_[0], std::memory_order_relaxed);
         }
         if (down != counted_[1]) {
-            server_->bytes_from_server.fetch_add(down - counted_[1], std::memory_order_relaxed);
+            server.bytes_from_server.fetch_add(down - counted_[1], std::memory_order_relaxed);
         }
         add_since(stats.bytes_client_to_upstream, up, counted_[0]);
         add_since(stats.bytes_upstream_to_client, down, counted_[1]);
@@ -97,7 +98,7 @@ protected:
             abort_on_close(b()); // the upstream
         }
         report(); // t.a_to_b == a_to_b(), t.b_to_a == b_to_a()
-        server_->active.fetch_sub(1, std::memory_order_relaxed);
+        server().active.fetch_sub(1, std::memory_order_relaxed);
         slot_.release();
         if (spdlog::should_log(spdlog::level::info)) {
             log_close(t); // its arguments are formatted even when the level drops the line
@@ -109,8 +110,8 @@ private:
     void log_close(const traffic& t) const {
         const double secs = std::chrono::duration<double>(clock::now() - started_).count();
         spdlog::info("{} closed client {} upstream {} sent {} received {} in {:.3f}s path {}: {}",
-                     rt_->config.name, peer_text(), server_label_, t.a_to_b, t.b_to_a, secs,
-                     path_text(t), describe_end(t));
+                     rt_->config.name, peer_.to_string(), rt_->upstreams->labels[server_], t.a_to_b,
+                     t.b_to_a, secs, path_text(t), describe_end(t));
     }
 
     static void add_since(std::atomic<std::uint64_t>& counter, std::uint64_t now,
@@ -121,12 +122,8 @@ private:
         }
     }
 
-    std::string peer_text() const {
-        if (peer_.sin6_family == AF_UNIX) {
-            return "unix:";
-        }
-        return endpoint::from_sockaddr(reinterpret_cast<const sockaddr*>(&peer_), peer_len_)
-            .to_string();
+    [[nodiscard]] upstream_state& server() const noexcept {
+        return rt_->upstreams->set.state(server_);
     }
 
     // The path of each direction that moved bytes ("-" when neither did): a direction
@@ -143,13 +140,11 @@ private:
     }
 
     std::shared_ptr<route_runtime> rt_;
-    std::shared_ptr<upstream_state> server_; // its `active` counts this connection
-    std::string server_label_;
     connection_slot slot_;              // in the route's limit until the connection ends
     std::uint64_t counted_[2] = {0, 0}; // bytes already in the route's counters
     clock::time_point started_;
-    sockaddr_in6 peer_{}; // IPv4 addresses fit too
-    socklen_t peer_len_ = 0;
+    compact_peer peer_;    // for the close line
+    std::uint32_t server_; // in rt_->upstreams; its `active` counts this connection
 };
 
 namespace {

@@ -59,6 +59,7 @@ struct upstream_link {
     stream conn;
     std::shared_ptr<upstream_state> server;
     std::string label;
+    std::uint32_t index = 0; // the server's place in the route's upstream group
 };
 // Connects to a server `rt` balances to, trying others after a failure (up to
 // connect_retries). Nothing when none could be reached: counted and logged here.

@@ -73,7 +73,8 @@ task<std::optional<upstream_link>> connect_upstream(loop_ctx* ctx, route_runtime
         if (up) {
             report(g, pick->index, true);
             pick->state->active.fetch_add(1, std::memory_order_relaxed);
-            co_return upstream_link{std::move(*up), std::move(pick->state), g.labels[pick->index]};
+            co_return upstream_link{std::move(*up), std::move(pick->state), g.labels[pick->index],
+                                    static_cast<std::uint32_t>(pick->index)};
         }
         if (up.error() == std::errc::operation_canceled) {
             co_return std::nullopt; // shutting down
