@@ -11,9 +11,10 @@ declare -A group=(
     # for serve/get: Debian 12 packages no C llhttp, only node-llhttp; libsystemd for
     # socket activation and sd_notify in `zcio proxy`).
     [build]="g++ cmake ninja-build pkg-config libcli11-dev libtomlplusplus-dev libspdlog-dev libhttp-parser-dev libsystemd-dev"
-    # GoogleTest, and the peers the end-to-end tests drive.
+    # GoogleTest, and the peers the end-to-end tests drive (haproxy: send-proxy-v2 in
+    # front of accept_proxy, tests/e2e/test_accept_proxy.py).
     # libasio-dev: zcio/asio.hpp's tests, example and bench (the library never needs it).
-    [test]="libgtest-dev libgmock-dev libasio-dev curl iperf3 python3 nginx wget unbound dnsutils"
+    [test]="libgtest-dev libgmock-dev libasio-dev curl iperf3 python3 nginx wget unbound dnsutils haproxy"
     [bench]="libbenchmark-dev wrk"
     # make compare: the peers, the clients, Go for the Go proxy and loadgen, gnuplot, ss.
     [compare]="haproxy nginx libnginx-mod-stream socat iperf3 sockperf golang-go gnuplot-nox python3 iproute2"

@@ -601,8 +601,8 @@ TEST(proxy_v2_datagram, mixed_families_give_local_and_tlvs_are_skipped) {
         proxy_v2_datagram_header(endpoint::ipv4_loopback(1), endpoint::ipv4_loopback(2), h);
     bytes d(h.begin(), h.begin() + static_cast<std::ptrdiff_t>(m));
     d[15] = std::byte{12 + 5};
-    for (int i = 0; i < 5; ++i) {
-        d.push_back(std::byte{0x04});
+    for (int b : {0x04, 0x00, 0x02, 0xab, 0xcd}) { // PP2_TYPE_NOOP, 2 bytes of value
+        d.push_back(std::byte(b));
     }
     d.push_back(std::byte{'x'});
     auto q = parse_proxy_v2_datagram(d);

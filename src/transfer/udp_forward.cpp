@@ -2,6 +2,8 @@
 // pump (upstream -> client), plus the PROXY v2 datagram header.
 #include <zcio/udp_forward.hpp>
 
+#include <zcio/proxy_protocol.hpp>
+
 #include <zcio/sys.hpp>
 #include <zcio/udp_batch.hpp>
 #include <zcio/unique_fd.hpp>
@@ -35,11 +37,6 @@ constexpr std::size_t max_batch = 1024;
 void put_be16(std::byte* p, std::uint16_t v) noexcept {
     p[0] = static_cast<std::byte>(v >> 8);
     p[1] = static_cast<std::byte>(v & 0xff);
-}
-
-std::uint16_t get_be16(const std::byte* p) noexcept {
-    return static_cast<std::uint16_t>((std::to_integer<unsigned>(p[0]) << 8) |
-                                      std::to_integer<unsigned>(p[1]));
 }
 
 // One writer per counter (the loop's thread): a load and a store, no locked RMW.
@@ -92,52 +89,25 @@ std::size_t proxy_v2_datagram_header(const endpoint& source, const endpoint& des
 
 std::optional<proxy_v2_datagram>
 parse_proxy_v2_datagram(std::span<const std::byte> datagram) noexcept {
-    // Every length is checked against the datagram before it is used (HAProxy's
-    // conn_recv_proxy trusts no length either): a datagram is attacker-controlled.
-    if (datagram.size() < v2_fixed ||
-        std::memcmp(datagram.data(), v2_signature.data(), v2_signature.size()) != 0) {
-        return std::nullopt;
-    }
-    const unsigned version_command = std::to_integer<unsigned>(datagram[12]);
-    const unsigned family = std::to_integer<unsigned>(datagram[13]);
-    const std::size_t len = get_be16(&datagram[14]);
-    if ((version_command >> 4) != 2 || (version_command & 0x0f) > 1 ||
-        v2_fixed + len > datagram.size()) {
+    // The stream decoder's checks (decode_proxy_header: every length against the
+    // datagram, TLVs inside the length), then what a datagram needs on top: v2, and
+    // with PROXY an IPv4 or IPv6 datagram family.
+    const proxy_decode_result r = decode_proxy_header(datagram);
+    if (r.status != proxy_decode_status::header || r.header.version != 2) {
         return std::nullopt;
     }
     proxy_v2_datagram out;
-    out.header_size = v2_fixed + len;
-    if ((version_command & 0x0f) == 0) {
+    out.header_size = r.header.size;
+    if (r.header.command == proxy_command::local) {
         out.local = true; // LOCAL: whatever family and addresses follow are ignored
         return out;
     }
-    const std::byte* a = datagram.data() + v2_fixed;
-    if (family == v2_dgram_ipv4 && len >= 12) {
-        sockaddr_in s{};
-        sockaddr_in d{};
-        s.sin_family = d.sin_family = AF_INET;
-        std::memcpy(&s.sin_addr, a, 4);
-        std::memcpy(&d.sin_addr, a + 4, 4);
-        std::memcpy(&s.sin_port, a + 8, 2);
-        std::memcpy(&d.sin_port, a + 10, 2);
-        out.source = endpoint::from_sockaddr(reinterpret_cast<sockaddr*>(&s), sizeof s);
-        out.destination = endpoint::from_sockaddr(reinterpret_cast<sockaddr*>(&d), sizeof d);
-        return out;
+    if (r.header.transport != 2 || !r.header.source.is_ip()) {
+        return std::nullopt; // a stream family, Unix, or UNSPEC with PROXY
     }
-    if (family == v2_dgram_ipv6 && len >= 36) {
-        sockaddr_in6 s{};
-        sockaddr_in6 d{};
-        s.sin6_family = d.sin6_family = AF_INET6;
-        std::memcpy(&s.sin6_addr, a, 16);
-        std::memcpy(&d.sin6_addr, a + 16, 16);
-        std::memcpy(&s.sin6_port, a + 32, 2);
-        std::memcpy(&d.sin6_port, a + 34, 2);
-        out.source = endpoint::from_sockaddr(reinterpret_cast<sockaddr*>(&s), sizeof s);
-        out.destination = endpoint::from_sockaddr(reinterpret_cast<sockaddr*>(&d), sizeof d);
-        return out;
-    }
-    // A stream family (0x11, 0x21), Unix, UNSPEC with PROXY, or addresses cut short.
-    return std::nullopt;
+    out.source = r.header.source;
+    out.destination = r.header.destination;
+    return out;
 }
 
 std::size_t udp_default_max_sessions() noexcept {

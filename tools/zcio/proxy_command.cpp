@@ -50,7 +50,9 @@ struct proxy_flags {
     std::string session_timeout;
     std::optional<std::uint64_t> max_sessions;
     std::optional<std::uint32_t> responses;
-    bool accept_proxy = false;
+    bool accept_proxy = false; // TCP and UDP routes
+    std::vector<std::string> accept_proxy_from;
+    std::string proxy_header_timeout;
     // Restart without loss (takeover.hpp)
     std::string control;
     std::string take_over;
@@ -83,12 +85,13 @@ void udp_from_flags(const proxy_flags& f, bool udp_prefix, route& r) {
         {"--health-interval", !f.health_interval.empty()},
         {"--rise", f.rise.has_value()},
         {"--fall", f.fall.has_value()},
+        {"--accept-proxy-from", !f.accept_proxy_from.empty()},
+        {"--proxy-header-timeout", !f.proxy_header_timeout.empty()},
     };
     const std::pair<const char*, bool> udp_flags[] = {
         {"--session-timeout", !f.session_timeout.empty()},
         {"--max-sessions", f.max_sessions.has_value()},
         {"--responses", f.responses.has_value()},
-        {"--accept-proxy", f.accept_proxy},
     };
     using flag_list = std::span<const std::pair<const char*, bool>>;
     for (const auto& [name, set] : udp ? flag_list(tcp_flags) : flag_list(udp_flags)) {
@@ -113,6 +116,25 @@ void udp_from_flags(const proxy_flags& f, bool udp_prefix, route& r) {
     r.udp.responses = f.responses.value_or(0);
     r.udp.accept_proxy = f.accept_proxy;
     check_udp_route(r, "--");
+}
+
+void accept_proxy_from_flags(const proxy_flags& f, accept_proxy_options& a) {
+    a.enabled = f.accept_proxy;
+    if (!f.accept_proxy && (!f.accept_proxy_from.empty() || !f.proxy_header_timeout.empty())) {
+        throw usage_error(std::string(f.accept_proxy_from.empty() ? "--proxy-header-timeout"
+                                                                  : "--accept-proxy-from") +
+                          " needs --accept-proxy");
+    }
+    for (const auto& text : f.accept_proxy_from) {
+        a.from.push_back(parse_address_prefix(text, "--accept-proxy-from"));
+    }
+    if (!f.proxy_header_timeout.empty()) {
+        a.header_timeout = parse_duration(f.proxy_header_timeout, "--proxy-header-timeout");
+        if (a.header_timeout.count() == 0) {
+            throw usage_error("--proxy-header-timeout: must be more than 0 (a client may not "
+                              "wait forever)");
+        }
+    }
 }
 
 void balance_from_flags(const proxy_flags& f, balance_options& b) {
@@ -210,6 +232,7 @@ proxy_config config_from_flags(const proxy_flags& f) {
             r.options.rate_limit = parse_size(f.rate_limit, "--rate-limit");
         }
         r.options.proxy_protocol = parse_proxy_header(f.proxy_protocol, "--proxy-protocol");
+        accept_proxy_from_flags(f, r.options.accept_proxy);
         udp_from_flags(f, udp_prefix, r);
         cfg.routes.push_back(std::move(r));
     }
@@ -435,8 +458,16 @@ subcommand add_proxy_command(CLI::App& app) {
                     "one the client sent (1 for DNS; default 0: unlimited)")
         ->check(whole_number);
     cmd->add_flag("--accept-proxy", f->accept_proxy,
-                  "UDP: every datagram from a client starts with a PROXY v2 header (strict: a "
-                  "bad one drops the datagram); it names the original client");
+                  "Every client connection starts with a PROXY header, v1 or v2 (UDP: every "
+                  "datagram, v2); it names the original client for logs, metrics, balancing "
+                  "and --proxy-protocol. A missing, malformed, slow or repeated header closes "
+                  "the connection (a bad datagram is dropped)");
+    cmd->add_option("--accept-proxy-from", f->accept_proxy_from,
+                    "With --accept-proxy: only these peers may connect (a prefix, e.g. "
+                    "10.0.0.0/8 or ::1/128; repeat the flag for more); others are closed");
+    cmd->add_option("--proxy-header-timeout", f->proxy_header_timeout,
+                    "With --accept-proxy: close a client whose header is not complete after "
+                    "this long (default 3s)");
     cmd->add_option("--control", f->control,
                     "Unix socket (e.g. /run/zcio.sock, mode 0600) on which a new zcio proxy "
                     "started with --take-over receives the listening sockets");

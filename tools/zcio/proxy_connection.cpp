@@ -153,6 +153,19 @@ task<void> handle_connection(loop_ctx* ctx, std::shared_ptr<route_runtime> rt, s
                              endpoint peer, connection_slot slot) {
     const auto started = clock::now();
     const route_options& o = rt->config.options;
+    endpoint header_destination; // accept_proxy: where the original client connected
+    if (o.accept_proxy.enabled) {
+        // From here on `peer` is the original client the header names (the real peer
+        // for LOCAL): logs, metrics, balancing and an outgoing header carry it.
+        auto reading = accept_proxy_header(*rt, client, peer);
+        auto accepted = co_await std::move(reading);
+        if (!accepted) {
+            abort_on_close(client); // counted and logged
+            co_return;
+        }
+        peer = accepted->source;
+        header_destination = accepted->destination;
+    }
 
     auto connecting = connect_upstream(ctx, rt.get(), peer);
     auto up = co_await std::move(connecting);
@@ -162,7 +175,9 @@ task<void> handle_connection(loop_ctx* ctx, std::shared_ptr<route_runtime> rt, s
     }
     if (o.proxy_protocol != proxy_header::none) {
         auto local = client.local_endpoint();
-        endpoint dst = local ? *local : endpoint{};
+        endpoint dst = header_destination.family() != AF_UNSPEC ? header_destination
+                       : local                                  ? *local
+                                                                : endpoint{};
         std::string header = o.proxy_protocol == proxy_header::v1 ? proxy_header_v1(peer, dst)
                                                                   : proxy_header_v2(peer, dst);
         auto w = co_await up->conn.write_all(std::as_bytes(std::span(header)));

@@ -88,6 +88,25 @@ void write_route_series(std::ostringstream& out, const stats_map& stats) {
     }
 }
 
+// accept_proxy: headers accepted, and clients closed for theirs by reason.
+void write_accept_proxy_series(std::ostringstream& out, const stats_map& stats) {
+    family_head(out, "zcio_proxy_headers_accepted_total", "counter",
+                "PROXY headers accepted from clients (accept_proxy)");
+    for (const auto& [name, s] : stats) {
+        out << "zcio_proxy_headers_accepted_total{route=\"" << label_value(name) << "\"} "
+            << s->proxy_accept.accepted.load(std::memory_order_relaxed) << '\n';
+    }
+    family_head(out, "zcio_proxy_header_refused_total", "counter",
+                "Clients closed for their PROXY header (accept_proxy), by reason");
+    for (const auto& [name, s] : stats) {
+        for (std::size_t i = 0; i < header_refusal_count; ++i) {
+            out << "zcio_proxy_header_refused_total{route=\"" << label_value(name) << "\",reason=\""
+                << to_string(static_cast<header_refusal>(i)) << "\"} "
+                << s->proxy_accept.refused[i].load(std::memory_order_relaxed) << '\n';
+        }
+    }
+}
+
 // The pools' gauges, one series per route and loop.
 struct pool_gauge {
     const char* name;
@@ -172,6 +191,7 @@ std::string proxy_server::metrics_text() const {
     std::ostringstream out;
     std::lock_guard lock(stats_mutex_);
     write_route_series(out, stats_);
+    write_accept_proxy_series(out, stats_);
     write_pool_series(out, stats_, ctxs_.size());
     write_server_series(out, stats_);
     udp_->write_metrics(out);

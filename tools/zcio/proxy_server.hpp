@@ -1,6 +1,7 @@
 // The `zcio proxy` engine: routes served by one event loop per thread.
 #pragma once
 
+#include "proxy_accept.hpp"
 #include "route_config.hpp"
 #include "udp_route.hpp"
 
@@ -69,6 +70,7 @@ struct route_stats {
     std::atomic<std::uint64_t> upstream_connect_timeouts{0};
     // Clients closed at once because no server could be reached (all down or failed).
     std::atomic<std::uint64_t> upstream_unavailable{0};
+    accept_proxy_counters proxy_accept; // accept_proxy routes' headers
     // The route's servers now (metrics read them; a reload replaces them).
     std::shared_ptr<upstream_group> current_upstreams() const {
         std::lock_guard lock(upstreams_mutex);

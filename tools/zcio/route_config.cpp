@@ -329,6 +329,21 @@ bool load_balance_key(const located& at, std::string_view key, const toml::node&
     return true;
 }
 
+// accept_proxy_from: an array of "ADDR/BITS" strings (at least one).
+std::vector<address_prefix> prefix_list(const located& at, const toml::node& node,
+                                        std::string_view key) {
+    const auto* arr = node.as_array();
+    if (arr == nullptr || arr->empty()) {
+        at.fail(node, key, "expected a non-empty array of prefixes, e.g. [\"10.0.0.0/8\"]");
+    }
+    std::vector<address_prefix> out;
+    for (const auto& item : *arr) {
+        std::string text = need_string(at, item, key);
+        out.push_back(at.wrap(item, key, [&] { return parse_address_prefix(text, key); }));
+    }
+    return out;
+}
+
 route load_route(const located& at, const toml::table& t, std::size_t index,
                  route_registry& registry) {
     route r;
@@ -352,6 +367,8 @@ route load_route(const located& at, const toml::table& t, std::size_t index,
                                                                        "max_sessions",
                                                                        "responses",
                                                                        "accept_proxy",
+                                                                       "accept_proxy_from",
+                                                                       "proxy_header_timeout",
                                                                        "balance",
                                                                        "max_fails",
                                                                        "fail_timeout",
@@ -377,7 +394,8 @@ route load_route(const located& at, const toml::table& t, std::size_t index,
                     "unknown key (known: name, listen, upstream, engine, pipe_size, "
                     "max_connections, idle_timeout, connect_timeout, rate_limit, "
                     "proxy_protocol, protocol, session_timeout, max_sessions, responses, "
-                    "accept_proxy, balance, max_fails, fail_timeout, connect_retries, "
+                    "accept_proxy, accept_proxy_from, proxy_header_timeout, balance, max_fails, "
+                    "fail_timeout, connect_retries, "
                     "health_interval, rise, fall)");
         }
         given.emplace_back(key, &node);
@@ -454,6 +472,20 @@ route load_route(const located& at, const toml::table& t, std::size_t index,
                 at.fail(node, key, "expected true or false");
             }
             r.udp.accept_proxy = *v;
+            r.options.accept_proxy.enabled = *v;
+        } else if (key == "accept_proxy_from") {
+            r.options.accept_proxy.from = prefix_list(at, node, key);
+        } else if (key == "proxy_header_timeout") {
+            r.options.accept_proxy.header_timeout = duration_value(at, node, key);
+            if (r.options.accept_proxy.header_timeout.count() == 0) {
+                at.fail(node, key, "must be more than 0 (a client may not wait forever)");
+            }
+        }
+    }
+    for (const auto& [key, node] : given) {
+        if ((key == "accept_proxy_from" || key == "proxy_header_timeout") &&
+            !r.options.accept_proxy.enabled) {
+            at.fail(*node, key, "needs accept_proxy = true");
         }
     }
     const bool any_prefix =

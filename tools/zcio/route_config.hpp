@@ -1,6 +1,7 @@
 // Routes of `zcio proxy`: from command-line flags or a TOML file of [[route]] tables.
 #pragma once
 
+#include "address_prefix.hpp"
 #include "udp_route.hpp"
 
 #include <zcio/balancer.hpp>
@@ -17,6 +18,15 @@ namespace zcio::cli {
 
 enum class proxy_header { none, v1, v2 };
 
+// Accepting PROXY headers on a TCP route (proxy_accept.cpp): every client must start
+// with one, and it names the client that logs, metrics, balancing and an outgoing
+// header carry.
+struct accept_proxy_options {
+    bool enabled = false;
+    std::vector<address_prefix> from; // peers allowed to send one; empty: any peer
+    std::chrono::nanoseconds header_timeout = std::chrono::seconds(3);
+};
+
 struct route_options {
     copy_path engine = copy_path::automatic; // automatic | splice | buffer
     std::size_t pipe_size = 0;               // 0: the pool's default (1 MiB)
@@ -28,6 +38,7 @@ struct route_options {
     std::chrono::nanoseconds connect_timeout = std::chrono::seconds(10);
     std::uint64_t rate_limit = 0; // bytes per second per direction; 0: unlimited
     proxy_header proxy_protocol = proxy_header::none;
+    accept_proxy_options accept_proxy;
 };
 
 // One `upstream` item: an address or a name (every address of it, tried with Happy

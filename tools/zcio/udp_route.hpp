@@ -33,12 +33,23 @@ struct udp_route_options {
 };
 
 // Keys (and flags) that belong to one protocol only.
-inline constexpr std::string_view udp_only_keys[] = {"session_timeout", "max_sessions", "responses",
-                                                     "accept_proxy"};
-inline constexpr std::string_view tcp_only_keys[] = {
-    "engine",  "pipe_size", "max_connections", "idle_timeout",    "connect_timeout", "rate_limit",
-    "balance", "max_fails", "fail_timeout",    "connect_retries", "health_interval", "rise",
-    "fall"};
+inline constexpr std::string_view udp_only_keys[] = {"session_timeout", "max_sessions",
+                                                     "responses"};
+inline constexpr std::string_view tcp_only_keys[] = {"engine",
+                                                     "pipe_size",
+                                                     "max_connections",
+                                                     "idle_timeout",
+                                                     "connect_timeout",
+                                                     "rate_limit",
+                                                     "balance",
+                                                     "max_fails",
+                                                     "fail_timeout",
+                                                     "connect_retries",
+                                                     "health_interval",
+                                                     "rise",
+                                                     "fall",
+                                                     "accept_proxy_from",
+                                                     "proxy_header_timeout"};
 
 // "udp:ADDR" becomes "ADDR" (returns true); anything else is left alone.
 bool strip_udp_prefix(std::string& text);
