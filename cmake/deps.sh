@@ -20,8 +20,9 @@ declare -A group=(
     # make compare: the peers, the clients, Go for the Go proxy and loadgen, gnuplot, ss.
     [compare]="haproxy nginx libnginx-mod-stream socat iperf3 sockperf golang-go gnuplot-nox python3 iproute2"
     # make package: dpkg-shlibdeps (dpkg-dev) and file for the Depends line, lintian for
-    # the check; man-db for the package test's `man -w`.
-    [package]="dpkg-dev file lintian man-db"
+    # the check; man-db for the package test's `man -w`; debootstrap for
+    # tests/package/chroot.sh (a clean Debian 12).
+    [package]="dpkg-dev file lintian man-db debootstrap"
     [format]="clang-format"
     # clang-tidy 14 (Debian's default) cannot parse <expected> or -std=c++23; 16 can.
     [tidy]="clang-tidy-16"
