@@ -8,6 +8,7 @@
 #   make build         release build (build/release)
 #   make bench         release build with bench/, then run the benchmarks
 #   make install       release build, installed into PREFIX (default /usr/local)
+#   make package       release build, zcio and zcio-dev .deb files in build/package, lintian
 #   make format        clang-format -i every C++ file
 #   make format-check  fail if clang-format would change a file
 #   make tidy          clang-tidy over the library and the tool
@@ -44,7 +45,7 @@ TIDY_ARGS := -p build/dev --quiet --extra-arg=-std=c++2b \
 	--extra-arg=-U__cpp_concepts --extra-arg=-D__cpp_concepts=202002L
 
 .PHONY: memcheck
-.PHONY: all build demo test test-asan test-tsan bench compare install format format-check tidy clean
+.PHONY: all build demo test test-asan test-tsan bench compare install package format format-check tidy clean
 
 all: build
 
@@ -135,6 +136,19 @@ install:
 	cmake --preset release
 	cmake --build --preset release
 	cmake --install build/release --prefix "$(PREFIX)"
+
+# make package: build/package/zcio_VERSION-1_ARCH.deb and zcio-dev_... (CPack,
+# cmake/package.cmake), then lintian on both; fails on a lintian error
+# (docs/production.md, "Package", lists the warnings left and why).
+package:
+	@$(DEPS) build package
+	cmake --preset release
+	cmake --build --preset release --target zcio zcio_cli zcio_package_files
+	rm -rf build/package
+	cpack --config build/release/CPackConfig.cmake -B build/package
+	rm -rf build/package/_CPack_Packages
+	lintian --fail-on error build/package/*.deb
+	@ls -l build/package/*.deb
 
 format:
 	@$(DEPS) format

@@ -3,7 +3,7 @@
 # missing ones (as root), or prints the exact command to run and fails (otherwise).
 # Quiet when everything is present.
 #
-#   cmake/deps.sh GROUP...     groups: build test bench compare format tidy fuzz
+#   cmake/deps.sh GROUP...     groups: build test bench compare package format tidy fuzz
 set -euo pipefail
 
 declare -A group=(
@@ -14,10 +14,17 @@ declare -A group=(
     # GoogleTest, and the peers the end-to-end tests drive (haproxy: send-proxy-v2 in
     # front of accept_proxy, tests/e2e/test_accept_proxy.py).
     # libasio-dev: zcio/asio.hpp's tests, example and bench (the library never needs it).
-    [test]="libgtest-dev libgmock-dev libasio-dev curl iperf3 python3 nginx wget unbound dnsutils haproxy"
+    # dpkg-dev, file, man-db: the package test (tests/package/run.sh; lintian is in
+    # "package", and that test runs it only when it is installed). haproxy: the PROXY
+    # protocol e2e test's balancer.
+    [test]="libgtest-dev libgmock-dev libasio-dev curl iperf3 python3 nginx wget unbound dnsutils haproxy dpkg-dev file man-db"
     [bench]="libbenchmark-dev wrk"
     # make compare: the peers, the clients, Go for the Go proxy and loadgen, gnuplot, ss.
     [compare]="haproxy nginx libnginx-mod-stream socat iperf3 sockperf golang-go gnuplot-nox python3 iproute2"
+    # make package: dpkg-shlibdeps (dpkg-dev) and file for the Depends line, lintian for
+    # the check; man-db for the package test's `man -w`; debootstrap for
+    # tests/package/chroot.sh (a clean Debian 12).
+    [package]="dpkg-dev file lintian man-db debootstrap"
     [format]="clang-format"
     # clang-tidy 14 (Debian's default) cannot parse <expected> or -std=c++23; 16 can.
     [tidy]="clang-tidy-16"
