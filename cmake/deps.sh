@@ -15,8 +15,7 @@ declare -A group=(
     # front of accept_proxy, tests/e2e/test_accept_proxy.py).
     # libasio-dev: zcio/asio.hpp's tests, example and bench (the library never needs it).
     # dpkg-dev, file, man-db: the package test (tests/package/run.sh; lintian is in
-    # "package", and that test runs it only when it is installed). haproxy: the PROXY
-    # protocol e2e test's balancer.
+    # "package", and that test runs it only when it is installed).
     [test]="libgtest-dev libgmock-dev libasio-dev curl iperf3 python3 nginx wget unbound dnsutils haproxy dpkg-dev file man-db"
     [bench]="libbenchmark-dev wrk"
     # make compare: the peers, the clients, Go for the Go proxy and loadgen, gnuplot, ss.
