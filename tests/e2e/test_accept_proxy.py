@@ -157,12 +157,37 @@ backend be
         wait_until(lambda: "198.51.100.7" in open(self.path("pp.log")).read() or None, SHORT,
                    "nginx logged the header's client")
 
+    @unittest.skipUnless(NGINX, "needs nginx")
+    def test_unlisted_peers_served_direct_with_proxy_unlisted_direct(self):
+        blob = e2e.random_bytes(1 << 20)
+        ng = self.start_nginx(blob)
+        proxy = self.start_proxy("--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:%d" % ng,
+                                 "--accept-proxy", "--accept-proxy-from", "127.0.0.1/32",
+                                 "--proxy-unlisted", "direct", "--proxy-protocol", "v1")
+        # Listed: its header names the client. Unlisted: no header is read, its own
+        # address goes upstream, and nothing is refused.
+        head, body = http_get_via(proxy.port, prefix=b"PROXY TCP4 198.51.100.9 127.0.0.1 4242 80\r\n")
+        self.assertEqual(sha(body), sha(blob))
+        head, body = http_get_via(proxy.port, source="127.0.0.3")
+        self.assertEqual(sha(body), sha(blob))
+        self.assertEqual(proxy.metric("zcio_proxy_unlisted_direct_total"), 1)
+        self.assertEqual(proxy.metric("zcio_proxy_headers_accepted_total"), 1)
+        self.assertEqual(sum(refused(proxy, r) for r in
+                             ("unlisted_peer", "malformed", "timeout", "closed", "duplicate")), 0)
+        log = lambda: open(self.path("pp.log")).read()
+        wait_until(lambda: ("198.51.100.9" in log() and "127.0.0.3" in log()) or None, SHORT,
+                   "nginx logged both clients")
+
     def test_config_errors_are_one_line(self):
         for args, needle in [
             (["--accept-proxy-from", "10.0.0.0/8"], "--accept-proxy-from needs --accept-proxy"),
             (["--accept-proxy", "--accept-proxy-from", "10.0.0.0/33"], "prefix length past 32"),
             (["--accept-proxy", "--accept-proxy-from", "nope"], "not an IP address"),
             (["--accept-proxy", "--proxy-header-timeout", "0"], "must be more than 0"),
+            (["--proxy-unlisted", "direct"], "--proxy-unlisted needs --accept-proxy"),
+            (["--accept-proxy", "--proxy-unlisted", "direct"], "needs --accept-proxy-from"),
+            (["--accept-proxy", "--accept-proxy-from", "10.0.0.0/8", "--proxy-unlisted", "maybe"],
+             "expected refuse or direct"),
         ]:
             rc, _, err = e2e.run_zcio(["proxy", "--listen", "127.0.0.1:0", "--upstream",
                                        "127.0.0.1:1"] + args)
@@ -175,6 +200,13 @@ backend be
         rc, _, err = e2e.run_zcio(["proxy", "--config", cfg])
         self.assertNotEqual(rc, 0)
         self.assertOneLine(err, "route[0].accept_proxy_from", "past 128")
+        with open(cfg, "w") as f:
+            f.write('[[route]]\nlisten = "127.0.0.1:0"\nupstream = "127.0.0.1:1"\n'
+                    'accept_proxy = true\naccept_proxy_from = ["10.0.0.0/8"]\n'
+                    'proxy_unlisted = "sometimes"\n')
+        rc, _, err = e2e.run_zcio(["proxy", "--config", cfg])
+        self.assertNotEqual(rc, 0)
+        self.assertOneLine(err, "route[0].proxy_unlisted", "expected \"refuse\" or \"direct\"")
 
 
 if __name__ == "__main__":

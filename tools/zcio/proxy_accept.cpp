@@ -98,6 +98,10 @@ bool second_header_follows(const stream& s) {
 task<std::optional<accepted_client>> accept_proxy_header(route_runtime& rt, stream& client,
                                                          const endpoint& peer) {
     if (!peer_allowed(rt, peer)) {
+        if (rt.config.options.accept_proxy.unlisted_direct) {
+            rt.stats->proxy_accept.direct.fetch_add(1, std::memory_order_relaxed);
+            co_return accepted_client{peer, endpoint{}}; // no header: its bytes are data
+        }
         refuse(rt, peer, header_refusal::unlisted_peer, "peer not in accept_proxy_from");
         co_return std::nullopt;
     }

@@ -21,6 +21,7 @@ const char* to_string(header_refusal r) noexcept;
 // route_stats' counters of accept_proxy.
 struct accept_proxy_counters {
     std::atomic<std::uint64_t> accepted{0};
+    std::atomic<std::uint64_t> direct{0}; // unlisted peers served without a header
     std::array<std::atomic<std::uint64_t>, header_refusal_count> refused{};
 };
 

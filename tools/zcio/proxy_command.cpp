@@ -53,6 +53,7 @@ struct proxy_flags {
     bool accept_proxy = false; // TCP and UDP routes
     std::vector<std::string> accept_proxy_from;
     std::string proxy_header_timeout;
+    std::string proxy_unlisted;
     // Restart without loss (takeover.hpp)
     std::string control;
     std::string take_over;
@@ -87,6 +88,7 @@ void udp_from_flags(const proxy_flags& f, bool udp_prefix, route& r) {
         {"--fall", f.fall.has_value()},
         {"--accept-proxy-from", !f.accept_proxy_from.empty()},
         {"--proxy-header-timeout", !f.proxy_header_timeout.empty()},
+        {"--proxy-unlisted", !f.proxy_unlisted.empty()},
     };
     const std::pair<const char*, bool> udp_flags[] = {
         {"--session-timeout", !f.session_timeout.empty()},
@@ -120,10 +122,23 @@ void udp_from_flags(const proxy_flags& f, bool udp_prefix, route& r) {
 
 void accept_proxy_from_flags(const proxy_flags& f, accept_proxy_options& a) {
     a.enabled = f.accept_proxy;
-    if (!f.accept_proxy && (!f.accept_proxy_from.empty() || !f.proxy_header_timeout.empty())) {
-        throw usage_error(std::string(f.accept_proxy_from.empty() ? "--proxy-header-timeout"
-                                                                  : "--accept-proxy-from") +
-                          " needs --accept-proxy");
+    if (!f.accept_proxy && (!f.accept_proxy_from.empty() || !f.proxy_header_timeout.empty() ||
+                            !f.proxy_unlisted.empty())) {
+        const char* flag = !f.accept_proxy_from.empty()      ? "--accept-proxy-from"
+                           : !f.proxy_header_timeout.empty() ? "--proxy-header-timeout"
+                                                             : "--proxy-unlisted";
+        throw usage_error(std::string(flag) + " needs --accept-proxy");
+    }
+    if (!f.proxy_unlisted.empty()) {
+        if (f.proxy_unlisted != "refuse" && f.proxy_unlisted != "direct") {
+            throw usage_error("--proxy-unlisted: expected refuse or direct, not '" +
+                              f.proxy_unlisted + "'");
+        }
+        if (f.accept_proxy_from.empty()) {
+            throw usage_error("--proxy-unlisted needs --accept-proxy-from (without it no peer "
+                              "is unlisted)");
+        }
+        a.unlisted_direct = f.proxy_unlisted == "direct";
     }
     for (const auto& text : f.accept_proxy_from) {
         a.from.push_back(parse_address_prefix(text, "--accept-proxy-from"));
@@ -465,6 +480,10 @@ subcommand add_proxy_command(CLI::App& app) {
     cmd->add_option("--accept-proxy-from", f->accept_proxy_from,
                     "With --accept-proxy: only these peers may connect (a prefix, e.g. "
                     "10.0.0.0/8 or ::1/128; repeat the flag for more); others are closed");
+    cmd->add_option("--proxy-unlisted", f->proxy_unlisted,
+                    "With --accept-proxy-from: what a peer outside the list gets: refuse "
+                    "(default: closed and counted) or direct (served as a plain client, no "
+                    "header read, its own address used)");
     cmd->add_option("--proxy-header-timeout", f->proxy_header_timeout,
                     "With --accept-proxy: close a client whose header is not complete after "
                     "this long (default 3s)");

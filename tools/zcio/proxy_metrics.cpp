@@ -96,6 +96,12 @@ void write_accept_proxy_series(std::ostringstream& out, const stats_map& stats) 
         out << "zcio_proxy_headers_accepted_total{route=\"" << label_value(name) << "\"} "
             << s->proxy_accept.accepted.load(std::memory_order_relaxed) << '\n';
     }
+    family_head(out, "zcio_proxy_unlisted_direct_total", "counter",
+                "Clients outside accept_proxy_from served without a header (proxy_unlisted)");
+    for (const auto& [name, s] : stats) {
+        out << "zcio_proxy_unlisted_direct_total{route=\"" << label_value(name) << "\"} "
+            << s->proxy_accept.direct.load(std::memory_order_relaxed) << '\n';
+    }
     family_head(out, "zcio_proxy_header_refused_total", "counter",
                 "Clients closed for their PROXY header (accept_proxy), by reason");
     for (const auto& [name, s] : stats) {

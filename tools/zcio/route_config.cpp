@@ -369,6 +369,7 @@ route load_route(const located& at, const toml::table& t, std::size_t index,
                                                                        "accept_proxy",
                                                                        "accept_proxy_from",
                                                                        "proxy_header_timeout",
+                                                                       "proxy_unlisted",
                                                                        "balance",
                                                                        "max_fails",
                                                                        "fail_timeout",
@@ -394,7 +395,8 @@ route load_route(const located& at, const toml::table& t, std::size_t index,
                     "unknown key (known: name, listen, upstream, engine, pipe_size, "
                     "max_connections, idle_timeout, connect_timeout, rate_limit, "
                     "proxy_protocol, protocol, session_timeout, max_sessions, responses, "
-                    "accept_proxy, accept_proxy_from, proxy_header_timeout, balance, max_fails, "
+                    "accept_proxy, accept_proxy_from, proxy_header_timeout, proxy_unlisted, "
+                    "balance, max_fails, "
                     "fail_timeout, connect_retries, "
                     "health_interval, rise, fall)");
         }
@@ -480,12 +482,22 @@ route load_route(const located& at, const toml::table& t, std::size_t index,
             if (r.options.accept_proxy.header_timeout.count() == 0) {
                 at.fail(node, key, "must be more than 0 (a client may not wait forever)");
             }
+        } else if (key == "proxy_unlisted") {
+            auto v = node.value<std::string>();
+            if (!v || (*v != "refuse" && *v != "direct")) {
+                at.fail(node, key, "expected \"refuse\" or \"direct\"");
+            }
+            r.options.accept_proxy.unlisted_direct = *v == "direct";
         }
     }
     for (const auto& [key, node] : given) {
-        if ((key == "accept_proxy_from" || key == "proxy_header_timeout") &&
+        if ((key == "accept_proxy_from" || key == "proxy_header_timeout" ||
+             key == "proxy_unlisted") &&
             !r.options.accept_proxy.enabled) {
             at.fail(*node, key, "needs accept_proxy = true");
+        }
+        if (key == "proxy_unlisted" && r.options.accept_proxy.from.empty()) {
+            at.fail(*node, key, "needs accept_proxy_from (without it no peer is unlisted)");
         }
     }
     const bool any_prefix =

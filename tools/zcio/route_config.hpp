@@ -24,6 +24,10 @@ enum class proxy_header { none, v1, v2 };
 struct accept_proxy_options {
     bool enabled = false;
     std::vector<address_prefix> from; // peers allowed to send one; empty: any peer
+    // A peer outside `from`: refused (the default), or served as a plain client whose
+    // bytes are relayed as they come, with its own address (proxy_unlisted = "direct":
+    // a balancer's clients and direct ones on the same port).
+    bool unlisted_direct = false;
     std::chrono::nanoseconds header_timeout = std::chrono::seconds(3);
 };
 
