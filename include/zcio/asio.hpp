@@ -216,17 +216,18 @@ class bidi_op : public std::enable_shared_from_this<bidi_op<A, B, Handler>> {
 public:
     using executor_type = typename A::executor_type;
 
-    bidi_op(A& a, B& b, const bidirectional_options& o, Handler h)
-        : a_(a), b_(b), strand_(::asio::make_strand(a.get_executor())), opts_(o),
-          handler_(std::move(h)),
+    bidi_op(A& a, B& b, Handler h)
+        : a_(a), b_(b), strand_(::asio::make_strand(a.get_executor())), handler_(std::move(h)),
           work_(::asio::get_associated_executor(handler_, a.get_executor())) {}
 
-    void start() {
+    // The options go with the first step only: begin() is all that reads them, and the
+    // operation does not keep their 64 bytes for the connection's life.
+    void start(const bidirectional_options& o) {
         auto slot = ::asio::get_associated_cancellation_slot(handler_);
         if (slot.is_connected()) {
             slot.template emplace<canceller>(this->weak_from_this());
         }
-        ::asio::post(strand_, [self = this->shared_from_this()] { self->begin(); });
+        ::asio::post(strand_, [self = this->shared_from_this(), o] { self->begin(o); });
     }
 
 private:
@@ -241,7 +242,7 @@ private:
         }
     };
 
-    void begin() {
+    void begin(const bidirectional_options& opts) {
         auto va = view_of(a_);
         auto vb = va ? view_of(b_) : result<stream_view>(zcio::fail(va.error()));
         if (!vb) {
@@ -250,7 +251,7 @@ private:
             finish();
             return;
         }
-        if (opts_.idle_timeout) {
+        if (opts.idle_timeout) {
             error_ = std::make_error_code(std::errc::invalid_argument);
             done_[0] = done_[1] = true;
             finish();
@@ -258,23 +259,23 @@ private:
         }
         va_.emplace(std::move(*va));
         vb_.emplace(std::move(*vb));
-        if (opts_.rate_limit != 0) {
+        if (opts.rate_limit != 0) {
             limits_ = std::make_unique<rate_limiter[]>(2);
-            limits_[0] = limits_[1] = rate_limiter(opts_.rate_limit);
+            limits_[0] = limits_[1] = rate_limiter(opts.rate_limit);
         }
-        t_[0].emplace(vb_->get(), va_->get(), options_for(0));
-        t_[1].emplace(va_->get(), vb_->get(), options_for(1));
+        t_[0].emplace(vb_->get(), va_->get(), options_for(opts, 0));
+        t_[1].emplace(va_->get(), vb_->get(), options_for(opts, 1));
         run(0);
         run(1);
     }
 
-    copy_options options_for(int i) {
+    copy_options options_for(const bidirectional_options& opts, int i) {
         copy_options c;
-        c.path = opts_.path;
-        c.pipe_size = opts_.pipe_size;
-        c.pools = opts_.pools != nullptr ? opts_.pools : &transfer_pools::shared();
-        c.progress = i == 0 ? opts_.a_to_b_progress : opts_.b_to_a_progress;
-        c.limiter = opts_.rate_limit != 0 ? &limits_[i] : nullptr;
+        c.path = opts.path;
+        c.pipe_size = opts.pipe_size;
+        c.pools = opts.pools != nullptr ? opts.pools : &transfer_pools::shared();
+        c.progress = i == 0 ? opts.a_to_b_progress : opts.b_to_a_progress;
+        c.limiter = limits_ ? &limits_[i] : nullptr;
         return c;
     }
 
@@ -406,7 +407,6 @@ private:
     A& a_;
     B& b_;
     ::asio::strand<executor_type> strand_;
-    bidirectional_options opts_;
     Handler handler_;
     ::asio::executor_work_guard<::asio::associated_executor_t<Handler, executor_type>> work_;
     std::optional<stream_view> va_;
@@ -428,7 +428,7 @@ struct initiate_bidi {
     template <class Handler, class A, class B>
     void operator()(Handler&& h, A* a, B* b, const bidirectional_options& o) const {
         using op = bidi_op<A, B, std::decay_t<Handler>>;
-        std::make_shared<op>(*a, *b, o, std::forward<Handler>(h))->start();
+        std::make_shared<op>(*a, *b, std::forward<Handler>(h))->start(o);
     }
 };
 
