@@ -394,6 +394,60 @@ TEST_F(asio_test, bidirectional_half_close_server_first) {
     half_close_case(false);
 }
 
+// A rate limit parks on a steady_timer, which each direction makes only when it first
+// waits for its limiter: both directions get their bytes intact, and no faster than the
+// limit lets them (the burst is a tenth of a second of it).
+TEST_F(asio_test, bidirectional_rate_limit_waits_on_timers_and_moves_every_byte) {
+    const auto to_b = test::random_bytes(std::size_t{192} << 10, 0xa512);
+    const auto to_a = test::random_bytes(std::size_t{128} << 10, 0xa513);
+    proxied p(io.get_executor());
+    auto at_client = std::make_shared<sink>();
+    auto at_server = std::make_shared<sink>();
+    bidirectional_options o;
+    o.rate_limit = std::uint64_t{1} << 20; // 1 MiB/s each way: 192 KiB take >= 0.08 s
+    std::optional<traffic> got;
+    const auto began = std::chrono::steady_clock::now();
+    zcio::asio::async_copy_bidirectional(p.a, p.b, o, [&](std::error_code ec, traffic t) {
+        EXPECT_FALSE(ec) << ec.message();
+        got = t;
+    });
+    pour(p.client, to_b);
+    pour(p.server, to_a);
+    drain(p.server, at_server);
+    drain(p.client, at_client);
+    ASSERT_TRUE(run_until(io, [&] { return got && at_server->done && at_client->done; }));
+    EXPECT_GE(std::chrono::steady_clock::now() - began, 80ms);
+    EXPECT_EQ(got->a_to_b, to_b.size());
+    EXPECT_EQ(got->b_to_a, to_a.size());
+    EXPECT_EQ(at_server->sum.value(), test::checksum_of(to_b));
+    EXPECT_EQ(at_client->sum.value(), test::checksum_of(to_a));
+}
+
+// async_copy with a limiter: the same lazily made timer, one direction.
+TEST_F(asio_test, a_rate_limited_async_copy_moves_every_byte) {
+    const auto d = test::random_bytes(std::size_t{192} << 10, 0xa514);
+    auto [in_w, in_r] = tcp_pair(io.get_executor());
+    auto [out_w, out_r] = tcp_pair(io.get_executor());
+    auto k = std::make_shared<sink>();
+    rate_limiter limit(std::uint64_t{1} << 20);
+    copy_options o;
+    o.limiter = &limit;
+    std::optional<copy_result> got;
+    const auto began = std::chrono::steady_clock::now();
+    zcio::asio::async_copy(out_w, in_r, o, [&](std::error_code ec, copy_result r) {
+        EXPECT_FALSE(ec) << ec.message();
+        got = r;
+        end_writing(out_w);
+    });
+    pour(in_w, d);
+    drain(out_r, k);
+    ASSERT_TRUE(run_until(io, [&] { return got && k->done; }));
+    EXPECT_GE(std::chrono::steady_clock::now() - began, 80ms);
+    EXPECT_EQ(got->bytes, d.size());
+    EXPECT_EQ(k->bytes, d.size());
+    EXPECT_EQ(k->sum.value(), test::checksum_of(d));
+}
+
 TEST_F(asio_test, bidirectional_with_use_awaitable_and_as_tuple) {
     proxied p(io.get_executor());
     auto at_client = std::make_shared<sink>();

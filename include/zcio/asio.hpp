@@ -35,7 +35,6 @@
 #include <asio/associated_executor.hpp>
 #include <asio/async_result.hpp>
 #include <asio/bind_cancellation_slot.hpp>
-#include <asio/bind_executor.hpp>
 #include <asio/cancellation_signal.hpp>
 #include <asio/compose.hpp>
 #include <asio/dispatch.hpp>
@@ -88,12 +87,14 @@ inline copy_options with_pools(copy_options o) {
 
 // Parks one direction on what step() asked for; `h` is called with an error_code when
 // it should step again. Regular files are always ready: a post, not an async_wait
-// (Asio's reactor refuses to watch them).
-template <class Dst, class Src, class Executor, class H>
+// (Asio's reactor refuses to watch them). `timer()` gives the direction's steady_timer,
+// asked for only by a wait::until (a rate limit), so that the timer may be made then.
+template <class Dst, class Src, class Timer, class Executor, class H>
 void park(transfer::wait w, Dst& dst, Src& src, const stream_view& dv, const stream_view& sv,
-          ::asio::steady_timer& timer, const transfer& t, const Executor& ex, H&& h) {
+          Timer&& timer_of, const transfer& t, const Executor& ex, H&& h) {
     using wait = transfer::wait;
     if (w == wait::until) {
+        ::asio::steady_timer& timer = timer_of();
         timer.expires_at(t.wake_at());
         timer.async_wait(std::forward<H>(h));
     } else if (w == wait::readable && sv.pollable()) {
@@ -150,12 +151,12 @@ public:
 
 private:
     struct state {
-        state(stream_view d, stream_view s, const copy_options& o, ::asio::steady_timer tm)
-            : dv(std::move(d)), sv(std::move(s)), t(dv.get(), sv.get(), o), timer(std::move(tm)) {}
+        state(stream_view d, stream_view s, const copy_options& o)
+            : dv(std::move(d)), sv(std::move(s)), t(dv.get(), sv.get(), o) {}
         stream_view dv;
         stream_view sv;
         transfer t;
-        ::asio::steady_timer timer;
+        std::unique_ptr<::asio::steady_timer> timer; // made by the first wait::until
         transfer::wait w = transfer::wait::yield;
     };
 
@@ -168,8 +169,7 @@ private:
             self.complete(r.error, r);
             return;
         }
-        st_ = std::make_unique<state>(std::move(*dv), std::move(*sv), opts_,
-                                      ::asio::steady_timer(src_->get_executor()));
+        st_ = std::make_unique<state>(std::move(*dv), std::move(*sv), opts_);
         run(self);
     }
 
@@ -182,7 +182,13 @@ private:
             return;
         }
         auto ex = self.get_executor();
-        park(st.w, *dst_, *src_, st.dv, st.sv, st.timer, st.t, ex, std::move(self));
+        auto timer = [&st, src = src_]() -> ::asio::steady_timer& { // rate limits only
+            if (!st.timer) {
+                st.timer = std::make_unique<::asio::steady_timer>(src->get_executor());
+            }
+            return *st.timer;
+        };
+        park(st.w, *dst_, *src_, st.dv, st.sv, timer, st.t, ex, std::move(self));
     }
 
     // Leases go back (stop, then the state's end) before the handler runs.
@@ -210,17 +216,18 @@ class bidi_op : public std::enable_shared_from_this<bidi_op<A, B, Handler>> {
 public:
     using executor_type = typename A::executor_type;
 
-    bidi_op(A& a, B& b, const bidirectional_options& o, Handler h)
-        : a_(a), b_(b), strand_(::asio::make_strand(a.get_executor())), opts_(o),
-          handler_(std::move(h)),
+    bidi_op(A& a, B& b, Handler h)
+        : a_(a), b_(b), strand_(::asio::make_strand(a.get_executor())), handler_(std::move(h)),
           work_(::asio::get_associated_executor(handler_, a.get_executor())) {}
 
-    void start() {
+    // The options go with the first step only: begin() is all that reads them, and the
+    // operation does not keep their 64 bytes for the connection's life.
+    void start(const bidirectional_options& o) {
         auto slot = ::asio::get_associated_cancellation_slot(handler_);
         if (slot.is_connected()) {
             slot.template emplace<canceller>(this->weak_from_this());
         }
-        ::asio::post(strand_, [self = this->shared_from_this()] { self->begin(); });
+        ::asio::post(strand_, [self = this->shared_from_this(), o] { self->begin(o); });
     }
 
 private:
@@ -235,7 +242,7 @@ private:
         }
     };
 
-    void begin() {
+    void begin(const bidirectional_options& opts) {
         auto va = view_of(a_);
         auto vb = va ? view_of(b_) : result<stream_view>(zcio::fail(va.error()));
         if (!vb) {
@@ -244,7 +251,7 @@ private:
             finish();
             return;
         }
-        if (opts_.idle_timeout) {
+        if (opts.idle_timeout) {
             error_ = std::make_error_code(std::errc::invalid_argument);
             done_[0] = done_[1] = true;
             finish();
@@ -252,22 +259,23 @@ private:
         }
         va_.emplace(std::move(*va));
         vb_.emplace(std::move(*vb));
-        if (opts_.rate_limit != 0) {
-            limits_[0] = limits_[1] = rate_limiter(opts_.rate_limit);
+        if (opts.rate_limit != 0) {
+            limits_ = std::make_unique<rate_limiter[]>(2);
+            limits_[0] = limits_[1] = rate_limiter(opts.rate_limit);
         }
-        t_[0].emplace(vb_->get(), va_->get(), options_for(0));
-        t_[1].emplace(va_->get(), vb_->get(), options_for(1));
+        t_[0].emplace(vb_->get(), va_->get(), options_for(opts, 0));
+        t_[1].emplace(va_->get(), vb_->get(), options_for(opts, 1));
         run(0);
         run(1);
     }
 
-    copy_options options_for(int i) {
+    copy_options options_for(const bidirectional_options& opts, int i) {
         copy_options c;
-        c.path = opts_.path;
-        c.pipe_size = opts_.pipe_size;
-        c.pools = opts_.pools != nullptr ? opts_.pools : &transfer_pools::shared();
-        c.progress = i == 0 ? opts_.a_to_b_progress : opts_.b_to_a_progress;
-        c.limiter = opts_.rate_limit != 0 ? &limits_[i] : nullptr;
+        c.path = opts.path;
+        c.pipe_size = opts.pipe_size;
+        c.pools = opts.pools != nullptr ? opts.pools : &transfer_pools::shared();
+        c.progress = i == 0 ? opts.a_to_b_progress : opts.b_to_a_progress;
+        c.limiter = limits_ ? &limits_[i] : nullptr;
         return c;
     }
 
@@ -293,19 +301,27 @@ private:
         }
     }
 
+    // The wait's handler is not bound to the strand: it dispatches to it when the wait
+    // ends. Bound, every pending wait held two copies of the strand executor (one in
+    // the handler, one type-erased on the heap for its work), about 250 bytes per idle
+    // direction; the cancellation slot is only used from the strand either way.
     void park(int i, transfer::wait w) {
-        if (!timers_[i]) {
-            timers_[i].emplace(strand_);
-        }
         pending_[i] = true;
         auto h = ::asio::bind_cancellation_slot(
-            signals_[i].slot(),
-            ::asio::bind_executor(strand_, [self = this->shared_from_this(),
-                                            i](std::error_code ec) { self->wake(i, ec); }));
+            signals_[i].slot(), [self = this->shared_from_this(), i](std::error_code ec) mutable {
+                auto& strand = self->strand_;
+                ::asio::dispatch(strand, [self = std::move(self), i, ec] { self->wake(i, ec); });
+            });
+        auto timer = [this, i]() -> ::asio::steady_timer& { // rate limits only
+            if (!timers_[i]) {
+                timers_[i] = std::make_unique<::asio::steady_timer>(strand_);
+            }
+            return *timers_[i];
+        };
         if (i == 0) {
-            detail::park(w, b_, a_, *vb_, *va_, *timers_[i], *t_[i], strand_, std::move(h));
+            detail::park(w, b_, a_, *vb_, *va_, timer, *t_[i], strand_, std::move(h));
         } else {
-            detail::park(w, a_, b_, *va_, *vb_, *timers_[i], *t_[i], strand_, std::move(h));
+            detail::park(w, a_, b_, *va_, *vb_, timer, *t_[i], strand_, std::move(h));
         }
     }
 
@@ -391,14 +407,13 @@ private:
     A& a_;
     B& b_;
     ::asio::strand<executor_type> strand_;
-    bidirectional_options opts_;
     Handler handler_;
     ::asio::executor_work_guard<::asio::associated_executor_t<Handler, executor_type>> work_;
     std::optional<stream_view> va_;
     std::optional<stream_view> vb_;
-    rate_limiter limits_[2];
+    std::unique_ptr<rate_limiter[]> limits_; // both directions', with a rate limit only
     std::optional<transfer> t_[2];
-    std::optional<::asio::steady_timer> timers_[2];
+    std::unique_ptr<::asio::steady_timer> timers_[2]; // made by the first wait::until
     ::asio::cancellation_signal signals_[2];
     transfer::wait waits_[2] = {transfer::wait::yield, transfer::wait::yield};
     bool pending_[2] = {false, false};
@@ -413,7 +428,7 @@ struct initiate_bidi {
     template <class Handler, class A, class B>
     void operator()(Handler&& h, A* a, B* b, const bidirectional_options& o) const {
         using op = bidi_op<A, B, std::decay_t<Handler>>;
-        std::make_shared<op>(*a, *b, o, std::forward<Handler>(h))->start();
+        std::make_shared<op>(*a, *b, std::forward<Handler>(h))->start(o);
     }
 };
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs a zcio build tree into a temporary prefix, then builds and runs a tiny
-# consumer against it twice: through find_package(zcio) and through pkg-config.
+# consumer against it twice: through find_package(zcio) and through pkg-config; and,
+# when the build has Asio, a second one (asio/) that runs zcio::asio::async_copy.
 #
 #   tests/install/run.sh BUILD_DIR WORK_DIR
 #
@@ -57,6 +58,31 @@ cmake --build "$work_dir/consumer" >"$work_dir/consumer-build.log" \
     || { cat "$work_dir/consumer-build.log"; exit 1; }
 "$work_dir/consumer/app"
 
+# zcio/asio.hpp is installed exactly when the build found Asio (ZCIO_WITH_ASIO on).
+asio_dir=$(sed -n 's/^ZCIO_ASIO_INCLUDE_DIR:PATH=//p' "$build_dir/CMakeCache.txt")
+with_asio=$(sed -n 's/^ZCIO_WITH_ASIO:BOOL=//p' "$build_dir/CMakeCache.txt")
+has_asio=0
+if [[ $with_asio == ON && -n $asio_dir && $asio_dir != *NOTFOUND ]]; then
+    has_asio=1
+fi
+if [[ $has_asio == 1 ]]; then
+    [[ -f $prefix/include/zcio/asio.hpp ]] || { echo "missing after install: zcio/asio.hpp" >&2; exit 1; }
+    step "find_package(zcio CONFIG COMPONENTS asio) consumer"
+    cmake -S "$here/asio" -B "$work_dir/asio-consumer" "${generator[@]}" \
+        -DCMAKE_CXX_COMPILER="$cxx" \
+        -DCMAKE_PREFIX_PATH="$prefix" \
+        -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF \
+        >"$work_dir/asio-consumer-configure.log" \
+        || { cat "$work_dir/asio-consumer-configure.log"; exit 1; }
+    cmake --build "$work_dir/asio-consumer" >"$work_dir/asio-consumer-build.log" \
+        || { cat "$work_dir/asio-consumer-build.log"; exit 1; }
+    "$work_dir/asio-consumer/asio_app"
+else
+    [[ ! -e $prefix/include/zcio/asio.hpp ]] \
+        || { echo "zcio/asio.hpp installed by a build without Asio" >&2; exit 1; }
+    step "no Asio in this build: the asio consumer is skipped"
+fi
+
 step "pkg-config consumer"
 PKG_CONFIG_PATH=$(dirname "$pcfile")
 export PKG_CONFIG_PATH
@@ -69,5 +95,11 @@ fi
 # shellcheck disable=SC2086 # word splitting of the flag strings is intended
 "$cxx" ${CXXFLAGS:-} "$here/main.cpp" -o "$work_dir/app-pkgconfig" $pc_flags ${LDFLAGS:-}
 "$work_dir/app-pkgconfig"
+if [[ $has_asio == 1 ]]; then
+    # Asio is header-only and in the compiler's default path (Debian's libasio-dev).
+    # shellcheck disable=SC2086
+    "$cxx" ${CXXFLAGS:-} "$here/asio/main.cpp" -o "$work_dir/asio-app-pkgconfig" $pc_flags ${LDFLAGS:-}
+    "$work_dir/asio-app-pkgconfig"
+fi
 
 step "passed"
