@@ -6,7 +6,8 @@ the client's work does not share a GIL with the test or the echo server).
   takeover_load.py load HOST:PORT SECONDS RATE LONG LONG_BYTES
       RATE new connections a second for SECONDS, each a short echo of 64-2048 random
       bytes compared by sha256, plus LONG transfers of LONG_BYTES each, paced over the
-      whole run and compared by sha256. Prints one JSON line: counts and failures.
+      whole run and compared by sha256. Prints one JSON line: counts and failures
+      (failed_starts: the time.monotonic() at which each failed short one started).
 """
 
 import asyncio
@@ -19,6 +20,7 @@ import sys
 import time
 
 CONNECT_TIMEOUT = 10.0
+EMPTY = hashlib.sha256(b"").hexdigest()
 
 
 async def echo_conn(reader, writer):
@@ -78,14 +80,18 @@ async def exchange(host, port, blob, pace=None):
 
 async def short_one(host, port, stats):
     blob = os.urandom(random.randint(64, 2048))
+    started = time.monotonic()  # CLOCK_MONOTONIC: the same clock in every namespace
     try:
         digest = await exchange(host, port, blob)
+        if digest == EMPTY:  # closed before a byte came back (a balancer's dead server)
+            raise ConnectionAbortedError("closed with no echo")
         if digest == hashlib.sha256(blob).hexdigest():
             stats["ok"] += 1
         else:
             stats["corrupt"] += 1
     except Exception as e:  # every failure is counted, by kind
         stats["failed"] += 1
+        stats["failed_starts"].append(round(started, 3))
         kind = type(e).__name__
         stats["errors"][kind] = stats["errors"].get(kind, 0) + 1
 
@@ -106,7 +112,8 @@ async def run_load(target, seconds, rate, longs, long_bytes):
     host, port = target.rsplit(":", 1)
     port = int(port)
     stats = {"started": 0, "ok": 0, "failed": 0, "corrupt": 0, "long_ok": 0, "long_failed": 0,
-             "long_corrupt": 0, "errors": {}}
+             "long_corrupt": 0, "errors": {},
+             "failed_starts": []}
     tasks = [asyncio.ensure_future(long_one(host, port, long_bytes, seconds * 0.8, stats))
              for _ in range(longs)]
     begin = time.monotonic()

@@ -198,9 +198,12 @@ takeover_server::~takeover_server() {
 }
 
 void takeover_server::stopped_accepting() {
-    std::lock_guard lock(mutex_);
+    std::unique_lock lock(mutex_);
     stopped_ = true;
     cv_.notify_all();
+    // A drain with nothing open ends at once: without this wait the process could exit
+    // before the new one is told "stopped" (it then warns that nobody confirmed).
+    cv_.wait_for(lock, 5s, [this] { return confirmed_; });
 }
 
 void takeover_server::run() {
@@ -275,6 +278,8 @@ void takeover_server::finish_handover(int conn) {
     std::unique_lock lock(mutex_);
     cv_.wait_for(lock, 30s, [this] { return stopped_; });
     send_message(conn, "stopped");
+    confirmed_ = true;
+    cv_.notify_all();
 }
 
 // ---- the new process's side ----

@@ -35,8 +35,9 @@ public:
     // Set before SIGUSR2 is raised to tell the main loop.
     [[nodiscard]] bool handed_over() const noexcept { return handed_over_; }
     [[nodiscard]] int new_pid() const noexcept { return new_pid_; }
-    // Called once this process no longer accepts: the new one is told, and may then
-    // close the sockets it did not claim and bind the control path.
+    // Called once this process no longer accepts: the new one is told (this waits up to
+    // 5 s until it was), and may then close the sockets it did not claim and bind the
+    // control path.
     void stopped_accepting();
 
 private:
@@ -53,8 +54,9 @@ private:
     std::atomic<int> new_pid_{0};
     std::mutex mutex_;
     std::condition_variable cv_;
-    bool stopped_ = false; // guarded by mutex_
-    int conn_ = -1;        // the take-over being served; guarded by mutex_
+    bool stopped_ = false;   // guarded by mutex_
+    bool confirmed_ = false; // "stopped" sent to the new process; guarded by mutex_
+    int conn_ = -1;          // the take-over being served; guarded by mutex_
     std::thread thread_;
 };
 
