@@ -14,7 +14,16 @@ jobs=${3:-$(nproc)}
 here=$(cd "$(dirname "$0")" && pwd)
 bin=$build/tests/fuzz
 artifacts=$bin/artifacts
-targets=(endpoint route_config proxy_protocol serve_request get_response)
+# Every target the build made (tests/fuzz/CMakeLists.txt's ZCIO_FUZZ_TARGETS): a list
+# kept here as well once left a new target out of every CI run.
+targets=()
+for f in "$bin"/fuzz_*; do
+    [ -x "$f" ] && targets+=("${f##*/fuzz_}")
+done
+if [ ${#targets[@]} -eq 0 ]; then
+    echo "fuzz: no fuzz_* targets in $bin (build them: cmake --build --preset fuzz)" >&2
+    exit 1
+fi
 declare -A dict=([endpoint]=endpoint [route_config]=route_config
                  [serve_request]=http [get_response]=http)
 
