@@ -36,23 +36,23 @@ public:
     }
 
     [[nodiscard]] std::string to_string() const {
-        if (family_ == AF_INET) {
-            sockaddr_in in{};
-            in.sin_family = AF_INET;
-            in.sin_port = port_;
-            std::memcpy(&in.sin_addr, addr_, sizeof in.sin_addr);
-            return endpoint::from_sockaddr(reinterpret_cast<const sockaddr*>(&in), sizeof in)
-                .to_string();
+        if (family_ != AF_INET && family_ != AF_INET6) {
+            return family_ == AF_UNIX ? "unix:" : "?";
         }
-        if (family_ == AF_INET6) {
-            sockaddr_in6 in6{};
+        sockaddr_in6 in6{}; // an IPv4 address is rebuilt in the same storage
+        socklen_t len = sizeof in6;
+        if (family_ == AF_INET) {
+            auto* in = reinterpret_cast<sockaddr_in*>(&in6);
+            in->sin_family = AF_INET;
+            in->sin_port = port_;
+            std::memcpy(&in->sin_addr, addr_, sizeof in->sin_addr);
+            len = sizeof(sockaddr_in);
+        } else {
             in6.sin6_family = AF_INET6;
             in6.sin6_port = port_;
             std::memcpy(&in6.sin6_addr, addr_, sizeof in6.sin6_addr);
-            return endpoint::from_sockaddr(reinterpret_cast<const sockaddr*>(&in6), sizeof in6)
-                .to_string();
         }
-        return family_ == AF_UNIX ? "unix:" : "?";
+        return endpoint::from_sockaddr(reinterpret_cast<const sockaddr*>(&in6), len).to_string();
     }
 
 private:
